@@ -1,0 +1,1 @@
+"""Subcommands of the ``distilvpr`` CLI (see distilvpr_lib.cli)."""

@@ -1,0 +1,299 @@
+"""Configuration: dataclasses and the named profiles (``smoke``, ``cpu``, ``paper``).
+
+This module is the **one source of defaults** of the workbook. Every other module
+takes a config object (or plain arguments filled from one); notebooks pass flat
+papermill parameters through :func:`apply_overrides`.
+
+Profiles
+--------
+``smoke``  seconds; used by the tests.
+``cpu``    the default demo: meaningful results on 2 CPU cores in tens of minutes.
+``paper``  the reference settings of DistilVPR (240x320 images, batch 128, 60 epochs).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# ---------------------------------------------------------------------------
+# Oxford benchmark constants (PointNetVLAD rules, METHOD.md §4.1)
+# ---------------------------------------------------------------------------
+#: Centres (northing, easting) of the four Oxford test squares P1..P4.
+OXFORD_TEST_SQUARE_CENTRES: tuple[tuple[float, float], ...] = (
+    (5735712.768124, 620084.402381),
+    (5735611.299219, 620540.270327),
+    (5735237.358209, 620543.094379),
+    (5734749.303802, 619932.693364),
+)
+#: Half-width in metres of each test square.
+OXFORD_TEST_SQUARE_HALF_WIDTH_M: float = 150.0
+POSITIVE_RADIUS_M: float = 10.0
+NON_NEGATIVE_RADIUS_M: float = 50.0
+TRUE_NEIGHBOUR_RADIUS_M: float = 25.0
+POINTS_PER_CLOUD: int = 4096
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class DataConfig:
+    """Where the benchmark lies and how samples are read and augmented."""
+
+    dataset_dir: str = "data/cpu"
+    #: Folder of images (+ ``lidar2image_ndx.pickle`` for Oxford); ``None`` = ``<dataset_dir>/images``.
+    image_dir: str | None = None
+    layout: str = "oxford"  # "oxford" | "boreas"
+    #: Voxel size used to quantise clouds (normalised units for Oxford, metres for Boreas).
+    quantization_size: float = 0.01
+    #: Number of nearest images to draw from during training (1 = nearest only, as DistilVPR).
+    image_lidar_k: int = 1
+    augment_clouds: bool = True
+    augment_images: bool = True
+    #: ColorJitter strength for brightness/contrast/saturation and for hue.
+    bcs_aug_rate: float = 0.2
+    hue_aug_rate: float = 0.1
+    num_workers: int = 0
+    #: Hold-out validation fraction of the training region (by position, see data.splits).
+    validation_fraction: float = 0.15
+
+
+@dataclass
+class ModelConfig:
+    """Teacher (MinkLoc++ ``minklocmmcat``) and student (ResNet + GeM) architecture."""
+
+    sparse_backend: str = "torch"  # "torch" | "minkowski"
+    cloud_planes: tuple[int, ...] = (32, 64, 64)
+    cloud_layers: tuple[int, ...] = (1, 1, 1)
+    cloud_topdown: int = 1
+    cloud_conv0_kernel_size: int = 5
+    cloud_dim: int = 128
+    image_dim: int = 256
+    image_backbone: str = "resnet18"
+    student_backbone: str = "resnet18"
+    student_dim: int = 384
+    gem_p: float = 3.0
+    #: Local file with ImageNet ResNet weights (never downloaded); ``None`` = train from scratch.
+    pretrained_image_weights: str | None = None
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings shared by teacher and student training."""
+
+    epochs: int = 60
+    batch_size: int = 128
+    image_lr: float = 1e-4
+    cloud_lr: float = 1e-3
+    weight_decay: float = 1e-4
+    milestones: tuple[int, ...] = (40,)
+    gamma: float = 0.1
+    margin: float = 0.2
+    #: Triplet weights on (fused embedding, cloud embedding, image embedding) of the teacher.
+    teacher_loss_weights: tuple[float, float, float] = (0.5, 0.5, 0.0)
+    #: Factor on the student triplet loss (the reference's x0.5, METHOD.md §10.7).
+    student_task_weight: float = 0.5
+    seed: int = 7
+    deterministic: bool = False
+    device: str = "cpu"
+    eval_batch_size: int = 64
+    #: Evaluate on validation every N epochs (and always at the last one).
+    eval_every: int = 1
+    #: Teacher embedding cache from clean (un-augmented) inputs; ``False`` = the reference's one augmented view.
+    clean_teacher_cache: bool = True
+    #: Evaluate with cosine on L2-normalised embeddings (reference) or Euclidean on raw ones.
+    eval_normalize: bool = True
+    mixed_precision: bool = False
+    #: Use a held-out validation split for model selection (``False`` = the reference: none).
+    use_validation_split: bool = True
+
+
+@dataclass
+class DistillConfig:
+    """The distillation objective: a preset name plus per-term weights (see losses.registry)."""
+
+    method: str = "distilvpr"
+    #: Explicit term weights; override the preset's (``{"rkdg": 10.0, ...}``).
+    terms: dict[str, float] = field(default_factory=dict)
+    curvature: float = 0.1
+    #: Internal weights of the self-agent RKD-G term (distance, angle, geodesic).
+    rkdg_distance_weight: float = 1.0
+    rkdg_angle_weight: float = 1.0
+    rkdg_geodesic_weight: float = 1.0
+    cross_loss_type: str = "mse"  # "mse" | "l1"
+    cross_norm_fn: str = "l2"  # "l2" | "softmax" | "log_softmax" | "identity"
+    logit_mapping: str = "identity"  # "identity" | "topoincare" | "id_topoin"
+
+
+@dataclass
+class SynthConfig:
+    """Procedural generator sizes (see data.synth)."""
+
+    n_runs: int = 6
+    #: Route length in metres (a loop through the street grid).
+    route_length_m: float = 1200.0
+    image_height: int = 120
+    image_width: int = 160
+    lidar_beams: int = 32
+    lidar_azimuth_steps: int = 360
+    #: Poses fired along each 20 m submap window.
+    lidar_poses_per_submap: int = 4
+    n_eval_runs: int | None = None
+
+
+@dataclass
+class ExperimentConfig:
+    """Everything one run needs; written next to its results as ``config.json``."""
+
+    profile: str = "cpu"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    synth: SynthConfig = field(default_factory=SynthConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ExperimentConfig":
+        cfg = cls()
+        for section in ("data", "model", "train", "distill", "synth"):
+            if section in d:
+                _update_dataclass(getattr(cfg, section), d[section], section)
+        if "profile" in d:
+            cfg.profile = d["profile"]
+        return cfg
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ExperimentConfig":
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+# ---------------------------------------------------------------------------
+# Profiles: only what differs from the dataclass defaults (the reference values)
+# ---------------------------------------------------------------------------
+PROFILES: dict[str, dict[str, dict[str, Any]]] = {
+    "smoke": {
+        "data": {"dataset_dir": "data/smoke", "num_workers": 0},
+        "model": {"cloud_planes": (8, 16, 16), "cloud_dim": 32, "image_dim": 64, "student_dim": 96},
+        "train": {"epochs": 2, "batch_size": 16, "milestones": (1,), "eval_batch_size": 32},
+        "synth": {
+            "n_runs": 3,
+            "route_length_m": 300.0,
+            "image_height": 48,
+            "image_width": 64,
+            "lidar_beams": 16,
+            "lidar_azimuth_steps": 180,
+            "lidar_poses_per_submap": 2,
+        },
+    },
+    "cpu": {
+        "data": {"dataset_dir": "data/cpu"},
+        "model": {},
+        "train": {"epochs": 12, "batch_size": 32, "image_lr": 3e-4, "cloud_lr": 1e-3, "milestones": (9,)},
+        "synth": {
+            "n_runs": 6,
+            "route_length_m": 1200.0,
+            "image_height": 96,
+            "image_width": 128,
+            "lidar_beams": 32,
+            "lidar_azimuth_steps": 360,
+            "lidar_poses_per_submap": 4,
+        },
+    },
+    "paper": {
+        "data": {"dataset_dir": "data/paper", "num_workers": 8},
+        "model": {},
+        "train": {"epochs": 60, "batch_size": 128, "milestones": (40,), "eval_batch_size": 160,
+                  "mixed_precision": True},
+        "synth": {
+            "n_runs": 44,
+            "route_length_m": 10000.0,
+            "image_height": 240,
+            "image_width": 320,
+            "lidar_beams": 32,
+            "lidar_azimuth_steps": 720,
+            "lidar_poses_per_submap": 6,
+        },
+    },
+}
+
+
+def profile_config(profile: str = "cpu") -> ExperimentConfig:
+    """Return a fresh :class:`ExperimentConfig` for a named profile.
+
+    Raises:
+        KeyError: unknown profile (the message lists the known ones).
+    """
+    if profile not in PROFILES:
+        raise KeyError(f"unknown profile {profile!r}; known profiles: {sorted(PROFILES)}")
+    cfg = ExperimentConfig(profile=profile)
+    for section, values in PROFILES[profile].items():
+        _update_dataclass(getattr(cfg, section), copy.deepcopy(values), section)
+    return cfg
+
+
+def apply_overrides(cfg: ExperimentConfig, overrides: dict[str, Any]) -> ExperimentConfig:
+    """Apply flat ``section.field`` (or unique bare ``field``) overrides, e.g. from papermill.
+
+    ``{"train.epochs": 3, "curvature": 0.01}`` sets ``cfg.train.epochs`` and
+    ``cfg.distill.curvature``. Unknown or ambiguous names raise ``KeyError``.
+    Values are coerced to the type of the default (tuples from lists or ``_``-strings).
+    """
+    cfg = copy.deepcopy(cfg)
+    sections = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if dataclasses.is_dataclass(getattr(cfg, f.name))}
+    for key, value in overrides.items():
+        if value is None and "." not in key:
+            continue
+        if "." in key:
+            section_name, name = key.split(".", 1)
+            if section_name not in sections:
+                raise KeyError(f"unknown config section {section_name!r} in {key!r}; known: {sorted(sections)}")
+            targets = [section_name]
+        else:
+            name = key
+            targets = [s for s, obj in sections.items() if name in {f.name for f in dataclasses.fields(obj)}]
+            if len(targets) != 1:
+                known = sorted(f"{s}.{f.name}" for s, o in sections.items() for f in dataclasses.fields(o))
+                what = "ambiguous" if targets else "unknown"
+                raise KeyError(f"{what} config field {key!r}; use one of: {known}")
+        _update_dataclass(sections[targets[0]], {name: value}, targets[0])
+    return cfg
+
+
+def _coerce(value: Any, default: Any, where: str) -> Any:
+    if isinstance(default, tuple):
+        if isinstance(value, str):
+            parts = [p for p in value.replace(",", "_").split("_") if p]
+            elem_type = type(default[0]) if default else float
+            return tuple(elem_type(p) for p in parts)
+        return tuple(value)
+    if isinstance(default, bool):
+        if isinstance(value, str):
+            if value.lower() in {"true", "1", "yes"}:
+                return True
+            if value.lower() in {"false", "0", "no"}:
+                return False
+            raise ValueError(f"{where}: expected a boolean, got {value!r}")
+        return bool(value)
+    if isinstance(default, float) and isinstance(value, (int, float, str)):
+        return float(value)
+    if isinstance(default, int) and isinstance(value, (int, str)) and not isinstance(value, bool):
+        return int(value)
+    return value
+
+
+def _update_dataclass(obj: Any, values: dict[str, Any], section: str) -> None:
+    names = {f.name: f for f in dataclasses.fields(obj)}
+    for name, value in values.items():
+        if name not in names:
+            raise KeyError(f"unknown field {name!r} in config section {section!r}; known: {sorted(names)}")
+        setattr(obj, name, _coerce(value, getattr(obj, name), f"{section}.{name}"))
