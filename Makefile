@@ -1,0 +1,32 @@
+# DistilVPR workbench. Two commands do everything on a fresh machine:
+#   make demo   bootstrap if needed, generate the cpu dataset, run the notebooks headless (papermill) into runs/
+#   make test   bootstrap if needed, run the whole test suite
+# SMOKE=1 make demo runs the smoke profile (minutes).
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SMOKE ?= 0
+PROFILE := $(if $(filter 1,$(SMOKE)),smoke,cpu)
+
+.PHONY: venv test test-fast demo data clean-runs bench
+
+venv:
+	@bash scripts/bootstrap.sh
+
+test: venv
+	DISTILVPR_REQUIRE_MINKOWSKI=1 $(PY) -m pytest
+
+test-fast: venv
+	$(PY) -m pytest -m "not slow and not notebooks and not browser and not distributed"
+
+data: venv
+	$(PY) -m distilvpr_lib.cli synth --profile $(PROFILE) --out data/$(PROFILE)
+
+demo: venv
+	$(PY) -m distilvpr_lib.demo --profile $(PROFILE)
+
+bench: venv
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean-runs:
+	rm -rf runs/
