@@ -1,0 +1,653 @@
+"""On-disk formats of the benchmark (METHOD.md §4.1, §4.2), read and written safely.
+
+* ``.bin`` point clouds: raw little-endian float64, 4096 x 3, C order (PointNetVLAD / Oxford).
+* ``.npy`` point clouds: a (4096, 3) numpy array (Boreas), loaded with ``allow_pickle=False``.
+* per-run location CSVs: header ``timestamp,northing,easting``.
+* pickles: the MinkLoc training tuples, the PointNetVLAD evaluation sets and the LiDAR-to-image
+  index. They are read with a **safe unpickler**: only an allow-list of globals (the
+  :class:`TrainingTuple` class under its reference module paths, numpy arrays / scalars / dtypes
+  of numpy 1.x and 2.x, plain builtin containers) can be referenced; anything else is refused
+  before it is called, so nothing in a pickle is executed.
+
+Every writer goes through :func:`atomic_write`: the data lands in a temporary file in the same
+folder which replaces the target only once it is complete, so a failure never leaves a partly
+written file behind. Every reading error is a :class:`DataFormatError` whose message names the
+file and the problem.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import os
+import pickle
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from distilvpr_lib.config import POINTS_PER_CLOUD
+
+PathLike = str | os.PathLike
+
+#: Byte count of a valid ``.bin`` cloud (4096 x 3 float64).
+BIN_CLOUD_BYTES: int = POINTS_PER_CLOUD * 3 * 8
+#: Column names of a per-run location CSV.
+LOCATION_COLUMNS: tuple[str, str, str] = ("timestamp", "northing", "easting")
+#: Largest absolute coordinate accepted in a ``.bin`` cloud before it is reported as a wrong dtype.
+_MAX_PLAUSIBLE_COORDINATE = 1.0e7
+#: Smallest non-zero absolute coordinate accepted (float32 pairs read as float64 give tiny values).
+_MIN_PLAUSIBLE_COORDINATE = 1.0e-30
+
+
+class DataFormatError(ValueError):
+    """A benchmark file is missing, malformed or unsafe; the message names the file and the problem."""
+
+
+class MissingDataError(DataFormatError, FileNotFoundError):
+    """A file or folder the benchmark needs does not exist (also a :class:`FileNotFoundError`)."""
+
+
+# ---------------------------------------------------------------------------
+# Atomic writes
+# ---------------------------------------------------------------------------
+@contextlib.contextmanager
+def atomic_write(path: PathLike, mode: str = "wb", encoding: str | None = None) -> Iterator[IO[Any]]:
+    """Open a temporary file next to ``path``; on a clean exit it replaces ``path`` atomically.
+
+    Use for every file the project writes (data, results, checkpoints)::
+
+        with atomic_write(out / "metrics.json", "w") as f:
+            json.dump(metrics, f)
+
+    If the block raises, the temporary file is removed and ``path`` is untouched (an existing
+    file keeps its old content; a new file never appears). Parent folders are created.
+
+    Args:
+        path: final file path.
+        mode: ``"wb"`` (default) or ``"w"`` (text; ``encoding`` defaults to UTF-8).
+        encoding: text encoding for ``mode="w"``.
+    """
+    if mode not in {"wb", "w"}:
+        raise ValueError(f"atomic_write supports modes 'wb' and 'w', got {mode!r}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(tmp_name)
+    try:
+        if mode == "w":
+            handle: IO[Any] = os.fdopen(fd, "w", encoding=encoding or "utf-8", newline="")
+        else:
+            handle = os.fdopen(fd, "wb")
+        with handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+@contextlib.contextmanager
+def atomic_output_path(path: PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path`` for writers that need a file name, not a handle.
+
+    The temporary file is moved onto ``path`` when the block ends without error, and removed
+    otherwise. The yielded path keeps ``path``'s suffix (so e.g. ``np.save`` does not add one).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def _require_file(path: Path, what: str) -> None:
+    if not path.exists():
+        raise MissingDataError(f"{path}: {what} not found")
+    if not path.is_file():
+        raise DataFormatError(f"{path}: {what} is not a regular file")
+
+
+# ---------------------------------------------------------------------------
+# Point clouds
+# ---------------------------------------------------------------------------
+def read_bin(path: PathLike, check_values: bool = True) -> np.ndarray:
+    """Read an Oxford/PointNetVLAD ``.bin`` cloud.
+
+    Args:
+        path: file of exactly 4096 * 3 little-endian float64 values (98,304 bytes).
+        check_values: also reject non-finite values and magnitudes that only a wrong dtype gives.
+
+    Returns:
+        ``(4096, 3)`` float64 array.
+
+    Raises:
+        DataFormatError: wrong byte count (the message gives expected and actual counts, and says
+            when the size matches float32 data), or implausible values.
+    """
+    path = Path(path)
+    _require_file(path, "point cloud")
+    size = path.stat().st_size
+    if size != BIN_CLOUD_BYTES:
+        raise DataFormatError(f"{path}: {_describe_bad_bin_size(size)}")
+    points = np.fromfile(path, dtype="<f8").reshape(POINTS_PER_CLOUD, 3)
+    if check_values:
+        _check_cloud_values(points, path)
+    return points.astype(np.float64, copy=False)
+
+
+def _describe_bad_bin_size(size: int) -> str:
+    expected = f"expected {BIN_CLOUD_BYTES} bytes ({POINTS_PER_CLOUD} x 3 float64), got {size} bytes"
+    if size == POINTS_PER_CLOUD * 3 * 4:
+        return expected + " (looks like float32 data: write clouds as float64)"
+    if size == 0:
+        return expected + " (empty file)"
+    if size % 24 == 0:
+        return expected + f" ({size // 24} float64 points instead of {POINTS_PER_CLOUD}: truncated or oversized)"
+    if size % 8 == 0:
+        return expected + f" ({size // 8} float64 values, not a whole number of xyz points)"
+    return expected + " (not a whole number of float64 values)"
+
+
+def _check_cloud_values(points: np.ndarray, path: Path) -> None:
+    if not np.isfinite(points).all():
+        bad = int((~np.isfinite(points)).any(axis=1).sum())
+        raise DataFormatError(f"{path}: {bad} points hold NaN or infinite values (wrong dtype or corrupt file?)")
+    magnitude = np.abs(points)
+    if magnitude.max(initial=0.0) > _MAX_PLAUSIBLE_COORDINATE:
+        raise DataFormatError(
+            f"{path}: coordinates up to {magnitude.max():.3g} are implausible; "
+            "the file is probably not float64 (wrong dtype?)"
+        )
+    nonzero = magnitude[magnitude > 0]
+    if nonzero.size and nonzero.min() < _MIN_PLAUSIBLE_COORDINATE:
+        raise DataFormatError(
+            f"{path}: coordinates as small as {nonzero.min():.3g} are implausible; "
+            "the file is probably not float64 (wrong dtype?)"
+        )
+
+
+def _as_cloud_array(points: Any, path: Path) -> np.ndarray:
+    array = np.asarray(points)
+    if array.shape != (POINTS_PER_CLOUD, 3):
+        raise DataFormatError(f"{path}: refusing to write a cloud of shape {array.shape}; expected ({POINTS_PER_CLOUD}, 3)")
+    if not np.issubdtype(array.dtype, np.number):
+        raise DataFormatError(f"{path}: refusing to write a cloud of dtype {array.dtype}; expected numbers")
+    if not np.isfinite(array).all():
+        raise DataFormatError(f"{path}: refusing to write a cloud with NaN or infinite values")
+    return array
+
+
+def write_bin(path: PathLike, points: Any) -> None:
+    """Write a ``(4096, 3)`` cloud as raw little-endian float64, C order (atomically).
+
+    ``read_bin(path)`` then returns exactly ``np.asarray(points, dtype=float64)``.
+    """
+    path = Path(path)
+    array = np.ascontiguousarray(_as_cloud_array(points, path), dtype="<f8")
+    with atomic_write(path, "wb") as f:
+        f.write(array.tobytes(order="C"))
+
+
+def read_npy_cloud(path: PathLike) -> np.ndarray:
+    """Read a Boreas ``.npy`` cloud (``allow_pickle=False``).
+
+    Returns:
+        ``(4096, 3)`` array in the stored float dtype.
+    """
+    path = Path(path)
+    _require_file(path, "point cloud")
+    try:
+        array = np.load(path, allow_pickle=False)
+    except ValueError as exc:  # object arrays, bad header
+        raise DataFormatError(f"{path}: not a plain numpy array file ({exc})") from exc
+    except (OSError, EOFError) as exc:
+        raise DataFormatError(f"{path}: unreadable .npy file ({exc})") from exc
+    if not isinstance(array, np.ndarray):
+        raise DataFormatError(f"{path}: expected one array, got {type(array).__name__}")
+    if array.shape != (POINTS_PER_CLOUD, 3):
+        raise DataFormatError(f"{path}: expected a ({POINTS_PER_CLOUD}, 3) array, got shape {array.shape}")
+    if not np.issubdtype(array.dtype, np.floating):
+        raise DataFormatError(f"{path}: expected a float array, got dtype {array.dtype}")
+    if not np.isfinite(array).all():
+        raise DataFormatError(f"{path}: cloud holds NaN or infinite values")
+    return array
+
+
+def write_npy_cloud(path: PathLike, points: Any, dtype: Any = np.float32) -> None:
+    """Write a ``(4096, 3)`` Boreas cloud as ``.npy`` (atomically; default float32)."""
+    path = Path(path)
+    array = np.ascontiguousarray(_as_cloud_array(points, path), dtype=dtype)
+    with atomic_write(path, "wb") as f:
+        np.save(f, array, allow_pickle=False)
+
+
+def read_cloud_file(path: PathLike) -> np.ndarray:
+    """Read a cloud by suffix (``.bin`` or ``.npy``); returns ``(4096, 3)`` float32."""
+    path = Path(path)
+    if path.suffix == ".bin":
+        return read_bin(path).astype(np.float32)
+    if path.suffix == ".npy":
+        return read_npy_cloud(path).astype(np.float32)
+    raise DataFormatError(f"{path}: unknown point cloud format {path.suffix!r}; expected .bin or .npy")
+
+
+# ---------------------------------------------------------------------------
+# Location CSVs
+# ---------------------------------------------------------------------------
+def read_locations_csv(path: PathLike) -> "pandas.DataFrame":  # noqa: F821
+    """Read a per-run location CSV.
+
+    Returns:
+        DataFrame with columns ``timestamp`` (int64), ``northing``, ``easting`` (float64), in file
+        order (extra columns are dropped).
+
+    Raises:
+        DataFormatError: missing file, missing columns (named), non-numeric or missing values,
+            duplicate timestamps.
+    """
+    import pandas as pd
+
+    path = Path(path)
+    _require_file(path, "location CSV")
+    try:
+        frame = pd.read_csv(path)
+    except pd.errors.EmptyDataError as exc:
+        raise DataFormatError(f"{path}: empty CSV; expected header {','.join(LOCATION_COLUMNS)}") from exc
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise DataFormatError(f"{path}: unreadable CSV ({exc})") from exc
+    frame.columns = [str(c).strip() for c in frame.columns]
+    missing = [c for c in LOCATION_COLUMNS if c not in frame.columns]
+    if missing:
+        raise DataFormatError(
+            f"{path}: missing column(s) {missing}; found {list(frame.columns)}, "
+            f"expected {list(LOCATION_COLUMNS)}"
+        )
+    frame = frame[list(LOCATION_COLUMNS)].copy()
+    for column in LOCATION_COLUMNS:
+        values = pd.to_numeric(frame[column], errors="coerce")
+        if values.isna().any():
+            row = int(np.flatnonzero(values.isna().to_numpy())[0]) + 2  # 1-based, after the header
+            raise DataFormatError(f"{path}: column {column!r} has a missing or non-numeric value at line {row}")
+        frame[column] = values
+    timestamps = frame["timestamp"].to_numpy()
+    if not np.all(np.equal(np.mod(timestamps, 1), 0)):
+        raise DataFormatError(f"{path}: column 'timestamp' must hold integers")
+    frame["timestamp"] = frame["timestamp"].astype(np.int64)
+    frame["northing"] = frame["northing"].astype(np.float64)
+    frame["easting"] = frame["easting"].astype(np.float64)
+    duplicated = frame["timestamp"].duplicated()
+    if duplicated.any():
+        raise DataFormatError(f"{path}: duplicate timestamp {int(frame['timestamp'][duplicated].iloc[0])}")
+    return frame.reset_index(drop=True)
+
+
+def write_locations_csv(path: PathLike, timestamps: Sequence[int], northing: Sequence[float], easting: Sequence[float]) -> None:
+    """Write a per-run location CSV (header ``timestamp,northing,easting``) atomically.
+
+    Floats are written with ``repr`` precision, so :func:`read_locations_csv` gives them back exactly.
+    """
+    path = Path(path)
+    ts = np.asarray(timestamps, dtype=np.int64)
+    north = np.asarray(northing, dtype=np.float64)
+    east = np.asarray(easting, dtype=np.float64)
+    if not (ts.ndim == north.ndim == east.ndim == 1 and len(ts) == len(north) == len(east)):
+        raise DataFormatError(f"{path}: timestamps, northing and easting must be 1-D of equal length")
+    buffer = io.StringIO()
+    buffer.write(",".join(LOCATION_COLUMNS) + "\n")
+    for t, n, e in zip(ts.tolist(), north.tolist(), east.tolist()):
+        buffer.write(f"{t},{n!r},{e!r}\n")
+    with atomic_write(path, "w") as f:
+        f.write(buffer.getvalue())
+
+
+# ---------------------------------------------------------------------------
+# Training tuples
+# ---------------------------------------------------------------------------
+class TrainingTuple:
+    """One training sub-map (MinkLoc format, METHOD.md §4.1).
+
+    Attributes:
+        id: index 0..N-1 (the key in the training dict).
+        timestamp: LiDAR timestamp (file stem).
+        rel_scan_filepath: cloud path relative to the dataset folder.
+        positives: sorted int64 array of ids within the positive radius, self excluded.
+        non_negatives: sorted int64 array of ids within the non-negative radius, self included.
+        position: ``(2,)`` float64 array ``[northing, easting]``.
+    """
+
+    def __init__(
+        self,
+        id: int,
+        timestamp: int,
+        rel_scan_filepath: str,
+        positives: np.ndarray,
+        non_negatives: np.ndarray,
+        position: np.ndarray,
+    ) -> None:
+        self.id = id
+        self.timestamp = timestamp
+        self.rel_scan_filepath = rel_scan_filepath
+        self.positives = positives
+        self.non_negatives = non_negatives
+        self.position = position
+
+    def __repr__(self) -> str:
+        return (
+            f"TrainingTuple(id={self.id}, timestamp={self.timestamp}, rel_scan_filepath={self.rel_scan_filepath!r}, "
+            f"positives={len(self.positives)} ids, non_negatives={len(self.non_negatives)} ids, "
+            f"position={np.asarray(self.position).tolist()})"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, TrainingTuple):
+            return NotImplemented
+        return (
+            self.id == other.id
+            and self.timestamp == other.timestamp
+            and self.rel_scan_filepath == other.rel_scan_filepath
+            and np.array_equal(self.positives, other.positives)
+            and np.array_equal(self.non_negatives, other.non_negatives)
+            and np.array_equal(self.position, other.position)
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, compared by value
+
+
+_TRAINING_TUPLE_ATTRIBUTES = ("id", "timestamp", "rel_scan_filepath", "positives", "non_negatives", "position")
+
+
+# ---------------------------------------------------------------------------
+# Safe pickles
+# ---------------------------------------------------------------------------
+#: Modules under which the reference scripts pickled ``TrainingTuple`` (all map to ours).
+TRAINING_TUPLE_MODULES: tuple[str, ...] = (
+    "datasets.oxford",
+    "datasets.base_datasets",
+    "__main__",
+    "distilvpr_lib.data.formats",
+)
+
+
+def _numpy_core_attr(submodule: str, name: str) -> Any:
+    """Resolve ``numpy(._)core.<submodule>.<name>`` against the installed numpy without importing shims."""
+    import importlib
+
+    try:
+        module = importlib.import_module(f"numpy._core.{submodule}")
+    except ImportError:  # numpy 1.x
+        module = importlib.import_module(f"numpy.core.{submodule}")
+    return getattr(module, name)
+
+
+def _allowed_globals() -> dict[tuple[str, str], Any]:
+    allowed: dict[tuple[str, str], Any] = {(module, "TrainingTuple"): TrainingTuple for module in TRAINING_TUPLE_MODULES}
+    for core in ("numpy.core", "numpy._core"):
+        for sub in ("multiarray", "_multiarray_umath"):
+            allowed[(f"{core}.{sub}", "_reconstruct")] = ("multiarray", "_reconstruct")
+            allowed[(f"{core}.{sub}", "scalar")] = ("multiarray", "scalar")
+        allowed[(f"{core}.numeric", "_frombuffer")] = ("numeric", "_frombuffer")
+    allowed[("numpy", "ndarray")] = np.ndarray
+    allowed[("numpy", "dtype")] = np.dtype
+    for name in ("int64", "int32", "float64", "float32", "bool_", "uint8", "int16", "uint16", "uint32", "uint64"):
+        allowed[("numpy", name)] = getattr(np, name)
+    for builtins_module in ("builtins", "__builtin__"):
+        for name, value in (("set", set), ("frozenset", frozenset), ("list", list), ("dict", dict),
+                            ("tuple", tuple), ("int", int), ("float", float), ("str", str),
+                            ("bytes", bytes), ("bytearray", bytearray), ("complex", complex),
+                            ("object", object), ("bool", bool)):
+            allowed[(builtins_module, name)] = value
+    import codecs
+    import copyreg
+    import collections
+
+    allowed[("_codecs", "encode")] = codecs.encode  # protocol-2 pickles store bytes as _codecs.encode(str, 'latin1')
+    allowed[("collections", "OrderedDict")] = collections.OrderedDict
+    # Protocol 0/1 objects: copyreg._reconstructor(cls, object, None); cls itself goes through this allow-list.
+    allowed[("copyreg", "_reconstructor")] = copyreg._reconstructor
+    allowed[("copy_reg", "_reconstructor")] = copyreg._reconstructor
+    return allowed
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    """Unpickler that resolves only allow-listed globals; everything else raises DataFormatError."""
+
+    def __init__(self, file: IO[bytes], source: Path) -> None:
+        super().__init__(file, fix_imports=True, encoding="latin1")
+        self._source = source
+        self._allowed = _allowed_globals()
+
+    def find_class(self, module: str, name: str) -> Any:
+        target = self._allowed.get((module, name))
+        if target is None:
+            raise DataFormatError(
+                f"{self._source}: refusing to load global '{module}.{name}' from the pickle "
+                "(not in the allow-list of benchmark types: TrainingTuple, numpy arrays/scalars/dtypes, "
+                "builtin containers)"
+            )
+        if isinstance(target, tuple):
+            target = _numpy_core_attr(*target)
+        return target
+
+    def persistent_load(self, pid: Any) -> Any:  # pragma: no cover - defensive
+        raise DataFormatError(f"{self._source}: refusing persistent id {pid!r} in the pickle")
+
+
+def load_pickle(path: PathLike) -> Any:
+    """Load a benchmark pickle with the safe unpickler.
+
+    ``TrainingTuple`` referenced as ``datasets.oxford.TrainingTuple``,
+    ``datasets.base_datasets.TrainingTuple`` or ``__main__.TrainingTuple`` is mapped to
+    :class:`TrainingTuple`; numpy 1.x (``numpy.core``) and 2.x (``numpy._core``) arrays and scalars
+    load under either numpy. Any other global is refused before it is called.
+
+    Raises:
+        DataFormatError: missing file, truncated/corrupt pickle, or a refused global (the message
+            names the file and the global).
+    """
+    path = Path(path)
+    _require_file(path, "pickle")
+    with open(path, "rb") as f:
+        try:
+            return _SafeUnpickler(f, path).load()
+        except DataFormatError:
+            raise
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
+                ImportError, MemoryError, UnicodeDecodeError) as exc:
+            raise DataFormatError(f"{path}: corrupt or unsupported pickle ({type(exc).__name__}: {exc})") from exc
+
+
+def save_pickle(path: PathLike, obj: Any, protocol: int = 4) -> None:
+    """Pickle ``obj`` to ``path`` atomically (protocol 4 by default, readable by Python ≥ 3.4)."""
+    data = pickle.dumps(obj, protocol=protocol)
+    with atomic_write(path, "wb") as f:
+        f.write(data)
+
+
+# ---------------------------------------------------------------------------
+# Validated benchmark pickles
+# ---------------------------------------------------------------------------
+def _sorted_int_array(value: Any, path: Path, what: str) -> np.ndarray:
+    try:
+        array = np.asarray(value)
+    except Exception as exc:  # pragma: no cover - defensive
+        raise DataFormatError(f"{path}: {what} is not an array ({exc})") from exc
+    if array.ndim != 1 or (array.size and not np.issubdtype(array.dtype, np.integer)):
+        raise DataFormatError(f"{path}: {what} must be a 1-D integer array, got shape {array.shape} dtype {array.dtype}")
+    array = array.astype(np.int64, copy=False)
+    if array.size > 1 and np.any(np.diff(array) < 0):
+        array = np.sort(array)
+    return array
+
+
+def validate_training_tuples(tuples: Any, path: PathLike) -> dict[int, TrainingTuple]:
+    """Check a loaded training pickle and normalise it (int ids, sorted int64 id arrays).
+
+    Raises:
+        DataFormatError: not a dict of TrainingTuple, missing attributes, ids that do not match the
+            keys, or positive / non-negative ids out of range.
+    """
+    path = Path(path)
+    if not isinstance(tuples, Mapping):
+        hint = ""
+        if isinstance(tuples, Mapping) is False and isinstance(tuples, list):
+            hint = " (a list; evaluation set pickle?)"
+        raise DataFormatError(f"{path}: expected a dict of TrainingTuple, got {type(tuples).__name__}{hint}")
+    n = len(tuples)
+    out: dict[int, TrainingTuple] = {}
+    for key, item in tuples.items():
+        if isinstance(item, Mapping) and "query" in item:
+            raise DataFormatError(
+                f"{path}: entry {key!r} is a PointNetVLAD dict ({sorted(map(str, item))}); "
+                "expected MinkLoc TrainingTuple objects"
+            )
+        missing = [a for a in _TRAINING_TUPLE_ATTRIBUTES if not hasattr(item, a)]
+        if missing:
+            raise DataFormatError(f"{path}: training entry {key!r} lacks attribute(s) {missing}")
+        try:
+            ndx = int(key)
+        except (TypeError, ValueError) as exc:
+            raise DataFormatError(f"{path}: training key {key!r} is not an integer") from exc
+        if int(item.id) != ndx:
+            raise DataFormatError(f"{path}: training entry {key!r} has id {item.id}")
+        positives = _sorted_int_array(item.positives, path, f"positives of entry {key}")
+        non_negatives = _sorted_int_array(item.non_negatives, path, f"non_negatives of entry {key}")
+        for what, ids in (("positives", positives), ("non_negatives", non_negatives)):
+            if ids.size and (ids[0] < 0 or ids[-1] >= n):
+                raise DataFormatError(f"{path}: {what} of entry {key} reference ids outside 0..{n - 1}")
+        position = np.asarray(item.position, dtype=np.float64).reshape(-1)
+        if position.shape != (2,):
+            raise DataFormatError(f"{path}: position of entry {key} has shape {position.shape}; expected (2,)")
+        if not isinstance(item.rel_scan_filepath, str):
+            raise DataFormatError(f"{path}: rel_scan_filepath of entry {key} is not a string")
+        out[ndx] = TrainingTuple(ndx, int(item.timestamp), item.rel_scan_filepath, positives, non_negatives, position)
+    if sorted(out) != list(range(n)):
+        raise DataFormatError(f"{path}: training ids are not consecutive 0..{n - 1}")
+    return dict(sorted(out.items()))
+
+
+def load_training_tuples(path: PathLike) -> dict[int, TrainingTuple]:
+    """Load and validate a training pickle (``dict[int, TrainingTuple]``)."""
+    return validate_training_tuples(load_pickle(path), path)
+
+
+def validate_evaluation_sets(sets: Any, path: PathLike, kind: str) -> list[dict[int, dict[Any, Any]]]:
+    """Check evaluation sets and normalise them.
+
+    Database sets: ``list`` (one per run) of ``{k: {'query': rel_path, 'northing': float, 'easting': float}}``.
+    Query sets additionally hold, per entry, a key ``i`` for every other run ``i`` mapping to a list
+    of database indices. Keys become ``int``, coordinates ``float``, neighbour lists ``list[int]``.
+
+    Args:
+        kind: ``"database"`` or ``"query"``.
+
+    Raises:
+        DataFormatError: wrong container type or missing keys (the message names the file, run,
+            entry and key).
+    """
+    path = Path(path)
+    if kind not in {"database", "query"}:
+        raise ValueError(f"kind must be 'database' or 'query', got {kind!r}")
+    if not isinstance(sets, (list, tuple)):
+        raise DataFormatError(f"{path}: expected a list of per-run dicts, got {type(sets).__name__}")
+    n_runs = len(sets)
+    out: list[dict[int, dict[Any, Any]]] = []
+    for run_index, run_set in enumerate(sets):
+        if not isinstance(run_set, Mapping):
+            raise DataFormatError(f"{path}: run {run_index} is a {type(run_set).__name__}, expected a dict")
+        clean: dict[int, dict[Any, Any]] = {}
+        for key, entry in run_set.items():
+            where = f"{path}: run {run_index} entry {key!r}"
+            if not isinstance(entry, Mapping):
+                raise DataFormatError(f"{where} is a {type(entry).__name__}, expected a dict")
+            for required in ("query", "northing", "easting"):
+                if required not in entry:
+                    raise DataFormatError(f"{where} lacks key {required!r}")
+            if not isinstance(entry["query"], str):
+                raise DataFormatError(f"{where}: 'query' must be a relative file path string")
+            item: dict[Any, Any] = {"query": entry["query"]}
+            for coordinate in ("northing", "easting"):
+                value = float(entry[coordinate])
+                if not math.isfinite(value):
+                    raise DataFormatError(f"{where}: {coordinate} is not finite")
+                item[coordinate] = value
+            if kind == "query":
+                for other in range(n_runs):
+                    if other == run_index:
+                        continue
+                    if other not in entry:
+                        raise DataFormatError(f"{where} lacks the neighbour list for database run {other}")
+                    neighbours = [int(x) for x in entry[other]]
+                    limit = len(sets[other])
+                    if any(x < 0 or x >= limit for x in neighbours):
+                        raise DataFormatError(f"{where}: neighbours in run {other} outside 0..{limit - 1}")
+                    item[other] = neighbours
+            try:
+                clean[int(key)] = item
+            except (TypeError, ValueError) as exc:
+                raise DataFormatError(f"{where}: key is not an integer") from exc
+        if sorted(clean) != list(range(len(clean))):
+            raise DataFormatError(f"{path}: run {run_index} keys are not consecutive 0..{len(clean) - 1}")
+        out.append(dict(sorted(clean.items())))
+    return out
+
+
+def load_evaluation_sets(path: PathLike, kind: str) -> list[dict[int, dict[Any, Any]]]:
+    """Load and validate an evaluation database (``kind="database"``) or query pickle (``"query"``)."""
+    return validate_evaluation_sets(load_pickle(path), path, kind)
+
+
+def validate_lidar2image_ndx(ndx: Any, path: PathLike) -> dict[int, list[int]]:
+    """Check a ``{lidar_ts: [image_ts, ...]}`` index (nearest first) and normalise to ``dict[int, list[int]]``."""
+    path = Path(path)
+    if not isinstance(ndx, Mapping):
+        raise DataFormatError(f"{path}: expected a dict lidar_ts -> [image_ts, ...], got {type(ndx).__name__}")
+    out: dict[int, list[int]] = {}
+    for key, value in ndx.items():
+        try:
+            images = [int(v) for v in np.asarray(value).reshape(-1).tolist()]
+            out[int(key)] = images
+        except (TypeError, ValueError) as exc:
+            raise DataFormatError(f"{path}: entry {key!r} is not a list of integer image timestamps") from exc
+        if not images:
+            raise DataFormatError(f"{path}: LiDAR timestamp {key} has no image")
+    return out
+
+
+def load_lidar2image_ndx(path: PathLike) -> dict[int, list[int]]:
+    """Load and validate a LiDAR-to-image index pickle."""
+    return validate_lidar2image_ndx(load_pickle(path), path)
+
+
+def timestamp_from_path(path: PathLike) -> int:
+    """LiDAR timestamp of a cloud file: ``int(stem)``.
+
+    Raises:
+        DataFormatError: the file name is not an integer timestamp.
+    """
+    stem = Path(path).stem
+    try:
+        return int(stem)
+    except ValueError as exc:
+        raise DataFormatError(f"{path}: file name {stem!r} is not an integer timestamp") from exc
+
+
+def run_from_path(path: PathLike) -> str:
+    """Run (traversal) name of a cloud file: the name of its grand-parent folder."""
+    parents = Path(path).parents
+    if len(parents) < 2 or not parents[1].name:
+        raise DataFormatError(f"{path}: cannot take the run name (grand-parent folder) of this path")
+    return parents[1].name
