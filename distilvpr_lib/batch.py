@@ -1,0 +1,305 @@
+"""Parameterised notebook batches executed by papermill.
+
+A *grid file* (YAML) names a notebook, base parameters, variations and seeds::
+
+    name: ablations-cpu
+    notebook: notebooks/03_distillation.ipynb
+    base: {dataset: data/cpu, teacher: teacher_weights/cpu, epochs: 12}
+    seeds: [0, 1, 2]
+    variations:                      # a list of named parameter sets ...
+      - {name: nokd, method: nokd}
+      - {name: distilvpr, method: distilvpr}
+    product:                         # ... and/or a cartesian product (names built from the values)
+      curvature: [0.01, 0.1, 1.0]
+
+Every run (variation x seed) is executed into ``<out>/<batch name>/<run name>/`` holding
+``notebook.ipynb`` (the executed copy), ``parameters.yaml``, ``status.json`` and the
+``metrics.json`` the notebook writes into its ``out`` folder. Re-running a grid skips runs whose
+metrics exist with status ``ok`` and re-runs unfinished or failed ones. A failing run is recorded
+(status, error, executed notebook kept) and the others continue.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from distilvpr_lib.data.formats import atomic_write
+
+#: Name of the notebook parameter that receives the run folder.
+OUT_PARAMETER = "out"
+METRICS_FILE = "metrics.json"
+STATUS_FILE = "status.json"
+PARAMETERS_FILE = "parameters.yaml"
+EXECUTED_NOTEBOOK = "notebook.ipynb"
+
+
+class GridError(ValueError):
+    """A grid file is malformed (the message names the file and the problem)."""
+
+
+@dataclass
+class RunSpec:
+    """One notebook execution of a batch."""
+
+    name: str
+    parameters: dict[str, Any]
+
+
+@dataclass
+class Grid:
+    """A parsed grid file."""
+
+    name: str
+    notebook: Path
+    base: dict[str, Any] = field(default_factory=dict)
+    variations: list[dict[str, Any]] = field(default_factory=list)
+    product: dict[str, list[Any]] = field(default_factory=dict)
+    seeds: list[int] = field(default_factory=lambda: [0])
+    source: Path | None = None
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Grid":
+        """Read a grid YAML file; relative notebook paths are resolved against the current directory."""
+        path = Path(path)
+        if not path.is_file():
+            raise GridError(f"{path}: grid file does not exist")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise GridError(f"{path}: not valid YAML ({exc})") from exc
+        if not isinstance(raw, dict):
+            raise GridError(f"{path}: expected a mapping at the top level")
+        known = {"name", "notebook", "base", "variations", "product", "seeds"}
+        unknown = set(raw) - known
+        if unknown:
+            raise GridError(f"{path}: unknown keys {sorted(unknown)}; known: {sorted(known)}")
+        if "notebook" not in raw:
+            raise GridError(f"{path}: missing key 'notebook'")
+        variations = raw.get("variations") or []
+        for i, v in enumerate(variations):
+            if not isinstance(v, dict) or "name" not in v:
+                raise GridError(f"{path}: variation #{i} must be a mapping with a 'name'")
+        names = [v["name"] for v in variations]
+        if len(set(names)) != len(names):
+            raise GridError(f"{path}: duplicate variation names {names}")
+        return cls(
+            name=str(raw.get("name") or path.stem),
+            notebook=Path(raw["notebook"]),
+            base=dict(raw.get("base") or {}),
+            variations=[dict(v) for v in variations],
+            product={k: list(v) for k, v in (raw.get("product") or {}).items()},
+            seeds=[int(s) for s in (raw.get("seeds") or [0])],
+            source=path,
+        )
+
+    def runs(self) -> list[RunSpec]:
+        """Expand variations x product x seeds into named runs (names are folder-safe)."""
+        sets: list[tuple[str, dict[str, Any]]] = []
+        for v in self.variations:
+            params = {k: val for k, val in v.items() if k != "name"}
+            sets.append((str(v["name"]), params))
+        if self.product:
+            keys = sorted(self.product)
+            for values in itertools.product(*(self.product[k] for k in keys)):
+                params = dict(zip(keys, values))
+                sets.append(("__".join(f"{k}-{_slug(v)}" for k, v in params.items()), params))
+        if not sets:
+            sets = [("base", {})]
+        runs = []
+        for set_name, params in sets:
+            for seed in self.seeds:
+                merged = {**self.base, **params, "seed": seed}
+                runs.append(RunSpec(name=f"{set_name}__seed{seed}", parameters=merged))
+        return runs
+
+
+@dataclass
+class RunOutcome:
+    name: str
+    status: str  # "ok" | "failed" | "skipped"
+    run_dir: Path
+    error: str | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class BatchSummary:
+    batch_dir: Path
+    outcomes: list[RunOutcome]
+
+    @property
+    def n_ok(self) -> int:
+        return sum(o.status == "ok" for o in self.outcomes)
+
+    @property
+    def n_skipped(self) -> int:
+        return sum(o.status == "skipped" for o in self.outcomes)
+
+    @property
+    def n_failed(self) -> int:
+        return sum(o.status == "failed" for o in self.outcomes)
+
+    def __str__(self) -> str:
+        lines = [f"batch {self.batch_dir}: {self.n_ok} succeeded, {self.n_skipped} skipped (already done), "
+                 f"{self.n_failed} failed"]
+        for o in self.outcomes:
+            if o.status == "failed":
+                lines.append(f"  FAILED {o.name}: {o.error}  (notebook: {o.run_dir / EXECUTED_NOTEBOOK})")
+        return "\n".join(lines)
+
+
+def _slug(value: Any) -> str:
+    return str(value).replace("/", "-").replace(" ", "")
+
+
+def run_is_complete(run_dir: Path) -> bool:
+    """True when the run folder holds metrics and an ``ok`` status."""
+    status = run_dir / STATUS_FILE
+    if not (run_dir / METRICS_FILE).is_file() or not status.is_file():
+        return False
+    try:
+        return json.loads(status.read_text()).get("status") == "ok"
+    except json.JSONDecodeError:
+        return False
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    with atomic_write(path, mode="w") as fh:
+        json.dump(obj, fh, indent=2, sort_keys=True, default=str)
+
+
+def execute_notebook(notebook: Path, run_dir: Path, parameters: dict[str, Any], threads: int | None = None,
+                     timeout_s: float | None = None) -> RunOutcome:
+    """Execute ``notebook`` with papermill into ``run_dir`` (in a subprocess with its own thread budget).
+
+    The notebook receives ``parameters`` plus ``out=<run_dir>``; its executed copy is kept even on failure.
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    params = {**parameters, OUT_PARAMETER: str(run_dir)}
+    with atomic_write(run_dir / PARAMETERS_FILE, mode="w") as fh:
+        yaml.safe_dump(params, fh, sort_keys=True)
+    env = dict(os.environ)
+    if threads:
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "DISTILVPR_NUM_THREADS"):
+            env[var] = str(threads)
+    cmd = [sys.executable, "-m", "papermill", str(notebook), str(run_dir / EXECUTED_NOTEBOOK),
+           "-f", str(run_dir / PARAMETERS_FILE), "--cwd", os.getcwd(), "--no-progress-bar", "--log-level", "WARNING"]
+    if timeout_s:
+        cmd += ["--execution-timeout", str(int(timeout_s))]
+    start = time.time()
+    _write_json(run_dir / STATUS_FILE, {"status": "running", "started": start})
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    seconds = time.time() - start
+    if proc.returncode == 0 and (run_dir / METRICS_FILE).is_file():
+        _write_json(run_dir / STATUS_FILE, {"status": "ok", "started": start, "seconds": seconds})
+        return RunOutcome(run_dir.name, "ok", run_dir, seconds=seconds)
+    if proc.returncode == 0:
+        error = f"notebook finished but wrote no {METRICS_FILE} into its '{OUT_PARAMETER}' folder"
+    else:
+        error = _last_error_line(proc.stderr) or f"papermill exited with status {proc.returncode}"
+    _write_json(run_dir / STATUS_FILE, {"status": "failed", "started": start, "seconds": seconds, "error": error,
+                                        "stderr_tail": proc.stderr[-4000:]})
+    return RunOutcome(run_dir.name, "failed", run_dir, error=error, seconds=seconds)
+
+
+def _last_error_line(stderr: str) -> str:
+    lines = [ln.strip() for ln in stderr.strip().splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if "Error" in ln or "Exception" in ln:
+            return ln[:500]
+    return lines[-1][:500] if lines else ""
+
+
+def run_batch(grid: Grid | str | Path, out_root: str | Path = "runs", workers: int = 1, force: bool = False,
+              only: list[str] | None = None, progress: bool = True, timeout_s: float | None = None) -> BatchSummary:
+    """Run every run of a grid (resumable, failure-isolated), ``workers`` at a time.
+
+    Threads per worker are ``max(1, cpu_count // workers)`` so the cores are not oversubscribed.
+    """
+    from tqdm.auto import tqdm
+
+    if not isinstance(grid, Grid):
+        grid = Grid.load(grid)
+    if not grid.notebook.is_file():
+        raise GridError(f"{grid.source}: notebook {grid.notebook} does not exist")
+    batch_dir = Path(out_root) / grid.name
+    batch_dir.mkdir(parents=True, exist_ok=True)
+    runs = grid.runs()
+    if only:
+        runs = [r for r in runs if any(r.name.startswith(o) for o in only)]
+    workers = max(1, int(workers))
+    threads = max(1, (os.cpu_count() or 1) // workers)
+
+    outcomes: list[RunOutcome] = []
+    todo = []
+    for spec in runs:
+        run_dir = batch_dir / spec.name
+        if not force and run_is_complete(run_dir):
+            outcomes.append(RunOutcome(spec.name, "skipped", run_dir))
+        else:
+            todo.append((spec, run_dir))
+    bar = tqdm(total=len(runs), initial=len(outcomes), desc=f"batch {grid.name}", disable=not progress)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(execute_notebook, grid.notebook, run_dir, spec.parameters, threads, timeout_s)
+                   for spec, run_dir in todo]
+        for fut in as_completed(futures):
+            outcome = fut.result()
+            outcomes.append(outcome)
+            bar.update(1)
+            bar.set_postfix(failed=sum(o.status == "failed" for o in outcomes))
+    bar.close()
+    order = {spec.name: i for i, spec in enumerate(runs)}
+    outcomes.sort(key=lambda o: order.get(o.name, 0))
+    summary = BatchSummary(batch_dir, outcomes)
+    _write_json(batch_dir / "batch.json", {
+        "grid": str(grid.source) if grid.source else None, "notebook": str(grid.notebook),
+        "runs": [{"name": o.name, "status": o.status, "error": o.error} for o in outcomes]})
+    return summary
+
+
+def _flatten(prefix: str, obj: Any, out: dict[str, Any]) -> None:
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            _flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
+    elif isinstance(obj, (int, float, str, bool)) or obj is None:
+        out[prefix] = obj
+
+
+def collect_batch(batch_dir: str | Path) -> "pandas.DataFrame":  # noqa: F821
+    """Load every run of a batch into one DataFrame: parameters + flattened metrics + status.
+
+    Columns: ``run``, ``variation``, ``status``, ``error``, ``param.<name>`` for every parameter and
+    ``<metric path>`` (dot-joined) for every scalar in ``metrics.json``.
+    """
+    import pandas as pd
+
+    batch_dir = Path(batch_dir)
+    if not batch_dir.is_dir():
+        raise FileNotFoundError(f"{batch_dir}: batch folder does not exist")
+    rows = []
+    for run_dir in sorted(p for p in batch_dir.iterdir() if p.is_dir()):
+        params_file = run_dir / PARAMETERS_FILE
+        if not params_file.is_file():
+            continue
+        row: dict[str, Any] = {"run": run_dir.name, "variation": run_dir.name.rsplit("__seed", 1)[0]}
+        status = json.loads((run_dir / STATUS_FILE).read_text()) if (run_dir / STATUS_FILE).is_file() else {}
+        row["status"] = status.get("status", "unknown")
+        row["error"] = status.get("error")
+        row["seconds"] = status.get("seconds")
+        for k, v in (yaml.safe_load(params_file.read_text()) or {}).items():
+            row[f"param.{k}"] = v
+        if (run_dir / METRICS_FILE).is_file():
+            _flatten("", json.loads((run_dir / METRICS_FILE).read_text()), row)
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -1,0 +1,89 @@
+"""The papermill batch runner: expansion, resumability, failure isolation, collection."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from distilvpr_lib.batch import Grid, GridError, collect_batch, run_batch
+from distilvpr_lib.cli import main
+
+
+def _toy_notebook(path: Path) -> Path:
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell("x = 1\nfail = False\nseed = 0\nout = 'unused'")
+    params.metadata["tags"] = ["parameters"]
+    body = nbformat.v4.new_code_cell(
+        "import json, pathlib\n"
+        "if fail:\n    raise RuntimeError('deliberate failure for the test')\n"
+        "pathlib.Path(out, 'metrics.json').write_text(json.dumps({'test': {'ar1': x * 10 + seed}}))\n"
+        "pathlib.Path(out, 'ran.txt').open('a').write('ran\\n')"
+    )
+    nb.cells = [params, body]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+    return path
+
+
+def _grid(tmp_path: Path, **extra) -> Path:
+    nb = _toy_notebook(tmp_path / "toy.ipynb")
+    grid = {"name": "toy", "notebook": str(nb), "base": {"x": 1}, "seeds": [0, 1],
+            "variations": [{"name": "a", "x": 2}, {"name": "broken", "fail": True}], **extra}
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(grid))
+    return path
+
+
+def test_grid_expansion_variations_product_and_seeds(tmp_path: Path) -> None:
+    grid = Grid.load(_grid(tmp_path, product={"y": [1, 2]}))
+    names = [r.name for r in grid.runs()]
+    assert names == ["a__seed0", "a__seed1", "broken__seed0", "broken__seed1", "y-1__seed0", "y-1__seed1",
+                     "y-2__seed0", "y-2__seed1"]
+    a0 = grid.runs()[0].parameters
+    assert a0 == {"x": 2, "seed": 0}
+
+
+def test_bad_grid_files_name_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("notebook: x.ipynb\nvariations: [{x: 1}]\n")
+    with pytest.raises(GridError, match="bad.yaml.*name"):
+        Grid.load(bad)
+    bad.write_text("notebok: x.ipynb\n")
+    with pytest.raises(GridError, match="unknown keys"):
+        Grid.load(bad)
+    with pytest.raises(GridError, match="does not exist"):
+        Grid.load(tmp_path / "missing.yaml")
+
+
+@pytest.mark.notebooks
+def test_batch_isolates_failures_resumes_and_collects(tmp_path: Path) -> None:
+    grid_path = _grid(tmp_path)
+    out = tmp_path / "runs"
+    summary = run_batch(grid_path, out_root=out, workers=2, progress=False)
+    assert (summary.n_ok, summary.n_failed, summary.n_skipped) == (2, 2, 0)
+    failed = out / "toy" / "broken__seed0"
+    status = json.loads((failed / "status.json").read_text())
+    assert status["status"] == "failed" and "deliberate failure" in status["error"]
+    assert (failed / "notebook.ipynb").is_file(), "the failed run's executed notebook is kept"
+
+    # Re-run: completed runs are skipped (their notebook does not run again), failed ones re-run.
+    summary2 = run_batch(grid_path, out_root=out, workers=1, progress=False)
+    assert (summary2.n_ok, summary2.n_failed, summary2.n_skipped) == (0, 2, 2)
+    assert (out / "toy" / "a__seed0" / "ran.txt").read_text().count("ran") == 1
+
+    df = collect_batch(out / "toy")
+    assert len(df) == 4
+    ok = df[df.status == "ok"].set_index("run")
+    assert ok.loc["a__seed1", "test.ar1"] == 21 and ok.loc["a__seed1", "param.x"] == 2
+    assert set(df[df.status == "failed"].variation) == {"broken"}
+
+
+@pytest.mark.notebooks
+def test_batch_cli_exit_status_reports_failures(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    code = main(["batch", str(_grid(tmp_path)), "--out", str(tmp_path / "runs"), "--only", "broken__seed0"])
+    assert code == 1
+    assert "0 succeeded, 0 skipped (already done), 1 failed" in capsys.readouterr().out
