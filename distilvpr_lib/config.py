@@ -127,6 +127,23 @@ class DistillConfig:
     cross_loss_type: str = "mse"  # "mse" | "l1"
     cross_norm_fn: str = "l2"  # "l2" | "softmax" | "log_softmax" | "identity"
     logit_mapping: str = "identity"  # "identity" | "topoincare" | "id_topoin"
+    #: Cosine relations divide by the norms (``--crosslogitsimloss_divide``); False = raw dot products.
+    cross_sim_divide: bool = True
+    #: artanh backward: "straight_through" (reference, g/(1-z^2) at the clamped z) | "exact".
+    artanh_backward: str = "straight_through"
+    #: RKD angle computation: "gram" (O(B^2 D + B^3), default) | "broadcast" (reference's O(B^3 D)).
+    angle_method: str = "gram"
+    # --- baselines (METHOD.md §5.6) ---
+    kd_temperature: float = 1.0
+    pkt_eps: float = 1e-7
+    cc_gamma: float = 0.4
+    cc_order: int = 2
+    csd_use_kd: bool = False
+    #: AFD: reproduce the reference's (s_i, t_j) vs (t_i, s_j) index mismatch.
+    afd_faithful_index_mismatch: bool = False
+    epcnet_loss_type: str = "mse"  # "mse" | "l1" | "smoothl1" | "kldiv"
+    epcnet_norm_fn: str = "l2"
+    lsdnet_loss_type: str = "mse"  # "mse" | "l1" | "smoothl1"
 
 
 @dataclass
