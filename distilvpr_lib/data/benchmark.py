@@ -35,6 +35,7 @@ from distilvpr_lib.data.formats import (
     MissingDataError,
     PathLike,
     TrainingTuple,
+    check_query_against_database,
     load_evaluation_sets,
     load_lidar2image_ndx,
     load_training_tuples,
@@ -173,8 +174,7 @@ class Benchmark:
                 raise MissingDataError(f"{dataset_dir / absent}: {split} split is incomplete ({present.name} exists without it)")
             database = load_evaluation_sets(db_path, "database")
             query = load_evaluation_sets(q_path, "query")
-            if len(database) != len(query):
-                raise DataFormatError(f"{q_path}: {len(query)} query sets but {len(database)} database sets in {db_path.name}")
+            check_query_against_database(database, query, q_path)
             sets[split] = (database, query)
             set_files[split] = (db_path, q_path)
         if not training and "test" not in sets and "validation" not in sets:

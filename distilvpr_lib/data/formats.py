@@ -590,10 +590,10 @@ def validate_evaluation_sets(sets: Any, path: PathLike, kind: str) -> list[dict[
                         continue
                     if other not in entry:
                         raise DataFormatError(f"{where} lacks the neighbour list for database run {other}")
-                    neighbours = [int(x) for x in entry[other]]
-                    limit = len(sets[other])
-                    if any(x < 0 or x >= limit for x in neighbours):
-                        raise DataFormatError(f"{where}: neighbours in run {other} outside 0..{limit - 1}")
+                    try:
+                        neighbours = [int(x) for x in entry[other]]
+                    except (TypeError, ValueError) as exc:
+                        raise DataFormatError(f"{where}: neighbours in run {other} are not a list of integers") from exc
                     item[other] = neighbours
             try:
                 clean[int(key)] = item
@@ -603,6 +603,27 @@ def validate_evaluation_sets(sets: Any, path: PathLike, kind: str) -> list[dict[
             raise DataFormatError(f"{path}: run {run_index} keys are not consecutive 0..{len(clean) - 1}")
         out.append(dict(sorted(clean.items())))
     return out
+
+
+def check_query_against_database(database: Sequence[Mapping[int, Any]], query: Sequence[Mapping[Any, Any]],
+                                 path: PathLike) -> None:
+    """Check that query sets align with database sets: same run count, neighbour indices in range.
+
+    Raises:
+        DataFormatError: naming the query pickle ``path``, the run and the entry.
+    """
+    if len(database) != len(query):
+        raise DataFormatError(f"{path}: {len(query)} query sets but {len(database)} database sets")
+    for j, run_set in enumerate(query):
+        for key, entry in run_set.items():
+            for i in range(len(database)):
+                if i == j:
+                    continue
+                limit = len(database[i])
+                bad = [x for x in entry[i] if x < 0 or x >= limit]
+                if bad:
+                    raise DataFormatError(
+                        f"{path}: run {j} entry {key}: neighbour indices {bad[:5]} outside database run {i} (0..{limit - 1})")
 
 
 def load_evaluation_sets(path: PathLike, kind: str) -> list[dict[int, dict[Any, Any]]]:

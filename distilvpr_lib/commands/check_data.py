@@ -1,0 +1,38 @@
+"""``distilvpr check-data DATASET_DIR [--image-dir DIR] [--layout auto|oxford|boreas]``.
+
+Validates a benchmark folder and prints its summary; exits 1 (naming the offending files) on any problem.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``check-data`` subcommand."""
+    parser = subparsers.add_parser(
+        "check-data",
+        help="validate a dataset folder (Oxford or Boreas layout) and print its summary",
+        description="Check every cloud, CSV, pickle and image of a benchmark folder; exit 1 on any problem.",
+    )
+    parser.add_argument("dataset_dir", help="the dataset folder")
+    parser.add_argument("--image-dir", default=None,
+                        help="image folder (default: <dataset_dir>/images for Oxford, next to the clouds for Boreas)")
+    parser.add_argument("--layout", default="auto", choices=("auto", "oxford", "boreas"))
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the checks; print the report; return 0 when clean, 1 otherwise."""
+    from distilvpr_lib.data.check import check_dataset, format_report
+
+    report = check_dataset(args.dataset_dir, image_dir=args.image_dir, layout=args.layout)
+    text = format_report(report)
+    if report.ok:
+        print(text)
+        return 0
+    print(text, file=sys.stderr if not report.lines else sys.stdout)
+    if report.lines:
+        print(f"check-data: {len(report.problems)} problem(s); first: {report.problems[0]}", file=sys.stderr)
+    return 1
