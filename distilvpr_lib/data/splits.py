@@ -84,7 +84,7 @@ Square = tuple[float, float, float]
 # ---------------------------------------------------------------------------
 # Regions
 # ---------------------------------------------------------------------------
-def test_squares(
+def oxford_test_squares(
     centres: Sequence[tuple[float, float]] = OXFORD_TEST_SQUARE_CENTRES,
     half_width: float = OXFORD_TEST_SQUARE_HALF_WIDTH_M,
 ) -> list[Square]:
@@ -365,7 +365,7 @@ def build_oxford_benchmark(
     dataset_dir = Path(dataset_dir)
     if not dataset_dir.is_dir():
         raise MissingDataError(f"{dataset_dir}: dataset folder not found")
-    squares = test_squares() if squares is None else [tuple(map(float, s)) for s in squares]  # type: ignore[misc]
+    squares = oxford_test_squares() if squares is None else [tuple(map(float, s)) for s in squares]  # type: ignore[misc]
     if validation_fraction is None:
         validation_fraction = DataConfig().validation_fraction
 
