@@ -151,10 +151,19 @@ def artanh(x: torch.Tensor, backward: str = "straight_through") -> torch.Tensor:
     raise KeyError(f"unknown artanh backward {backward!r}; known: {list(ARTANH_BACKWARDS)}")
 
 
-def dist(x: torch.Tensor, y: torch.Tensor, c: float, artanh_backward: str = "straight_through") -> torch.Tensor:
-    """Geodesic distance ``(2/√c)·artanh(√c·‖(−x) ⊕_c y‖)`` (broadcasting). (..., D) -> (...)."""
+def dist(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    c: float,
+    artanh_backward: str = "straight_through",
+    denom_eps: float = MOBIUS_DENOM_EPS,
+) -> torch.Tensor:
+    """Geodesic distance ``(2/√c)·artanh(√c·‖(−x) ⊕_c y‖)`` (broadcasting). (..., D) -> (...).
+
+    ``denom_eps`` is the Möbius denominator's ``+1e-5`` (pass 0 for the textbook distance).
+    """
     sqrt_c = math.sqrt(_check_curvature(c))
-    diff = mobius_add(-x, y, c)
+    diff = mobius_add(-x, y, c, denom_eps)
     return (2.0 / sqrt_c) * artanh(sqrt_c * safe_norm(diff), artanh_backward)
 
 
@@ -183,6 +192,7 @@ def pairwise_dist(
     *,
     method: str = "gram",
     artanh_backward: str = "straight_through",
+    denom_eps: float = MOBIUS_DENOM_EPS,
 ) -> torch.Tensor:
     """Geodesic distance matrix ``M[i, j] = d_c(x_i, y_j)`` for ball points x (B, D), y (M, D) -> (B, M).
 
@@ -191,6 +201,7 @@ def pairwise_dist(
             function as the reference, ``O(B·M)`` memory) or ``"broadcast"`` (the reference's
             literal ``(B, M, D)`` Möbius sum).
         artanh_backward: see :func:`artanh`.
+        denom_eps: the Möbius denominator's ``+1e-5`` (0 = textbook distance).
     Returns:
         (B, M) in the dtype of ``x``. Exactly-coincident points give 0 with zero gradient.
     """
@@ -199,7 +210,7 @@ def pairwise_dist(
     if x.dim() != 2 or y.dim() != 2 or x.shape[1] != y.shape[1]:
         raise ValueError(f"pairwise_dist: expected (B, D) and (M, D), got {tuple(x.shape)} and {tuple(y.shape)}")
     if method == "broadcast":
-        return dist(x[:, None, :], y[None, :, :], c, artanh_backward)
+        return dist(x[:, None, :], y[None, :, :], c, artanh_backward, denom_eps)
     if method != "gram":
         raise KeyError(f"unknown pairwise method {method!r}; known: {list(PAIRWISE_METHODS)}")
     work = _working_dtype(x.dtype)
@@ -212,6 +223,6 @@ def pairwise_dist(
     delta = (1.0 - 2.0 * c * gram + c**2 * x2 * y2).clamp_min(0.0)
     # ‖(−x) ⊕ y‖ = sqrt(‖x − y‖² · δ) / (δ + 1e-5); the floor gives 0 (grad 0) for coincident points.
     num_norm = (sq_euclid * delta).clamp_min(_SQ_FLOOR[torch.float64]).sqrt()
-    mobius_norm = num_norm / (delta + MOBIUS_DENOM_EPS)
+    mobius_norm = num_norm / (delta + denom_eps)
     out = (2.0 / sqrt_c) * artanh(sqrt_c * mobius_norm, artanh_backward)
     return out.to(x.dtype)
