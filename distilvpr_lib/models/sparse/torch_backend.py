@@ -1,0 +1,503 @@
+"""Pure-PyTorch sparse voxel convolutions with MinkowskiEngine semantics (CPU or GPU, no compiled code).
+
+Data model
+----------
+A batch of voxelised clouds is a :class:`SparseVoxels`: a feature matrix ``(N, C)`` plus a reference to the
+:class:`CoordinateManager` of that batch and the tensor stride of the rows. The manager holds one
+:class:`CoordinateSet` per tensor stride (rows sorted by packed coordinate key) and caches every kernel map it
+builds, so all layers working on the same coordinate set and kernel reuse one map (e.g. the two 3x3x3
+convolutions of a residual block, or a transposed convolution reusing the map of the strided convolution it
+mirrors).
+
+Semantics (matched to MinkowskiEngine 0.5.4, see ``kernel_offsets.py``)
+----------------------------------------------------------------------
+* Coordinates are integer voxel indices ``[batch, x, y, z]``; a tensor at stride ``s`` has coordinates that
+  are multiples of ``s``.
+* Convolution (kernel ``k``, stride ``s``) on a tensor at stride ``t``: output coordinates are the input
+  coordinates floored to multiples of ``t*s`` (identical to the input when ``s == 1``);
+  ``out[o] = sum_k in[o + offset[k] * t] @ W[k]`` over the neighbours that exist.
+* Transposed convolution (kernel ``k == s``) from stride ``T`` onto the existing coordinate set at stride
+  ``T / s``: ``out[o + offset[k] * (T/s)] += in[o] @ W[k]`` (the transpose of the strided convolution).
+* Kernels are ``(K, C_in, C_out)`` (``(C_in, C_out)`` when ``K == 1``), rows in MinkowskiEngine offset order.
+
+Implementation: coordinates are packed into int64 keys (``((b*R + x)*R + y)*R + z`` after shifting by the
+batch minimum and a margin), neighbour queries are ``key + delta_key[k]`` looked up with
+``torch.searchsorted`` on the sorted keys of the input set, and each convolution is one gather, ``K`` matrix
+products on contiguous slices, and one ``index_add_`` (a custom autograd function recomputes the gather in
+the backward pass instead of storing it).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .base import SparseBackend
+from .kernel_offsets import kernel_offsets
+
+#: Empty voxels kept around the bounding box of a batch when packing coordinates into keys; every kernel
+#: reach (``max |offset| * tensor_stride``) must stay below it.
+PACKING_MARGIN = 1024
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Coordinates and kernel maps
+# ---------------------------------------------------------------------------------------------------------
+@dataclass
+class CoordinateSet:
+    """The distinct voxels of a batch at one tensor stride, sorted by packed key.
+
+    Attributes:
+        coords: LongTensor (N, 4) ``[batch, x, y, z]``, spatial values multiples of ``stride``.
+        keys: LongTensor (N,) packed keys, strictly increasing.
+        stride: tensor stride.
+    """
+
+    coords: Tensor
+    keys: Tensor
+    stride: int
+
+    @property
+    def batch_index(self) -> Tensor:
+        """LongTensor (N,) cloud index of each voxel."""
+        return self.coords[:, 0]
+
+    def __len__(self) -> int:
+        return int(self.keys.numel())
+
+
+@dataclass
+class KernelMap:
+    """In/out row pairs of a convolution, grouped by kernel offset.
+
+    ``in_idx[bounds[k]:bounds[k+1]]`` are the input rows multiplied by kernel row ``k`` and added into the
+    output rows ``out_idx[...]`` of the same slice.
+    """
+
+    in_idx: Tensor
+    out_idx: Tensor
+    bounds: tuple[int, ...]
+    n_in: int
+    n_out: int
+
+    def transposed(self) -> "KernelMap":
+        """The same pairs with input and output swapped (the map of the transposed convolution)."""
+        return KernelMap(self.out_idx, self.in_idx, self.bounds, self.n_out, self.n_in)
+
+    @property
+    def num_pairs(self) -> int:
+        return int(self.in_idx.numel())
+
+
+class CoordinateManager:
+    """Coordinate sets (one per tensor stride) and cached kernel maps of one input batch.
+
+    Args:
+        coords: IntTensor/LongTensor (N, 4) ``[batch, x, y, z]`` of the input voxels at stride 1
+            (duplicates allowed; they are merged).
+        num_batches: number of clouds; default ``max(batch) + 1``.
+    """
+
+    def __init__(self, coords: Tensor, num_batches: int | None = None) -> None:
+        if coords.dim() != 2 or coords.shape[1] != 4:
+            raise ValueError(f"coords must be (N, 4) [batch, x, y, z], got shape {tuple(coords.shape)}")
+        if coords.numel() == 0:
+            raise ValueError("coords is empty: a batch needs at least one voxel")
+        if coords.dtype.is_floating_point:
+            raise TypeError(f"coords must be an integer tensor, got {coords.dtype}")
+        coords = coords.long()
+        if int(coords[:, 0].min()) < 0:
+            raise ValueError("batch indices in coords[:, 0] must be >= 0")
+        self.device = coords.device
+        self.num_batches = int(coords[:, 0].max()) + 1 if num_batches is None else int(num_batches)
+        lo = coords[:, 1:].min(0).values
+        hi = coords[:, 1:].max(0).values
+        self._origin = lo - PACKING_MARGIN
+        ranges = (hi - lo + 2 * PACKING_MARGIN + 1).tolist()
+        self._ranges = ranges
+        capacity = self.num_batches * ranges[0] * ranges[1] * ranges[2]
+        if capacity >= 2**62:
+            raise ValueError(
+                f"coordinates span {[int(r) - 2 * PACKING_MARGIN for r in ranges]} voxels over {self.num_batches} "
+                "clouds: too large to pack into int64 keys; use a coarser quantization size"
+            )
+        self._mult = torch.tensor(
+            [ranges[0] * ranges[1] * ranges[2], ranges[1] * ranges[2], ranges[2], 1], device=self.device
+        )
+        self._sets: dict[int, CoordinateSet] = {}
+        self._maps: dict[tuple, KernelMap] = {}
+        keys = self.pack(coords)
+        unique_keys, inverse = torch.unique(keys, return_inverse=True)
+        self.input_inverse = inverse  # (N,) row of each input point in the stride-1 set
+        self._sets[1] = CoordinateSet(self.unpack(unique_keys), unique_keys, 1)
+
+    # -- keys ------------------------------------------------------------------------------------------
+    def pack(self, coords: Tensor) -> Tensor:
+        """LongTensor (M, 4) coordinates -> (M,) int64 keys (order-preserving lexicographic packing)."""
+        shifted = coords.long().clone()
+        shifted[:, 1:] -= self._origin
+        return (shifted * self._mult).sum(1)
+
+    def unpack(self, keys: Tensor) -> Tensor:
+        """(M,) keys -> LongTensor (M, 4) coordinates."""
+        out = torch.empty(keys.numel(), 4, dtype=torch.long, device=keys.device)
+        rest = keys
+        for axis in range(4):
+            out[:, axis] = torch.div(rest, self._mult[axis], rounding_mode="floor")
+            rest = rest - out[:, axis] * self._mult[axis]
+        out[:, 1:] += self._origin
+        return out
+
+    def delta_keys(self, offsets: Tensor) -> Tensor:
+        """(K, 3) spatial offsets -> (K,) key increments."""
+        return (offsets.to(self.device).long() * self._mult[1:]).sum(1)
+
+    # -- coordinate sets -----------------------------------------------------------------------------
+    def coordinate_set(self, stride: int) -> CoordinateSet:
+        """The set at ``stride``, creating it by flooring the finest set whose stride divides it."""
+        if stride in self._sets:
+            return self._sets[stride]
+        sources = [s for s in self._sets if stride % s == 0]
+        if not sources:
+            raise ValueError(f"no coordinate set whose stride divides {stride}; have {sorted(self._sets)}")
+        src = self._sets[max(sources)]
+        coords = src.coords.clone()
+        coords[:, 1:] = torch.div(coords[:, 1:], stride, rounding_mode="floor") * stride
+        keys = torch.unique(self.pack(coords))
+        self._sets[stride] = CoordinateSet(self.unpack(keys), keys, stride)
+        return self._sets[stride]
+
+    def has_stride(self, stride: int) -> bool:
+        return stride in self._sets
+
+    # -- kernel maps ---------------------------------------------------------------------------------
+    def conv_map(self, in_stride: int, out_stride: int, kernel_size: int) -> KernelMap:
+        """Kernel map of a (strided) convolution from the set at ``in_stride`` to the set at ``out_stride``."""
+        key = ("conv", in_stride, out_stride, kernel_size)
+        cached = self._maps.get(key)
+        if cached is not None:
+            return cached
+        offsets = kernel_offsets(kernel_size).to(self.device)
+        reach = int(offsets.abs().max()) * in_stride + out_stride
+        if reach >= PACKING_MARGIN:
+            raise ValueError(f"kernel reach {reach} voxels exceeds the packing margin {PACKING_MARGIN}")
+        src = self.coordinate_set(in_stride)
+        dst = self.coordinate_set(out_stride)
+        deltas = self.delta_keys(offsets * in_stride)
+        n_kernel = deltas.numel()
+        symmetric = in_stride == out_stride and kernel_size % 2 == 1 and n_kernel > 1
+        # For a same-set odd kernel, offset K-1-k == -offset k: search only the first half and mirror it.
+        n_search = n_kernel // 2 if symmetric else n_kernel
+        queries = dst.keys.unsqueeze(0) + deltas[:n_search].unsqueeze(1)  # (n_search, N_out)
+        pos = torch.searchsorted(src.keys, queries).clamp_(max=len(src) - 1)
+        found = src.keys[pos] == queries
+        k_idx, out_rows = found.nonzero(as_tuple=True)
+        in_rows = pos[k_idx, out_rows]
+        counts = torch.bincount(k_idx, minlength=n_search).tolist()
+        if symmetric:
+            n = len(dst)
+            centre = torch.arange(n, device=self.device)
+            # pairs of the mirrored offsets: (in, out) of offset k become (out, in) of offset K-1-k
+            mirror_in, mirror_out, mirror_counts = [], [], []
+            starts = [0]
+            for c in counts:
+                starts.append(starts[-1] + c)
+            for k in reversed(range(n_search)):
+                mirror_in.append(out_rows[starts[k]:starts[k + 1]])
+                mirror_out.append(in_rows[starts[k]:starts[k + 1]])
+                mirror_counts.append(counts[k])
+            in_rows = torch.cat([in_rows, centre, *mirror_in])
+            out_rows = torch.cat([out_rows, centre, *mirror_out])
+            counts = counts + [n] + mirror_counts
+        bounds = [0]
+        for c in counts:
+            bounds.append(bounds[-1] + int(c))
+        kmap = KernelMap(in_rows.contiguous(), out_rows.contiguous(), tuple(bounds), len(src), len(dst))
+        self._maps[key] = kmap
+        return kmap
+
+    def transposed_conv_map(self, in_stride: int, out_stride: int, kernel_size: int) -> KernelMap:
+        """Kernel map of a transposed convolution from stride ``in_stride`` onto the existing finer set."""
+        key = ("tconv", in_stride, out_stride, kernel_size)
+        cached = self._maps.get(key)
+        if cached is None:
+            if not self.has_stride(out_stride):
+                raise ValueError(
+                    f"transposed convolution onto stride {out_stride}: no such coordinate set "
+                    f"(have {sorted(self._sets)}); it only maps onto an existing finer set"
+                )
+            cached = self.conv_map(out_stride, in_stride, kernel_size).transposed()
+            self._maps[key] = cached
+        return cached
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Sparse tensor
+# ---------------------------------------------------------------------------------------------------------
+class SparseVoxels:
+    """Features of the voxels of one coordinate set.
+
+    Attributes:
+        features: Tensor (N, C), row i belongs to ``manager.coordinate_set(stride).coords[i]``.
+        stride: tensor stride.
+        manager: the batch's :class:`CoordinateManager`.
+    """
+
+    __slots__ = ("features", "stride", "manager")
+
+    def __init__(self, features: Tensor, stride: int, manager: CoordinateManager) -> None:
+        n = len(manager.coordinate_set(stride))
+        if features.dim() != 2 or features.shape[0] != n:
+            raise ValueError(f"features must be ({n}, C) for stride {stride}, got {tuple(features.shape)}")
+        self.features = features
+        self.stride = stride
+        self.manager = manager
+
+    @property
+    def F(self) -> Tensor:  # noqa: N802 - MinkowskiEngine's name
+        return self.features
+
+    @property
+    def coordinates(self) -> Tensor:
+        """LongTensor (N, 4) ``[batch, x, y, z]``."""
+        return self.manager.coordinate_set(self.stride).coords
+
+    @property
+    def batch_index(self) -> Tensor:
+        """LongTensor (N,) cloud index of each row."""
+        return self.manager.coordinate_set(self.stride).batch_index
+
+    def replace_features(self, features: Tensor) -> "SparseVoxels":
+        return SparseVoxels(features, self.stride, self.manager)
+
+    def __add__(self, other: "SparseVoxels") -> "SparseVoxels":
+        if other.manager is not self.manager or other.stride != self.stride:
+            raise ValueError("can only add sparse tensors on the same coordinate set (same batch and stride)")
+        return self.replace_features(self.features + other.features)
+
+    def __repr__(self) -> str:
+        return f"SparseVoxels(N={self.features.shape[0]}, C={self.features.shape[1]}, stride={self.stride})"
+
+
+def sparse_input(coords: Tensor, features: Tensor, num_batches: int | None = None) -> SparseVoxels:
+    """Build the stride-1 sparse tensor of a batch.
+
+    Args:
+        coords: Int/LongTensor (N, 4) ``[batch, x, y, z]``.
+        features: Tensor (N, C); duplicates of a coordinate are averaged.
+        num_batches: number of clouds (default ``max(batch) + 1``).
+
+    Returns:
+        SparseVoxels at stride 1 with rows sorted by coordinate key (see ``manager.input_inverse`` for the
+        row of each input point).
+    """
+    if features.shape[0] != coords.shape[0]:
+        raise ValueError(f"{coords.shape[0]} coordinates but {features.shape[0]} feature rows")
+    manager = CoordinateManager(coords.to(features.device), num_batches)
+    inverse = manager.input_inverse
+    n = len(manager.coordinate_set(1))
+    if n == coords.shape[0]:
+        perm = torch.empty_like(inverse)
+        perm[inverse] = torch.arange(n, device=inverse.device)
+        feats = features[perm]
+    else:
+        counts = torch.bincount(inverse, minlength=n).to(features.dtype).unsqueeze(1)
+        feats = features.new_zeros(n, features.shape[1]).index_add_(0, inverse, features) / counts
+    return SparseVoxels(feats, 1, manager)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Convolution kernel (autograd)
+# ---------------------------------------------------------------------------------------------------------
+class _SparseConvFunction(torch.autograd.Function):
+    """out = scatter_add(out_idx, gather(feats, in_idx) @ W[k]) with the gather recomputed in backward."""
+
+    @staticmethod
+    def forward(ctx, feats: Tensor, kernel: Tensor, in_idx: Tensor, out_idx: Tensor,  # type: ignore[override]
+                bounds: tuple[int, ...], n_out: int) -> Tensor:
+        gathered = feats.index_select(0, in_idx)
+        products = feats.new_empty(gathered.shape[0], kernel.shape[2])
+        for k in range(kernel.shape[0]):
+            start, stop = bounds[k], bounds[k + 1]
+            if stop > start:
+                torch.mm(gathered[start:stop], kernel[k], out=products[start:stop])
+        out = feats.new_zeros(n_out, kernel.shape[2]).index_add_(0, out_idx, products)
+        ctx.save_for_backward(feats, kernel, in_idx, out_idx)
+        ctx.bounds = bounds
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
+        feats, kernel, in_idx, out_idx = ctx.saved_tensors
+        bounds = ctx.bounds
+        grad_feats = grad_kernel = None
+        grad_rows = grad_out.contiguous().index_select(0, out_idx)  # (P, C_out)
+        if ctx.needs_input_grad[1]:
+            gathered = feats.index_select(0, in_idx)
+            grad_kernel = torch.zeros_like(kernel)
+            for k in range(kernel.shape[0]):
+                start, stop = bounds[k], bounds[k + 1]
+                if stop > start:
+                    torch.mm(gathered[start:stop].t(), grad_rows[start:stop], out=grad_kernel[k])
+        if ctx.needs_input_grad[0]:
+            grad_gathered = feats.new_empty(grad_rows.shape[0], kernel.shape[1])
+            for k in range(kernel.shape[0]):
+                start, stop = bounds[k], bounds[k + 1]
+                if stop > start:
+                    torch.mm(grad_rows[start:stop], kernel[k].t(), out=grad_gathered[start:stop])
+            grad_feats = torch.zeros_like(feats).index_add_(0, in_idx, grad_gathered)
+        return grad_feats, grad_kernel, None, None, None, None
+
+
+def sparse_conv(feats: Tensor, kernel: Tensor, kmap: KernelMap) -> Tensor:
+    """Apply a kernel ``(K, C_in, C_out)`` along a kernel map: (n_in, C_in) -> (n_out, C_out)."""
+    if kernel.dim() == 2:
+        kernel = kernel.unsqueeze(0)
+    if len(kmap.bounds) - 1 != kernel.shape[0]:
+        raise ValueError(f"kernel has {kernel.shape[0]} offsets but the kernel map {len(kmap.bounds) - 1}")
+    if feats.dtype != kernel.dtype:
+        feats = feats.to(kernel.dtype)
+    return _SparseConvFunction.apply(feats, kernel, kmap.in_idx, kmap.out_idx, kmap.bounds, kmap.n_out)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Layers (parameter names and shapes as MinkowskiEngine's)
+# ---------------------------------------------------------------------------------------------------------
+class _ConvBase(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int, dimension: int,
+                 transpose: bool) -> None:
+        super().__init__()
+        if dimension != 3:
+            raise ValueError(f"the torch sparse backend supports dimension 3 only, got {dimension}")
+        if kernel_size < 1 or stride < 1:
+            raise ValueError(f"kernel_size and stride must be >= 1, got {kernel_size}, {stride}")
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = kernel_size
+        self.stride = stride
+        self.is_transpose = transpose
+        volume = kernel_size**dimension
+        shape = (volume, in_channels, out_channels) if volume > 1 else (in_channels, out_channels)
+        self.kernel = nn.Parameter(torch.empty(shape))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """MinkowskiEngine's default: uniform(+-1/sqrt(n)), n = (out if transposed else in) * volume."""
+        volume = self.kernel_size**3
+        n = (self.out_channels if self.is_transpose else self.in_channels) * volume
+        bound = 1.0 / math.sqrt(n)
+        with torch.no_grad():
+            self.kernel.uniform_(-bound, bound)
+
+    def extra_repr(self) -> str:
+        return (f"in={self.in_channels}, out={self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}")
+
+
+class SparseConvolution(_ConvBase):
+    """Sparse convolution; output at stride ``input.stride * stride`` (coordinates floored, like ME)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
+                 dimension: int = 3) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride, dimension, transpose=False)
+
+    def forward(self, x: SparseVoxels) -> SparseVoxels:
+        """(N_in, C_in) at stride t -> (N_out, C_out) at stride t * stride."""
+        out_stride = x.stride * self.stride
+        if self.kernel_size == 1 and self.stride == 1:
+            feats = x.features.to(self.kernel.dtype) @ self.kernel
+            return SparseVoxels(feats, out_stride, x.manager)
+        kmap = x.manager.conv_map(x.stride, out_stride, self.kernel_size)
+        return SparseVoxels(sparse_conv(x.features, self.kernel, kmap), out_stride, x.manager)
+
+
+class SparseConvolutionTranspose(_ConvBase):
+    """Transposed sparse convolution onto the existing coordinate set at stride ``input.stride / stride``."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 2, stride: int = 2,
+                 dimension: int = 3) -> None:
+        if kernel_size != stride:
+            raise ValueError(
+                f"transposed convolution supports kernel_size == stride only (got {kernel_size}, {stride})"
+            )
+        super().__init__(in_channels, out_channels, kernel_size, stride, dimension, transpose=True)
+
+    def forward(self, x: SparseVoxels) -> SparseVoxels:
+        """(N_coarse, C_in) at stride T -> (N_fine, C_out) at stride T / stride."""
+        if x.stride % self.stride != 0:
+            raise ValueError(f"cannot upsample a stride-{x.stride} tensor by {self.stride}")
+        out_stride = x.stride // self.stride
+        if self.stride == 1:
+            kmap = x.manager.conv_map(x.stride, out_stride, self.kernel_size)
+        else:
+            kmap = x.manager.transposed_conv_map(x.stride, out_stride, self.kernel_size)
+        return SparseVoxels(sparse_conv(x.features, self.kernel, kmap), out_stride, x.manager)
+
+
+class SparseBatchNorm(nn.Module):
+    """Batch norm over voxels (``self.bn`` is an ``nn.BatchNorm1d``, as in ``MinkowskiBatchNorm``)."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm1d(num_features, eps=eps, momentum=momentum)
+
+    def forward(self, x: SparseVoxels) -> SparseVoxels:
+        return x.replace_features(self.bn(x.features))
+
+
+class SparseReLU(nn.Module):
+    """ReLU on the voxel features."""
+
+    def forward(self, x: SparseVoxels) -> SparseVoxels:
+        return x.replace_features(F.relu(x.features))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Backend object
+# ---------------------------------------------------------------------------------------------------------
+class TorchSparseBackend(SparseBackend):
+    """Pure-PyTorch backend (always available)."""
+
+    name = "torch"
+
+    def sparse_input(self, coords: Tensor, features: Tensor, num_batches: int | None = None) -> SparseVoxels:
+        return sparse_input(coords, features, num_batches)
+
+    def features(self, x: SparseVoxels) -> Tensor:
+        return x.features
+
+    def batch_index(self, x: SparseVoxels) -> Tensor:
+        return x.batch_index
+
+    def coordinates(self, x: SparseVoxels) -> Tensor:
+        return x.coordinates
+
+    def tensor_stride(self, x: SparseVoxels) -> int:
+        return x.stride
+
+    def replace_features(self, x: SparseVoxels, features: Tensor) -> SparseVoxels:
+        return x.replace_features(features)
+
+    def add(self, x: SparseVoxels, y: SparseVoxels) -> SparseVoxels:
+        return x + y
+
+    def convolution(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1) -> nn.Module:
+        return SparseConvolution(in_channels, out_channels, kernel_size, stride)
+
+    def convolution_transpose(self, in_channels: int, out_channels: int, kernel_size: int,
+                              stride: int) -> nn.Module:
+        return SparseConvolutionTranspose(in_channels, out_channels, kernel_size, stride)
+
+    def batch_norm(self, num_features: int, momentum: float = 0.1) -> nn.Module:
+        return SparseBatchNorm(num_features, momentum=momentum)
+
+    def relu(self) -> nn.Module:
+        return SparseReLU()
+
+    def is_convolution(self, module: nn.Module) -> bool:
+        return isinstance(module, SparseConvolution)
