@@ -1,0 +1,511 @@
+"""Teacher and student runs end to end: config -> data -> model -> training -> test -> files.
+
+:func:`train_teacher` writes a teacher folder ``teacher_weights/<name>/``::
+
+    config.json         the resolved ExperimentConfig
+    teacher.pt          the selected weights (bare state_dict)
+    metrics.json        per-epoch losses, validation summaries, best epoch, test summary, ...
+    test_results.npz    the selected teacher's RetrievalResults on the test split (browser input)
+    teacher_cache.pt    teacher embeddings of every training sub-map (see engine.teacher_cache)
+    checkpoints/        last.pt (exact resume) and best.pt
+    tensorboard/        scalars
+
+:func:`distill_student` writes a run folder ``runs/<name>/`` with the same files, ``student.pt``
+instead of ``teacher.pt`` and no cache. It reads the teacher's cache (building it once if it is
+missing or stale) and never runs the teacher during training.
+
+Selection is on the **validation** split, the report on the **test** split (read once, after
+training). Both functions resume from ``checkpoints/last.pt`` by default; when training is
+already complete they only redo the (cheap, deterministic) final stage.
+
+``metrics.json`` schema (all recalls in percent)::
+
+    kind: "teacher" | "student";  method: "teacher" | distillation preset;  profile, seed, device
+    dataset_dir, teacher_dir (student), status: "complete"
+    epochs: [{epoch, lr: {group: lr}, losses: {term: mean, total: mean}, stats: {...},
+              batches, skipped_batches, seconds, validation: {AR@1, AR@5, AR@10, AR@1%,
+              per_run_AR@1: {run: AR@1}, seconds} | null}]
+    best_epoch, selection (the rule), validation (summary of the best epoch | null)
+    test: {AR@1, AR@5, AR@10, AR@1%, per_run_AR@1: {run: AR@1}}
+    final_losses: {term: last epoch's mean, total}
+    loss_weights: {term: effective weight}
+    embedding_norms: {student: {mean, max}, teacher: {mean, max}}   (raw L2 norms)
+    wall_time_s (this call), train_seconds (sum over epochs, across resumes), seconds_per_epoch
+    files: {name: path relative to the folder}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from distilvpr_lib.config import ExperimentConfig
+from distilvpr_lib.data.formats import atomic_write
+from distilvpr_lib.engine.checkpoint import LAST_CHECKPOINT_NAME, file_sha256, load_weights, save_weights
+from distilvpr_lib.engine.seeding import configure_determinism, seed_everything
+from distilvpr_lib.engine.teacher_cache import (
+    TeacherCache,
+    build_teacher_cache,
+    cache_file_name,
+    model_config_hash,
+)
+from distilvpr_lib.engine.trainer import (
+    SELECTION_RULE,
+    STUDENT_TASK_TERM,
+    StudentObjective,
+    TeacherObjective,
+    Trainer,
+    TrainingHistory,
+    build_optimizer,
+    build_scheduler,
+    config_fingerprint,
+    resolve_device,
+    retrieval_summary,
+    student_parameter_groups,
+    teacher_parameter_groups,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from distilvpr_lib.data.benchmark import Benchmark
+    from distilvpr_lib.engine.evaluate import RetrievalResults
+
+PathLike = str | os.PathLike
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.json"
+TEACHER_WEIGHTS_FILE = "teacher.pt"
+STUDENT_WEIGHTS_FILE = "student.pt"
+TEST_RESULTS_FILE = "test_results.npz"
+
+
+# ---------------------------------------------------------------------------
+# Shared pieces
+# ---------------------------------------------------------------------------
+def write_json(path: PathLike, obj: Any) -> Path:
+    """Write strict JSON atomically (NaN/inf become null)."""
+    path = Path(path)
+    with atomic_write(path, "w") as handle:
+        handle.write(json.dumps(_json_safe(obj), indent=2, sort_keys=False, allow_nan=False))
+        handle.write("\n")
+    return path
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, torch.Tensor) and obj.numel() == 1:
+        return _json_safe(obj.item())
+    if hasattr(obj, "item") and callable(obj.item):  # numpy scalars
+        try:
+            return _json_safe(obj.item())
+        except (TypeError, ValueError):
+            pass
+    return obj
+
+
+def load_benchmark(cfg: ExperimentConfig) -> "Benchmark":
+    """Load ``cfg.data.dataset_dir`` (with ``cfg.data.image_dir`` and ``cfg.data.layout``)."""
+    from distilvpr_lib.data.benchmark import Benchmark
+
+    return Benchmark.load(cfg.data.dataset_dir, image_dir=cfg.data.image_dir, layout=cfg.data.layout)
+
+
+def evaluate_split(model: nn.Module, benchmark: "Benchmark", split: str, cfg: ExperimentConfig,
+                   device: torch.device, progress: bool = False) -> "RetrievalResults":
+    """The PointNetVLAD protocol on one split (``engine.embed.evaluate_model``) with the run's settings."""
+    from distilvpr_lib.engine import embed
+
+    return embed.evaluate_model(model, benchmark, split=split, data_cfg=cfg.data,
+                                batch_size=cfg.train.eval_batch_size, device=device,
+                                normalize=cfg.train.eval_normalize, progress=progress)
+
+
+def _check_benchmark(benchmark: "Benchmark", cfg: ExperimentConfig, need_images: bool) -> None:
+    where = benchmark.dataset_dir
+    if not benchmark.training_tuples:
+        raise ValueError(f"{where}: no training tuples (training_queries_baseline.pickle); cannot train")
+    if need_images and not benchmark.has_images:
+        raise ValueError(f"{where}: the benchmark has no images (no LiDAR-to-image index); both models need images")
+    if not benchmark.has_split("test"):
+        raise ValueError(f"{where}: no test split (evaluation pickles) to report on")
+    if cfg.train.use_validation_split and not benchmark.has_split("validation"):
+        raise ValueError(
+            f"{where}: no validation split for model selection (validation_evaluation_*.pickle); build it with "
+            "distilvpr_lib.data.splits.build_oxford_benchmark, or set train.use_validation_split=false "
+            "(then the last epoch is kept)")
+
+
+def _make_loader(benchmark: "Benchmark", cfg: ExperimentConfig, device: torch.device,
+                 data_cfg: Any | None = None) -> torch.utils.data.DataLoader:
+    from torch.utils.data import DataLoader
+
+    from distilvpr_lib.data.collate import make_collate_fn
+    from distilvpr_lib.data.datasets import TrainingDataset
+    from distilvpr_lib.data.sampler import PositivePairBatchSampler
+
+    data_cfg = data_cfg or cfg.data
+    dataset = TrainingDataset(benchmark, data_cfg, augment=True)
+    sampler = PositivePairBatchSampler(benchmark.training_tuples, cfg.train.batch_size, seed=cfg.train.seed)
+    return DataLoader(dataset, batch_sampler=sampler,
+                      collate_fn=make_collate_fn(benchmark.training_tuples, data_cfg.quantization_size),
+                      num_workers=data_cfg.num_workers, pin_memory=device.type == "cuda")
+
+
+def _start(cfg: ExperimentConfig, out_dir: PathLike, resume: bool) -> tuple[Path, torch.device]:
+    out_dir = Path(out_dir)
+    config_path = out_dir / CONFIG_FILE
+    if resume and (out_dir / "checkpoints" / LAST_CHECKPOINT_NAME).is_file() and config_path.is_file():
+        # Refuse before overwriting config.json: the folder holds a run of another configuration.
+        previous = ExperimentConfig.load(config_path)
+        if config_fingerprint(previous) != config_fingerprint(cfg):
+            raise ValueError(
+                f"{out_dir}: holds a checkpoint of another configuration (see {config_path}); "
+                "resume=False starts over, or use another output folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg.train.seed)
+    configure_determinism(cfg.train.deterministic)
+    device = resolve_device(cfg.train.device)
+    write_json(out_dir / CONFIG_FILE, cfg.to_dict())
+    return out_dir, device
+
+
+def _say(message: str, progress: bool) -> None:
+    if progress:
+        from tqdm.auto import tqdm
+
+        tqdm.write(message)
+
+
+def _history_metrics(history: TrainingHistory) -> dict[str, Any]:
+    best = next((e for e in history.epochs if e["epoch"] == history.best_epoch), None)
+    train_seconds = sum(float(e.get("seconds", 0.0)) + float((e.get("validation") or {}).get("seconds", 0.0))
+                        for e in history.epochs)
+    epoch_seconds = [float(e["seconds"]) for e in history.epochs]
+    return {
+        "epochs": history.epochs,
+        "best_epoch": history.best_epoch,
+        "selection": SELECTION_RULE if any(e.get("validation") for e in history.epochs)
+        else "last epoch (no validation split)",
+        "validation": (best or {}).get("validation"),
+        "final_losses": dict(history.last["losses"]) if history.last else {},
+        "train_seconds": round(train_seconds, 3),
+        "seconds_per_epoch": round(sum(epoch_seconds) / len(epoch_seconds), 3) if epoch_seconds else None,
+    }
+
+
+def _last_stat(history: TrainingHistory, name: str) -> float | None:
+    if not history.last:
+        return None
+    value = history.last["stats"].get(name)
+    return None if value is None else float(value)
+
+
+def _print_summary(kind: str, metrics: Mapping[str, Any], out_dir: Path, progress: bool) -> None:
+    test = metrics.get("test") or {}
+    parts = "  ".join(f"{k}={v:.2f}" for k, v in test.items() if k.startswith("AR@") and v is not None)
+    _say(f"{kind}: best epoch {metrics.get('best_epoch')} ({metrics.get('selection')}); test {parts}; "
+         f"wrote {out_dir}", progress)
+
+
+# ---------------------------------------------------------------------------
+# Teacher
+# ---------------------------------------------------------------------------
+def train_teacher(cfg: ExperimentConfig, out_dir: PathLike, resume: bool = True,
+                  progress: bool = True) -> dict[str, Any]:
+    """Train the multi-modal teacher, select it on validation, report it on test, cache its embeddings.
+
+    Args:
+        cfg: resolved configuration (``profile_config`` + ``apply_overrides``); seeds with ``cfg.train.seed``.
+        out_dir: the teacher folder (``teacher_weights/<name>``), created.
+        resume: continue from ``checkpoints/last.pt`` when present (``False`` starts over).
+        progress: tqdm bars and per-epoch lines.
+
+    Returns:
+        The metrics dict written to ``metrics.json`` (schema in the module docstring).
+    """
+    from distilvpr_lib.models import build_teacher
+
+    started = time.time()
+    out_dir, device = _start(cfg, out_dir, resume)
+    benchmark = load_benchmark(cfg)
+    _check_benchmark(benchmark, cfg, need_images=True)
+    model = build_teacher(cfg.model).to(device)
+    optimizer = build_optimizer(teacher_parameter_groups(model, cfg.train), cfg.train)
+    scheduler = build_scheduler(optimizer, cfg.train)
+    loader = _make_loader(benchmark, cfg, device)
+    validate = None
+    if cfg.train.use_validation_split:
+        def validate(m: nn.Module) -> "RetrievalResults":
+            return evaluate_split(m, benchmark, "validation", cfg, device)
+    _say(f"teacher: {len(benchmark.training_tuples)} training sub-maps, {len(loader)} batches/epoch, "
+         f"{cfg.train.epochs} epochs on {device} -> {out_dir}", progress)
+    trainer = Trainer(model, TeacherObjective(cfg.train), optimizer, scheduler, loader, cfg.train, out_dir,
+                      validate=validate, device=device, fingerprint=config_fingerprint(cfg), progress=progress)
+    history = trainer.fit(resume=resume)
+
+    # Final stage: selected weights -> teacher.pt, test evaluation, cache.
+    model.load_state_dict(load_weights(trainer.best_weights, map_location=device))
+    weights_path = save_weights(out_dir / TEACHER_WEIGHTS_FILE, model.state_dict())
+    test_results = evaluate_split(model, benchmark, "test", cfg, device, progress=progress)
+    test_results.save(out_dir / TEST_RESULTS_FILE)
+    cache = build_teacher_cache(
+        model, benchmark, cfg.data, cfg.train.eval_batch_size, device,
+        clean=cfg.train.clean_teacher_cache, seed=cfg.train.seed, progress=progress,
+        metadata={"teacher_config_hash": model_config_hash(cfg.model),
+                  "teacher_weights_sha256": file_sha256(weights_path)})
+    cache_name = cache_file_name(cfg.train.clean_teacher_cache, cfg.train.seed)
+    cache.save(out_dir / cache_name)
+
+    metrics: dict[str, Any] = {
+        "kind": "teacher",
+        "method": "teacher",
+        "profile": cfg.profile,
+        "seed": cfg.train.seed,
+        "device": str(device),
+        "dataset_dir": str(cfg.data.dataset_dir),
+        "status": "complete",
+        **_history_metrics(history),
+        "test": retrieval_summary(test_results),
+        "loss_weights": dict(zip(("triplet_embedding", "triplet_cloud_embedding", "triplet_image_embedding"),
+                                 (float(w) for w in cfg.train.teacher_loss_weights))),
+        "embedding_norms": {"teacher": cache.norm_stats()},
+        "teacher_cache": {"file": cache_name, "count": len(cache), "dim": cache.dim,
+                          "clean": cfg.train.clean_teacher_cache},
+        "wall_time_s": round(time.time() - started, 3),
+        "files": {"config": CONFIG_FILE, "weights": TEACHER_WEIGHTS_FILE, "test_results": TEST_RESULTS_FILE,
+                  "teacher_cache": cache_name, "checkpoint": "checkpoints/last.pt", "tensorboard": "tensorboard"},
+    }
+    write_json(out_dir / METRICS_FILE, metrics)
+    _print_summary("teacher", metrics, out_dir, progress)
+    return metrics
+
+
+# ---------------------------------------------------------------------------
+# Teacher cache for the student
+# ---------------------------------------------------------------------------
+def load_run_config(run_dir: PathLike) -> ExperimentConfig:
+    """The ``config.json`` of a teacher folder or student run."""
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: run configuration not found (is {run_dir} a teacher folder or run folder?)")
+    return ExperimentConfig.load(path)
+
+
+def load_teacher(teacher_dir: PathLike, device: torch.device | str = "cpu") -> tuple[nn.Module, ExperimentConfig]:
+    """Build the teacher of a teacher folder from its ``config.json`` and load ``teacher.pt`` (strict)."""
+    from distilvpr_lib.models import build_teacher
+
+    teacher_dir = Path(teacher_dir)
+    teacher_cfg = load_run_config(teacher_dir)
+    model = build_teacher(teacher_cfg.model)
+    model.load_state_dict(load_weights(teacher_dir / TEACHER_WEIGHTS_FILE))
+    return model.to(device).eval(), teacher_cfg
+
+
+def _cache_is_current(cache: TeacherCache, teacher_dir: Path, benchmark: "Benchmark") -> str | None:
+    """``None`` when the cache fits the teacher's weights and the training set, else the reason."""
+    weights = teacher_dir / TEACHER_WEIGHTS_FILE
+    recorded = cache.metadata.get("teacher_weights_sha256")
+    if recorded and weights.is_file() and recorded != file_sha256(weights):
+        return f"{weights} changed since the cache was built"
+    missing = cache.missing(t.rel_scan_filepath for t in benchmark.training_tuples.values())
+    if missing:
+        return f"{len(missing)} training sub-maps are not in the cache (another dataset?), e.g. {missing[:2]}"
+    return None
+
+
+def get_teacher_cache(teacher_dir: PathLike, cfg: ExperimentConfig, benchmark: "Benchmark",
+                      device: torch.device, progress: bool = True, out_dir: PathLike | None = None) -> TeacherCache:
+    """The teacher cache the student run needs: read it, or (missing or stale) build it once and save it.
+
+    The file is ``teacher_cache.pt`` (clean, ``cfg.train.clean_teacher_cache``) or
+    ``teacher_cache_augmented_seed<seed>.pt`` in the teacher folder (in ``out_dir`` when the teacher
+    folder is read-only). Only building needs the teacher's forward pass and sparse backend.
+    """
+    teacher_dir = Path(teacher_dir)
+    name = cache_file_name(cfg.train.clean_teacher_cache, cfg.train.seed)
+    candidates = [teacher_dir / name] + ([Path(out_dir) / name] if out_dir is not None else [])
+    for path in candidates:
+        if path.is_file():
+            cache = TeacherCache.load(path)
+            reason = _cache_is_current(cache, teacher_dir, benchmark)
+            if reason is None:
+                return cache
+            _say(f"teacher cache {path} is stale ({reason}); rebuilding", progress)
+    if not (teacher_dir / TEACHER_WEIGHTS_FILE).is_file():
+        raise FileNotFoundError(f"{teacher_dir / TEACHER_WEIGHTS_FILE}: teacher weights not found and no teacher cache "
+                                f"{teacher_dir / name}; train the teacher first (distilvpr train-teacher)")
+    teacher, teacher_cfg = load_teacher(teacher_dir, device)
+    cache = build_teacher_cache(
+        teacher, benchmark, cfg.data, cfg.train.eval_batch_size, device,
+        clean=cfg.train.clean_teacher_cache, seed=cfg.train.seed, progress=progress,
+        metadata={"teacher_config_hash": model_config_hash(teacher_cfg.model),
+                  "teacher_weights_sha256": file_sha256(teacher_dir / TEACHER_WEIGHTS_FILE)})
+    del teacher
+    try:
+        cache.save(teacher_dir / name)
+    except OSError:
+        if out_dir is None:
+            raise
+        cache.save(Path(out_dir) / name)
+    return cache
+
+
+# ---------------------------------------------------------------------------
+# Student
+# ---------------------------------------------------------------------------
+def distill_student(cfg: ExperimentConfig, teacher_dir: PathLike | None, out_dir: PathLike, resume: bool = True,
+                    method: str | None = None, progress: bool = True) -> dict[str, Any]:
+    """Train the image-only student with the task loss plus the distillation terms of ``cfg.distill``.
+
+    Args:
+        cfg: resolved configuration; ``cfg.distill.method`` names the preset (``nokd``, ``distilvpr``, ...)
+            and ``cfg.distill.terms`` overrides term weights.
+        teacher_dir: a teacher folder written by :func:`train_teacher` (may be ``None`` for ``nokd``).
+        out_dir: the run folder (``runs/<name>``), created.
+        resume: continue from ``checkpoints/last.pt`` when present.
+        method: shorthand that overrides ``cfg.distill.method``.
+        progress: tqdm bars and per-epoch lines.
+
+    Returns:
+        The metrics dict written to ``metrics.json`` (schema in the module docstring).
+    """
+    from distilvpr_lib.losses.distiller import Distiller
+    from distilvpr_lib.models import build_student
+
+    if method is not None:
+        cfg = dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, method=method))
+    started = time.time()
+    distiller = Distiller(cfg.distill)  # validates method and term names before any work
+    use_distiller = bool(distiller.weights)
+    if use_distiller and teacher_dir is None:
+        raise ValueError(f"distillation method {cfg.distill.method!r} needs a teacher folder")
+    out_dir, device = _start(cfg, out_dir, resume)
+    benchmark = load_benchmark(cfg)
+    _check_benchmark(benchmark, cfg, need_images=True)
+
+    cache = None
+    if teacher_dir is not None and (use_distiller or (Path(teacher_dir) / cache_file_name(
+            cfg.train.clean_teacher_cache, cfg.train.seed)).is_file()):
+        cache = get_teacher_cache(teacher_dir, cfg, benchmark, device, progress=progress, out_dir=out_dir)
+        if use_distiller and cache.dim != cfg.model.student_dim:
+            raise ValueError(
+                f"student_dim={cfg.model.student_dim} but the teacher embeddings in {cache.metadata.get('path')} have "
+                f"D={cache.dim}; the distillation terms compare (B, D) matrices, so set model.student_dim={cache.dim}")
+
+    student = build_student(cfg.model).to(device)
+    optimizer = build_optimizer(student_parameter_groups(student, cfg.train), cfg.train)
+    scheduler = build_scheduler(optimizer, cfg.train)
+    # The student sees images only: skip the (unused) cloud augmentation work.
+    loader = _make_loader(benchmark, cfg, device, data_cfg=dataclasses.replace(cfg.data, augment_clouds=False))
+    objective = StudentObjective(cfg.train, cache, distiller.to(device) if use_distiller else None)
+    validate = None
+    if cfg.train.use_validation_split:
+        def validate(m: nn.Module) -> "RetrievalResults":
+            return evaluate_split(m, benchmark, "validation", cfg, device)
+    terms = ", ".join(f"{k}={v:g}" for k, v in distiller.weights.items()) or "none"
+    _say(f"student ({cfg.distill.method}): distillation terms {terms}; {len(benchmark.training_tuples)} training "
+         f"sub-maps, {len(loader)} batches/epoch, {cfg.train.epochs} epochs on {device} -> {out_dir}", progress)
+    trainer = Trainer(student, objective, optimizer, scheduler, loader, cfg.train, out_dir, validate=validate,
+                      device=device, fingerprint=config_fingerprint(cfg), progress=progress)
+    history = trainer.fit(resume=resume)
+
+    student.load_state_dict(load_weights(trainer.best_weights, map_location=device))
+    save_weights(out_dir / STUDENT_WEIGHTS_FILE, student.state_dict())
+    test_results = evaluate_split(student, benchmark, "test", cfg, device, progress=progress)
+    test_results.save(out_dir / TEST_RESULTS_FILE)
+
+    norms: dict[str, Any] = {"student": {"mean": _last_stat(history, "student_norm_mean"),
+                                         "max": _last_stat(history, "student_norm_max")}}
+    if cache is not None:
+        norms["teacher"] = cache.norm_stats()
+    metrics: dict[str, Any] = {
+        "kind": "student",
+        "method": cfg.distill.method,
+        "profile": cfg.profile,
+        "seed": cfg.train.seed,
+        "device": str(device),
+        "dataset_dir": str(cfg.data.dataset_dir),
+        "teacher_dir": None if teacher_dir is None else str(teacher_dir),
+        "status": "complete",
+        **_history_metrics(history),
+        "test": retrieval_summary(test_results),
+        "loss_weights": {STUDENT_TASK_TERM: float(cfg.train.student_task_weight), **distiller.weights},
+        "embedding_norms": norms,
+        "wall_time_s": round(time.time() - started, 3),
+        "files": {"config": CONFIG_FILE, "weights": STUDENT_WEIGHTS_FILE, "test_results": TEST_RESULTS_FILE,
+                  "checkpoint": "checkpoints/last.pt", "tensorboard": "tensorboard"},
+    }
+    write_json(out_dir / METRICS_FILE, metrics)
+    _print_summary(f"student ({cfg.distill.method})", metrics, out_dir, progress)
+    return metrics
+
+
+# ---------------------------------------------------------------------------
+# Evaluating a finished folder
+# ---------------------------------------------------------------------------
+def load_model_from_dir(model_dir: PathLike, device: torch.device | str = "cpu") -> tuple[nn.Module, ExperimentConfig, str]:
+    """Build and load the model of a teacher folder (``teacher.pt``) or student run (``student.pt``).
+
+    Returns:
+        ``(model in eval mode, its config, "teacher" | "student")``.
+    """
+    from distilvpr_lib.models import build_student, build_teacher
+
+    model_dir = Path(model_dir)
+    cfg = load_run_config(model_dir)
+    if (model_dir / STUDENT_WEIGHTS_FILE).is_file():
+        kind, model, weights = "student", build_student(cfg.model), model_dir / STUDENT_WEIGHTS_FILE
+    elif (model_dir / TEACHER_WEIGHTS_FILE).is_file():
+        kind, model, weights = "teacher", build_teacher(cfg.model), model_dir / TEACHER_WEIGHTS_FILE
+    else:
+        raise FileNotFoundError(f"{model_dir}: neither {STUDENT_WEIGHTS_FILE} nor {TEACHER_WEIGHTS_FILE} found")
+    model.load_state_dict(load_weights(weights))
+    return model.to(device).eval(), cfg, kind
+
+
+def evaluate_run(model_dir: PathLike, dataset_dir: PathLike | None = None, split: str = "test",
+                 device: str = "auto", image_dir: PathLike | None = None, progress: bool = True,
+                 results_path: PathLike | None = None) -> tuple[dict[str, Any], "RetrievalResults"]:
+    """Evaluate a teacher folder or student run on a split of a benchmark.
+
+    Args:
+        model_dir: folder with ``config.json`` and ``teacher.pt`` or ``student.pt``.
+        dataset_dir: benchmark folder (default: the one in the folder's config).
+        split: ``"test"`` or ``"validation"``.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``...
+        image_dir: image root override.
+        results_path: where to save the RetrievalResults (``.npz``/``.json``), optional.
+
+    Returns:
+        ``(summary dict, RetrievalResults)``; the summary has AR@1/5/10/1% and per-run AR@1.
+    """
+    torch_device = resolve_device(device)
+    model, cfg, kind = load_model_from_dir(model_dir, torch_device)
+    overrides = {}
+    if dataset_dir is not None:
+        overrides["dataset_dir"] = str(dataset_dir)
+    if image_dir is not None:
+        overrides["image_dir"] = str(image_dir)
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **overrides))
+    benchmark = load_benchmark(cfg)
+    results = evaluate_split(model, benchmark, split, cfg, torch_device, progress=progress)
+    if results_path is not None:
+        results.save(results_path)
+    summary = {"kind": kind, "split": split, "model_dir": str(model_dir), **retrieval_summary(results)}
+    return summary, results

@@ -1,0 +1,255 @@
+"""The teacher embedding cache: one forward pass of the trained teacher over the training set.
+
+Student training (METHOD.md §6.3) never runs the teacher: it looks the teacher's embedding of
+each training sub-map up by ``rel_path`` in this cache. So distillation needs neither the
+teacher's forward pass nor the sparse-convolution backend, once the cache exists.
+
+Two modes (``cfg.train.clean_teacher_cache``):
+
+* **clean** (default): clouds and images without augmentation, so each target is the
+  teacher's embedding of the sub-map itself;
+* **reference** (``False``): the reference's quirk (METHOD.md §10.1) — the training pipeline
+  *with* its augmentations, visited once in sequential order after seeding with
+  ``cfg.train.seed``, so each target is one frozen random view.
+
+File format (``teacher_cache.pt``, read with ``torch.load(weights_only=True)``)::
+
+    {"format": "distilvpr-teacher-cache/1",
+     "embeddings": {rel_path: (D,) float32 tensor},     # rows of one shared storage
+     "metadata": {"teacher_config_hash", "teacher_weights_sha256", "dataset_dir", "count",
+                  "dim", "clean", "seed", "created"}}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from distilvpr_lib.data.formats import atomic_write
+from distilvpr_lib.engine.seeding import preserved_rng_state, seed_everything
+
+if TYPE_CHECKING:  # pragma: no cover
+    from distilvpr_lib.config import DataConfig, ModelConfig
+    from distilvpr_lib.data.benchmark import Benchmark
+
+PathLike = str | os.PathLike
+
+CACHE_FORMAT: str = "distilvpr-teacher-cache/1"
+#: File name of the clean cache inside a teacher folder.
+CLEAN_CACHE_NAME: str = "teacher_cache.pt"
+
+
+def cache_file_name(clean: bool, seed: int) -> str:
+    """``teacher_cache.pt`` for the clean cache, ``teacher_cache_augmented_seed<seed>.pt`` otherwise."""
+    return CLEAN_CACHE_NAME if clean else f"teacher_cache_augmented_seed{int(seed)}.pt"
+
+
+def model_config_hash(model_cfg: "ModelConfig | Mapping[str, Any]") -> str:
+    """SHA-256 (hex, first 16 chars) of a model config's canonical JSON: identifies a teacher architecture."""
+    import dataclasses
+
+    data = dataclasses.asdict(model_cfg) if dataclasses.is_dataclass(model_cfg) else dict(model_cfg)
+    text = json.dumps(data, sort_keys=True, default=list)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass
+class TeacherCache:
+    """Teacher embeddings of the training sub-maps, looked up by ``rel_path``.
+
+    Attributes:
+        rel_paths: N sub-map paths (relative to the dataset folder), in cache order.
+        embeddings: (N, D) float32 matrix; row i belongs to ``rel_paths[i]``.
+        metadata: provenance (see the module docstring).
+    """
+
+    rel_paths: list[str]
+    embeddings: torch.Tensor
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.embeddings.ndim != 2 or self.embeddings.shape[0] != len(self.rel_paths):
+            raise ValueError(
+                f"teacher cache: {len(self.rel_paths)} paths but embeddings of shape {tuple(self.embeddings.shape)}")
+        self._row = {rel: i for i, rel in enumerate(self.rel_paths)}
+        if len(self._row) != len(self.rel_paths):
+            raise ValueError("teacher cache: duplicate rel_paths")
+        self._device_embeddings: dict[torch.device, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return len(self.rel_paths)
+
+    def __contains__(self, rel_path: object) -> bool:
+        return rel_path in self._row
+
+    @property
+    def dim(self) -> int:
+        """Embedding dimension D."""
+        return int(self.embeddings.shape[1])
+
+    def as_dict(self) -> dict[str, torch.Tensor]:
+        """``{rel_path: (D,) tensor}`` (views of the shared matrix)."""
+        return {rel: self.embeddings[i] for i, rel in enumerate(self.rel_paths)}
+
+    def missing(self, rel_paths: Iterable[str]) -> list[str]:
+        """The given paths that the cache lacks."""
+        return [rel for rel in rel_paths if rel not in self._row]
+
+    def lookup(self, rel_paths: Sequence[str], device: torch.device | str | None = None) -> torch.Tensor:
+        """Stack the embeddings of a batch.
+
+        Args:
+            rel_paths: B sub-map paths.
+            device: where the result lives (the whole matrix is copied there once and reused).
+
+        Returns:
+            (B, D) float32 tensor (no gradient).
+
+        Raises:
+            KeyError: a path is not in the cache (names the first missing ones).
+        """
+        missing = self.missing(rel_paths)
+        if missing:
+            source = self.metadata.get("path", "teacher cache")
+            raise KeyError(f"{source}: {len(missing)} sub-map(s) not in the teacher cache, e.g. {missing[:3]}; "
+                           "rebuild the cache for this dataset")
+        device = torch.device(device) if device is not None else self.embeddings.device
+        matrix = self._device_embeddings.get(device)
+        if matrix is None:
+            matrix = self.embeddings.to(device)
+            self._device_embeddings[device] = matrix
+        index = torch.as_tensor([self._row[rel] for rel in rel_paths], dtype=torch.long, device=device)
+        return matrix.index_select(0, index)
+
+    def norm_stats(self) -> dict[str, float]:
+        """``{"mean": mean ‖t‖, "max": max ‖t‖}`` over the cache (raw, un-normalised norms)."""
+        norms = self.embeddings.float().norm(dim=1)
+        return {"mean": float(norms.mean()) if len(norms) else float("nan"),
+                "max": float(norms.max()) if len(norms) else float("nan")}
+
+    # ------------------------------------------------------------------ files
+    def save(self, path: PathLike) -> Path:
+        """Write atomically in the format of the module docstring."""
+        path = Path(path)
+        embeddings = self.embeddings.detach().to("cpu", torch.float32).contiguous()
+        meta = {k: v for k, v in self.metadata.items() if k != "path"}
+        payload = {
+            "format": CACHE_FORMAT,
+            "embeddings": {rel: embeddings[i] for i, rel in enumerate(self.rel_paths)},
+            "metadata": meta,
+        }
+        with atomic_write(path, "wb") as handle:
+            torch.save(payload, handle)
+        return path
+
+    @classmethod
+    def load(cls, path: PathLike) -> "TeacherCache":
+        """Read a cache written by :meth:`save` (``weights_only=True``).
+
+        Raises:
+            FileNotFoundError: no such file. ValueError: not a teacher cache (names the file).
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: teacher cache not found")
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001
+            raise ValueError(f"{path}: unreadable teacher cache ({type(exc).__name__}: {exc})") from exc
+        if not isinstance(payload, dict) or payload.get("format") != CACHE_FORMAT:
+            raise ValueError(f"{path}: not a teacher cache (expected format {CACHE_FORMAT!r})")
+        table = payload["embeddings"]
+        rel_paths = list(table)
+        if rel_paths:
+            matrix = torch.stack([table[rel].float() for rel in rel_paths])
+        else:
+            matrix = torch.zeros(0, int(payload.get("metadata", {}).get("dim", 0)))
+        metadata = dict(payload.get("metadata", {}))
+        metadata["path"] = str(path)
+        return cls(rel_paths, matrix, metadata)
+
+
+def build_teacher_cache(
+    teacher: nn.Module,
+    benchmark: "Benchmark",
+    data_cfg: "DataConfig",
+    batch_size: int,
+    device: torch.device | str,
+    clean: bool = True,
+    seed: int = 7,
+    metadata: Mapping[str, Any] | None = None,
+    progress: bool = True,
+) -> TeacherCache:
+    """Embed every training sub-map with the teacher, once.
+
+    Args:
+        teacher: a model whose ``forward(batch)`` returns a dict with ``embedding`` (B, D).
+        benchmark: the loaded benchmark; its ``training_tuples`` are embedded in id order.
+        data_cfg: data settings (quantisation size, image size, augmentation settings).
+        batch_size: sub-maps per forward pass.
+        device: where the teacher runs.
+        clean: un-augmented inputs (default) or the reference's single augmented view.
+        seed: seed of the augmented view (``clean=False``); global generators are restored after.
+        metadata: extra provenance stored in the cache (e.g. the teacher's hashes).
+        progress: show a tqdm bar.
+
+    Returns:
+        A :class:`TeacherCache` with one entry per training tuple.
+    """
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+
+    from distilvpr_lib.data.collate import make_collate_fn
+    from distilvpr_lib.data.datasets import TrainingDataset
+
+    tuples = benchmark.training_tuples
+    if not tuples:
+        raise ValueError(f"{benchmark.dataset_dir}: no training tuples, so no teacher cache can be built")
+    device = torch.device(device)
+    dataset = TrainingDataset(benchmark, data_cfg, augment=not clean)
+    ids = sorted(tuples)
+    batches = [ids[i:i + batch_size] for i in range(0, len(ids), batch_size)]
+    loader = DataLoader(dataset, batch_sampler=batches, collate_fn=make_collate_fn(None, data_cfg.quantization_size),
+                        num_workers=data_cfg.num_workers, pin_memory=device.type == "cuda")
+    rel_paths: list[str] = []
+    chunks: list[torch.Tensor] = []
+    was_training = teacher.training
+    teacher.eval()
+    started = time.time()
+    with preserved_rng_state():
+        if not clean:
+            seed_everything(seed)
+        with torch.no_grad():
+            for batch in tqdm(loader, desc="teacher cache", disable=not progress, leave=False):
+                batch = move_to_device(batch, device)
+                embedding = teacher(batch)["embedding"].float()
+                chunks.append(embedding.cpu())
+                rel_paths.extend(batch["rel_paths"])
+    teacher.train(was_training)
+    matrix = torch.cat(chunks) if chunks else torch.zeros(0, 0)
+    meta: dict[str, Any] = {
+        "dataset_dir": str(Path(benchmark.dataset_dir).resolve()),
+        "count": len(rel_paths),
+        "dim": int(matrix.shape[1]) if matrix.ndim == 2 else 0,
+        "clean": bool(clean),
+        "seed": int(seed),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "seconds": round(time.time() - started, 3),
+    }
+    meta.update(dict(metadata or {}))
+    return TeacherCache(rel_paths, matrix, meta)
+
+
+def move_to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
+    """Move every tensor of a batch dict to ``device`` (``non_blocking``); other values are kept."""
+    non_blocking = device.type == "cuda"
+    return {k: (v.to(device, non_blocking=non_blocking) if torch.is_tensor(v) else v) for k, v in batch.items()}
