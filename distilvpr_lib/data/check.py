@@ -150,7 +150,7 @@ def check_dataset(dataset_dir: PathLike, image_dir: PathLike | None = None, layo
     try:
         benchmark = Benchmark.load(dataset_dir, image_dir=image_dir, layout=layout)
     except (DataFormatError, KeyError) as exc:
-        report.add_problem(str(exc).strip("'\""))
+        report.add_problem(str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc))
         return report
     lines = report.lines
     lines.append(f"dataset: {dataset_dir} (layout: {benchmark.layout})")
