@@ -314,6 +314,9 @@ def test_quantize_counts() -> None:
     cloud = torch.rand(4096, 3) * 2 - 1
     expected = len({tuple(v) for v in np.floor(cloud.double().numpy() / 0.1).astype(int).tolist()})
     assert len(quantize(cloud, 0.1)) == expected
+    for size in (0.01, 0.1, 1.0):  # the packed-key fast path equals the row-wise unique
+        metric = torch.randn(4096, 3) * 30
+        assert torch.equal(quantize(metric, size), torch.unique(torch.floor(metric.double() / size).long(), dim=0))
     coords = batch_coordinates([quantize(cloud, 0.1), quantize(points, 0.01)])
     assert coords.dtype == torch.int32 and coords.shape == (expected + 3, 4)
     assert coords[:expected, 0].eq(0).all() and coords[expected:, 0].eq(1).all()
