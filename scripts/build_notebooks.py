@@ -165,6 +165,60 @@ def ablation_analysis() -> list[Cell]:
     ]
 
 
+@notebook("05_retrieval_browser")
+def retrieval_browser() -> list[Cell]:
+    return [
+        ("md", "# 05 — Retrieval browser\n\n"
+               "For each query of the chosen split: the query image beside its top-k retrieved database images, "
+               "framed **green** when the retrieved place is a true match (within 25 m of the query) and **red** "
+               "otherwise, with the embedding distance and the distance in metres; and a map of both runs marking "
+               "the query, its true neighbours (25 m circle) and the retrieved places. Several models (teacher, "
+               "no-KD student, DistilVPR student) can be compared on the same query.\n\n"
+               "Inputs are the evaluation results written next to every model by notebooks 02/03 "
+               "(`<folder>/test_results.npz`, the `RetrievalResults` of the selected epoch on the **test** split) — "
+               "or any results file. A headless run (papermill) renders a fixed list of queries to PNG in `out`; "
+               "the interactive browser needs a live kernel."),
+        ("params", "dataset = 'data/cpu'       # benchmark folder the models were evaluated on\n"
+                   "image_dir = None           # None: <dataset>/images\n"
+                   "split = 'test'             # test | validation (validation re-evaluates model folders)\n"
+                   "models = {}                # {label: teacher folder or student run}, e.g.\n"
+                   "                           # {'teacher': 'teacher_weights/cpu', 'no-KD': 'runs/nokd', 'DistilVPR': 'runs/distilvpr'}\n"
+                   "results = {}               # {label: RetrievalResults file (.npz/.json)}, used as is\n"
+                   "queries = []               # [[database_run, query_run, query_index], ...]; empty: chosen automatically\n"
+                   "n_queries = 4              # how many to choose (half of them ones the student gets wrong)\n"
+                   "student = None             # label whose mistakes the 'wrong queries' filter uses (None: guessed)\n"
+                   "top_k = 5\n"
+                   "interactive = True         # build the ipywidgets browser\n"
+                   "out = 'runs/05_retrieval_browser'"),
+        ("code", SETUP + "from IPython.display import Image\n"
+                         "from distilvpr_lib.data.benchmark import Benchmark\n"
+                         "from distilvpr_lib.viz import write_metrics\n"
+                         "from distilvpr_lib.viz.retrieval import (RetrievalBrowser, gather_results, render_queries,\n"
+                         "                                         results_table, retrieval_report, select_queries)"),
+        ("code", "benchmark = Benchmark.load(dataset, image_dir=image_dir)\n"
+                 "all_results = gather_results(benchmark, results=results, models=models, split=split)\n"
+                 "display(results_table(all_results).round(2))"),
+        ("md", "## A fixed list of queries, rendered to PNG\n\n"
+               "Chosen deterministically when `queries` is empty: half among the queries the student gets wrong at "
+               "top-1, half among those it gets right, spread over all (database run, query run) pairs."),
+        ("code", "chosen = [tuple(q) for q in queries] or select_queries(all_results, n_queries, student=student)\n"
+                 "rendered = render_queries(benchmark, all_results, chosen, out, split=split, top_k=top_k)\n"
+                 "for record in rendered:\n"
+                 "    display(Image(filename=record['retrieval_png']), Image(filename=record['map_png'], width=420))"),
+        ("md", "## Interactive browser\n\n"
+               "Pick the database run, the query run and the query (slider or dropdown; ✗ marks the student's "
+               "top-1 mistakes). *compare models* shows every model on the same query, one row each; *only queries "
+               "… gets wrong* keeps the student's top-1 mistakes."),
+        ("code", "browser = RetrievalBrowser(benchmark, all_results, split=split, top_k=top_k, student=student) "
+                 "if interactive else None\n"
+                 "browser"),
+        ("code", "report = retrieval_report(all_results, rendered, student=student)\n"
+                 "report.update(dataset=str(dataset), split=split, queries=[list(q) for q in chosen])\n"
+                 "write_metrics(out, report)\n"
+                 "pd.Series(report['right_wrong'], name='queries')"),
+    ]
+
+
 def _cell(kind: str, source: str) -> nbformat.NotebookNode:
     if kind == "md":
         return nbformat.v4.new_markdown_cell(source)

@@ -52,6 +52,9 @@ __all__ = [
     "draw_retrieval_comparison",
     "draw_retrieval_map",
     "load_results",
+    "gather_results",
+    "results_table",
+    "retrieval_report",
     "check_results",
     "evaluated_queries",
     "wrong_queries",
@@ -260,6 +263,103 @@ def load_results(files: Mapping[str, str | Path] | Sequence[str | Path] | str | 
             raise FileNotFoundError(f"{path}: retrieval results file of {label!r} not found")
         out[str(label)] = RetrievalResults.load(path)
     return out
+
+
+#: Results file a teacher folder / student run holds (``engine.runs``), read by :func:`gather_results`.
+MODEL_TEST_RESULTS = "test_results.npz"
+
+
+def gather_results(benchmark: Any, results: Mapping[str, str | Path] | None = None,
+                   models: Mapping[str, str | Path] | None = None, split: str = "test",
+                   progress: bool = False) -> dict[str, Any]:
+    """Collect ``{label: RetrievalResults}`` for the browser from files and/or model folders.
+
+    Args:
+        benchmark: the loaded Benchmark the pictures are drawn from.
+        results: ``{label: results file}`` (``.npz``/``.json`` written by ``RetrievalResults.save``).
+        models: ``{label: teacher folder or student run}``. For the test split the folder's
+            ``test_results.npz`` (written by ``engine.runs``) is used when it matches this
+            benchmark; otherwise the model is evaluated on ``split`` of this benchmark with
+            :func:`distilvpr_lib.engine.runs.evaluate_run` (loads ``config.json`` + weights).
+        split: ``"test"`` or ``"validation"``.
+
+    Returns:
+        ``{label: RetrievalResults}`` in the order given (files first), all checked against the
+        benchmark with :func:`check_results`.
+    """
+    from distilvpr_lib.engine.evaluate import RetrievalResults
+
+    out: dict[str, Any] = dict(load_results(dict(results))) if results else {}
+    for label, folder in (models or {}).items():
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder}: model folder of {label!r} not found")
+        stored = folder / MODEL_TEST_RESULTS
+        loaded = None
+        if split == "test" and stored.is_file():
+            loaded = RetrievalResults.load(stored)
+            try:
+                check_results({label: loaded}, benchmark, split)
+            except ValueError:
+                loaded = None  # computed on another dataset: evaluate on this one
+        if loaded is None:
+            from distilvpr_lib.engine.runs import evaluate_run
+
+            image_dir = getattr(benchmark, "image_dir", None)
+            _, loaded = evaluate_run(folder, dataset_dir=benchmark.dataset_dir, split=split, device="cpu",
+                                     image_dir=image_dir if getattr(benchmark, "has_images", False) else None,
+                                     progress=progress)
+        out[str(label)] = loaded
+    if not out:
+        raise ValueError("gather_results: give at least one results file or model folder")
+    check_results(out, benchmark, split)
+    return out
+
+
+def results_table(results: Mapping[str, Any]) -> "pd.DataFrame":  # noqa: F821
+    """One row per model: AR@1, AR@5, AR@10, AR@1% and the number of evaluated queries it gets
+    wrong at top-1 (over every pair)."""
+    import pandas as pd
+
+    rows = []
+    for label, res in results.items():
+        n_eval = sum(len(p.query_indices) for p in res.retrievals.values())
+        n_wrong = sum(len(wrong_queries(res, i, j)) for i, j in res.retrievals)
+        rows.append({"model": label, **res.summary(), "evaluated queries": n_eval, "wrong at top-1": n_wrong})
+    return pd.DataFrame(rows).set_index("model")
+
+
+def retrieval_report(results: Mapping[str, Any], rendered: Sequence[Mapping[str, Any]] = (),
+                     student: str | None = None) -> dict[str, Any]:
+    """A JSON-ready summary for notebook 05's ``metrics.json``.
+
+    Keys: ``models`` (per label: AR@N, AR@1%, evaluated / wrong-at-top-1 counts), ``student``,
+    ``right_wrong`` (for every ordered pair of models A, B: how many queries A gets right and B
+    wrong at top-1), ``rendered`` (the records of :func:`render_queries`).
+    """
+    table = results_table(results)
+    student = student or default_student(list(results))
+    right_wrong: dict[str, int] = {}
+    labels = list(results)
+    first = results[labels[0]]
+    for a in labels:
+        for b in labels:
+            if a == b:
+                continue
+            count = 0
+            for i, j in first.retrievals:
+                common = _common_queries(results, i, j)
+                wrong_a = set(wrong_queries(results[a], i, j).tolist())
+                wrong_b = set(wrong_queries(results[b], i, j).tolist())
+                count += sum(1 for q in common.tolist() if q not in wrong_a and q in wrong_b)
+            right_wrong[f"{a} right, {b} wrong"] = count
+    return {
+        "models": {label: {k: (None if v != v else v) for k, v in row.items()} for label, row in
+                   table.to_dict(orient="index").items()},
+        "student": student,
+        "right_wrong": right_wrong,
+        "rendered": [dict(r) for r in rendered],
+    }
 
 
 def check_results(results: Mapping[str, Any], benchmark: Any, split: str = "test") -> None:
