@@ -207,3 +207,29 @@ def test_lidar2image_ndx(tmp_path: Path) -> None:
     assert ndx == {100: [105, 90, 180], 200: [180, 260, 105]}
     write_lidar2image_ndx(tmp_path / "lidar2image_ndx.pickle", ndx)
     assert read_lidar2image_ndx(tmp_path / "lidar2image_ndx.pickle") == ndx
+
+
+def test_validation_on_a_loop_around_a_test_square(tmp_path: Path) -> None:
+    """A generator-like route: a 1.2 km square loop, partly inside P1, the rest in the training region."""
+    side = 300.0
+    corners = np.array([[0, 0], [side, 0], [side, side], [0, side], [0, 0]], dtype=float) + [-100.0, -100.0]
+    for r in range(3):
+        run = f"2014-06-0{r + 1}-10-00-00"
+        for csv, step, start in ((TRAINING_LOCATIONS_CSV, 10.0, 0), (EVALUATION_LOCATIONS_CSV, 20.0, 7)):
+            points = []
+            for a, b in zip(corners[:-1], corners[1:]):
+                for t in np.arange(0, side, step):
+                    points.append(a + (b - a) * t / side)
+            points = np.array(points) + np.random.default_rng(r).uniform(-2, 2, (len(points), 2))
+            ts = [10**9 * (r + 1) + start + 1000 * i for i in range(len(points))]
+            write_locations_csv(tmp_path / "oxford" / run / csv, ts, P1_N + points[:, 0], P1_E + points[:, 1])
+    splits = build_oxford_benchmark(tmp_path, check_files=False, write=False)
+    assert sum(map(len, splits.test_query)) > 0 and len(splits.training_tuples) > 0
+    val_queries = np.array([[e["northing"], e["easting"]] for q in splits.validation_query for e in q.values()])
+    assert len(val_queries) > 0
+    train = np.array([t.position for t in splits.training_tuples.values()])
+    assert np.linalg.norm(train[:, None] - val_queries[None], axis=2).min() >= NON_NEGATIVE_RADIUS_M
+    assert not in_squares(val_queries, oxford_test_squares()).any()
+    # the square is at the far corner of the loop, away from P1
+    north, east, _ = splits.validation_squares[0]
+    assert np.hypot(north - P1_N, east - P1_E) > 250
