@@ -1,0 +1,57 @@
+"""``distilvpr evaluate --model (teacher folder | run folder) [--dataset DIR] [--split test|validation]``.
+
+Loads ``teacher.pt`` or ``student.pt`` with the folder's ``config.json``, runs the PointNetVLAD
+protocol on a split and prints AR@1/5/10/1% and per-database-run AR@1 (``--json``: as JSON).
+``--save PATH`` writes the RetrievalResults (``.npz`` or ``.json``) for the retrieval browser.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``evaluate`` subcommand."""
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="evaluate a teacher folder or student run on a split",
+        description="Evaluate the model of a teacher folder (teacher.pt) or student run (student.pt) with the "
+                    "PointNetVLAD protocol and print the summary.",
+    )
+    parser.add_argument("--model", required=True, help="teacher folder or run folder (with config.json)")
+    parser.add_argument("--dataset", default=None, help="benchmark folder (default: the one in the folder's config)")
+    parser.add_argument("--image-dir", default=None, help="image folder override")
+    parser.add_argument("--split", default="test", choices=("test", "validation"))
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default %(default)s)")
+    parser.add_argument("--save", default=None, help="write the RetrievalResults here (.npz or .json)")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Evaluate and print; 0 on success, 2 when the folder is not a model folder."""
+    from pathlib import Path
+
+    from distilvpr_lib.commands.train_teacher import fail
+    from distilvpr_lib.engine.runs import evaluate_run
+
+    if not Path(args.model).is_dir():
+        return fail(f"--model {args.model}: no such folder")
+    try:
+        summary, _ = evaluate_run(args.model, dataset_dir=args.dataset, split=args.split, device=args.device,
+                                  image_dir=args.image_dir, progress=not args.quiet, results_path=args.save)
+    except FileNotFoundError as exc:
+        return fail(str(exc))
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    recalls = "  ".join(f"{k}={v:.2f}" for k, v in summary.items() if k.startswith("AR@") and v is not None)
+    print(f"{summary['kind']} {args.model} on the {args.split} split: {recalls}")
+    per_run = summary.get("per_run_AR@1") or {}
+    for name, value in per_run.items():
+        print(f"  {name}: AR@1={'n/a' if value is None else f'{value:.2f}'}")
+    if args.save:
+        print(f"results written to {args.save}")
+    return 0
