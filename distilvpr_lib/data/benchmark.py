@@ -126,9 +126,9 @@ class Benchmark:
 
     dataset_dir: Path
     layout: str
-    training_tuples: dict[int, TrainingTuple]
+    training_tuples: dict[int, TrainingTuple] = field(repr=False)
     image_dir: Path | None
-    lidar2image: dict[int, list[int]] | None
+    lidar2image: dict[int, list[int]] | None = field(repr=False)
     lidar2image_path: Path | None
     run_names: list[str]
     _sets: dict[str, tuple[list[dict[int, dict[Any, Any]]], list[dict[int, dict[Any, Any]]]]] = field(repr=False)
