@@ -319,3 +319,18 @@ def test_mapping_branches():
     assert relations.mapping_branches("id_topoin") == ("identity", "poincare")
     with pytest.raises(KeyError, match="id_topoin"):
         relations.mapping_branches("tohyper")
+
+
+@pytest.mark.parametrize("chunk_size", [1, 4, 16, 64])
+def test_chunked_angle_loss_equals_reference_construction(chunk_size):
+    s = (_rand(9, 6, scale=3.0, seed=27) + 4.0).requires_grad_(True)
+    t = _rand(9, 6, scale=2.0, seed=28)
+    ref = s.detach().clone().requires_grad_(True)
+    fast = rkd_angle_loss(s, t, "gram", chunk_size=chunk_size)
+    slow = rkd_angle_loss(ref, t, "broadcast")
+    assert fast.item() == pytest.approx(slow.item(), rel=1e-10)
+    fast.backward()
+    slow.backward()
+    torch.testing.assert_close(s.grad, ref.grad, rtol=1e-8, atol=1e-12)
+    with pytest.raises(KeyError, match="broadcast"):
+        rkd_angle_loss(s, t, "loops")

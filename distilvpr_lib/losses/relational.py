@@ -85,17 +85,7 @@ def rkd_angle_tensor(x: torch.Tensor, method: str = "gram") -> torch.Tensor:
         return torch.bmm(unit, unit.transpose(1, 2))
     if method != "gram":
         raise KeyError(f"unknown angle method {method!r}; known: {list(ANGLE_METHODS)}")
-    x64 = x.to(torch.float64)
-    x64 = x64 - x64.mean(dim=0, keepdim=True).detach()
-    gram = x64 @ x64.T
-    diag = torch.diagonal(gram)
-    sq = (diag[:, None] + diag[None, :] - 2.0 * gram).clamp_min(0.0)
-    inv_norm = 1.0 / sq.clamp_min(RKD_ANGLE_EPS**2).sqrt()
-    eye = torch.eye(batch, dtype=torch.bool, device=x.device)
-    inv_norm = inv_norm.masked_fill(eye, 0.0)  # e_ii = 0
-    numerator = gram[None, :, :] - gram[:, :, None] - gram[:, None, :] + diag[:, None, None]
-    angle = numerator * inv_norm[:, :, None] * inv_norm[:, None, :]
-    return angle.to(x.dtype)
+    return _angle_rows(*_angle_factors(x), 0, batch).to(x.dtype)
 
 
 def geodesic_relation(x: torch.Tensor, curvature: float, artanh_backward: str = "straight_through") -> torch.Tensor:
@@ -110,11 +100,51 @@ def rkd_distance_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Ten
     return F.smooth_l1_loss(mean_positive_normalize(rkd_distance_matrix(student)), target, beta=1.0)
 
 
-def rkd_angle_loss(student: torch.Tensor, teacher: torch.Tensor, method: str = "gram") -> torch.Tensor:
-    """L_A = SmoothL1(A(S), A(T)) averaged over all B³ entries; (B, D), (B, D) -> scalar."""
+def _angle_factors(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Centred float64 Gram matrix G (B, B), its diagonal (B,) and ``1/‖x_j − x_i‖`` (B, B, 0 on the diagonal)."""
+    x64 = x.to(torch.float64)
+    x64 = x64 - x64.mean(dim=0, keepdim=True).detach()
+    gram = x64 @ x64.T
+    diag = torch.diagonal(gram)
+    sq = (diag[:, None] + diag[None, :] - 2.0 * gram).clamp_min(0.0)
+    inv_norm = 1.0 / sq.clamp_min(RKD_ANGLE_EPS**2).sqrt()
+    eye = torch.eye(x.shape[0], dtype=torch.bool, device=x.device)
+    return gram, diag, inv_norm.masked_fill(eye, 0.0)
+
+
+def _angle_rows(gram: torch.Tensor, diag: torch.Tensor, inv_norm: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    """``A[lo:hi]`` (hi − lo, B, B) from :func:`_angle_factors`."""
+    numerator = gram[None, :, :] - gram[lo:hi, :, None] - gram[lo:hi, None, :] + diag[lo:hi, None, None]
+    return numerator * inv_norm[lo:hi, :, None] * inv_norm[lo:hi, None, :]
+
+
+def rkd_angle_loss(
+    student: torch.Tensor, teacher: torch.Tensor, method: str = "gram", chunk_size: int = 16
+) -> torch.Tensor:
+    """L_A = SmoothL1(A(S), A(T)) averaged over all B³ entries; (B, D), (B, D) -> scalar.
+
+    ``method="gram"`` evaluates the B³ tensor in float64 blocks of ``chunk_size`` vertices
+    (cache-sized; 2.6× faster than one block, 8.7× faster than ``"broadcast"`` at B = 128,
+    D = 384 on one CPU thread, see ``benchmarks/bench_distill_overhead.py``), with the same
+    value and gradient as the reference's construction up to float64 rounding.
+    """
+    if method == "broadcast":
+        with torch.no_grad():
+            target = rkd_angle_tensor(teacher, method)
+        return F.smooth_l1_loss(rkd_angle_tensor(student, method), target, beta=1.0)
+    if method != "gram":
+        raise KeyError(f"unknown angle method {method!r}; known: {list(ANGLE_METHODS)}")
+    batch = student.shape[0]
+    factors_s = _angle_factors(student)
     with torch.no_grad():
-        target = rkd_angle_tensor(teacher, method)
-    return F.smooth_l1_loss(rkd_angle_tensor(student, method), target, beta=1.0)
+        factors_t = _angle_factors(teacher)
+    total = student.new_zeros((), dtype=torch.float64)
+    for lo in range(0, batch, max(1, int(chunk_size))):
+        hi = min(batch, lo + max(1, int(chunk_size)))
+        with torch.no_grad():
+            target = _angle_rows(*factors_t, lo, hi)
+        total = total + F.smooth_l1_loss(_angle_rows(*factors_s, lo, hi), target, beta=1.0, reduction="sum")
+    return (total / batch**3).to(student.dtype)
 
 
 def geodesic_loss(
