@@ -49,6 +49,9 @@ __all__ = [
     "plot_split_sizes",
     "plot_realism_table",
     "plot_real_vs_generated",
+    "default_place",
+    "plot_submap",
+    "plot_premise",
     "metrics_history",
     "plot_training_curves",
     "plot_ablation_bars",
@@ -409,6 +412,60 @@ def plot_place_across_runs(benchmark: Any, northing: float, easting: float, spli
         axes[1, 0].set_ylabel("cloud (BEV)", fontsize=8)
     axes[0, 0].set_ylabel("image", fontsize=8)
     fig.suptitle(f"the same place across runs (N {northing:.0f}, E {easting:.0f})", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def default_place(benchmark: Any, split: str = "test") -> tuple[float, float]:
+    """A place to show across runs: the middle query of the first non-empty query set of ``split``
+    (falling back to the middle training sub-map). Returns ``(northing, easting)``."""
+    if benchmark.has_split(split):
+        for run_set in benchmark.query_sets(split):
+            if run_set:
+                entry = run_set[sorted(run_set)[len(run_set) // 2]]
+                return float(entry["northing"]), float(entry["easting"])
+    tuples = list(benchmark.training_tuples.values())
+    if not tuples:
+        raise ValueError(f"{benchmark.dataset_dir}: no query and no training sub-map to pick a place from")
+    pos = np.asarray(tuples[len(tuples) // 2].position, dtype=np.float64).reshape(-1)
+    return float(pos[0]), float(pos[1])
+
+
+def plot_submap(benchmark: Any, rel: str, title: str | None = None) -> Figure:
+    """:func:`plot_cloud_and_image` of one sub-map of a benchmark (its nearest image when there is one)."""
+    image = benchmark.read_image(rel) if benchmark.has_images and benchmark.image_count(rel) else None
+    return plot_cloud_and_image(benchmark.read_cloud(rel), image, title or rel)
+
+
+def plot_premise(table: pd.DataFrame, title: str | None = None) -> Figure:
+    """Same-place vs different-place separability (ROC AUC) of images and clouds per run.
+
+    Args:
+        table: :func:`distilvpr_lib.data.synth.stats.premise_table` output — one row per run with
+            ``run``, ``image_auc``, ``cloud_auc`` and optionally ``archetype``, ``season``.
+    Left: grouped bars of image vs cloud AUC per run (labelled with its condition). Right: the
+    same-place similarities of images against the different-place ones.
+    """
+    for col in ("run", "image_auc", "cloud_auc"):
+        if col not in table.columns:
+            raise KeyError(f"plot_premise: column {col!r} missing; columns: {list(table.columns)}")
+    labels = []
+    for rec in table.itertuples(index=False):
+        cond = ", ".join(str(getattr(rec, c)) for c in ("archetype", "season") if getattr(rec, c, ""))
+        labels.append(f"{rec.run}\n{cond}" if cond else str(rec.run))
+    x = np.arange(len(table))
+    fig = new_figure(max(7.0, 1.3 * len(table) + 3), 4.4)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.bar(x - 0.2, table["image_auc"], width=0.4, label="image (thumbnail NCC)", color="#ff7f0e")
+    ax.bar(x + 0.2, table["cloud_auc"], width=0.4, label="cloud (chamfer)", color="#1f77b4")
+    ax.axhline(0.5, color="k", linestyle=":", linewidth=1, label="chance")
+    ax.set_xticks(x, labels, fontsize=7)
+    ax.set_ylim(0.0, 1.05)
+    ax.set_ylabel("ROC AUC: same place vs different place")
+    ref = table.attrs.get("reference_run")
+    ax.set_title(title or f"premise: across runs, appearance changes more than geometry"
+                 + (f" (reference run {ref})" if ref else ""), fontsize=9)
+    ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     return fig
 

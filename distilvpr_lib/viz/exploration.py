@@ -1,0 +1,134 @@
+"""Helpers of the data-exploration notebook (01) that are not figures: making sure the dataset
+exists, short written verdicts of the realism and premise tables, and the notebook's summary dict
+for ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+__all__ = ["ensure_dataset", "realism_verdict", "premise_verdict", "exploration_summary"]
+
+
+def _has_benchmark(dataset_dir: Path) -> bool:
+    from distilvpr_lib.data.benchmark import detect_layout
+
+    try:
+        detect_layout(dataset_dir)
+    except (OSError, ValueError):
+        return False
+    return any(dataset_dir.glob("*.pickle"))
+
+
+def ensure_dataset(dataset_dir: str | Path, profile: str = "smoke", seed: int = 0, generate: bool = True) -> Path:
+    """Return ``dataset_dir``, generating it first with ``distilvpr synth`` when it holds no benchmark.
+
+    Args:
+        dataset_dir: the dataset folder.
+        profile: generator profile (``smoke`` / ``cpu`` / ``paper``) used when generating.
+        seed: generator seed.
+        generate: when False, a missing dataset is an error instead.
+
+    Raises:
+        FileNotFoundError: no benchmark in the folder and ``generate`` is False.
+        RuntimeError: the generator failed (its exit status is in the message).
+    """
+    dataset_dir = Path(dataset_dir)
+    if _has_benchmark(dataset_dir):
+        return dataset_dir
+    if not generate:
+        raise FileNotFoundError(f"{dataset_dir}: no benchmark here (generate one with "
+                                f"`distilvpr synth --profile {profile} --out {dataset_dir}`)")
+    from distilvpr_lib.cli import main
+
+    status = main(["synth", "--profile", profile, "--out", str(dataset_dir), "--seed", str(int(seed))])
+    if status != 0 or not _has_benchmark(dataset_dir):
+        raise RuntimeError(f"{dataset_dir}: `distilvpr synth --profile {profile}` failed (exit status {status})")
+    return dataset_dir
+
+
+def realism_verdict(table: pd.DataFrame, tolerance: float = 0.15) -> str:
+    """A markdown sentence on a realism table (``generated``, ``real``, ``relative_error``,
+    ``within_tolerance`` per statistic): which statistics meet the goal and which do not, by how much."""
+    if table is None or len(table) == 0:
+        return "No realism table (no real sub-maps given)."
+    ok_col = "within_tolerance" if "within_tolerance" in table.columns else None
+    if ok_col is None:
+        ok = table["relative_error"] <= tolerance
+    else:
+        ok = table[ok_col].astype(bool)
+    bad = table[~ok]
+    head = f"**{int(ok.sum())} of {len(table)}** statistics are within {tolerance:.0%} of the real median."
+    if len(bad) == 0:
+        return head + " All meet the goal."
+    details = "; ".join(f"`{name}`: generated {row['generated']:.4g} vs real {row['real']:.4g} "
+                        f"({row['relative_error']:.0%} off)" for name, row in bad.iterrows())
+    return head + f" Not within the goal: {details}."
+
+
+def premise_verdict(table: pd.DataFrame) -> str:
+    """A markdown sentence on a premise table (``image_auc``, ``cloud_auc`` per run): whether, for
+    the same places across runs, images separate same/different places less well than clouds."""
+    if table is None or len(table) == 0:
+        return "No premise table."
+    image, cloud = float(table["image_auc"].mean()), float(table["cloud_auc"].mean())
+    holds = int((table["cloud_auc"] > table["image_auc"]).sum())
+    worst = table.loc[table["image_auc"].idxmin()]
+    cond = ", ".join(str(worst[c]) for c in ("archetype", "season") if c in table.columns and worst[c])
+    return (f"Mean ROC AUC (same place vs different place) over {len(table)} runs: **images {image:.2f}**, "
+            f"**clouds {cloud:.2f}**; clouds separate places better than images in {holds} of {len(table)} runs. "
+            f"Hardest run for images: {worst['run']}" + (f" ({cond})" if cond else "") +
+            f", image AUC {float(worst['image_auc']):.2f} vs cloud AUC {float(worst['cloud_auc']):.2f}.")
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if hasattr(value, "item"):
+        try:
+            return _clean(value.item())
+        except (TypeError, ValueError):
+            return value
+    return value
+
+
+def exploration_summary(benchmark: Any, realism: pd.DataFrame | None = None, premise: pd.DataFrame | None = None,
+                        conditions: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The numbers notebook 01 writes to ``metrics.json``.
+
+    Keys: ``dataset``, ``layout``, ``runs``, ``conditions``, ``split_sizes`` (totals),
+    ``split_sizes_per_run``, ``positives`` / ``non_negatives`` (median, min, max per training
+    tuple), ``realism`` (per statistic: generated, real, relative_error, within_tolerance),
+    ``premise`` (per run: image_auc, cloud_auc, ...; plus means).
+    """
+    from distilvpr_lib.viz.figures import split_size_table
+
+    sizes = split_size_table(benchmark)
+    tuples = list(benchmark.training_tuples.values())
+    out: dict[str, Any] = {
+        "dataset": str(benchmark.dataset_dir),
+        "layout": benchmark.layout,
+        "runs": list(benchmark.run_names),
+        "conditions": dict(conditions or {}),
+        "has_images": bool(benchmark.has_images),
+        "split_sizes": {k: int(v) for k, v in sizes.loc["total"].items()},
+        "split_sizes_per_run": {run: {k: int(v) for k, v in row.items()} for run, row in sizes.drop(index="total").iterrows()},
+    }
+    for name, attr in (("positives", "positives"), ("non_negatives", "non_negatives")):
+        counts = pd.Series([len(getattr(t, attr)) for t in tuples], dtype=float)
+        out[name] = {"median": _clean(counts.median()), "min": _clean(counts.min()), "max": _clean(counts.max()),
+                     "without_any": int((counts == 0).sum())} if len(counts) else {}
+    if realism is not None and len(realism):
+        out["realism"] = {str(stat): {k: _clean(v) for k, v in row.items()} for stat, row in realism.iterrows()}
+        if "within_tolerance" in realism.columns:
+            out["realism_within_tolerance"] = int(realism["within_tolerance"].astype(bool).sum())
+    if premise is not None and len(premise):
+        out["premise"] = [{k: _clean(v) for k, v in rec.items()} for rec in premise.to_dict(orient="records")]
+        out["premise_mean_image_auc"] = _clean(float(premise["image_auc"].mean()))
+        out["premise_mean_cloud_auc"] = _clean(float(premise["cloud_auc"].mean()))
+    return out
