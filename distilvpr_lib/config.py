@@ -159,7 +159,30 @@ class SynthConfig:
     lidar_azimuth_steps: int = 360
     #: Poses fired along each 20 m submap window.
     lidar_poses_per_submap: int = 4
+    #: Runs in the evaluation sets (evenly spread over the sorted runs); ``None`` = all runs.
     n_eval_runs: int | None = None
+    #: Seed of the world, the runs' conditions and every sensor draw (same seed -> same bytes).
+    seed: int = 0
+    #: Nearest images listed (and rendered) per LiDAR timestamp in ``lidar2image_ndx.pickle``.
+    images_per_submap: int = 3
+    camera_hfov_deg: float = 66.0
+    #: Cast sun shadows in the camera images.
+    camera_shadows: bool = True
+    #: LiDAR beam elevations (degrees) and range (m); tuned so the submaps match the real Oxford
+    #: statistics (``data.synth.stats.realism_table``).
+    lidar_min_elevation_deg: float = -25.0
+    lidar_max_elevation_deg: float = 35.0
+    lidar_max_range_m: float = 60.0
+    #: Half extents (forward, lateral) of the submap crop box around the window centre (m).
+    submap_crop_m: tuple[float, float] = (25.0, 18.0)
+    #: Points higher than this above the ground are dropped (m).
+    submap_max_height_m: float = 30.0
+    #: Voxel size of the downsampling before sampling 4096 points (m; shrunk for sparse windows).
+    submap_voxel_m: float = 0.3
+    #: Share of the route inside the PointNetVLAD test squares.
+    test_fraction: float = 0.35
+    #: Worker processes rendering in parallel (1 = in-process).
+    workers: int = 2
 
 
 @dataclass
@@ -210,6 +233,8 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
             "lidar_beams": 16,
             "lidar_azimuth_steps": 180,
             "lidar_poses_per_submap": 2,
+            "images_per_submap": 1,
+            "workers": 1,
         },
     },
     "cpu": {
@@ -239,6 +264,8 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
             "lidar_beams": 32,
             "lidar_azimuth_steps": 720,
             "lidar_poses_per_submap": 6,
+            "images_per_submap": 2,
+            "n_eval_runs": 23,
         },
     },
 }
