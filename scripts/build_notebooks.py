@@ -61,7 +61,7 @@ def teacher_training() -> list[Cell]:
                    "overrides = {}                # extra config overrides, e.g. {'train.batch_size': 64}\n"
                    "out = 'teacher_weights/cpu'   # teacher folder (checkpoint, config, metrics, cache)"),
         ("code", SETUP + "from distilvpr_lib.config import profile_config, apply_overrides\n"
-                         "from distilvpr_lib.engine.trainer import train_teacher\n"
+                         "from distilvpr_lib.engine.runs import train_teacher\n"
                          "from distilvpr_lib.viz import figures"),
         ("code", "cfg = profile_config(profile)\n"
                  "cfg = apply_overrides(cfg, {'data.dataset_dir': dataset, 'data.image_dir': image_dir,\n"
@@ -100,7 +100,7 @@ def distillation() -> list[Cell]:
                    "compare_with = []                 # other run folders to put in the final table (e.g. no-KD)\n"
                    "out = 'runs/distill-cpu'"),
         ("code", SETUP + "from distilvpr_lib.config import profile_config, apply_overrides\n"
-                         "from distilvpr_lib.engine.trainer import distill_student\n"
+                         "from distilvpr_lib.engine.runs import distill_student\n"
                          "from distilvpr_lib.engine.report import comparison_table, embedding_norm_table\n"
                          "from distilvpr_lib.viz import figures"),
         ("code", "cfg = profile_config(profile)\n"
