@@ -1,0 +1,171 @@
+"""End-to-end teacher and student runs at smoke size (engine.runs): files written, metrics,
+validation-only selection, every named term logged, cache reuse, resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from distilvpr_lib.config import apply_overrides, profile_config
+from distilvpr_lib.engine import embed
+from distilvpr_lib.engine.checkpoint import load_checkpoint, load_weights
+from distilvpr_lib.engine.runs import distill_student, evaluate_run, get_teacher_cache, train_teacher
+from distilvpr_lib.engine.teacher_cache import TeacherCache
+from distilvpr_lib.losses.distiller import Distiller
+
+TEACHER_FILES = ("config.json", "teacher.pt", "metrics.json", "test_results.npz", "teacher_cache.pt",
+                 "checkpoints/last.pt", "checkpoints/best.pt", "tensorboard")
+STUDENT_FILES = ("config.json", "student.pt", "metrics.json", "test_results.npz", "checkpoints/last.pt",
+                 "checkpoints/best.pt", "tensorboard")
+
+
+@pytest.fixture(scope="module")
+def toy_dataset(tmp_path_factory):
+    from distilvpr_lib.data.toy import write_toy_oxford_dataset
+
+    return write_toy_oxford_dataset(tmp_path_factory.mktemp("toy") / "ds", n_runs=3, route_length_m=300.0)
+
+
+def _cfg(dataset, **overrides):
+    return apply_overrides(profile_config("smoke"), {"data.dataset_dir": str(dataset), **overrides})
+
+
+def _fake_teacher_dir(dataset, path, dim=96):
+    """A teacher folder holding only a cache (random embeddings) — no teacher weights at all."""
+    from distilvpr_lib.data.benchmark import Benchmark
+
+    benchmark = Benchmark.load(dataset)
+    rel_paths = [t.rel_scan_filepath for t in benchmark.training_tuples.values()]
+    generator = torch.Generator().manual_seed(0)
+    TeacherCache(rel_paths, torch.randn(len(rel_paths), dim, generator=generator) * 2.0).save(path / "teacher_cache.pt")
+    return path
+
+
+def _spy_evaluations(monkeypatch):
+    calls = []
+    real = embed.evaluate_model
+
+    def spy(model, benchmark, split="test", *args, **kwargs):
+        calls.append(split)
+        return real(model, benchmark, split, *args, **kwargs)
+
+    monkeypatch.setattr(embed, "evaluate_model", spy)
+    return calls
+
+
+def _tensorboard_tags(folder):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(folder))
+    accumulator.Reload()
+    return set(accumulator.Tags()["scalars"])
+
+
+def test_nokd_student_selects_on_validation_only(toy_dataset, tmp_path, monkeypatch):
+    calls = _spy_evaluations(monkeypatch)
+    monkeypatch.setattr("distilvpr_lib.models.build_teacher",
+                        lambda *a, **k: pytest.fail("nokd must not build a teacher"))
+    metrics = distill_student(_cfg(toy_dataset), None, tmp_path / "run", method="nokd", progress=False)
+    # training evaluates only the validation split; the test split is read once, after training
+    assert calls == ["validation", "validation", "test"]
+    for name in STUDENT_FILES:
+        assert (tmp_path / "run" / name).exists(), name
+    assert metrics["kind"] == "student" and metrics["method"] == "nokd"
+    assert [e["epoch"] for e in metrics["epochs"]] == [1, 2]
+    assert set(metrics["final_losses"]) == {"triplet", "total"}
+    assert metrics["best_epoch"] in (1, 2)
+    best = metrics["epochs"][metrics["best_epoch"] - 1]["validation"]["AR@1"]
+    assert best == max(e["validation"]["AR@1"] for e in metrics["epochs"])
+    assert set(metrics["test"]) >= {"AR@1", "AR@5", "AR@10", "AR@1%", "per_run_AR@1"}
+    assert len(metrics["test"]["per_run_AR@1"]) == 3
+    assert metrics["embedding_norms"]["student"]["max"] >= metrics["embedding_norms"]["student"]["mean"] > 0
+    on_disk = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert on_disk["test"]["AR@1"] == pytest.approx(metrics["test"]["AR@1"])
+    # the written student is the selected one
+    best_weights = load_weights(tmp_path / "run" / "checkpoints" / "best.pt")
+    student = load_weights(tmp_path / "run" / "student.pt")
+    assert all(torch.equal(best_weights[k], student[k]) for k in student)
+    # evaluate_run reproduces the test summary from the folder
+    summary, _ = evaluate_run(tmp_path / "run", device="cpu", progress=False)
+    assert summary["kind"] == "student" and summary["AR@1"] == pytest.approx(metrics["test"]["AR@1"])
+
+
+def test_distilvpr_student_logs_every_named_term_without_teacher_forward(toy_dataset, tmp_path, monkeypatch):
+    teacher_dir = _fake_teacher_dir(toy_dataset, tmp_path / "teacher")
+    monkeypatch.setattr("distilvpr_lib.models.build_teacher",
+                        lambda *a, **k: pytest.fail("student training must not run the teacher"))
+    cfg = _cfg(toy_dataset, **{"train.epochs": 1})
+    metrics = distill_student(cfg, teacher_dir, tmp_path / "run", progress=False)
+    expected = set(Distiller(cfg.distill).term_names)
+    assert {"rkdg_distance", "rkdg_angle", "rkdg_geodesic", "cross_euclidean_st2ss"} <= expected
+    assert set(metrics["final_losses"]) == expected | {"triplet", "total"}
+    assert set(metrics["epochs"][0]["losses"]) == expected | {"triplet", "total"}
+    assert metrics["final_losses"]["total"] == pytest.approx(
+        sum(v for k, v in metrics["final_losses"].items() if k != "total"), rel=1e-5)
+    assert set(metrics["loss_weights"]) == expected | {"triplet"}
+    assert metrics["loss_weights"]["rkdg_distance"] == pytest.approx(10.0)
+    assert metrics["embedding_norms"]["teacher"]["mean"] > 0
+    tags = _tensorboard_tags(tmp_path / "run" / "tensorboard")
+    for term in expected | {"triplet", "total"}:
+        assert f"train/loss/{term}" in tags and f"epoch/loss/{term}" in tags
+    assert {"lr/student", "val/AR@1", "train/active_fraction", "epoch/student_norm_max"} <= tags
+
+
+def test_term_override_and_dimension_mismatch(toy_dataset, tmp_path):
+    teacher_dir = _fake_teacher_dir(toy_dataset, tmp_path / "teacher", dim=40)
+    cfg = _cfg(toy_dataset, **{"train.epochs": 1})
+    with pytest.raises(ValueError, match="student_dim"):
+        distill_student(cfg, teacher_dir, tmp_path / "run", progress=False)
+    with pytest.raises(KeyError, match="unknown"):
+        distill_student(_cfg(toy_dataset, **{"distill.terms": {"not_a_term": 1.0}}), teacher_dir, tmp_path / "r2",
+                        progress=False)
+
+
+@pytest.mark.slow
+def test_teacher_run_writes_everything_then_distils_and_resumes(toy_dataset, tmp_path, monkeypatch):
+    cfg = _cfg(toy_dataset, **{"train.deterministic": True})
+    calls = _spy_evaluations(monkeypatch)
+    metrics = train_teacher(cfg, tmp_path / "teacher", progress=False)
+    assert calls == ["validation", "validation", "test"]
+    for name in TEACHER_FILES:
+        assert (tmp_path / "teacher" / name).exists(), name
+    assert metrics["kind"] == "teacher" and len(metrics["epochs"]) == 2
+    assert set(metrics["final_losses"]) == {"triplet_embedding", "triplet_cloud_embedding", "total"}
+    assert metrics["epochs"][0]["lr"] == {"image": cfg.train.image_lr, "cloud": cfg.train.cloud_lr}
+    from distilvpr_lib.data.benchmark import Benchmark
+
+    benchmark = Benchmark.load(toy_dataset)
+    cache = TeacherCache.load(tmp_path / "teacher" / "teacher_cache.pt")
+    assert len(cache) == len(benchmark.training_tuples) == metrics["teacher_cache"]["count"]
+    assert cache.dim == cfg.model.cloud_dim + cfg.model.image_dim
+    tags = _tensorboard_tags(tmp_path / "teacher" / "tensorboard")
+    assert {"train/loss/triplet_embedding", "train/loss/triplet_cloud_embedding", "lr/image", "lr/cloud",
+            "val/AR@1"} <= tags
+
+    # exact resume end to end: 1 epoch, then continue to 2 == the uninterrupted run
+    train_teacher(apply_overrides(cfg, {"train.epochs": 1}), tmp_path / "resumed", progress=False)
+    resumed = train_teacher(cfg, tmp_path / "resumed", progress=False)
+    a = load_checkpoint(tmp_path / "teacher" / "checkpoints" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed["test"]["AR@1"] == pytest.approx(metrics["test"]["AR@1"])
+    assert torch.equal(TeacherCache.load(tmp_path / "resumed" / "teacher_cache.pt").embeddings, cache.embeddings)
+
+    # a complete run re-run: no training, same results
+    calls.clear()
+    again = train_teacher(cfg, tmp_path / "teacher", progress=False)
+    assert calls == ["test"] and again["epochs"] == metrics["epochs"]
+
+    # the student reuses the cache; a changed teacher.pt makes it stale and it is rebuilt
+    student = distill_student(apply_overrides(cfg, {"train.epochs": 1}), tmp_path / "teacher", tmp_path / "student",
+                              progress=False)
+    assert "rkdg_geodesic" in student["final_losses"]
+    weights = load_weights(tmp_path / "teacher" / "teacher.pt")
+    weights = {k: (v + 0.01 if v.is_floating_point() else v) for k, v in weights.items()}
+    torch.save(weights, tmp_path / "teacher" / "teacher.pt")
+    rebuilt = get_teacher_cache(tmp_path / "teacher", cfg, benchmark, torch.device("cpu"), progress=False)
+    assert not torch.equal(rebuilt.embeddings, cache.embeddings)
+    assert TeacherCache.load(tmp_path / "teacher" / "teacher_cache.pt").metadata["teacher_weights_sha256"] == \
+        rebuilt.metadata["teacher_weights_sha256"]
