@@ -269,6 +269,20 @@ def test_full_objective_finite_for_saturated_raw_embeddings(artanh_backward):
     assert torch.isfinite(s.grad).all()
 
 
+def test_half_precision_inputs_are_promoted_and_autocast_is_disabled():
+    s0, t0, p, n = golden_inputs(torch.float32)
+    reference = Distiller(DistillConfig())(s0, t0, p, n)
+    s = s0.to(torch.bfloat16).requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = Distiller(DistillConfig())(s, t0, p, n)
+    for term, value in out.items():
+        assert value.dtype == torch.float32
+        # only the bfloat16 rounding of the inputs separates the two
+        assert value.item() == pytest.approx(reference[term].item(), rel=5e-2, abs=1e-3), term
+    sum(out.values()).backward()
+    assert torch.isfinite(s.grad.float()).all()
+
+
 def test_mask_losses_need_masks():
     d = Distiller(DistillConfig(method="lsdnet"))
     assert d.requires_masks and not Distiller(DistillConfig()).requires_masks

@@ -178,7 +178,9 @@ class Distiller(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """Weighted terms ``{term: weight · loss}`` (scalars) for student (B, D) and teacher (B, D).
 
-        Masks are (B, B) bool; only mask-based losses (LSDNet) need them.
+        Masks are (B, B) bool; only mask-based losses (LSDNet) need them. Half-precision inputs
+        are promoted to float32 and autocast is disabled inside (the Gram-based relations run
+        in float64 anyway); the teacher is cast to the student's dtype.
         """
         if student.shape != teacher.shape:
             raise ValueError(
@@ -186,11 +188,17 @@ class Distiller(nn.Module):
             )
         teacher = teacher.detach()
         out: dict[str, torch.Tensor] = {}
-        for name, loss in self.losses.items():
-            terms = self._active_terms[name]
-            values = loss(student, teacher, positives_mask, negatives_mask, terms=terms)
-            for term in terms:
-                out[term] = self.weights[term] * values[term]
+        # the relations are computed in (at least) float32, outside any autocast region
+        with torch.autocast(device_type=student.device.type, enabled=False):
+            if student.dtype in (torch.float16, torch.bfloat16):
+                student = student.float()
+            if teacher.dtype != student.dtype:
+                teacher = teacher.to(student.dtype)
+            for name, loss in self.losses.items():
+                terms = self._active_terms[name]
+                values = loss(student, teacher, positives_mask, negatives_mask, terms=terms)
+                for term in terms:
+                    out[term] = self.weights[term] * values[term]
         return out
 
     def extra_repr(self) -> str:

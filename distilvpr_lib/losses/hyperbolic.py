@@ -167,8 +167,11 @@ def dist(
     return (2.0 / sqrt_c) * artanh(sqrt_c * safe_norm(diff), artanh_backward)
 
 
-def _working_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64) else dtype
+def working_dtype(x: torch.Tensor) -> torch.dtype:
+    """float64 for the Gram-based closed forms (float32 on MPS, which has no float64)."""
+    if x.device.type == "mps":
+        return torch.float32
+    return torch.float64
 
 
 def pairwise_sq_euclidean(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -177,7 +180,7 @@ def pairwise_sq_euclidean(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     Returned in float64 (callers cast back); centring on the joint mean first removes the
     cancellation of large common offsets (distances are translation invariant).
     """
-    work = _working_dtype(x.dtype)
+    work = working_dtype(x)
     x64, y64 = x.to(work), y.to(work)
     centre = torch.cat([x64, y64], dim=0).mean(dim=0, keepdim=True).detach()
     x64, y64 = x64 - centre, y64 - centre
@@ -213,7 +216,7 @@ def pairwise_dist(
         return dist(x[:, None, :], y[None, :, :], c, artanh_backward, denom_eps)
     if method != "gram":
         raise KeyError(f"unknown pairwise method {method!r}; known: {list(PAIRWISE_METHODS)}")
-    work = _working_dtype(x.dtype)
+    work = working_dtype(x)
     x64, y64 = x.to(work), y.to(work)
     x2 = x64.pow(2).sum(-1)[:, None]
     y2 = y64.pow(2).sum(-1)[None, :]
@@ -222,7 +225,7 @@ def pairwise_dist(
     # δ = 1 + 2c⟨−x, y⟩ + c²‖x‖²‖y‖² = ‖numerator‖² / ‖x − y‖²; > 0 inside the ball.
     delta = (1.0 - 2.0 * c * gram + c**2 * x2 * y2).clamp_min(0.0)
     # ‖(−x) ⊕ y‖ = sqrt(‖x − y‖² · δ) / (δ + 1e-5); the floor gives 0 (grad 0) for coincident points.
-    num_norm = (sq_euclid * delta).clamp_min(_SQ_FLOOR[torch.float64]).sqrt()
+    num_norm = (sq_euclid * delta).clamp_min(_SQ_FLOOR[work]).sqrt()
     mobius_norm = num_norm / (delta + denom_eps)
     out = (2.0 / sqrt_c) * artanh(sqrt_c * mobius_norm, artanh_backward)
     return out.to(x.dtype)

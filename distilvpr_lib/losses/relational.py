@@ -102,7 +102,7 @@ def rkd_distance_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Ten
 
 def _angle_factors(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Centred float64 Gram matrix G (B, B), its diagonal (B,) and ``1/‖x_j − x_i‖`` (B, B, 0 on the diagonal)."""
-    x64 = x.to(torch.float64)
+    x64 = x.to(hyperbolic.working_dtype(x))
     x64 = x64 - x64.mean(dim=0, keepdim=True).detach()
     gram = x64 @ x64.T
     diag = torch.diagonal(gram)
@@ -124,8 +124,8 @@ def rkd_angle_loss(
     """L_A = SmoothL1(A(S), A(T)) averaged over all B³ entries; (B, D), (B, D) -> scalar.
 
     ``method="gram"`` evaluates the B³ tensor in float64 blocks of ``chunk_size`` vertices
-    (cache-sized; 2.6× faster than one block, 8.7× faster than ``"broadcast"`` at B = 128,
-    D = 384 on one CPU thread, see ``benchmarks/bench_distill_overhead.py``), with the same
+    (cache-sized; about 2× faster than one block and about 6× faster than ``"broadcast"`` at
+    B = 128, D = 384 on one CPU thread, see ``benchmarks/bench_distill_overhead.py``), with the same
     value and gradient as the reference's construction up to float64 rounding.
     """
     if method == "broadcast":
@@ -138,7 +138,7 @@ def rkd_angle_loss(
     factors_s = _angle_factors(student)
     with torch.no_grad():
         factors_t = _angle_factors(teacher)
-    total = student.new_zeros((), dtype=torch.float64)
+    total = student.new_zeros((), dtype=hyperbolic.working_dtype(student))
     for lo in range(0, batch, max(1, int(chunk_size))):
         hi = min(batch, lo + max(1, int(chunk_size)))
         with torch.no_grad():
