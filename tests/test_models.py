@@ -25,7 +25,7 @@ from distilvpr_lib.models.sparse.torch_backend import (
     CoordinateManager,
     SparseConvolution,
     SparseConvolutionTranspose,
-    _SparseConvFunction,
+    sparse_conv,
     sparse_input,
 )
 
@@ -84,11 +84,11 @@ def dense_weight_to_sparse(w: torch.Tensor, transpose: bool = False) -> torch.Te
 # ---------------------------------------------------------------------------------------------------------
 # kernel maths against dense references
 # ---------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("kernel_size", [3, 5])
-def test_submanifold_conv_matches_dense_conv3d(kernel_size):
-    coords, feats, dense = grid_case()
-    conv = SparseConvolution(3, 4, kernel_size=kernel_size).double()
-    w = torch.randn(4, 3, kernel_size, kernel_size, kernel_size, dtype=torch.float64)
+@pytest.mark.parametrize("kernel_size,channels", [(3, 3), (5, 1)])
+def test_submanifold_conv_matches_dense_conv3d(kernel_size, channels):
+    coords, feats, dense = grid_case(channels=channels)
+    conv = SparseConvolution(channels, 4, kernel_size=kernel_size).double()
+    w = torch.randn(4, channels, kernel_size, kernel_size, kernel_size, dtype=torch.float64)
     with torch.no_grad():
         conv.kernel.copy_(dense_weight_to_sparse(w))
     x = sparse_input(coords, feats)
@@ -149,15 +149,13 @@ def test_transposed_conv_matches_dense_conv_transpose3d():
 
 
 def test_sparse_conv_function_gradcheck():
-    coords, feats, _ = grid_case(channels=2, seed=3)
+    coords = random_cloud_coords([14, 10], span=3, seed=3)
     manager = CoordinateManager(coords)
-    for kmap in (manager.conv_map(1, 1, 3), manager.conv_map(1, 2, 2), manager.conv_map(1, 2, 2).transposed()):
-        x = torch.randn(kmap.n_in, 2, dtype=torch.float64, requires_grad=True)
-        w = torch.randn(len(kmap.bounds) - 1, 2, 3, dtype=torch.float64, requires_grad=True)
-        assert torch.autograd.gradcheck(
-            lambda a, b: _SparseConvFunction.apply(a, b, kmap.in_idx, kmap.out_idx, kmap.bounds, kmap.n_out),
-            (x, w),
-        )
+    maps = (manager.conv_map(1, 1, 3), manager.conv_map(1, 2, 2), manager.conv_map(1, 2, 2).transposed())
+    for kmap, channels in zip(maps + maps[:1], (2, 2, 2, 1)):  # channels == 1: the dense single-channel path
+        x = torch.randn(kmap.n_in, channels, dtype=torch.float64, requires_grad=True)
+        w = torch.randn(len(kmap.bounds) - 1, channels, 3, dtype=torch.float64, requires_grad=True)
+        assert torch.autograd.gradcheck(lambda a, b: sparse_conv(a, b, kmap), (x, w))
 
 
 def test_kernel_maps_are_cached_and_reused():

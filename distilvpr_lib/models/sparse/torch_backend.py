@@ -30,14 +30,14 @@ the backward pass instead of storing it).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import SparseBackend
-from .kernel_offsets import kernel_offsets
+from .kernel_offsets import axis_offsets
 
 #: Empty voxels kept around the bounding box of a batch when packing coordinates into keys; every kernel
 #: reach (``max |offset| * tensor_stride``) must stay below it.
@@ -83,6 +83,18 @@ class KernelMap:
     bounds: tuple[int, ...]
     n_in: int
     n_out: int
+    _flat: Tensor | None = field(default=None, repr=False)
+
+    @property
+    def flat_out_offset_index(self) -> Tensor:
+        """(P,) index ``out_idx * K + k`` of each pair in a dense (n_out, K) matrix (cached)."""
+        if self._flat is None:
+            n_kernel = len(self.bounds) - 1
+            counts = torch.tensor([self.bounds[k + 1] - self.bounds[k] for k in range(n_kernel)],
+                                  device=self.in_idx.device)
+            k_idx = torch.repeat_interleave(torch.arange(n_kernel, device=self.in_idx.device), counts)
+            self._flat = self.out_idx * n_kernel + k_idx
+        return self._flat
 
     def transposed(self) -> "KernelMap":
         """The same pairs with input and output swapped (the map of the transposed convolution)."""
@@ -181,41 +193,54 @@ class CoordinateManager:
         cached = self._maps.get(key)
         if cached is not None:
             return cached
-        offsets = kernel_offsets(kernel_size).to(self.device)
-        reach = int(offsets.abs().max()) * in_stride + out_stride
+        axis = axis_offsets(kernel_size)
+        reach = max(abs(a) for a in axis) * in_stride + out_stride
         if reach >= PACKING_MARGIN:
             raise ValueError(f"kernel reach {reach} voxels exceeds the packing margin {PACKING_MARGIN}")
         src = self.coordinate_set(in_stride)
         dst = self.coordinate_set(out_stride)
-        deltas = self.delta_keys(offsets * in_stride)
-        n_kernel = deltas.numel()
-        symmetric = in_stride == out_stride and kernel_size % 2 == 1 and n_kernel > 1
-        # For a same-set odd kernel, offset K-1-k == -offset k: search only the first half and mirror it.
-        n_search = n_kernel // 2 if symmetric else n_kernel
-        queries = dst.keys.unsqueeze(0) + deltas[:n_search].unsqueeze(1)  # (n_search, N_out)
-        pos = torch.searchsorted(src.keys, queries).clamp_(max=len(src) - 1)
-        found = src.keys[pos] == queries
-        k_idx, out_rows = found.nonzero(as_tuple=True)
-        in_rows = pos[k_idx, out_rows]
-        counts = torch.bincount(k_idx, minlength=n_search).tolist()
+        k = kernel_size
+        n_kernel = k**3
+        symmetric = in_stride == out_stride and k % 2 == 1 and n_kernel > 1
+        centre = (n_kernel - 1) // 2
+        pairs: dict[int, tuple[Tensor, Tensor]] = {}
+        window = torch.arange(k, device=self.device)
+        # keys padded with a sentinel so that a window running past the end matches nothing
+        padded = torch.cat([src.keys, src.keys.new_full((k,), torch.iinfo(torch.int64).max)])
+        # Search column by column: keys are sorted with z fastest, so the (at most k) voxels of the column
+        # (b, x + dx, y + dy) with z in [z + axis[0]*t, z + axis[-1]*t] are consecutive from the first key >=
+        # the lowest target. One searchsorted per (dx, dy) column instead of one per offset.
+        for iy in range(k):
+            for ix in range(k):
+                column = ix + k * iy
+                centre_column = column == (k * k - 1) // 2
+                if symmetric and column > (k * k - 1) // 2:
+                    continue  # mirrored from column k*k-1-column
+                start = self.delta_keys(torch.tensor([[axis[ix] * in_stride, axis[iy] * in_stride,
+                                                       axis[0] * in_stride]]))
+                base = dst.keys + start
+                idx = torch.searchsorted(src.keys, base).unsqueeze(1) + window  # (N_out, k)
+                diff = padded[idx] - base.unsqueeze(1)  # >= 0; a multiple of t for voxels of the column
+                valid = diff <= (k - 1) * in_stride
+                out_rows, slot = valid.nonzero(as_tuple=True)
+                in_rows = idx[out_rows, slot]
+                iz_of_pair = torch.div(diff[out_rows, slot], in_stride, rounding_mode="floor")
+                for iz in range(k):
+                    index = column + k * k * iz
+                    if symmetric and centre_column and index >= centre:
+                        break  # centre column: dz = 0 is the identity, dz > 0 mirrors dz < 0
+                    sel = (iz_of_pair == iz).nonzero().squeeze(1)
+                    pairs[index] = (in_rows[sel], out_rows[sel])
+                    if symmetric:  # offset -d: (in, out) of offset d swapped
+                        pairs[n_kernel - 1 - index] = (pairs[index][1], pairs[index][0])
         if symmetric:
-            n = len(dst)
-            centre = torch.arange(n, device=self.device)
-            # pairs of the mirrored offsets: (in, out) of offset k become (out, in) of offset K-1-k
-            mirror_in, mirror_out, mirror_counts = [], [], []
-            starts = [0]
-            for c in counts:
-                starts.append(starts[-1] + c)
-            for k in reversed(range(n_search)):
-                mirror_in.append(out_rows[starts[k]:starts[k + 1]])
-                mirror_out.append(in_rows[starts[k]:starts[k + 1]])
-                mirror_counts.append(counts[k])
-            in_rows = torch.cat([in_rows, centre, *mirror_in])
-            out_rows = torch.cat([out_rows, centre, *mirror_out])
-            counts = counts + [n] + mirror_counts
+            identity = torch.arange(len(dst), device=self.device)
+            pairs[centre] = (identity, identity)
+        in_rows = torch.cat([pairs[i][0] for i in range(n_kernel)])
+        out_rows = torch.cat([pairs[i][1] for i in range(n_kernel)])
         bounds = [0]
-        for c in counts:
-            bounds.append(bounds[-1] + int(c))
+        for i in range(n_kernel):
+            bounds.append(bounds[-1] + int(pairs[i][0].numel()))
         kmap = KernelMap(in_rows.contiguous(), out_rows.contiguous(), tuple(bounds), len(src), len(dst))
         self._maps[key] = kmap
         return kmap
@@ -313,6 +338,37 @@ def sparse_input(coords: Tensor, features: Tensor, num_batches: int | None = Non
 # ---------------------------------------------------------------------------------------------------------
 # Convolution kernel (autograd)
 # ---------------------------------------------------------------------------------------------------------
+class _SingleChannelConvFunction(torch.autograd.Function):
+    """Convolution of a 1-channel input: a dense (n_out, K) neighbour matrix times the (K, C_out) kernel.
+
+    (K tiny matrix products with inner dimension 1 would be slow; this is one GEMM each way.)
+    """
+
+    @staticmethod
+    def forward(ctx, feats: Tensor, kernel: Tensor, in_idx: Tensor, flat_idx: Tensor,  # type: ignore[override]
+                n_out: int) -> Tensor:
+        n_kernel = kernel.shape[0]
+        neighbours = feats.new_zeros(n_out * n_kernel)
+        neighbours[flat_idx] = feats[:, 0].index_select(0, in_idx)
+        neighbours = neighbours.view(n_out, n_kernel)
+        ctx.save_for_backward(neighbours, kernel, in_idx, flat_idx)
+        ctx.n_in = feats.shape[0]
+        return neighbours @ kernel[:, 0, :]
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
+        neighbours, kernel, in_idx, flat_idx = ctx.saved_tensors
+        grad_feats = grad_kernel = None
+        if ctx.needs_input_grad[1]:
+            grad_kernel = (neighbours.t() @ grad_out).unsqueeze(1)
+        if ctx.needs_input_grad[0]:
+            grad_neighbours = (grad_out @ kernel[:, 0, :].t()).reshape(-1)
+            grad_feats = neighbours.new_zeros(ctx.n_in).index_add_(0, in_idx, grad_neighbours[flat_idx])
+            grad_feats = grad_feats.unsqueeze(1)
+        return grad_feats, grad_kernel, None, None, None
+
+
 class _SparseConvFunction(torch.autograd.Function):
     """out = scatter_add(out_idx, gather(feats, in_idx) @ W[k]) with the gather recomputed in backward."""
 
@@ -362,6 +418,8 @@ def sparse_conv(feats: Tensor, kernel: Tensor, kmap: KernelMap) -> Tensor:
         raise ValueError(f"kernel has {kernel.shape[0]} offsets but the kernel map {len(kmap.bounds) - 1}")
     if feats.dtype != kernel.dtype:
         feats = feats.to(kernel.dtype)
+    if kernel.shape[1] == 1 and kernel.shape[0] > 1:
+        return _SingleChannelConvFunction.apply(feats, kernel, kmap.in_idx, kmap.flat_out_offset_index, kmap.n_out)
     return _SparseConvFunction.apply(feats, kernel, kmap.in_idx, kmap.out_idx, kmap.bounds, kmap.n_out)
 
 
