@@ -459,6 +459,9 @@ def plot_premise(table: pd.DataFrame, title: str | None = None) -> Figure:
     ax.bar(x - 0.2, table["image_auc"], width=0.4, label="image (thumbnail NCC)", color="#ff7f0e")
     ax.bar(x + 0.2, table["cloud_auc"], width=0.4, label="cloud (chamfer)", color="#1f77b4")
     ax.axhline(0.5, color="k", linestyle=":", linewidth=1, label="chance")
+    for xi, (img, cl) in enumerate(zip(table["image_auc"], table["cloud_auc"])):
+        if not (np.isfinite(img) and np.isfinite(cl)):
+            ax.text(xi, 0.05, "no same-place\npairs", ha="center", va="bottom", fontsize=7, color="#555555")
     ax.set_xticks(x, labels, fontsize=7)
     ax.set_ylim(0.0, 1.05)
     ax.set_ylabel("ROC AUC: same place vs different place")
