@@ -118,3 +118,22 @@ def test_bad_input_raises_clear_errors(kwargs: dict, message: str) -> None:
 def test_no_queries_gives_empty_results() -> None:
     idx, dist = search(np.ones((3, 2)), np.empty((0, 2)), 2)
     assert idx.shape == (0, 2) and dist.shape == (0, 2)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_near_ties_below_float32_resolution_follow_the_float64_order(backend: str, metric: str) -> None:
+    # 10 items at angles 1e-3 + j * 1e-6 rad from the query (1 - cos differs by ~1e-9 between them,
+    # invisible in float32), stored in reverse order at indices 59..50; 50 far items elsewhere.
+    rng = np.random.default_rng(4)
+    far = rng.normal(size=(60, 3))
+    far[:, 0] = -np.abs(far[:, 0]) - 1.0  # all on the other side of the query
+    angles = 1e-3 + 1e-6 * np.arange(10)
+    near = np.stack([np.cos(angles), np.sin(angles), np.zeros(10)], axis=1)
+    database = far.copy()
+    database[59 - np.arange(10)] = near
+    query = np.array([[1.0, 0.0, 0.0]])
+    idx, dist = search(database, query, 5, metric=metric, backend=backend)
+    np.testing.assert_array_equal(idx[0], [59, 58, 57, 56, 55])
+    ref_idx, _ = brute_force(database, query, 5, metric)
+    np.testing.assert_array_equal(idx, ref_idx)
