@@ -339,3 +339,27 @@ def test_resolve_device():
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="CUDA is not available"):
             resolve_device("cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("mixed_precision", [False, True])
+def test_cuda_exact_resume_and_amp(toy_benchmark, tmp_path, mixed_precision):
+    def make(epochs, out, model_seed=0):
+        cfg = _cfg(epochs=epochs, device="cuda", mixed_precision=mixed_precision)
+        torch.manual_seed(model_seed)
+        model = TinyImageModel()
+        optimizer = build_optimizer(student_parameter_groups(model, cfg.train), cfg.train)
+        return Trainer(model, StudentObjective(cfg.train, None), optimizer, build_scheduler(optimizer, cfg.train),
+                       _loader(toy_benchmark, cfg), cfg.train, out, device="cuda", progress=False)
+
+    seed_everything(3)
+    full = make(2, tmp_path / "full")
+    full.fit(resume=False)
+    assert next(full.model.parameters()).is_cuda and full.use_amp == mixed_precision
+    seed_everything(3)
+    make(1, tmp_path / "resumed").fit(resume=False)
+    torch.rand(100, device="cuda")
+    second = make(2, tmp_path / "resumed", model_seed=9)
+    second.fit(resume=True)
+    for key, value in full.model.state_dict().items():
+        assert torch.equal(value, second.model.state_dict()[key]), key
