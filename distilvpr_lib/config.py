@@ -249,6 +249,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
             "lidar_beams": 32,
             "lidar_azimuth_steps": 360,
             "lidar_poses_per_submap": 4,
+            "images_per_submap": 2,
         },
     },
     "paper": {

@@ -24,8 +24,10 @@ from distilvpr_lib.data.synth.raycast import (
     HIT_SPHEROID,
     LocalPrimitives,
     cast_rays,
+    grid_tiles,
     hash_uniform,
     select_primitives,
+    tile_chunks,
 )
 from distilvpr_lib.data.synth.world import MATERIALS, Primitives, World
 
@@ -34,8 +36,8 @@ CAMERA_HEIGHT_M = 1.6
 CAMERA_PITCH_DEG = -4.0
 #: Scene range rendered by the camera (m); beyond it: sky / far fog.
 CAMERA_RANGE_M = 140.0
-#: Columns per azimuth sector.
-_SECTOR_COLUMNS = 8
+#: Rows x columns of the ray tiles (angular culling units).
+_TILE_SHAPE = (16, 8)
 
 
 @dataclass
@@ -167,44 +169,34 @@ def _shadow_mask(prims: Primitives, points: np.ndarray, sun: np.ndarray, max_ran
     blocked = np.zeros((n_rows, chunk), dtype=bool)
     extent = float(np.abs(rel[:, :2]).max())
 
-    def rows_table(cu: np.ndarray, cv: np.ndarray, rad: np.ndarray, top: np.ndarray) -> np.ndarray:
+    def rows_member(cu: np.ndarray, cv: np.ndarray, rad: np.ndarray, top: np.ndarray) -> np.ndarray:
         reach = np.minimum(np.maximum(top[None, :] - row_z_lo[:, None], 0.0) / max(tan_el, 1e-3), max_shadow_m)
-        member = ((cu[None, :] + rad[None, :] >= row_u_lo[:, None]) & (cu[None, :] - rad[None, :] <= row_u_hi[:, None])
-                  & (cv[None, :] + rad[None, :] >= row_v_lo[:, None])
-                  & (cv[None, :] - rad[None, :] <= row_v_hi[:, None] + reach)
-                  & (top[None, :] > row_z_lo[:, None]))
-        counts_ = member.sum(axis=1)
-        k = max(int(counts_.max()), 1)
-        table = np.full((n_rows, k), len(cu), dtype=np.int64)
-        r_, c_ = np.nonzero(member)
-        starts_ = np.concatenate([[0], np.cumsum(counts_)[:-1]])
-        table[r_, np.arange(len(r_)) - starts_[r_]] = c_
-        return table
+        return ((cu[None, :] + rad[None, :] >= row_u_lo[:, None]) & (cu[None, :] - rad[None, :] <= row_u_hi[:, None])
+                & (cv[None, :] + rad[None, :] >= row_v_lo[:, None])
+                & (cv[None, :] - rad[None, :] <= row_v_hi[:, None] + reach)
+                & (top[None, :] > row_z_lo[:, None]))
 
     bc = prims.box_centres() - origin[:2]
     br = prims.box_radii()
     near = np.flatnonzero(np.hypot(bc[:, 0], bc[:, 1]) < max_range + br + extent)
     if len(near):
-        lo = (prims.box_lo[near] - origin).astype(np.float32)
-        hi = (prims.box_hi[near] - origin).astype(np.float32)
-        table = rows_table(bc[near] @ across, bc[near] @ along, br[near], prims.box_hi[near, 2])
-        lo_t = np.vstack([lo, np.full((1, 3), 1e6, np.float32)])[table]
-        hi_t = np.vstack([hi, np.full((1, 3), 1e6, np.float32)])[table]
-        K = table.shape[1]
-        step = max(1, 160_000 // max(chunk * K, 1))
-        for s0 in range(0, n_rows, step):
-            sl = slice(s0, s0 + step)
+        lo_all = np.vstack([(prims.box_lo[near] - origin).astype(np.float32), np.full((1, 3), 1e6, np.float32)])
+        hi_all = np.vstack([(prims.box_hi[near] - origin).astype(np.float32), np.full((1, 3), 1e6, np.float32)])
+        member = rows_member(bc[near] @ across, bc[near] @ along, br[near], prims.box_hi[near, 2])
+        for rows, table in tile_chunks(member, chunk):
+            lo_t = lo_all[table]
+            hi_t = hi_all[table]
             t_near = None
             t_far = None
             for axis in range(3):
-                a = (lo_t[sl, None, :, axis] - p[sl, :, None, axis]) * inv[axis]
-                b = (hi_t[sl, None, :, axis] - p[sl, :, None, axis]) * inv[axis]
+                a = (lo_t[:, None, :, axis] - p[rows, :, None, axis]) * inv[axis]
+                b = (hi_t[:, None, :, axis] - p[rows, :, None, axis]) * inv[axis]
                 if t_near is None:
                     t_near, t_far = np.minimum(a, b), np.maximum(a, b)
                 else:
                     np.maximum(t_near, np.minimum(a, b), out=t_near)
                     np.minimum(t_far, np.maximum(a, b), out=t_far)
-            blocked[sl] |= ((t_near <= t_far) & (t_far > np.float32(0.05))).any(axis=2)
+            blocked[rows] |= ((t_near <= t_far) & (t_far > np.float32(0.05))).any(axis=2)
     crowns = np.flatnonzero(prims.sph_mat == MATERIALS["crown"])
     if len(crowns):
         cc = prims.sph_center[crowns, :2] - origin[:2]
@@ -212,31 +204,29 @@ def _shadow_mask(prims: Primitives, points: np.ndarray, sun: np.ndarray, max_ran
         if len(keep):
             c = prims.sph_center[keep] - origin
             r = prims.sph_radius[keep]
-            table = rows_table(c[:, :2] @ across, c[:, :2] @ along, r[:, 0], prims.sph_center[keep, 2] + r[:, 1])
-            c_t = np.vstack([c.astype(np.float32), np.full((1, 3), 1e6, np.float32)])[table]
-            r_t = np.vstack([r.astype(np.float32), np.ones((1, 2), np.float32)])[table]
-            opacity = 1.0 - np.append(prims.sph_porosity[keep], 1.0).astype(np.float32)[table]
-            q = 1.0 / (r_t[..., 0] ** 2)
-            w = 1.0 / (r_t[..., 1] ** 2)
-            a_k = (d[0] ** 2 + d[1] ** 2) * q + d[2] ** 2 * w  # (rows, K)
+            member = rows_member(c[:, :2] @ across, c[:, :2] @ along, r[:, 0], prims.sph_center[keep, 2] + r[:, 1])
+            c_all = np.vstack([c.astype(np.float32), np.full((1, 3), 1e6, np.float32)])
+            r_all = np.vstack([r.astype(np.float32), np.ones((1, 2), np.float32)])
+            opacity_all = 1.0 - np.append(prims.sph_porosity[keep], 1.0).astype(np.float32)
+            q_all = 1.0 / (r_all[:, 0] ** 2)
+            w_all = 1.0 / (r_all[:, 1] ** 2)
+            a_all = (d[0] ** 2 + d[1] ** 2) * q_all + d[2] ** 2 * w_all
             shade_amount = np.zeros((n_rows, chunk), np.float32)
-            K = table.shape[1]
-            step = max(1, 160_000 // max(chunk * K, 1))
-            for s0 in range(0, n_rows, step):
-                sl = slice(s0, s0 + step)
-                ox = p[sl, :, None, 0] - c_t[sl, None, :, 0]
-                oy = p[sl, :, None, 1] - c_t[sl, None, :, 1]
-                oz = p[sl, :, None, 2] - c_t[sl, None, :, 2]
-                qq = q[sl, None, :]
-                ww = w[sl, None, :]
+            for rows, table in tile_chunks(member, chunk):
+                c_t = c_all[table]
+                qq = q_all[table][:, None, :]
+                ww = w_all[table][:, None, :]
+                aa = a_all[table][:, None, :]
+                ox = p[rows, :, None, 0] - c_t[:, None, :, 0]
+                oy = p[rows, :, None, 1] - c_t[:, None, :, 1]
+                oz = p[rows, :, None, 2] - c_t[:, None, :, 2]
                 bp = (ox * d[0] + oy * d[1]) * qq + oz * d[2] * ww
                 c0 = (ox * ox + oy * oy) * qq + oz * oz * ww - 1
-                disc = bp * bp - a_k[sl, None, :] * c0
-                t_far = (-bp + np.sqrt(np.maximum(disc, 0))) / a_k[sl, None, :]
+                disc = bp * bp - aa * c0
+                t_far = (-bp + np.sqrt(np.maximum(disc, 0))) / aa
                 hit = (disc > 0) & (t_far > 0.05) & (c0 > 0)
-                shade_amount[sl] = (hit * opacity[sl, None, :]).max(axis=2)
-            ok = valid
-            np.minimum.at(lit, slot[ok], 1.0 - shade_amount[ok])
+                shade_amount[rows] = (hit * opacity_all[table][:, None, :]).max(axis=2)
+            np.minimum.at(lit, slot[valid], 1.0 - shade_amount[valid])
     rows = slot[blocked & valid]
     lit[rows] = 0.0
     return lit
@@ -263,18 +253,11 @@ def render_image(world: World, prims: Primitives, cond: RunCondition, camera: Ca
     c, s = math.cos(heading), math.sin(heading)
     rot = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
     rays = (camera.rays @ rot.T).astype(np.float32)  # (H, W, 3) world directions
-    cols = _SECTOR_COLUMNS if W % _SECTOR_COLUMNS == 0 else 1
-    S = W // cols
-    grouped = rays.reshape(H, S, cols, 3).transpose(1, 0, 2, 3).reshape(S, H * cols, 3)
-    pix = np.arange(H * W, dtype=np.int64).reshape(H, S, cols).transpose(1, 0, 2).reshape(S, H * cols)
-    az = np.arctan2(grouped[..., 1].astype(np.float64), grouped[..., 0].astype(np.float64))
-    rel = np.angle(np.exp(1j * (az - heading)))
-    mid = heading + 0.5 * (rel.min(axis=1) + rel.max(axis=1))
-    half = 0.5 * (rel.max(axis=1) - rel.min(axis=1))
+    tiles, pix = grid_tiles(rays, _TILE_SHAPE)
     half_fov = math.radians(camera.hfov_deg) / 2 + 0.05
     local = select_primitives(prims, origin, CAMERA_RANGE_M, forward=heading, half_fov=half_fov)
     salt = int(frame_key) & 0xFFFFFFFF
-    hits = cast_rays(local, grouped, mid, half, pix, salt, CAMERA_RANGE_M)
+    hits = cast_rays(local, tiles, pix, salt, CAMERA_RANGE_M)
     # back to image order
     t = np.empty(H * W, np.float32)
     kind = np.empty(H * W, np.uint8)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from distilvpr_lib.config import POINTS_PER_CLOUD
-from distilvpr_lib.data.synth.raycast import HIT_GROUND, HIT_NONE, cast_rays, select_primitives
+from distilvpr_lib.data.synth.raycast import HIT_GROUND, HIT_NONE, cast_rays, grid_tiles, select_primitives
 from distilvpr_lib.data.synth.world import Primitives
 
 #: Height of the scanner above the ground (m).
@@ -64,14 +64,6 @@ class LidarModel:
         return self.beams * self.azimuth_steps
 
 
-def _sector_size(azimuth_steps: int, target: int = 10) -> int:
-    best = 1
-    for k in range(1, azimuth_steps + 1):
-        if azimuth_steps % k == 0 and abs(k - target) < abs(best - target):
-            best = k
-    return best
-
-
 def scan(model: LidarModel, prims: Primitives, position: np.ndarray, heading: float, dropout: float,
          range_noise_m: float, rng: np.random.Generator, salt: int) -> np.ndarray:
     """One 360° sweep from ``position`` (local xy) with yaw ``heading``.
@@ -91,22 +83,16 @@ def scan(model: LidarModel, prims: Primitives, position: np.ndarray, heading: fl
     c, s = math.cos(yaw), math.sin(yaw)
     rot = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
     d = (model.directions @ rot.T).astype(np.float32)  # (A, B, 3)
-    k = _sector_size(model.azimuth_steps)
-    A, B = model.azimuth_steps, model.beams
-    grouped = d.reshape(A // k, k * B, 3)
-    ids = np.arange(A * B, dtype=np.int64).reshape(A // k, k * B)
-    step = 2 * np.pi / A
-    mid = yaw - np.pi + (np.arange(A // k) * k + (k - 1) / 2) * step
-    half = np.full(A // k, (k - 1) / 2 * step + 1e-4)
+    tiles, ids = grid_tiles(d, (10, 8))
     local = select_primitives(prims, origin, model.max_range_m)
-    hits = cast_rays(local, grouped, np.angle(np.exp(1j * mid)), half, ids, salt, model.max_range_m, ground=True)
+    hits = cast_rays(local, tiles, ids, salt, model.max_range_m, ground=True)
     t = hits.t.ravel()
     kind = hits.kind.ravel()
     keep = (kind != HIT_NONE) & (kind != HIT_GROUND) & (t >= LIDAR_MIN_RANGE_M)
     keep &= rng.random(len(t)) >= dropout
     idx = np.flatnonzero(keep)
     r = t[idx].astype(np.float64) + rng.normal(0.0, range_noise_m, len(idx))
-    dirs = grouped.reshape(-1, 3)[idx].astype(np.float64)
+    dirs = tiles.directions.reshape(-1, 3)[idx].astype(np.float64)
     return origin + dirs * r[:, None]
 
 

@@ -12,6 +12,7 @@ float64 and is shifted once per frame.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,38 +30,41 @@ _FAR = np.float32(1e6)
 class LocalPrimitives:
     """Primitives near a ray origin, in origin-relative float32 coordinates.
 
-    ``*_index`` maps back into the full :class:`Primitives` arrays. Each kind also holds
-    ``*_bearing`` (azimuth of the xy centre, radians) and ``*_spread`` (half the azimuth range its
-    bounding circle covers; pi when the origin is inside the circle).
+    ``*_index`` maps back into the full :class:`Primitives` arrays. Each kind also holds the
+    angular box its bounding volume covers as seen from the origin: ``*_bearing`` (azimuth of the xy
+    centre), ``*_spread`` (half the azimuth range; pi when the origin is inside the bounding circle),
+    ``*_el_lo`` / ``*_el_hi`` (elevation range), all radians.
     """
 
     origin: np.ndarray  # (3,) float64
     box_index: np.ndarray
     box_lo: np.ndarray
     box_hi: np.ndarray
-    box_bearing: np.ndarray
-    box_spread: np.ndarray
+    box_angles: np.ndarray  # (Nb, 4) bearing, spread, el_lo, el_hi
     cyl_index: np.ndarray
     cyl_xy: np.ndarray
     cyl_r: np.ndarray
     cyl_z: np.ndarray
-    cyl_bearing: np.ndarray
-    cyl_spread: np.ndarray
+    cyl_angles: np.ndarray
     sph_index: np.ndarray
     sph_center: np.ndarray
     sph_radius: np.ndarray
     sph_porosity: np.ndarray
     sph_seed: np.ndarray
-    sph_bearing: np.ndarray
-    sph_spread: np.ndarray
+    sph_angles: np.ndarray
 
 
-def _bearing_spread(dxy: np.ndarray, radius: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _angular_box(dxy: np.ndarray, radius: np.ndarray, z_lo: np.ndarray, z_hi: np.ndarray) -> np.ndarray:
+    """(N, 4) [bearing, spread, el_lo, el_hi] of vertical extents seen from the origin (conservative)."""
     dist = np.hypot(dxy[:, 0], dxy[:, 1])
     bearing = np.arctan2(dxy[:, 1], dxy[:, 0])
     ratio = np.clip(radius / np.maximum(dist, 1e-9), 0.0, 1.0)
     spread = np.where(dist > radius + 1e-6, np.arcsin(ratio), np.pi)
-    return bearing.astype(np.float32), spread.astype(np.float32)
+    d_min = np.maximum(dist - radius, 0.0)
+    d_max = dist + radius
+    el_lo = np.arctan2(z_lo, np.where(z_lo < 0, d_min, d_max))
+    el_hi = np.arctan2(z_hi, np.where(z_hi > 0, d_min, d_max))
+    return np.stack([bearing, spread, el_lo, el_hi], axis=1).astype(np.float64)
 
 
 def select_primitives(prims: Primitives, origin: np.ndarray, max_range: float,
@@ -93,38 +97,86 @@ def select_primitives(prims: Primitives, origin: np.ndarray, max_range: float,
     ci = np.flatnonzero(keep(cc, prims.cyl_radius))
     sc = prims.sph_center[:, :2] - origin[:2]
     si = np.flatnonzero(keep(sc, prims.sph_radius[:, 0]))
-    box_bearing, box_spread = _bearing_spread(bc[bi], br[bi])
-    cyl_bearing, cyl_spread = _bearing_spread(cc[ci], prims.cyl_radius[ci])
-    sph_bearing, sph_spread = _bearing_spread(sc[si], prims.sph_radius[si, 0])
+    oz = origin[2]
     return LocalPrimitives(
         origin=origin,
         box_index=bi, box_lo=(prims.box_lo[bi] - origin).astype(np.float32),
-        box_hi=(prims.box_hi[bi] - origin).astype(np.float32), box_bearing=box_bearing, box_spread=box_spread,
+        box_hi=(prims.box_hi[bi] - origin).astype(np.float32),
+        box_angles=_angular_box(bc[bi], br[bi], prims.box_lo[bi, 2] - oz, prims.box_hi[bi, 2] - oz),
         cyl_index=ci, cyl_xy=(prims.cyl_xy[ci] - origin[:2]).astype(np.float32),
-        cyl_r=prims.cyl_radius[ci].astype(np.float32), cyl_z=(prims.cyl_z[ci] - origin[2]).astype(np.float32),
-        cyl_bearing=cyl_bearing, cyl_spread=cyl_spread,
+        cyl_r=prims.cyl_radius[ci].astype(np.float32), cyl_z=(prims.cyl_z[ci] - oz).astype(np.float32),
+        cyl_angles=_angular_box(cc[ci], prims.cyl_radius[ci], prims.cyl_z[ci, 0] - oz, prims.cyl_z[ci, 1] - oz),
         sph_index=si, sph_center=(prims.sph_center[si] - origin).astype(np.float32),
         sph_radius=prims.sph_radius[si].astype(np.float32), sph_porosity=prims.sph_porosity[si].astype(np.float32),
-        sph_seed=prims.sph_seed[si].astype(np.uint32), sph_bearing=sph_bearing, sph_spread=sph_spread,
+        sph_seed=prims.sph_seed[si].astype(np.uint32),
+        sph_angles=_angular_box(sc[si], prims.sph_radius[si, 0], prims.sph_center[si, 2] - prims.sph_radius[si, 1] - oz,
+                                prims.sph_center[si, 2] + prims.sph_radius[si, 1] - oz),
     )
 
 
-def _sector_table(bearing: np.ndarray, spread: np.ndarray, sector_mid: np.ndarray, sector_half: np.ndarray
-                  ) -> np.ndarray:
-    """(S, K) table of primitive indices per sector, padded with ``len(bearing)`` (a null primitive)."""
-    n = len(bearing)
-    S = len(sector_mid)
-    if n == 0:
-        return np.full((S, 1), 0, dtype=np.int64)
-    diff = np.abs(np.angle(np.exp(1j * (bearing[None, :].astype(np.float64) - sector_mid[:, None]))))
-    member = diff <= (spread[None, :] + sector_half[:, None] + 2e-3)
+@dataclass
+class Tiles:
+    """Rays grouped into angular tiles: ``directions`` (T, R, 3) float32 unit vectors and, per tile,
+    the azimuth centre ``az_mid`` and half-width ``az_half`` and the elevation range ``el_lo``..``el_hi``
+    (radians, float64)."""
+
+    directions: np.ndarray
+    az_mid: np.ndarray
+    az_half: np.ndarray
+    el_lo: np.ndarray
+    el_hi: np.ndarray
+
+    @classmethod
+    def from_directions(cls, directions: np.ndarray) -> "Tiles":
+        """Tile bounds measured from the (T, R, 3) directions themselves."""
+        d = directions.astype(np.float64)
+        az = np.arctan2(d[..., 1], d[..., 0])
+        ref = az[:, :1]
+        rel = np.angle(np.exp(1j * (az - ref)))
+        lo, hi = rel.min(axis=1), rel.max(axis=1)
+        el = np.arcsin(np.clip(d[..., 2], -1.0, 1.0))
+        return cls(directions.astype(np.float32), np.angle(np.exp(1j * (ref[:, 0] + 0.5 * (lo + hi)))),
+                   0.5 * (hi - lo), el.min(axis=1), el.max(axis=1))
+
+
+def membership(angles: np.ndarray, tiles: Tiles) -> np.ndarray:
+    """(T, P) bool: which primitives' angular boxes overlap which tiles."""
+    if len(angles) == 0:
+        return np.zeros((len(tiles.az_mid), 0), dtype=bool)
+    eps = 2e-3
+    diff = np.abs(np.angle(np.exp(1j * (angles[None, :, 0] - tiles.az_mid[:, None]))))
+    return ((diff <= angles[None, :, 1] + tiles.az_half[:, None] + eps)
+            & (angles[None, :, 3] >= tiles.el_lo[:, None] - eps)
+            & (angles[None, :, 2] <= tiles.el_hi[:, None] + eps))
+
+
+def tile_chunks(member: np.ndarray, rays_per_tile: int, budget: int = _CHUNK_ELEMENTS
+                ) -> "Iterator[tuple[np.ndarray, np.ndarray]]":
+    """Group tiles (sorted by primitive count) into chunks of about ``budget`` ray-primitive pairs.
+
+    Yields:
+        ``(tile_indices (c,), table (c, K))`` where ``table`` lists each tile's primitive indices,
+        padded with ``P`` (the index of a null primitive that is never hit). Tiles without any
+        primitive are skipped.
+    """
+    T, P = member.shape
     counts = member.sum(axis=1)
-    k = max(int(counts.max()), 1)
-    table = np.full((S, k), n, dtype=np.int64)
-    rows, cols = np.nonzero(member)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    table[rows, np.arange(len(rows)) - starts[rows]] = cols
-    return table
+    order = np.argsort(counts, kind="stable")
+    i = int(np.searchsorted(counts[order], 1))  # skip empty tiles
+    while i < T:
+        j = i + 1
+        while j < T and (j - i + 1) * rays_per_tile * int(counts[order[j]]) <= budget:
+            j += 1
+        tiles = order[i:j]
+        sub = member[tiles]
+        c = counts[tiles]
+        K = int(c.max())
+        table = np.full((len(tiles), K), P, dtype=np.int64)
+        rows, cols = np.nonzero(sub)
+        starts = np.concatenate([[0], np.cumsum(c)[:-1]])
+        table[rows, np.arange(len(rows)) - starts[rows]] = cols
+        yield tiles, table
+        i = j
 
 
 def _mix32(h: np.ndarray) -> np.ndarray:
@@ -162,49 +214,58 @@ class Hits:
     index: np.ndarray
 
 
-def cast_rays(local: LocalPrimitives, directions: np.ndarray, sector_mid: np.ndarray, sector_half: np.ndarray,
-              ray_ids: np.ndarray, salt: int, max_range: float, ground: bool = True) -> Hits:
+def _keep_best(best_t: np.ndarray, best_kind: np.ndarray, best_index: np.ndarray, tiles: np.ndarray,
+               t: np.ndarray, table: np.ndarray, kind: int) -> None:
+    """Fold a chunk's (c, R, K) distances into the running first hits of its tiles."""
+    arg = t.argmin(axis=2)
+    tmin = np.take_along_axis(t, arg[..., None], axis=2)[..., 0]
+    current = best_t[tiles]
+    better = tmin < current
+    best_t[tiles] = np.where(better, tmin, current)
+    best_kind[tiles] = np.where(better, kind, best_kind[tiles])
+    best_index[tiles] = np.where(better, np.take_along_axis(table, arg, axis=1), best_index[tiles])
+
+
+def cast_rays(local: LocalPrimitives, tiles: Tiles, ray_ids: np.ndarray, salt: int, max_range: float,
+              ground: bool = True) -> Hits:
     """First hit of every ray.
 
     Args:
         local: primitives near the origin (:func:`select_primitives`).
-        directions: (S, R, 3) float32 unit ray directions, grouped by azimuth sector.
-        sector_mid, sector_half: (S,) float64 azimuth centre and half-width (radians) of each sector.
-        ray_ids: (S, R) integer ids of the rays (foliage pass-through hashing).
+        tiles: the rays, (T, R, 3) unit directions grouped into angular tiles.
+        ray_ids: (T, R) integer ids of the rays (foliage pass-through hashing).
         salt: integer mixed into the foliage hash (per frame).
         max_range: hits farther than this are dropped (metres).
         ground: also intersect the ground plane ``z = 0`` (``local.origin[2]`` above it).
 
     Returns:
-        :class:`Hits` of shape (S, R).
+        :class:`Hits` of shape (T, R).
     """
-    S, R, _ = directions.shape
-    d = directions.astype(np.float32, copy=False)
+    d = tiles.directions
+    T, R, _ = d.shape
     dx, dy, dz = d[..., 0:1], d[..., 1:2], d[..., 2:3]
     tiny = np.float32(1e-12)
     safe = np.where(np.abs(d) < tiny, np.where(d < 0, -tiny, tiny), d)
     inv = (np.float32(1.0) / safe).astype(np.float32)
-    best_t = np.full((S, R), np.inf, dtype=np.float32)
-    best_kind = np.zeros((S, R), dtype=np.uint8)
-    best_index = np.zeros((S, R), dtype=np.int64)
+    best_t = np.full((T, R), np.inf, dtype=np.float32)
+    best_kind = np.zeros((T, R), dtype=np.uint8)
+    best_index = np.zeros((T, R), dtype=np.int64)
     limit = np.float32(max_range)
+    zero = np.float32(0.0)
 
-    # --- boxes ---
-    nb = len(local.box_lo)
-    if nb:
-        table = _sector_table(local.box_bearing, local.box_spread, sector_mid, sector_half)
-        lo = np.vstack([local.box_lo, np.full((1, 3), _FAR, np.float32)])[table]  # (S, K, 3)
-        hi = np.vstack([local.box_hi, np.full((1, 3), _FAR, np.float32)])[table]
-        K = table.shape[1]
-        step = max(1, _CHUNK_ELEMENTS // max(R * K, 1))
-        for s0 in range(0, S, step):
-            sl = slice(s0, s0 + step)
+    # --- boxes: slab test ---
+    if len(local.box_lo):
+        lo_all = np.vstack([local.box_lo, np.full((1, 3), _FAR, np.float32)])
+        hi_all = np.vstack([local.box_hi, np.full((1, 3), _FAR, np.float32)])
+        for tl, table in tile_chunks(membership(local.box_angles, tiles), R):
+            lo = lo_all[table]
+            hi = hi_all[table]
             t_near = None
             t_far = None
             for axis in range(3):
-                iv = inv[sl, :, axis:axis + 1]
-                a = lo[sl, None, :, axis] * iv
-                b = hi[sl, None, :, axis] * iv
+                iv = inv[tl, :, axis:axis + 1]
+                a = lo[:, None, :, axis] * iv
+                b = hi[:, None, :, axis] * iv
                 if t_near is None:
                     t_near = np.minimum(a, b)
                     t_far = np.maximum(a, b)
@@ -212,87 +273,65 @@ def cast_rays(local: LocalPrimitives, directions: np.ndarray, sector_mid: np.nda
                     np.maximum(t_near, np.minimum(a, b), out=t_near)
                     np.minimum(t_far, np.maximum(a, b), out=t_far)
             assert t_near is not None and t_far is not None
-            miss = (t_near > t_far) | (t_near <= np.float32(0.0)) | (t_near > limit)
-            t_near[miss] = np.inf
-            arg = t_near.argmin(axis=2)
-            tmin = np.take_along_axis(t_near, arg[..., None], axis=2)[..., 0]
-            better = tmin < best_t[sl]
-            best_t[sl] = np.where(better, tmin, best_t[sl])
-            best_kind[sl] = np.where(better, HIT_BOX, best_kind[sl])
-            best_index[sl] = np.where(better, np.take_along_axis(table[sl], arg, axis=1), best_index[sl])
+            t_near[(t_near > t_far) | (t_near <= zero) | (t_near > limit)] = np.inf
+            _keep_best(best_t, best_kind, best_index, tl, t_near, table, HIT_BOX)
 
     # --- vertical cylinders ---
-    nc = len(local.cyl_xy)
-    if nc:
-        table = _sector_table(local.cyl_bearing, local.cyl_spread, sector_mid, sector_half)
-        cx = np.append(local.cyl_xy[:, 0], _FAR)[table][:, None, :]
-        cy = np.append(local.cyl_xy[:, 1], _FAR)[table][:, None, :]
-        r = np.append(local.cyl_r, np.float32(0.0))[table][:, None, :]
-        z0 = np.append(local.cyl_z[:, 0], _FAR)[table][:, None, :]
-        z1 = np.append(local.cyl_z[:, 1], _FAR)[table][:, None, :]
-        c0 = cx * cx + cy * cy - r * r
+    if len(local.cyl_xy):
+        cx_all = np.append(local.cyl_xy[:, 0], _FAR)
+        cy_all = np.append(local.cyl_xy[:, 1], _FAR)
+        r_all = np.append(local.cyl_r, np.float32(0.0))
+        z0_all = np.append(local.cyl_z[:, 0], _FAR)
+        z1_all = np.append(local.cyl_z[:, 1], _FAR)
         a_all = np.maximum(dx * dx + dy * dy, np.float32(1e-12))
-        K = table.shape[1]
-        step = max(1, _CHUNK_ELEMENTS // max(R * K, 1))
-        for s0 in range(0, S, step):
-            sl = slice(s0, s0 + step)
-            a = a_all[sl]
-            bp = dx[sl] * cx[sl] + dy[sl] * cy[sl]
-            disc = bp * bp - a * c0[sl]
+        for tl, table in tile_chunks(membership(local.cyl_angles, tiles), R):
+            cx = cx_all[table][:, None, :]
+            cy = cy_all[table][:, None, :]
+            r = r_all[table][:, None, :]
+            c0 = cx * cx + cy * cy - r * r
+            a = a_all[tl]
+            bp = dx[tl] * cx + dy[tl] * cy
+            disc = bp * bp - a * c0
             ok = disc >= 0
             np.sqrt(np.maximum(disc, 0, out=disc), out=disc)
             t = (bp - disc) / a
-            z = t * dz[sl]
-            ok &= (t > np.float32(0.0)) & (t <= limit) & (z >= z0[sl]) & (z <= z1[sl]) & (c0[sl] > 0)
+            z = t * dz[tl]
+            ok &= (t > zero) & (t <= limit) & (z >= z0_all[table][:, None, :]) & (z <= z1_all[table][:, None, :]) & (c0 > 0)
             t[~ok] = np.inf
-            arg = t.argmin(axis=2)
-            tmin = np.take_along_axis(t, arg[..., None], axis=2)[..., 0]
-            better = tmin < best_t[sl]
-            best_t[sl] = np.where(better, tmin, best_t[sl])
-            best_kind[sl] = np.where(better, HIT_CYLINDER, best_kind[sl])
-            best_index[sl] = np.where(better, np.take_along_axis(table[sl], arg, axis=1), best_index[sl])
+            _keep_best(best_t, best_kind, best_index, tl, t, table, HIT_CYLINDER)
 
     # --- spheroids (equal horizontal radii), porous foliage ---
-    ns = len(local.sph_center)
-    if ns:
-        table = _sector_table(local.sph_bearing, local.sph_spread, sector_mid, sector_half)
-        c = np.vstack([local.sph_center, np.full((1, 3), _FAR, np.float32)])[table]  # (S, K, 3)
-        rad = np.vstack([local.sph_radius, np.ones((1, 2), np.float32)])[table]
-        q = (np.float32(1.0) / (rad[..., 0] * rad[..., 0]))[:, None, :]
-        w = (np.float32(1.0) / (rad[..., 1] * rad[..., 1]))[:, None, :]
-        pcx = c[:, None, :, 0] * q
-        pcy = c[:, None, :, 1] * q
-        pcz = c[:, None, :, 2] * w
-        c0 = (c[:, None, :, 0] ** 2 + c[:, None, :, 1] ** 2) * q + c[:, None, :, 2] ** 2 * w - np.float32(1.0)
-        porosity = np.append(local.sph_porosity, np.float32(0.0))[table][:, None, :]
-        threshold = (np.clip(porosity, 0.0, 1.0).astype(np.float64) * 4294967295.0).astype(np.uint32)
-        seeds = (np.append(local.sph_seed, np.uint32(0))[table][:, None, :] ^ np.uint32(salt & 0xFFFFFFFF))
+    if len(local.sph_center):
+        c_all = np.vstack([local.sph_center, np.full((1, 3), _FAR, np.float32)])
+        rad_all = np.vstack([local.sph_radius, np.ones((1, 2), np.float32)])
+        q_all = np.float32(1.0) / (rad_all[:, 0] * rad_all[:, 0])
+        w_all = np.float32(1.0) / (rad_all[:, 1] * rad_all[:, 1])
+        c0_all = (c_all[:, 0] ** 2 + c_all[:, 1] ** 2) * q_all + c_all[:, 2] ** 2 * w_all - np.float32(1.0)
+        por_all = np.append(local.sph_porosity, np.float32(0.0))
+        thr_all = (np.clip(por_all, 0.0, 1.0).astype(np.float64) * 4294967295.0).astype(np.uint32)
+        seed_all = np.append(local.sph_seed, np.uint32(0)) ^ np.uint32(salt & 0xFFFFFFFF)
         ray_h = (np.asarray(ray_ids).astype(np.uint32) * np.uint32(0x9E3779B1))[..., None]
         axy = dx * dx + dy * dy
         azz = dz * dz
-        any_porous = bool(np.any(porosity > 0))
-        K = table.shape[1]
-        step = max(1, _CHUNK_ELEMENTS // max(R * K, 1))
-        for s0 in range(0, S, step):
-            sl = slice(s0, s0 + step)
-            a = axy[sl] * q[sl] + azz[sl] * w[sl]
-            bp = dx[sl] * pcx[sl] + dy[sl] * pcy[sl] + dz[sl] * pcz[sl]
-            disc = bp * bp - a * c0[sl]
+        for tl, table in tile_chunks(membership(local.sph_angles, tiles), R):
+            q = q_all[table][:, None, :]
+            w = w_all[table][:, None, :]
+            c = c_all[table]
+            a = axy[tl] * q + azz[tl] * w
+            bp = dx[tl] * (c[:, None, :, 0] * q) + dy[tl] * (c[:, None, :, 1] * q) + dz[tl] * (c[:, None, :, 2] * w)
+            c0 = c0_all[table][:, None, :]
+            disc = bp * bp - a * c0
             ok = disc >= 0
             np.sqrt(np.maximum(disc, 0, out=disc), out=disc)
             t = (bp - disc) / a
-            ok &= (t > np.float32(0.0)) & (t <= limit) & (c0[sl] > 0)
-            if any_porous:
-                h = ray_h[sl] ^ seeds[sl]
+            ok &= (t > zero) & (t <= limit) & (c0 > 0)
+            thr = thr_all[table]
+            if thr.any():
+                h = ray_h[tl] ^ seed_all[table][:, None, :]
                 _mix32(h)
-                ok &= h >= threshold[sl]
+                ok &= h >= thr[:, None, :]
             t[~ok] = np.inf
-            arg = t.argmin(axis=2)
-            tmin = np.take_along_axis(t, arg[..., None], axis=2)[..., 0]
-            better = tmin < best_t[sl]
-            best_t[sl] = np.where(better, tmin, best_t[sl])
-            best_kind[sl] = np.where(better, HIT_SPHEROID, best_kind[sl])
-            best_index[sl] = np.where(better, np.take_along_axis(table[sl], arg, axis=1), best_index[sl])
+            _keep_best(best_t, best_kind, best_index, tl, t, table, HIT_SPHEROID)
 
     # --- ground plane ---
     if ground:
@@ -306,13 +345,25 @@ def cast_rays(local: LocalPrimitives, directions: np.ndarray, sector_mid: np.nda
     return Hits(t=best_t, kind=best_kind, index=best_index)
 
 
-def sectors_from_directions(directions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Azimuth centre and half-width (radians) of each sector of (S, R, 3) directions."""
-    az = np.arctan2(directions[..., 1].astype(np.float64), directions[..., 0].astype(np.float64))
-    ref = az[:, :1]
-    rel = np.angle(np.exp(1j * (az - ref)))
-    lo = rel.min(axis=1)
-    hi = rel.max(axis=1)
-    mid = ref[:, 0] + 0.5 * (lo + hi)
-    half = 0.5 * (hi - lo)
-    return np.angle(np.exp(1j * mid)), half
+def _divisor_near(n: int, target: int) -> int:
+    """The divisor of ``n`` closest to ``target`` (ties: the smaller)."""
+    best = 1
+    for k in range(1, n + 1):
+        if n % k == 0 and abs(k - target) < abs(best - target):
+            best = k
+    return best
+
+
+def grid_tiles(directions: np.ndarray, tile_shape: tuple[int, int]) -> tuple[Tiles, np.ndarray]:
+    """Group an (A, B, 3) grid of ray directions into tiles of about ``tile_shape`` rays.
+
+    Returns:
+        ``(tiles, ids)``: :class:`Tiles` of (T, a*b, 3) and the (T, a*b) flat indices of the rays in
+        the (A, B) grid (row-major), to scatter results back.
+    """
+    A, B, _ = directions.shape
+    a = _divisor_near(A, tile_shape[0])
+    b = _divisor_near(B, tile_shape[1])
+    grouped = directions.reshape(A // a, a, B // b, b, 3).transpose(0, 2, 1, 3, 4).reshape(-1, a * b, 3)
+    ids = np.arange(A * B, dtype=np.int64).reshape(A // a, a, B // b, b).transpose(0, 2, 1, 3).reshape(-1, a * b)
+    return Tiles.from_directions(grouped), ids
