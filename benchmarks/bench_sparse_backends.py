@@ -7,7 +7,9 @@ Batch: ``--batch`` clouds (16) of 4096 points quantised at ``--quantization`` (0
 fixtures (``../shared/data/real/oxford_dh3d`` or ``$DISTILVPR_REAL_DATA``) when present, otherwise from a
 procedural street-like scene (ground, facades, boxes, normalised like PointNetVLAD submaps). The network is
 the reference MinkFPN (planes 32/64/64, layers 1/1/1, one top-down level, 128-d GeM) in training mode.
-Prints the median of ``--repeats`` timed iterations after ``--warmup`` untimed ones.
+Prints the medians of ``--repeats`` timed iterations after ``--warmup`` untimed ones: wall-clock forward,
+backward and total, and the process CPU time of forward + backward (steadier than wall time on a shared
+machine; equal to it when nothing else runs and with one thread). ``os.getloadavg()`` is printed as a hint.
 """
 
 from __future__ import annotations
@@ -71,19 +73,22 @@ def batched_coords(clouds: list[np.ndarray], quantization: float) -> torch.Tenso
 def time_backend(name: str, coords: torch.Tensor, batch: int, warmup: int, repeats: int) -> dict[str, float]:
     torch.manual_seed(0)
     model = build_cloud_branch(ModelConfig(sparse_backend=name)).train()
-    fwd, bwd = [], []
+    fwd, bwd, cpu = [], [], []
     for i in range(warmup + repeats):
         model.zero_grad(set_to_none=True)
+        c0 = time.process_time()
         t0 = time.perf_counter()
         out = model(coords, batch)
         t1 = time.perf_counter()
         out.square().sum().backward()
         t2 = time.perf_counter()
+        c1 = time.process_time()
         if i >= warmup:
             fwd.append(t1 - t0)
             bwd.append(t2 - t1)
+            cpu.append(c1 - c0)
     return {"forward": statistics.median(fwd), "backward": statistics.median(bwd),
-            "total": statistics.median([a + b for a, b in zip(fwd, bwd)])}
+            "total": statistics.median([a + b for a, b in zip(fwd, bwd)]), "cpu": statistics.median(cpu)}
 
 
 def main() -> None:
@@ -102,14 +107,15 @@ def main() -> None:
     clouds, what = load_clouds(args.source, args.batch, args.seed)
     coords = batched_coords(clouds, args.quantization)
     print(f"{args.batch} clouds x {len(clouds[0])} points ({what}), quantization {args.quantization}: "
-          f"{len(coords)} voxels; torch {torch.__version__}, {torch.get_num_threads()} threads")
+          f"{len(coords)} voxels; torch {torch.__version__}, {torch.get_num_threads()} threads; "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     for name in args.backends:
         if not SPARSE_BACKENDS[name].is_available():
             print(f"{name:>10}: not available (MinkowskiEngine: python scripts/build_minkowski.py)")
             continue
         t = time_backend(name, coords, args.batch, args.warmup, args.repeats)
         print(f"{name:>10}: forward {t['forward'] * 1e3:8.1f} ms   backward {t['backward'] * 1e3:8.1f} ms   "
-              f"total {t['total'] * 1e3:8.1f} ms   (median of {args.repeats})")
+              f"total {t['total'] * 1e3:8.1f} ms   process CPU {t['cpu'] * 1e3:8.1f} ms   (medians of {args.repeats})")
 
 
 if __name__ == "__main__":

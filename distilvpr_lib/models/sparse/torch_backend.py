@@ -75,7 +75,9 @@ class KernelMap:
     """In/out row pairs of a convolution, grouped by kernel offset.
 
     ``in_idx[bounds[k]:bounds[k+1]]`` are the input rows multiplied by kernel row ``k`` and added into the
-    output rows ``out_idx[...]`` of the same slice.
+    output rows ``out_idx[...]`` of the same slice. ``identity`` (same-set odd kernels) is the kernel row whose
+    pairs are every row with itself; those pairs are implicit (its slice is empty) and computed as one dense
+    product.
     """
 
     in_idx: Tensor
@@ -83,6 +85,7 @@ class KernelMap:
     bounds: tuple[int, ...]
     n_in: int
     n_out: int
+    identity: int | None = None
     _flat: Tensor | None = field(default=None, repr=False)
 
     @property
@@ -98,11 +101,12 @@ class KernelMap:
 
     def transposed(self) -> "KernelMap":
         """The same pairs with input and output swapped (the map of the transposed convolution)."""
-        return KernelMap(self.out_idx, self.in_idx, self.bounds, self.n_out, self.n_in)
+        return KernelMap(self.out_idx, self.in_idx, self.bounds, self.n_out, self.n_in, self.identity)
 
     @property
     def num_pairs(self) -> int:
-        return int(self.in_idx.numel())
+        """Number of (in, out) pairs, the implicit identity pairs included."""
+        return int(self.in_idx.numel()) + (self.n_out if self.identity is not None else 0)
 
 
 class CoordinateManager:
@@ -233,15 +237,16 @@ class CoordinateManager:
                     pairs[index] = (in_rows[sel], out_rows[sel])
                     if symmetric:  # offset -d: (in, out) of offset d swapped
                         pairs[n_kernel - 1 - index] = (pairs[index][1], pairs[index][0])
-        if symmetric:
-            identity = torch.arange(len(dst), device=self.device)
-            pairs[centre] = (identity, identity)
+        if symmetric:  # implicit identity pairs (see KernelMap.identity)
+            empty = torch.empty(0, dtype=torch.long, device=self.device)
+            pairs[centre] = (empty, empty)
         in_rows = torch.cat([pairs[i][0] for i in range(n_kernel)])
         out_rows = torch.cat([pairs[i][1] for i in range(n_kernel)])
         bounds = [0]
         for i in range(n_kernel):
             bounds.append(bounds[-1] + int(pairs[i][0].numel()))
-        kmap = KernelMap(in_rows.contiguous(), out_rows.contiguous(), tuple(bounds), len(src), len(dst))
+        kmap = KernelMap(in_rows.contiguous(), out_rows.contiguous(), tuple(bounds), len(src), len(dst),
+                         identity=centre if symmetric else None)
         self._maps[key] = kmap
         return kmap
 
@@ -346,13 +351,16 @@ class _SingleChannelConvFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, feats: Tensor, kernel: Tensor, in_idx: Tensor, flat_idx: Tensor,  # type: ignore[override]
-                n_out: int) -> Tensor:
+                n_out: int, identity: int | None) -> Tensor:
         n_kernel = kernel.shape[0]
         neighbours = feats.new_zeros(n_out * n_kernel)
         neighbours[flat_idx] = feats[:, 0].index_select(0, in_idx)
         neighbours = neighbours.view(n_out, n_kernel)
+        if identity is not None:
+            neighbours[:, identity] = feats[:, 0]
         ctx.save_for_backward(neighbours, kernel, in_idx, flat_idx)
         ctx.n_in = feats.shape[0]
+        ctx.identity = identity
         return neighbours @ kernel[:, 0, :]
 
     @staticmethod
@@ -363,10 +371,14 @@ class _SingleChannelConvFunction(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             grad_kernel = (neighbours.t() @ grad_out).unsqueeze(1)
         if ctx.needs_input_grad[0]:
-            grad_neighbours = (grad_out @ kernel[:, 0, :].t()).reshape(-1)
-            grad_feats = neighbours.new_zeros(ctx.n_in).index_add_(0, in_idx, grad_neighbours[flat_idx])
+            grad_neighbours = grad_out @ kernel[:, 0, :].t()  # (n_out, K)
+            if ctx.identity is not None:
+                grad_feats = grad_neighbours[:, ctx.identity].clone()
+            else:
+                grad_feats = neighbours.new_zeros(ctx.n_in)
+            grad_feats.index_add_(0, in_idx, grad_neighbours.reshape(-1)[flat_idx])
             grad_feats = grad_feats.unsqueeze(1)
-        return grad_feats, grad_kernel, None, None, None
+        return grad_feats, grad_kernel, None, None, None, None
 
 
 class _SparseConvFunction(torch.autograd.Function):
@@ -374,25 +386,31 @@ class _SparseConvFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, feats: Tensor, kernel: Tensor, in_idx: Tensor, out_idx: Tensor,  # type: ignore[override]
-                bounds: tuple[int, ...], n_out: int) -> Tensor:
+                bounds: tuple[int, ...], n_out: int, identity: int | None) -> Tensor:
         gathered = feats.index_select(0, in_idx)
         products = feats.new_empty(gathered.shape[0], kernel.shape[2])
         for k in range(kernel.shape[0]):
             start, stop = bounds[k], bounds[k + 1]
             if stop > start:
                 torch.mm(gathered[start:stop], kernel[k], out=products[start:stop])
-        out = feats.new_zeros(n_out, kernel.shape[2]).index_add_(0, out_idx, products)
+        if identity is not None:
+            out = feats @ kernel[identity]
+        else:
+            out = feats.new_zeros(n_out, kernel.shape[2])
+        out.index_add_(0, out_idx, products)
         ctx.save_for_backward(feats, kernel, in_idx, out_idx)
         ctx.bounds = bounds
+        ctx.identity = identity
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out: Tensor):  # type: ignore[override]
         feats, kernel, in_idx, out_idx = ctx.saved_tensors
-        bounds = ctx.bounds
+        bounds, identity = ctx.bounds, ctx.identity
         grad_feats = grad_kernel = None
-        grad_rows = grad_out.contiguous().index_select(0, out_idx)  # (P, C_out)
+        grad_out = grad_out.contiguous()
+        grad_rows = grad_out.index_select(0, out_idx)  # (P, C_out)
         if ctx.needs_input_grad[1]:
             gathered = feats.index_select(0, in_idx)
             grad_kernel = torch.zeros_like(kernel)
@@ -400,14 +418,20 @@ class _SparseConvFunction(torch.autograd.Function):
                 start, stop = bounds[k], bounds[k + 1]
                 if stop > start:
                     torch.mm(gathered[start:stop].t(), grad_rows[start:stop], out=grad_kernel[k])
+            if identity is not None:
+                torch.mm(feats.t(), grad_out, out=grad_kernel[identity])
         if ctx.needs_input_grad[0]:
             grad_gathered = feats.new_empty(grad_rows.shape[0], kernel.shape[1])
             for k in range(kernel.shape[0]):
                 start, stop = bounds[k], bounds[k + 1]
                 if stop > start:
                     torch.mm(grad_rows[start:stop], kernel[k].t(), out=grad_gathered[start:stop])
-            grad_feats = torch.zeros_like(feats).index_add_(0, in_idx, grad_gathered)
-        return grad_feats, grad_kernel, None, None, None, None
+            if identity is not None:
+                grad_feats = grad_out @ kernel[identity].t()
+            else:
+                grad_feats = torch.zeros_like(feats)
+            grad_feats.index_add_(0, in_idx, grad_gathered)
+        return grad_feats, grad_kernel, None, None, None, None, None
 
 
 def sparse_conv(feats: Tensor, kernel: Tensor, kmap: KernelMap) -> Tensor:
@@ -419,8 +443,10 @@ def sparse_conv(feats: Tensor, kernel: Tensor, kmap: KernelMap) -> Tensor:
     if feats.dtype != kernel.dtype:
         feats = feats.to(kernel.dtype)
     if kernel.shape[1] == 1 and kernel.shape[0] > 1:
-        return _SingleChannelConvFunction.apply(feats, kernel, kmap.in_idx, kmap.flat_out_offset_index, kmap.n_out)
-    return _SparseConvFunction.apply(feats, kernel, kmap.in_idx, kmap.out_idx, kmap.bounds, kmap.n_out)
+        return _SingleChannelConvFunction.apply(feats, kernel, kmap.in_idx, kmap.flat_out_offset_index, kmap.n_out,
+                                                kmap.identity)
+    return _SparseConvFunction.apply(feats, kernel, kmap.in_idx, kmap.out_idx, kmap.bounds, kmap.n_out,
+                                     kmap.identity)
 
 
 # ---------------------------------------------------------------------------------------------------------
