@@ -11,6 +11,7 @@ Public API:
 from distilvpr_lib.data.synth.conditions import ARCHETYPES, RunCondition, sample_conditions
 from distilvpr_lib.data.synth.generate import (
     GenerationReport,
+    SynthRenderer,
     generate_dataset,
     is_complete,
     make_lidar_model,
@@ -21,7 +22,7 @@ from distilvpr_lib.data.synth.stats import cloud_statistics, premise_table, real
 from distilvpr_lib.data.synth.world import MATERIALS, World, build_world
 
 __all__ = [
-    "ARCHETYPES", "GenerationReport", "MATERIALS", "RunCondition", "World", "build_world", "cloud_statistics",
+    "ARCHETYPES", "GenerationReport", "MATERIALS", "RunCondition", "SynthRenderer", "World", "build_world", "cloud_statistics",
     "generate_dataset", "is_complete", "make_lidar_model", "plan_dataset", "premise_table", "realism_table",
     "run_primitives", "sample_conditions",
 ]

@@ -206,8 +206,8 @@ class _WorkerState:
 _STATE: _WorkerState | None = None
 
 
-def _make_state(seed: int, cfg: SynthConfig) -> _WorkerState:
-    plan = plan_dataset(cfg, seed)
+def _make_state(seed: int, cfg: SynthConfig, plan: DatasetPlan | None = None) -> _WorkerState:
+    plan = plan_dataset(cfg, seed) if plan is None else plan
     camera = CameraModel.create(cfg.image_width, cfg.image_height, cfg.camera_hfov_deg)
     lidar = make_lidar_model(cfg)
     state = _WorkerState(seed, cfg, plan.world, camera, lidar)
@@ -296,6 +296,43 @@ def render_frame(state: _WorkerState, run_index: int, timestamp: int, s: float) 
     key = _seed_u32(state.seed, _TAG_FRAME, run_index, timestamp)
     return render_image(state.world, prims, cond, state.camera, xy, float(heading), key,
                         shadows=state.cfg.camera_shadows)
+
+
+class SynthRenderer:
+    """Render single frames and submaps of a planned dataset (benchmarks, notebooks, tests).
+
+    Example::
+
+        renderer = SynthRenderer(profile_config("cpu").synth)
+        run = renderer.plan.runs[0]
+        sp = run.submaps[0]
+        image = renderer.image(run.index, sp.image_timestamps[0], sp.image_s[0])   # (H, W, 3) uint8
+        cloud = renderer.submap(run.index, sp.timestamp, sp.centre_s, sp.scan_s)    # (4096, 3) float64
+    """
+
+    def __init__(self, cfg: SynthConfig, seed: int | None = None) -> None:
+        seed = cfg.seed if seed is None else int(seed)
+        self.plan = plan_dataset(cfg, seed)
+        self._state = _make_state(seed, cfg, self.plan)
+
+    def image(self, run_index: int, timestamp: int, s: float) -> np.ndarray:
+        """The camera image of run ``run_index`` at arc length ``s`` ((H, W, 3) uint8)."""
+        return render_frame(self._state, run_index, timestamp, s)
+
+    def submap(self, run_index: int, timestamp: int, centre_s: float, scan_s: list[float],
+               scan_cache: dict[int, np.ndarray] | None = None) -> np.ndarray:
+        """The normalised (4096, 3) float64 submap of one window."""
+        return render_submap(self._state, run_index, timestamp, centre_s, scan_s, scan_cache)
+
+    def scan(self, run_index: int, s: float) -> np.ndarray:
+        """One LiDAR sweep (M, 3) float64 world points of run ``run_index`` at arc length ``s``."""
+        st = self._state
+        cond = st.conditions[run_index]
+        xy, heading = st.trajectories[run_index].pose(s)
+        key = int(round(s * 100))
+        rng = np.random.default_rng(np.random.SeedSequence([st.seed, _TAG_SCAN, run_index, key & 0xFFFFFFFF]))
+        return scan(st.lidar, _state_prims(st, run_index), xy, float(heading), cond.lidar_dropout,
+                    cond.lidar_range_noise, rng, _seed_u32(st.seed, _TAG_SCAN, run_index, key))
 
 
 def _run_job(job: _Job) -> tuple[int, int, float, float]:
@@ -485,7 +522,7 @@ def generate_dataset(out_dir: PathLike, cfg: SynthConfig, seed: int | None = Non
         if workers <= 1:
             global _STATE
             previous = _STATE
-            _STATE = _make_state(seed, cfg)
+            _STATE = _make_state(seed, cfg, plan)
             try:
                 for job in jobs:
                     update(_run_job(job))

@@ -158,7 +158,8 @@ def premise_table(dataset_dir: PathLike, reference_run: str | None = None, same_
 
     For every run other than the reference (default: the first run whose condition is ``sunny``,
     else the first run), each evaluation submap of the reference run is paired with the nearest
-    submap of the other run (a *same-place* pair when within ``same_radius_m``) and with
+    submap (training or evaluation folder) of the other run (a *same-place* pair when within
+    ``same_radius_m``) and with
     ``negatives_per_place`` random submaps of the other run farther than ``different_min_m``
     (*different-place* pairs). Similarities: image = normalised cross-correlation of 16x12
     grayscale thumbnails of the nearest images; cloud = negative symmetric chamfer distance.
@@ -189,9 +190,14 @@ def premise_table(dataset_dir: PathLike, reference_run: str | None = None, same_
     ndx = load_lidar2image_ndx(dataset_dir / "images" / "lidar2image_ndx.pickle")
     rng = np.random.default_rng(seed)
 
-    def read_run(run: str) -> tuple[np.ndarray, np.ndarray]:
-        frame = read_locations_csv(dataset_dir / "oxford" / run / "pointcloud_locations_20m.csv")
-        return frame["timestamp"].to_numpy(), frame[["northing", "easting"]].to_numpy()
+    def read_run(run: str, folders: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        stamps, positions, where = [], [], []
+        for folder in folders:
+            frame = read_locations_csv(dataset_dir / "oxford" / run / f"pointcloud_locations_{folder[len('pointcloud_'):]}.csv")
+            stamps.append(frame["timestamp"].to_numpy())
+            positions.append(frame[["northing", "easting"]].to_numpy())
+            where += [folder] * len(frame)
+        return np.concatenate(stamps), np.concatenate(positions), where
 
     cache_img: dict[tuple[str, int], np.ndarray] = {}
     cache_cloud: dict[tuple[str, int], np.ndarray] = {}
@@ -203,13 +209,14 @@ def premise_table(dataset_dir: PathLike, reference_run: str | None = None, same_
             cache_img[key] = image_descriptor(np.asarray(Image.open(path).convert("RGB")))
         return cache_img[key]
 
-    def cloud(run: str, ts: int) -> np.ndarray:
+    def cloud(run: str, ts: int, folder: str) -> np.ndarray:
         key = (run, ts)
         if key not in cache_cloud:
-            cache_cloud[key] = read_bin(dataset_dir / "oxford" / run / "pointcloud_20m" / f"{ts}.bin")
+            cache_cloud[key] = read_bin(dataset_dir / "oxford" / run / folder / f"{ts}.bin")
         return cache_cloud[key]
 
-    ref_ts, ref_pos = read_run(reference_run)
+    all_folders = ("pointcloud_20m", "pointcloud_20m_10overlap")
+    ref_ts, ref_pos, ref_folder = read_run(reference_run, ("pointcloud_20m",))
     places = np.arange(len(ref_ts))
     if len(places) > max_places:
         places = np.sort(rng.choice(places, size=max_places, replace=False))
@@ -217,19 +224,21 @@ def premise_table(dataset_dir: PathLike, reference_run: str | None = None, same_
     for run in runs:
         if run == reference_run:
             continue
-        ts, pos = read_run(run)
+        ts, pos, folder = read_run(run, all_folders)
         img_same, img_diff, cl_same, cl_diff = [], [], [], []
         for i in places:
+            ref_img = img(reference_run, int(ref_ts[i]))
+            ref_cloud = cloud(reference_run, int(ref_ts[i]), ref_folder[i])
             dist = np.linalg.norm(pos - ref_pos[i], axis=1)
             j = int(np.argmin(dist))
             if dist[j] <= same_radius_m:
-                img_same.append(float(img(reference_run, int(ref_ts[i])) @ img(run, int(ts[j]))))
-                cl_same.append(chamfer_distance(cloud(reference_run, int(ref_ts[i])), cloud(run, int(ts[j]))))
+                img_same.append(float(ref_img @ img(run, int(ts[j]))))
+                cl_same.append(chamfer_distance(ref_cloud, cloud(run, int(ts[j]), folder[j])))
             far = np.flatnonzero(dist > different_min_m)
             if len(far):
                 for j2 in rng.choice(far, size=min(negatives_per_place, len(far)), replace=False):
-                    img_diff.append(float(img(reference_run, int(ref_ts[i])) @ img(run, int(ts[j2]))))
-                    cl_diff.append(chamfer_distance(cloud(reference_run, int(ref_ts[i])), cloud(run, int(ts[j2]))))
+                    img_diff.append(float(ref_img @ img(run, int(ts[j2]))))
+                    cl_diff.append(chamfer_distance(ref_cloud, cloud(run, int(ts[j2]), folder[j2])))
         info = conditions.get(run, {})
         image_auc = roc_auc(img_same, img_diff)
         cloud_auc = roc_auc([-c for c in cl_same], [-c for c in cl_diff])
