@@ -313,3 +313,32 @@ def test_keep_retrievals_false_keeps_metrics_only() -> None:
     assert r.retrievals == {} and r.recall_at(1) == pytest.approx((100 / 3 + 50) / 2)
     with pytest.raises(KeyError, match="keep_retrievals=False"):
         r.pair(0, 1)
+
+
+# ---------------------------------------------------------------------------
+# Real Oxford fixture (two runs, 50 sub-maps each)
+# ---------------------------------------------------------------------------
+@pytest.mark.real_data
+def test_position_oracle_on_real_oxford_pickles(oxford_real_dir) -> None:
+    """Embedding = (northing, easting), Euclidean on raw: the nearest database sub-map of a query
+    with any true neighbour (within 25 m) is within 25 m, so AR@1 = 100 exactly; 38 / 37 queries
+    have a true neighbour (fixture README)."""
+    from distilvpr_lib.data.formats import load_pickle
+
+    database_sets = load_pickle(oxford_real_dir / "oxford_evaluation_database.pickle")
+    query_sets = load_pickle(oxford_real_dir / "oxford_evaluation_query.pickle")
+
+    def positions(s: dict) -> np.ndarray:
+        return np.array([[float(s[k]["northing"]), float(s[k]["easting"])] for k in range(len(s))])
+
+    db = [positions(s) for s in database_sets]
+    qs = [positions(s) for s in query_sets]
+    r = evaluate_retrieval(db, qs, query_sets, normalize=False, database_sets=database_sets)
+    table = r.per_pair.set_index(["database_run", "query_run"])
+    assert table.loc[(1, 0), "n_queries_evaluated"] == 38
+    assert table.loc[(0, 1), "n_queries_evaluated"] == 37
+    assert r.recall_at(1) == 100.0 and r.recall_at_1p == 100.0
+    # Positions shuffled within the database: the oracle breaks.
+    rng = np.random.default_rng(0)
+    shuffled = [d[rng.permutation(len(d))] for d in db]
+    assert evaluate_retrieval(shuffled, qs, query_sets, normalize=False).recall_at(1) < 50.0
