@@ -21,10 +21,14 @@ Semantics (matched to MinkowskiEngine 0.5.4, see ``kernel_offsets.py``)
 * Kernels are ``(K, C_in, C_out)`` (``(C_in, C_out)`` when ``K == 1``), rows in MinkowskiEngine offset order.
 
 Implementation: coordinates are packed into int64 keys (``((b*R + x)*R + y)*R + z`` after shifting by the
-batch minimum and a margin), neighbour queries are ``key + delta_key[k]`` looked up with
-``torch.searchsorted`` on the sorted keys of the input set, and each convolution is one gather, ``K`` matrix
-products on contiguous slices, and one ``index_add_`` (a custom autograd function recomputes the gather in
-the backward pass instead of storing it).
+batch minimum and a margin), so an offset is a constant key increment. Kernel maps are found column by
+column: one ``torch.searchsorted`` per (dx, dy) finds the first voxel of the column ``(b, x+dx, y+dy)`` at or
+above the lowest z of the kernel, and the next ``k`` sorted keys hold every dz neighbour (z varies fastest).
+Same-set odd kernels search only half the columns (offset ``-d`` mirrors ``d``) and keep the centre offset
+as an implicit identity. Each convolution is one gather, ``K`` matrix products on contiguous slices and one
+``index_add_`` (a custom autograd function recomputes the gather in the backward pass instead of storing
+it); a 1-channel input (``conv0`` on constant features) uses a dense (N, K) neighbour matrix and one GEMM.
+All operations are plain tensor ops, so the backend also runs on CUDA tensors.
 """
 
 from __future__ import annotations
