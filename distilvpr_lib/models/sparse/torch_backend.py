@@ -28,7 +28,7 @@ Same-set odd kernels search only half the columns (offset ``-d`` mirrors ``d``) 
 as an implicit identity. Each convolution is one gather, ``K`` matrix products on contiguous slices and one
 ``index_add_`` (a custom autograd function recomputes the gather in the backward pass instead of storing
 it); a 1-channel input (``conv0`` on constant features) uses a dense (N, K) neighbour matrix and one GEMM.
-All operations are plain tensor ops, so the backend also runs on CUDA tensors.
+Everything is plain tensor ops with explicit devices, meant to run on CUDA tensors too (not yet tested on a GPU).
 """
 
 from __future__ import annotations
