@@ -242,8 +242,8 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         "model": {},
         "train": {"epochs": 12, "batch_size": 32, "image_lr": 3e-4, "cloud_lr": 1e-3, "milestones": (9,)},
         "synth": {
-            "n_runs": 6,
-            "route_length_m": 1200.0,
+            "n_runs": 8,
+            "route_length_m": 1600.0,
             "image_height": 96,
             "image_width": 128,
             "lidar_beams": 32,

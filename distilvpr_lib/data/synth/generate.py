@@ -68,6 +68,8 @@ TRAINING_SPACING_M = 10.0
 EVALUATION_SPACING_M = 20.0
 #: Submaps rendered per job (consecutive along a run, so scans are shared inside a job).
 SUBMAPS_PER_JOB = 12
+#: Runs whose primitives a worker keeps in memory.
+_RUN_CACHE = 4
 
 _TAG_RUN_TRAJECTORY, _TAG_TRANSIENTS, _TAG_SCAN, _TAG_SUBMAP, _TAG_FRAME = 200, 500, 300, 400, 600
 
@@ -238,7 +240,8 @@ def _init_worker(seed: int, cfg_dict: dict[str, Any]) -> None:
 
 def _state_prims(state: _WorkerState, run_index: int) -> Primitives:
     if run_index not in state.run_prims:
-        state.run_prims.clear()  # one run at a time keeps memory flat
+        while len(state.run_prims) >= _RUN_CACHE:  # a few runs at a time keeps memory flat
+            state.run_prims.pop(next(iter(state.run_prims)))
         state.run_prims[run_index] = run_primitives(state.world, state.conditions[run_index], state.seed, run_index)
     return state.run_prims[run_index]
 

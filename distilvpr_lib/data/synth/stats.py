@@ -153,7 +153,7 @@ def roc_auc(positive_scores: Sequence[float], negative_scores: Sequence[float]) 
 
 def premise_table(dataset_dir: PathLike, reference_run: str | None = None, same_radius_m: float = 5.0,
                   different_min_m: float = 50.0, max_places: int = 60, negatives_per_place: int = 5,
-                  seed: int = 0) -> "pandas.DataFrame":  # noqa: F821
+                  seed: int = 0, include_control: bool = True) -> "pandas.DataFrame":  # noqa: F821
     """Same-place vs different-place separability of images and clouds, per query-run condition.
 
     For every run other than the reference (default: the first run whose condition is ``sunny``,
@@ -164,8 +164,11 @@ def premise_table(dataset_dir: PathLike, reference_run: str | None = None, same_
     (*different-place* pairs). Similarities: image = normalised cross-correlation of 16x12
     grayscale thumbnails of the nearest images; cloud = negative symmetric chamfer distance.
 
+    With ``include_control``, a first row pairs the reference run with its own training submaps
+    (same condition, a few metres apart): how separable the images are without a condition change.
+
     Returns:
-        DataFrame, one row per other run: ``run``, ``archetype``, ``season``, ``pairs_same``,
+        DataFrame, one row per other run (after the control row): ``run``, ``archetype``, ``season``, ``pairs_same``,
         ``pairs_different``, ``image_auc``, ``cloud_auc``, ``image_same_mean``,
         ``image_different_mean``, ``cloud_same_mean``, ``cloud_different_mean`` (chamfer
         distances, lower = more similar), ``auc_gap`` (= cloud_auc - image_auc).
@@ -221,17 +224,21 @@ def premise_table(dataset_dir: PathLike, reference_run: str | None = None, same_
     if len(places) > max_places:
         places = np.sort(rng.choice(places, size=max_places, replace=False))
     rows = []
-    for run in runs:
-        if run == reference_run:
-            continue
-        ts, pos, folder = read_run(run, all_folders)
+    targets = ([(reference_run, True)] if include_control else []) + [(r, False) for r in runs if r != reference_run]
+    for run, control in targets:
+        # the control pairs the reference run with itself: its training submaps, about 5 m from
+        # the evaluation ones (never the same file), so a slightly larger radius
+        radius = max(same_radius_m, 6.0) if control else same_radius_m
+        ts, pos, folder = read_run(run, ("pointcloud_20m_10overlap",) if control else all_folders)
         img_same, img_diff, cl_same, cl_diff = [], [], [], []
         for i in places:
             ref_img = img(reference_run, int(ref_ts[i]))
             ref_cloud = cloud(reference_run, int(ref_ts[i]), ref_folder[i])
             dist = np.linalg.norm(pos - ref_pos[i], axis=1)
+            if control:
+                dist[ts == ref_ts[i]] = np.inf
             j = int(np.argmin(dist))
-            if dist[j] <= same_radius_m:
+            if dist[j] <= radius:
                 img_same.append(float(ref_img @ img(run, int(ts[j]))))
                 cl_same.append(chamfer_distance(ref_cloud, cloud(run, int(ts[j]), folder[j])))
             far = np.flatnonzero(dist > different_min_m)
@@ -243,7 +250,8 @@ def premise_table(dataset_dir: PathLike, reference_run: str | None = None, same_
         image_auc = roc_auc(img_same, img_diff)
         cloud_auc = roc_auc([-c for c in cl_same], [-c for c in cl_diff])
         rows.append({
-            "run": run, "archetype": info.get("archetype", ""), "season": info.get("season", ""),
+            "run": run, "archetype": "same run (control)" if control else info.get("archetype", ""),
+            "season": info.get("season", ""),
             "pairs_same": len(img_same), "pairs_different": len(img_diff),
             "image_auc": image_auc, "cloud_auc": cloud_auc,
             "image_same_mean": float(np.mean(img_same)) if img_same else float("nan"),
