@@ -5,8 +5,8 @@ Steps (profile ``cpu`` by default, ``smoke`` with ``SMOKE=1``):
 1. generate the dataset into ``data/<profile>`` if it is not complete yet;
 2. notebook 01 (data exploration);
 3. notebook 02 (teacher training) into ``teacher_weights/<profile>``;
-4. notebook 03 twice: the no-KD student and the full DistilVPR student;
-5. a reduced ablation batch of notebook 03 (``ablations/demo.yaml``) and notebook 04 on it;
+4. notebook 03 as a papermill batch (``ablations/demo.yaml``): no-KD and full DistilVPR students x 3 seeds;
+5. notebook 04 (ablation analysis) on that batch;
 6. notebook 05 (retrieval browser) rendering a fixed list of queries for teacher / no-KD / DistilVPR;
 7. ``runs/demo-<profile>/report.md`` listing the key tables and figure paths.
 
@@ -71,24 +71,23 @@ def run_demo(profile: str = "cpu", out_root: str | Path = "runs", data_root: str
     # notebook 02 writes into the teacher folder; record its executed copy there too
     timings["02"] = time.time() - t
 
-    t = _step("4/7 notebook 03: no-KD and DistilVPR students")
-    nokd_dir, distil_dir = demo_dir / "03_student_nokd", demo_dir / "03_student_distilvpr"
-    _run_notebook("03_distillation", nokd_dir, {**common, "teacher": str(teacher), "method": "nokd"})
-    _run_notebook("03_distillation", distil_dir, {**common, "teacher": str(teacher), "method": "distilvpr",
-                                                  "compare_with": [str(nokd_dir)]})
-    timings["03"] = time.time() - t
-
-    t = _step(f"5/7 reduced ablation batch ({ablation_grid}) and notebook 04")
+    t = _step(f"4/7 notebook 03 as a papermill batch ({ablation_grid}): no-KD and DistilVPR students x seeds")
     grid = Grid.load(ablation_grid)
     grid.name = f"ablations-{profile}"
     grid.base.update({**common, "teacher": str(teacher)})
     if profile == "smoke":
-        grid.seeds = grid.seeds[:1]
+        grid.seeds = grid.seeds[:2]
     summary = run_batch(grid, out_root=demo_dir)
     print(summary)
-    _run_notebook("04_ablation_analysis", demo_dir / "04_ablation_analysis",
-                  {"batch": str(summary.batch_dir)})
-    timings["ablations+04"] = time.time() - t
+    if summary.n_failed:
+        raise SystemExit(f"demo: {summary.n_failed} student run(s) failed; see {summary.batch_dir}/*/status.json")
+    nokd_dir = summary.batch_dir / f"nokd__seed{grid.seeds[0]}"
+    distil_dir = summary.batch_dir / f"distilvpr__seed{grid.seeds[0]}"
+    timings["03 batch"] = time.time() - t
+
+    t = _step("5/7 notebook 04: ablation analysis")
+    _run_notebook("04_ablation_analysis", demo_dir / "04_ablation_analysis", {"batch": str(summary.batch_dir)})
+    timings["04"] = time.time() - t
 
     t = _step("6/7 notebook 05: retrieval browser (static renders)")
     _run_notebook("05_retrieval_browser", demo_dir / "05_retrieval_browser",
@@ -110,13 +109,13 @@ def write_report(demo_dir: Path, teacher: Path, nokd_dir: Path, distil_dir: Path
     from distilvpr_lib.engine.report import comparison_table
 
     table = comparison_table({"teacher": teacher, "no-KD student": nokd_dir, "DistilVPR student": distil_dir})
-    ablation_csv = batch_dir / "ablation_table.csv"
+    ablation_csv = demo_dir / "04_ablation_analysis" / "ablation_table.csv"
     lines = [f"# DistilVPR demo report ({demo_dir.name})", "",
              "## Test split (epoch selected on validation)", "", table.round(2).to_markdown(), ""]
     if ablation_csv.is_file():
         import pandas as pd
 
-        lines += ["## Reduced ablation (mean ± std over seeds)", "",
+        lines += ["## No-KD vs DistilVPR students, mean ± std over seeds (test split)", "",
                   pd.read_csv(ablation_csv).to_markdown(index=False), ""]
     lines += ["## Timings (seconds)", "", *[f"- {k}: {v:.0f}" for k, v in timings.items()], "", "## Figures", ""]
     for png in sorted(demo_dir.rglob("*.png")) + sorted(teacher.glob("*.png")):
