@@ -220,9 +220,11 @@ def test_reimport_same_file_is_allowed_another_is_refused(tsv_state, tsv_import,
     path, out = tsv_import
     target = tmp_path / "t"
     import_reference_teacher(path, target)
-    (target / "teacher_cache.pt").write_bytes(b"stale")
-    import_reference_teacher(path, target)  # same source: refreshed in place
+    weights = (target / "teacher.pt").read_bytes()
+    (target / "teacher_cache.pt").write_bytes(b"cache")
+    import_reference_teacher(path, target)  # same source (a resumed `distilvpr train`): refreshed in place
     assert (target / "teacher_cache.pt").is_file()
+    assert (target / "teacher.pt").read_bytes() == weights  # same bytes: the cache's weight hash stays valid
     other = dict(tsv_state)
     other["image_fe.image_gem.p"] = other["image_fe.image_gem.p"] + 1.0
     other_path = save_reference(other, tmp_path / "other")
@@ -320,6 +322,13 @@ def test_wrapped_prefixed_and_half_precision_files_import(tsv_state, tmp_path):
     assert imported.state_dict["image_fe.conv1x1.weight"].dtype == torch.float32
     with pytest.raises(ReferenceCheckpointError, match="not a reference name"):
         prepare_reference_teacher(path, experiment_name="my-teacher")
+    # files saved before BatchNorm had num_batches_tracked: the (unused) counters are filled with 0
+    old_bn = {k: v for k, v in tsv_state.items() if not k.endswith("num_batches_tracked")}
+    torch.save(old_bn, tmp_path / "old.pth")
+    with pytest.warns(UserWarning, match="num_batches_tracked counters missing"):
+        imported = prepare_reference_teacher(tmp_path / "old.pth")
+    assert int(imported.state_dict["cloud_fe.backbone.bn0.bn.num_batches_tracked"]) == 0
+    assert imported.experiment is None and imported.config.data.layout == "oxford"
 
 
 def test_shapes_win_over_name_and_base_config(tsv_state, tmp_path):

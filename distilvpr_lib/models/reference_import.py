@@ -194,8 +194,8 @@ def _shape(state: Mapping[str, Tensor], key: str, where: str, ndims: tuple[int, 
         raise ReferenceCheckpointError(f"{where}: missing key {key!r} (needed to infer the architecture)")
     shape = tuple(state[key].shape)
     if ndims is not None and len(shape) not in ndims:
-        raise ReferenceCheckpointError(f"{where}: key {key!r} has shape {shape}, expected a {' or '.join(map(str, ndims))}"
-                                       f"-dimensional tensor")
+        dims = " or ".join(map(str, ndims))
+        raise ReferenceCheckpointError(f"{where}: key {key!r} has shape {shape}, expected a {dims}-dimensional tensor")
     return shape
 
 
@@ -281,7 +281,8 @@ def infer_architecture(state: Mapping[str, Tensor], where: str = "state_dict") -
         prefix = f"image_fe.model.layer{layer}."
         n_blocks = _contiguous(_indices(state, prefix), f"ResNet block {prefix}<j>", where)
         if n_blocks == 0:
-            raise ReferenceCheckpointError(f"{where}: missing key {prefix + '0.conv1.weight'!r} (no ResNet layer{layer})")
+            raise ReferenceCheckpointError(
+                f"{where}: missing key {prefix + '0.conv1.weight'!r} (no ResNet layer{layer})")
         blocks.append(n_blocks)
         if any(k.startswith(prefix) and ".conv3." in k for k in state):
             raise ReferenceCheckpointError(f"{where}: {prefix}* has bottleneck blocks (conv3): only resnet18/resnet34 "
