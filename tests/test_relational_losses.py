@@ -334,3 +334,21 @@ def test_chunked_angle_loss_equals_reference_construction(chunk_size):
     torch.testing.assert_close(s.grad, ref.grad, rtol=1e-8, atol=1e-12)
     with pytest.raises(KeyError, match="broadcast"):
         rkd_angle_loss(s, t, "loops")
+
+
+def test_angle_with_duplicate_samples_matches_broadcast_and_stays_bounded() -> None:
+    """A sub-map repeated in a batch (the sampler allows it) must not blow the Gram angle up."""
+    import torch
+
+    from distilvpr_lib.losses.relational import rkd_angle_loss, rkd_angle_tensor
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(10, 384, generator=g) * 8.0
+    x[7] = x[3]  # exact duplicate
+    x[9] = x[3]
+    gram = rkd_angle_tensor(x, "gram")
+    assert gram.abs().max() <= 1.0 + 1e-6
+    torch.testing.assert_close(gram, rkd_angle_tensor(x, "broadcast"), atol=1e-6, rtol=0)
+    teacher = torch.randn(10, 384, generator=g)
+    teacher[7] = teacher[3]
+    assert rkd_angle_loss(x, teacher, "gram") == pytest.approx(float(rkd_angle_loss(x, teacher, "broadcast")), abs=1e-6)

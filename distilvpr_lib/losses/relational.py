@@ -100,16 +100,25 @@ def rkd_distance_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Ten
     return F.smooth_l1_loss(mean_positive_normalize(rkd_distance_matrix(student)), target, beta=1.0)
 
 
+#: Squared distances below this fraction of ‖x_i‖² + ‖x_j‖² (centred, float64) count as exact duplicates.
+_GRAM_RELATIVE_TOLERANCE: float = 1e-10
+
+
 def _angle_factors(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Centred float64 Gram matrix G (B, B), its diagonal (B,) and ``1/‖x_j − x_i‖`` (B, B, 0 on the diagonal)."""
     x64 = x.to(hyperbolic.working_dtype(x))
     x64 = x64 - x64.mean(dim=0, keepdim=True).detach()
     gram = x64 @ x64.T
     diag = torch.diagonal(gram)
-    sq = (diag[:, None] + diag[None, :] - 2.0 * gram).clamp_min(0.0)
+    scale = diag[:, None] + diag[None, :]
+    sq = (scale - 2.0 * gram).clamp_min(0.0)
     inv_norm = 1.0 / sq.clamp_min(RKD_ANGLE_EPS**2).sqrt()
-    eye = torch.eye(x.shape[0], dtype=torch.bool, device=x.device)
-    return gram, diag, inv_norm.masked_fill(eye, 0.0)
+    # Pairs whose squared distance is rounding noise of the Gram expansion (duplicate samples, e.g. a
+    # sub-map the sampler repeats in a batch) are degenerate: e_ij = 0 exactly, as the reference's
+    # normalize(x_j - x_i) of a zero vector. Without this, noise / tiny norm gives |A| >> 1.
+    degenerate = sq <= _GRAM_RELATIVE_TOLERANCE * scale
+    degenerate |= torch.eye(x.shape[0], dtype=torch.bool, device=x.device)
+    return gram, diag, inv_norm.masked_fill(degenerate, 0.0)
 
 
 def _angle_rows(gram: torch.Tensor, diag: torch.Tensor, inv_norm: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
