@@ -289,10 +289,13 @@ def retrieval_browser() -> list[Cell]:
                    "out = 'runs/05_retrieval_browser'"),
         ("code", SETUP + "from IPython.display import Image\n"
                          "from distilvpr_lib.data.benchmark import Benchmark\n"
-                         "from distilvpr_lib.viz import write_metrics\n"
+                         "from distilvpr_lib.viz import project_path, write_metrics\n"
                          "from distilvpr_lib.viz.retrieval import (RetrievalBrowser, gather_results, render_queries,\n"
-                         "                                         results_table, retrieval_report, select_queries)"),
-        ("code", "benchmark = Benchmark.load(dataset, image_dir=image_dir)\n"
+                         "                                         results_table, retrieval_report, select_queries)\n"
+                         "dataset, out = project_path(dataset), project_path(out)\n"
+                         "models = {label: project_path(p) for label, p in models.items()}\n"
+                         "results = {label: project_path(p) for label, p in results.items()}"),
+        ("code", "benchmark = Benchmark.load(dataset, image_dir=project_path(image_dir))\n"
                  "all_results = gather_results(benchmark, results=results, models=models, split=split)\n"
                  "display(results_table(all_results).round(2))"),
         ("md", "## A fixed list of queries, rendered to PNG\n\n"
