@@ -99,7 +99,8 @@ class TrainConfig:
     student_task_weight: float = 0.5
     seed: int = 7
     deterministic: bool = False
-    device: str = "cpu"
+    #: "auto" = CUDA when available, else CPU; or an explicit torch device string.
+    device: str = "auto"
     eval_batch_size: int = 64
     #: Evaluate on validation every N epochs (and always at the last one).
     eval_every: int = 1

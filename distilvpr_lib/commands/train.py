@@ -73,5 +73,11 @@ def _run(args: argparse.Namespace) -> int:
     elif not teacher.is_dir():
         print(f"error: --teacher_weights_path {teacher}: no such file or folder")
         return 2
+    if args.student_output_dim is None:
+        # the student's dimension follows the teacher's unless given explicitly (the cross-agent terms need it)
+        from distilvpr_lib.config import ExperimentConfig
+
+        teacher_model = ExperimentConfig.load(teacher / "config.json").model
+        cfg = apply_overrides(cfg, {"model.student_dim": teacher_model.cloud_dim + teacher_model.image_dim})
     distill_student(cfg, teacher, out)
     return 0
