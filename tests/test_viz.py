@@ -179,6 +179,19 @@ def test_ablation_bars_show_the_mean_over_seeds_with_sd_error_bars() -> None:
         F.ablation_bars(runs, metrics=["test.AR@10"])
 
 
+def test_curvature_plot_reads_the_report_sweep() -> None:
+    from distilvpr_lib.engine.report import curvature_sweep
+
+    runs = pd.DataFrame([{"status": "ok", "variation": f"c{c}", "param.method": "distilvpr", "param.curvature": c,
+                          "test.AR@1": 50 + 10 * c + seed, "test.AR@5": 70.0 + seed}
+                         for c in (0.01, 0.1, 1.0) for seed in (1, 2)])
+    fig = F.curvature_plot(curvature_sweep(runs))
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["test.AR@1", "test.AR@5"]
+    means = ax.containers[0].lines[0].get_ydata()
+    assert list(np.round(means, 6)) == [51.6, 52.5, 61.5] and ax.get_xscale() == "log"
+
+
 # ---------------------------------------------------------------------------
 # Retrieval pictures
 # ---------------------------------------------------------------------------

@@ -791,11 +791,17 @@ def curvature_plot(sweep: pd.DataFrame, x: str | None = None, y: str | Sequence[
     Args:
         sweep: either one row per run (a ``curvature`` column and raw metric columns, e.g. ``test.AR@1``;
             the mean ± sd over seeds is drawn) or one row per curvature with ``<metric> mean`` /
-            ``<metric> std`` (or ``<metric>_mean`` / ``<metric>_std``) columns.
+            ``<metric> std`` (or ``<metric>_mean`` / ``<metric>_std``) columns, or the
+            (metric, mean|std|count) column MultiIndex of :func:`distilvpr_lib.engine.report.curvature_sweep`
+            (indexed by curvature).
         x: the curvature column (default the first column whose name contains ``curvature``).
         y: metric column(s) (default every ``AR@`` column).
     """
-    frame = sweep.reset_index() if x is None and not any("curvature" in str(c) for c in sweep.columns) else sweep
+    frame = sweep.copy()
+    if isinstance(frame.columns, pd.MultiIndex):  # e.g. engine.report.curvature_sweep: (metric, mean|std|count)
+        frame.columns = [" ".join(str(p) for p in col if str(p) != "") for col in frame.columns]
+    if x is None and not any("curvature" in str(c).lower() for c in frame.columns):
+        frame = frame.reset_index()
     if x is None:
         x = next((c for c in frame.columns if "curvature" in str(c).lower()), None)
         if x is None:
@@ -803,7 +809,7 @@ def curvature_plot(sweep: pd.DataFrame, x: str | None = None, y: str | Sequence[
     frame = frame.copy()
     frame[x] = pd.to_numeric(frame[x], errors="coerce")
     if y is None:
-        y = [c for c in frame.columns if "ar@" in str(c).lower() and not str(c).lower().endswith(("std", "sd"))]
+        y = [c for c in frame.columns if "ar@" in str(c).lower() and not str(c).lower().endswith(("std", "sd", "count"))]
     ys = [y] if isinstance(y, str) else list(y)
     fig = new_figure(6.5, 4.2)
     ax = fig.add_subplot(1, 1, 1)
