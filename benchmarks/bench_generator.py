@@ -26,18 +26,26 @@ from pathlib import Path
 _RENDERER = None
 
 
+#: Runs the timed frames come from (their primitives are built before timing, as a generator
+#: worker builds each run's once).
+_RUNS = (0, 1)
+
+
 def _init(profile: str) -> None:
     global _RENDERER
     from distilvpr_lib.config import profile_config
     from distilvpr_lib.data.synth import SynthRenderer
+    from distilvpr_lib.data.synth.generate import _state_prims
 
     _RENDERER = SynthRenderer(profile_config(profile).synth)
+    for run in _RUNS:
+        _state_prims(_RENDERER._state, run)
 
 
 def _items(renderer, n: int) -> list[tuple[int, int, float, int, float, list[float]]]:
-    """n (run, image ts, image s, lidar ts, centre s, scan s) spread over runs and the route."""
+    """n (run, image ts, image s, lidar ts, centre s, scan s) spread over two runs and the route."""
     out = []
-    runs = renderer.plan.runs
+    runs = [renderer.plan.runs[i] for i in _RUNS]
     for k in range(n):
         run = runs[k % len(runs)]
         sp = run.submaps[(k * 7919) % len(run.submaps)]

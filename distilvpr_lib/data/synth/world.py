@@ -904,13 +904,14 @@ def build_transients(world: World, rng: np.random.Generator, parked_fraction: fl
 
 
 def _near_route_mask(world: World, xy: np.ndarray, radius: float) -> np.ndarray:
+    """Which points lie within ``radius`` of the route (sampled every 5 m)."""
+    from scipy.spatial import cKDTree
+
+    if len(xy) == 0:
+        return np.zeros(0, dtype=bool)
     samples = world.route.points[:: ROUTE_SAMPLES_PER_M * 5]
-    near = np.zeros(len(xy), dtype=bool)
-    for start in range(0, len(xy), 2048):
-        chunk = xy[start:start + 2048]
-        d = np.min(np.linalg.norm(chunk[:, None, :] - samples[None, :, :], axis=2), axis=1)
-        near[start:start + 2048] = d <= radius
-    return near
+    dist, _ = cKDTree(samples).query(xy, k=1)
+    return dist <= radius
 
 
 def apply_season(prims: Primitives, crown_scale: float, porosity: float, leaf_rgb: Any) -> Primitives:
