@@ -177,7 +177,7 @@ def data_exploration() -> list[Cell]:
         ("params", "dataset = 'data/smoke'     # dataset folder (Oxford layout); generated when missing and generate is True\n"
                    "image_dir = None           # None: <dataset>/images\n"
                    "profile = 'smoke'          # generator profile used when generating: smoke | cpu | paper\n"
-                   "seed = 0                   # generator seed\n"
+                   "seed = None                # generator seed (None: the profile's)\n"
                    "generate = True\n"
                    "runs = []                  # run names to show (empty: all)\n"
                    "max_runs = 8               # columns of the same-place grid\n"
@@ -331,6 +331,8 @@ def _cell(kind: str, source: str) -> nbformat.NotebookNode:
 def write_notebook(name: str, cells: list[Cell]) -> Path:
     nb = nbformat.v4.new_notebook()
     nb.cells = [_cell(k, s) for k, s in cells]
+    for index, cell in enumerate(nb.cells):  # stable ids: rebuilding an unchanged notebook changes nothing
+        cell.id = f"{name[:2]}-{index:02d}"
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nb.metadata["language_info"] = {"name": "python"}
     path = NOTEBOOKS_DIR / f"{name}.ipynb"

@@ -25,13 +25,13 @@ def _has_benchmark(dataset_dir: Path) -> bool:
     return any(dataset_dir.glob("*.pickle"))
 
 
-def ensure_dataset(dataset_dir: str | Path, profile: str = "smoke", seed: int = 0, generate: bool = True) -> Path:
+def ensure_dataset(dataset_dir: str | Path, profile: str = "smoke", seed: int | None = None, generate: bool = True) -> Path:
     """Return ``dataset_dir``, generating it first with ``distilvpr synth`` when it holds no benchmark.
 
     Args:
         dataset_dir: the dataset folder.
         profile: generator profile (``smoke`` / ``cpu`` / ``paper``) used when generating.
-        seed: generator seed.
+        seed: generator seed (None: the profile's).
         generate: when False, a missing dataset is an error instead.
 
     Raises:
@@ -46,7 +46,10 @@ def ensure_dataset(dataset_dir: str | Path, profile: str = "smoke", seed: int = 
                                 f"`distilvpr synth --profile {profile} --out {dataset_dir}`)")
     from distilvpr_lib.cli import main
 
-    status = main(["synth", "--profile", profile, "--out", str(dataset_dir), "--seed", str(int(seed))])
+    argv = ["synth", "--profile", profile, "--out", str(dataset_dir)]
+    if seed is not None:
+        argv += ["--seed", str(int(seed))]
+    status = main(argv)
     if status != 0 or not _has_benchmark(dataset_dir):
         raise RuntimeError(f"{dataset_dir}: `distilvpr synth --profile {profile}` failed (exit status {status})")
     return dataset_dir
