@@ -308,6 +308,28 @@ def test_browser_state_follows_the_query_widgets(benchmark: Benchmark, results: 
     assert browser.state["database_run"] == other and browser.state["query_run"] != other
 
 
+def test_browser_on_the_real_oxford_fixture_shows_clouds_when_there_are_no_images(oxford_real_dir: Path) -> None:
+    from distilvpr_lib.engine.evaluate import evaluate_retrieval
+
+    benchmark = Benchmark.load(oxford_real_dir)
+    assert not benchmark.has_images
+
+    def occupancy(run_set):  # a non-learned bird's-eye occupancy descriptor (test-only stand-in)
+        return np.asarray([np.histogram2d(*benchmark.read_cloud(run_set[k]["query"])[:, :2].T, bins=8,
+                                          range=[[-1, 1], [-1, 1]])[0].ravel() for k in range(len(run_set))],
+                          dtype=np.float32)
+
+    res = evaluate_retrieval([occupancy(s) for s in benchmark.database_sets("test")],
+                             [occupancy(s) for s in benchmark.query_sets("test")], benchmark.query_sets("test"),
+                             top_k=3, run_names=benchmark.set_run_names("test"))
+    browser = R.RetrievalBrowser(benchmark, {"occupancy": res}, top_k=3)
+    first = bytes(browser.query_image.value)
+    assert first.startswith(PNG_MAGIC) and browser.state["query_rel"].endswith(".bin")
+    browser.query_slider.value = 1
+    assert bytes(browser.query_image.value) != first
+    assert R.ImageSource(benchmark).array(browser.state["query_rel"]).shape == (160, 160, 3)
+
+
 # ---------------------------------------------------------------------------
 # Notebooks through papermill (slow)
 # ---------------------------------------------------------------------------
@@ -329,6 +351,23 @@ def _has_parameters_cell_and_no_outputs(path: Path) -> bool:
     tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     clean = all(not c.get("outputs") and c.get("execution_count") is None for c in nb.cells if c.cell_type == "code")
     return len(tagged) == 1 and "out = " in tagged[0].source and clean
+
+
+@pytest.mark.parametrize("name", ["01_data_exploration", "05_retrieval_browser"])
+def test_committed_notebooks_match_their_builders(name: str) -> None:
+    import importlib.util
+
+    import nbformat
+
+    spec = importlib.util.spec_from_file_location("build_notebooks", REPO / "scripts" / "build_notebooks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    built = module.BUILDERS[name]()
+    committed = nbformat.read(REPO / "notebooks" / f"{name}.ipynb", as_version=4)
+    kinds = {"md": "markdown", "code": "code", "params": "code"}
+    assert [(kinds[k], src) for k, src in built] == [(c.cell_type, c.source) for c in committed.cells], \
+        f"notebooks/{name}.ipynb is stale: run scripts/build_notebooks.py {name[:2]}"
+    assert _has_parameters_cell_and_no_outputs(REPO / "notebooks" / f"{name}.ipynb")
 
 
 @pytest.mark.slow
