@@ -74,19 +74,37 @@ def realism_verdict(table: pd.DataFrame, tolerance: float = 0.15) -> str:
     return head + f" Not within the goal: {details}."
 
 
+def _is_control(table: pd.DataFrame) -> pd.Series:
+    """Rows pairing the reference run with itself (the premise table's same-condition control)."""
+    control = pd.Series(False, index=table.index)
+    if "archetype" in table.columns:
+        control |= table["archetype"].astype(str).str.contains("control")
+    return control
+
+
 def premise_verdict(table: pd.DataFrame) -> str:
     """A markdown sentence on a premise table (``image_auc``, ``cloud_auc`` per run): whether, for
-    the same places across runs, images separate same/different places less well than clouds."""
+    the same places across runs, images separate same/different places less well than clouds.
+    A control row (the reference run against itself, same condition) is reported separately."""
     if table is None or len(table) == 0:
         return "No premise table."
-    image, cloud = float(table["image_auc"].mean()), float(table["cloud_auc"].mean())
-    holds = int((table["cloud_auc"] > table["image_auc"]).sum())
-    worst = table.loc[table["image_auc"].idxmin()]
-    cond = ", ".join(str(worst[c]) for c in ("archetype", "season") if c in table.columns and worst[c])
-    return (f"Mean ROC AUC (same place vs different place) over {len(table)} runs: **images {image:.2f}**, "
-            f"**clouds {cloud:.2f}**; clouds separate places better than images in {holds} of {len(table)} runs. "
-            f"Hardest run for images: {worst['run']}" + (f" ({cond})" if cond else "") +
+    control = _is_control(table)
+    runs = table[~control]
+    if len(runs) == 0:
+        return "The premise table has no cross-run row."
+    image, cloud = float(runs["image_auc"].mean()), float(runs["cloud_auc"].mean())
+    holds = int((runs["cloud_auc"] > runs["image_auc"]).sum())
+    worst = runs.loc[runs["image_auc"].idxmin()] if runs["image_auc"].notna().any() else runs.iloc[0]
+    cond = ", ".join(str(worst[c]) for c in ("archetype", "season") if c in runs.columns and worst[c])
+    text = (f"Across runs (mean ROC AUC, same place vs different place, {len(runs)} runs against the reference): "
+            f"**images {image:.2f}**, **clouds {cloud:.2f}**; clouds separate places better than images in {holds} "
+            f"of {len(runs)} runs. Hardest run for images: {worst['run']}" + (f" ({cond})" if cond else "") +
             f", image AUC {float(worst['image_auc']):.2f} vs cloud AUC {float(worst['cloud_auc']):.2f}.")
+    if control.any():
+        row = table[control].iloc[0]
+        text += (f" Control (the reference run against itself, no condition change): images "
+                 f"{float(row['image_auc']):.2f}, clouds {float(row['cloud_auc']):.2f}.")
+    return text
 
 
 def _clean(value: Any) -> Any:
@@ -132,6 +150,7 @@ def exploration_summary(benchmark: Any, realism: pd.DataFrame | None = None, pre
             out["realism_within_tolerance"] = int(realism["within_tolerance"].astype(bool).sum())
     if premise is not None and len(premise):
         out["premise"] = [{k: _clean(v) for k, v in rec.items()} for rec in premise.to_dict(orient="records")]
-        out["premise_mean_image_auc"] = _clean(float(premise["image_auc"].mean()))
-        out["premise_mean_cloud_auc"] = _clean(float(premise["cloud_auc"].mean()))
+        runs = premise[~_is_control(premise)]
+        out["premise_mean_image_auc"] = _clean(float(runs["image_auc"].mean()))  # across runs (control left out)
+        out["premise_mean_cloud_auc"] = _clean(float(runs["cloud_auc"].mean()))
     return out
