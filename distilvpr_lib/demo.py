@@ -48,6 +48,7 @@ def _run_notebook(name: str, run_dir: Path, parameters: dict[str, Any]) -> None:
 def run_demo(profile: str = "cpu", out_root: str | Path = "runs", data_root: str | Path = "data",
              teacher_root: str | Path = "teacher_weights", ablation_grid: str | Path = "ablations/demo.yaml") -> Path:
     """Run the demo; returns the path of the written report."""
+    from distilvpr_lib.config import profile_config
     from distilvpr_lib.data.synth import generate_dataset
 
     start = time.time()
@@ -58,7 +59,7 @@ def run_demo(profile: str = "cpu", out_root: str | Path = "runs", data_root: str
     timings: dict[str, float] = {}
 
     t = _step(f"1/7 dataset ({profile} profile) -> {dataset}")
-    generate_dataset(dataset, profile=profile)
+    generate_dataset(dataset, profile_config(profile).synth)  # completes or skips an existing dataset
     timings["dataset"] = time.time() - t
 
     common = {"dataset": str(dataset), "profile": profile}
@@ -91,7 +92,7 @@ def run_demo(profile: str = "cpu", out_root: str | Path = "runs", data_root: str
 
     t = _step("6/7 notebook 05: retrieval browser (static renders)")
     _run_notebook("05_retrieval_browser", demo_dir / "05_retrieval_browser",
-                  {**common, "models": {"teacher": str(teacher), "no-KD student": str(nokd_dir),
+                  {"dataset": str(dataset), "models": {"teacher": str(teacher), "no-KD student": str(nokd_dir),
                                         "DistilVPR student": str(distil_dir)}})
     timings["05"] = time.time() - t
 

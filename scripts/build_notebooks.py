@@ -53,10 +53,10 @@ def teacher_training() -> list[Cell]:
                "selected teacher is reported on the **test** split (the Oxford test squares) and its training-set "
                "embeddings are cached for notebook 03. Re-running resumes from the last checkpoint."),
         ("params", "dataset = 'data/cpu'          # dataset folder (Oxford layout; generated or real)\n"
-                   "image_dir = None              # None = <dataset>/images\n"
+                   "image_dir = None              # None: <dataset>/images\n"
                    "profile = 'cpu'               # smoke | cpu | paper\n"
                    "backend = 'torch'             # sparse backend: torch | minkowski\n"
-                   "epochs = None                 # None = the profile's\n"
+                   "epochs = None                 # None: the profile's\n"
                    "seed = 7\n"
                    "overrides = {}                # extra config overrides, e.g. {'train.batch_size': 64}\n"
                    "out = 'teacher_weights/cpu'   # teacher folder (checkpoint, config, metrics, cache)"),
@@ -136,7 +136,7 @@ def ablation_analysis() -> list[Cell]:
                "seeds (runs paired by seed)."),
         ("params", "batch = 'runs/ablations-reduced'   # batch folder written by distilvpr batch\n"
                    "baseline = 'nokd'                   # variation the others are compared with\n"
-                   "out = None                          # where figures go (None = the batch folder)"),
+                   "out = None                          # where figures go (None: the batch folder)"),
         ("code", SETUP + "from distilvpr_lib.batch import collect_batch\n"
                          "from distilvpr_lib.engine.report import (ablation_table, paired_differences,\n"
                          "                                         curvature_sweep, loss_magnitudes)\n"
