@@ -348,3 +348,16 @@ def test_png_encoding_is_deterministic() -> None:
     data = encode_png(image)
     assert data == encode_png(image)
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(data))), image)
+
+
+def test_turned_boxes_are_hit_in_their_own_frame() -> None:
+    b = PrimitiveBuilder()
+    # a 2 x 2 x 4 m box centred at (10, 0), turned by 45 degrees: its corner points at the origin
+    b.box((9, -1, 0), (11, 1, 4), "building", (0.5, 0.5, 0.5), yaw=np.pi / 4)
+    prims = b.build()
+    local = select_primitives(prims, np.array([0.0, 0.0, 2.0]), 100.0)
+    directions = np.array([[[1, 0, 0]], [[np.cos(0.1), np.sin(0.1), 0]]], dtype=np.float32)
+    hits = cast_rays(local, Tiles.from_directions(directions), np.zeros((2, 1)), 0, 100.0)
+    assert hits.kind[0, 0] == HIT_BOX
+    assert hits.t[0, 0] == pytest.approx(10.0 - np.sqrt(2.0), abs=1e-4)
+    assert hits.kind[1, 0] == HIT_BOX and hits.t[1, 0] > hits.t[0, 0]

@@ -1,4 +1,4 @@
-"""``distilvpr synth --profile {smoke,cpu,paper} --out DIR [--seed N] [--layout oxford]``.
+"""``distilvpr synth --profile {smoke,cpu,paper} --out DIR [--seed N] [--layout {oxford,boreas}]``.
 
 Generates the procedural multi-modal dataset (clouds, images, CSVs, pickles) into ``DIR``;
 re-running completes an interrupted generation (only missing files are rendered).
@@ -24,7 +24,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--profile", default="cpu", choices=sorted(PROFILES), help="size profile (default: cpu)")
     parser.add_argument("--out", default=None, help="output folder (default: the profile's data.dataset_dir)")
     parser.add_argument("--seed", type=int, default=None, help="generator seed (default: the profile's synth.seed)")
-    parser.add_argument("--layout", default="oxford", choices=("oxford",), help="on-disk layout (default: oxford)")
+    parser.add_argument("--layout", default="oxford", choices=("oxford", "boreas"),
+                        help="on-disk layout (default: oxford; boreas drives the real Boreas trajectories)")
+    parser.add_argument("--boreas-poses", default=None,
+                        help="folder of real Boreas poses for --layout boreas (default: $DISTILVPR_REAL_DATA/boreas_poses)")
     parser.add_argument("--workers", type=int, default=None, help="rendering processes (default: the profile's)")
     parser.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
     parser.set_defaults(func=run)
@@ -36,11 +39,11 @@ def run(args: argparse.Namespace) -> int:
     from distilvpr_lib.data.synth.generate import generate_dataset
 
     cfg = profile_config(args.profile)
-    out = args.out or cfg.data.dataset_dir
+    out = args.out or (cfg.data.dataset_dir + ("_boreas" if args.layout == "boreas" else ""))
     try:
         report = generate_dataset(out, cfg.synth, seed=args.seed, layout=args.layout, workers=args.workers,
-                                  progress=not args.no_progress)
-    except ValueError as exc:
+                                  progress=not args.no_progress, boreas_poses_dir=args.boreas_poses)
+    except (ValueError, FileNotFoundError) as exc:
         print(f"synth: error: {exc}", file=sys.stderr)
         return 2
     if report.already_complete:

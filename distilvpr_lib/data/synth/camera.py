@@ -119,6 +119,33 @@ def sun_direction(cond: RunCondition) -> np.ndarray:
     return np.array([math.cos(el) * math.cos(az), math.cos(el) * math.sin(az), math.sin(el)])
 
 
+def _turned_box_hits_far(lo: np.ndarray, hi: np.ndarray, cos: np.ndarray, sin: np.ndarray, d: np.ndarray,
+                         origins: np.ndarray) -> np.ndarray:
+    """Exit distances (c, R, K) of rays from ``origins`` through turned boxes (-inf where missed)."""
+    centre = 0.5 * (lo + hi)
+    half = 0.5 * (hi - lo)
+    cs = cos[:, None, :]
+    sn = sin[:, None, :]
+    ox = origins[:, :, None, 0] - centre[:, None, :, 0]
+    oy = origins[:, :, None, 1] - centre[:, None, :, 1]
+    oz = origins[:, :, None, 2] - centre[:, None, :, 2]
+    lox, loy = cs * ox + sn * oy, -sn * ox + cs * oy
+    ldx = cs * d[..., 0:1] + sn * d[..., 1:2]
+    ldy = -sn * d[..., 0:1] + cs * d[..., 1:2]
+    ldz = np.broadcast_to(d[..., 2:3], ldx.shape)
+    t_near = None
+    t_far = None
+    for o, dd, h in ((lox, ldx, half[:, None, :, 0]), (loy, ldy, half[:, None, :, 1]), (oz, ldz, half[:, None, :, 2])):
+        iv = np.float32(1.0) / np.where(np.abs(dd) < 1e-9, np.float32(1e-9), dd)
+        a, b = (-h - o) * iv, (h - o) * iv
+        if t_near is None:
+            t_near, t_far = np.minimum(a, b), np.maximum(a, b)
+        else:
+            t_near, t_far = np.maximum(t_near, np.minimum(a, b)), np.minimum(t_far, np.maximum(a, b))
+    assert t_near is not None and t_far is not None
+    return np.where(t_near <= t_far, t_far, -np.inf).astype(np.float32)
+
+
 def _shadow_mask(prims: Primitives, points: np.ndarray, sun: np.ndarray, max_range: float = 70.0,
                  max_shadow_m: float = 80.0) -> np.ndarray:
     """Sun visibility in [0, 1] of (N, 3) world points: 0 behind a box, partial behind a crown.
@@ -183,9 +210,17 @@ def _shadow_mask(prims: Primitives, points: np.ndarray, sun: np.ndarray, max_ran
         lo_all = np.vstack([(prims.box_lo[near] - origin).astype(np.float32), np.full((1, 3), 1e6, np.float32)])
         hi_all = np.vstack([(prims.box_hi[near] - origin).astype(np.float32), np.full((1, 3), 1e6, np.float32)])
         member = rows_member(bc[near] @ across, bc[near] @ along, br[near], prims.box_hi[near, 2])
+        sin_all = np.append(np.sin(prims.box_yaw[near]), 0.0).astype(np.float32)
+        cos_all = np.append(np.cos(prims.box_yaw[near]), 1.0).astype(np.float32)
         for rows, table in tile_chunks(member, chunk):
             lo_t = lo_all[table]
             hi_t = hi_all[table]
+            sn = sin_all[table]
+            if sn.any():  # turned boxes
+                dirs = np.broadcast_to(d, p[rows].shape)
+                t_hit = _turned_box_hits_far(lo_t, hi_t, cos_all[table], sn, dirs, p[rows])
+                blocked[rows] |= (t_hit > np.float32(0.05)).any(axis=2)
+                continue
             t_near = None
             t_far = None
             for axis in range(3):
@@ -305,12 +340,30 @@ def shade(world: World, prims: Primitives, local: LocalPrimitives, cond: RunCond
         hi_ = prims.box_hi[gi]
         centre = 0.5 * (lo + hi_)
         halfw = 0.5 * (hi_ - lo)
-        q = (p[m] - centre) / np.maximum(halfw, 1e-6)
+        pm = p[m]
+        yaw = prims.box_yaw[gi]
+        turned = yaw != 0
+        if turned.any():  # hit points in the unturned box frame
+            c_, s_ = np.cos(yaw[turned]), np.sin(yaw[turned])
+            rx = pm[turned, 0] - centre[turned, 0]
+            ry = pm[turned, 1] - centre[turned, 1]
+            pm = pm.copy()
+            pm[turned, 0] = centre[turned, 0] + c_ * rx + s_ * ry
+            pm[turned, 1] = centre[turned, 1] - s_ * rx + c_ * ry
+        q = (pm - centre) / np.maximum(halfw, 1e-6)
         axis = np.argmax(np.abs(q), axis=1)
         nrm = np.zeros((m.sum(), 3), np.float32)
         nrm[np.arange(len(axis)), axis] = np.sign(q[np.arange(len(axis)), axis])
-        normal[m] = nrm
-        a, e, gl = _box_material(prims, gi, p[m], lo, hi_, axis, nrm, cond, salt, pixel_noise[m])
+        if turned.any():  # normals back to the world frame
+            c_, s_ = np.cos(yaw[turned]).astype(np.float32), np.sin(yaw[turned]).astype(np.float32)
+            nx, ny = nrm[turned, 0].copy(), nrm[turned, 1].copy()
+            world_n = nrm.copy()
+            world_n[turned, 0] = c_ * nx - s_ * ny
+            world_n[turned, 1] = s_ * nx + c_ * ny
+            normal[m] = world_n
+        else:
+            normal[m] = nrm
+        a, e, gl = _box_material(prims, gi, pm, lo, hi_, axis, nrm, cond, salt, pixel_noise[m])
         albedo[m] = a
         emissive[m] = e
         gloss[m] = gl
@@ -531,7 +584,7 @@ def _ground_material(world: World, p: np.ndarray, cond: RunCondition, noise: np.
     albedo[cls["park"]] = grass[cls["park"]]
     albedo[cls["pavement"]] = pave[cls["pavement"]]
     albedo[cls["road"]] = asphalt[cls["road"]]
-    albedo[cls["marking"]] = 0.55
+    albedo[cls["marking"]] = np.asarray(world.marking_rgb, np.float32)
     gloss = np.zeros(n, np.float32)
     if cond.wetness > 0:
         wet = cls["road"] | cls["pavement"]

@@ -437,17 +437,20 @@ def _jobs(plan: DatasetPlan, out_dir: Path) -> Iterator[_Job]:
 
 def generate_dataset(out_dir: PathLike, cfg: SynthConfig, seed: int | None = None, layout: str = "oxford",
                      workers: int | None = None, progress: bool | Callable[[int, int], None] = True,
-                     build_pickles: bool = True) -> GenerationReport:
+                     build_pickles: bool = True, boreas_poses_dir: PathLike | None = None) -> GenerationReport:
     """Generate (or complete) a dataset in ``out_dir``.
 
     Args:
         out_dir: dataset folder (created).
         cfg: generator settings (a profile's ``synth`` section).
         seed: overrides ``cfg.seed``.
-        layout: ``"oxford"`` (the only layout implemented).
+        layout: ``"oxford"`` (a procedural loop around the PointNetVLAD test squares) or ``"boreas"``
+            (driven along the real Boreas trajectories, see :mod:`.boreas`).
         workers: processes rendering in parallel (default ``cfg.workers``; 1 = in this process).
         progress: show a tqdm bar (``True``), nothing (``False``), or a callback ``(done, total)``.
         build_pickles: write the benchmark pickles with :func:`data.splits.build_oxford_benchmark`.
+        boreas_poses_dir: the real Boreas poses (``layout="boreas"``; default
+            ``$DISTILVPR_REAL_DATA/boreas_poses`` or ``../shared/data/real/boreas_poses``).
 
     Returns:
         :class:`GenerationReport`.
@@ -456,9 +459,14 @@ def generate_dataset(out_dir: PathLike, cfg: SynthConfig, seed: int | None = Non
         KeyError: unknown layout.
         ValueError: ``out_dir`` holds a dataset generated with other settings.
     """
-    layouts = {"oxford"}
+    layouts = {"oxford", "boreas"}
     if layout not in layouts:
         raise KeyError(f"unknown layout {layout!r}; known layouts: {sorted(layouts)}")
+    if layout == "boreas":
+        from distilvpr_lib.data.synth.boreas import generate_boreas_dataset
+
+        return generate_boreas_dataset(out_dir, cfg, seed=seed, workers=workers, progress=progress,
+                                       poses_dir=boreas_poses_dir)
     start = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

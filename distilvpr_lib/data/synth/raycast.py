@@ -41,6 +41,8 @@ class LocalPrimitives:
     box_lo: np.ndarray
     box_hi: np.ndarray
     box_angles: np.ndarray  # (Nb, 4) bearing, spread, el_lo, el_hi
+    box_cos: np.ndarray  # (Nb,) cos / sin of the box yaw
+    box_sin: np.ndarray
     cyl_index: np.ndarray
     cyl_xy: np.ndarray
     cyl_r: np.ndarray
@@ -103,6 +105,7 @@ def select_primitives(prims: Primitives, origin: np.ndarray, max_range: float,
         box_index=bi, box_lo=(prims.box_lo[bi] - origin).astype(np.float32),
         box_hi=(prims.box_hi[bi] - origin).astype(np.float32),
         box_angles=_angular_box(bc[bi], br[bi], prims.box_lo[bi, 2] - oz, prims.box_hi[bi, 2] - oz),
+        box_cos=np.cos(prims.box_yaw[bi]).astype(np.float32), box_sin=np.sin(prims.box_yaw[bi]).astype(np.float32),
         cyl_index=ci, cyl_xy=(prims.cyl_xy[ci] - origin[:2]).astype(np.float32),
         cyl_r=prims.cyl_radius[ci].astype(np.float32), cyl_z=(prims.cyl_z[ci] - oz).astype(np.float32),
         cyl_angles=_angular_box(cc[ci], prims.cyl_radius[ci], prims.cyl_z[ci, 0] - oz, prims.cyl_z[ci, 1] - oz),
@@ -226,6 +229,55 @@ def _keep_best(best_t: np.ndarray, best_kind: np.ndarray, best_index: np.ndarray
     best_index[tiles] = np.where(better, np.take_along_axis(table, arg, axis=1), best_index[tiles])
 
 
+def _turned_box_hits(lo: np.ndarray, hi: np.ndarray, cos: np.ndarray, sin: np.ndarray, d: np.ndarray,
+                     origins: np.ndarray | None = None) -> np.ndarray:
+    """Entry distances (c, R, K) of rays into boxes turned about their vertical centre axis.
+
+    Args:
+        lo, hi: (c, K, 3) box corners (origin-relative, before turning); cos, sin: (c, K) of the yaw.
+        d: (c, R, 3) unit ray directions; origins: (c, R, 3) ray origins (default: all at 0).
+
+    Returns:
+        float32 distances, ``inf`` where the ray misses (exits behind the origin included).
+    """
+    centre = 0.5 * (lo + hi)
+    half = 0.5 * (hi - lo)
+    cs = cos[:, None, :]
+    sn = sin[:, None, :]
+    if origins is None:
+        ox = -centre[:, None, :, 0]
+        oy = -centre[:, None, :, 1]
+        oz = -centre[:, None, :, 2]
+    else:
+        ox = origins[:, :, None, 0] - centre[:, None, :, 0]
+        oy = origins[:, :, None, 1] - centre[:, None, :, 1]
+        oz = origins[:, :, None, 2] - centre[:, None, :, 2]
+    # into the box frame: rotate by -yaw
+    lox = cs * ox + sn * oy
+    loy = -sn * ox + cs * oy
+    dx = d[..., 0:1]
+    dy = d[..., 1:2]
+    ldx = cs * dx + sn * dy
+    ldy = -sn * dx + cs * dy
+    ldz = np.broadcast_to(d[..., 2:3], ldx.shape)
+    tiny = np.float32(1e-12)
+    t_near = None
+    t_far = None
+    for o, dd, h in ((lox, ldx, half[:, None, :, 0]), (loy, ldy, half[:, None, :, 1]), (oz, ldz, half[:, None, :, 2])):
+        iv = np.float32(1.0) / np.where(np.abs(dd) < tiny, tiny, dd)
+        a = (-h - o) * iv
+        b = (h - o) * iv
+        if t_near is None:
+            t_near, t_far = np.minimum(a, b), np.maximum(a, b)
+        else:
+            np.maximum(t_near, np.minimum(a, b), out=t_near)
+            np.minimum(t_far, np.maximum(a, b), out=t_far)
+    assert t_near is not None and t_far is not None
+    t_near = np.array(t_near, dtype=np.float32)
+    t_near[t_near > t_far] = np.inf
+    return t_near
+
+
 def cast_rays(local: LocalPrimitives, tiles: Tiles, ray_ids: np.ndarray, salt: int, max_range: float,
               ground: bool = True) -> Hits:
     """First hit of every ray.
@@ -257,9 +309,17 @@ def cast_rays(local: LocalPrimitives, tiles: Tiles, ray_ids: np.ndarray, salt: i
     if len(local.box_lo):
         lo_all = np.vstack([local.box_lo, np.full((1, 3), _FAR, np.float32)])
         hi_all = np.vstack([local.box_hi, np.full((1, 3), _FAR, np.float32)])
+        sin_all = np.append(local.box_sin, np.float32(0.0))
+        cos_all = np.append(local.box_cos, np.float32(1.0))
         for tl, table in tile_chunks(membership(local.box_angles, tiles), R):
             lo = lo_all[table]
             hi = hi_all[table]
+            sn = sin_all[table]
+            if sn.any():  # turned boxes: slab test in each box's own frame
+                t_near = _turned_box_hits(lo, hi, cos_all[table], sn, d[tl])
+                t_near[(t_near <= zero) | (t_near > limit)] = np.inf
+                _keep_best(best_t, best_kind, best_index, tl, t_near, table, HIT_BOX)
+                continue
             t_near = None
             t_far = None
             for axis in range(3):

@@ -96,7 +96,9 @@ CLOTHES_PALETTE = np.array([
 class Primitives:
     """Primitive arrays in the local frame (metres).
 
-    Boxes (Nb): ``box_lo``/``box_hi`` (Nb, 3) float64 corners. Cylinders (Nc): ``cyl_xy`` (Nc, 2),
+    Boxes (Nb): ``box_lo``/``box_hi`` (Nb, 3) float64 corners before the box is turned by
+    ``box_yaw`` (Nb,) radians about the vertical axis through its centre (0 for grid-aligned boxes).
+    Cylinders (Nc): ``cyl_xy`` (Nc, 2),
     ``cyl_radius`` (Nc,), ``cyl_z`` (Nc, 2) = [bottom, top]. Spheroids (Ns): ``sph_center`` (Ns, 3),
     ``sph_radius`` (Ns, 2) = [horizontal, vertical], ``sph_porosity`` (Ns,) probability that a ray
     passes through (foliage). Per kind: ``*_mat`` int16 material ids, ``*_color``/``*_color2``
@@ -110,6 +112,7 @@ class Primitives:
     box_color2: np.ndarray
     box_params: np.ndarray
     box_seed: np.ndarray
+    box_yaw: np.ndarray
     cyl_xy: np.ndarray
     cyl_radius: np.ndarray
     cyl_z: np.ndarray
@@ -151,10 +154,12 @@ class PrimitiveBuilder:
         self.spheroids: list[tuple] = []
 
     def box(self, lo: Any, hi: Any, mat: str, color: Any, color2: Any = (0, 0, 0), params: Any = (0, 0, 0, 0),
-            seed: int = 0) -> None:
+            seed: int = 0, yaw: float = 0.0) -> None:
+        """An axis-aligned box ``lo``..``hi``, turned by ``yaw`` radians about its vertical centre axis."""
         lo = np.asarray(lo, dtype=np.float64)
         hi = np.asarray(hi, dtype=np.float64)
-        self.boxes.append((np.minimum(lo, hi), np.maximum(lo, hi), MATERIALS[mat], color, color2, params, seed))
+        self.boxes.append((np.minimum(lo, hi), np.maximum(lo, hi), MATERIALS[mat], color, color2, params, seed,
+                           float(yaw)))
 
     def cylinder(self, xy: Any, radius: float, z0: float, z1: float, mat: str, color: Any, seed: int = 0) -> None:
         self.cylinders.append((xy, radius, (z0, z1), MATERIALS[mat], color, seed))
@@ -174,7 +179,7 @@ class PrimitiveBuilder:
             box_lo=col(b, 0, (3,), np.float64), box_hi=col(b, 1, (3,), np.float64),
             box_mat=col(b, 2, (), np.int16), box_color=col(b, 3, (3,), np.float32),
             box_color2=col(b, 4, (3,), np.float32), box_params=col(b, 5, (4,), np.float32),
-            box_seed=col(b, 6, (), np.uint32),
+            box_seed=col(b, 6, (), np.uint32), box_yaw=col(b, 7, (), np.float64),
             cyl_xy=col(c, 0, (2,), np.float64), cyl_radius=col(c, 1, (), np.float64),
             cyl_z=col(c, 2, (2,), np.float64), cyl_mat=col(c, 3, (), np.int16),
             cyl_color=col(c, 4, (3,), np.float32), cyl_seed=col(c, 5, (), np.uint32),
@@ -442,6 +447,10 @@ class World:
     pavement_slots: np.ndarray
     park_blocks: list[tuple[float, float, float, float]]
     summary: dict[str, Any] = field(default_factory=dict)
+    #: Road along a polyline instead of a street grid (worlds built around real trajectories).
+    road: "PolylineRoad | None" = None
+    #: Colour (linear RGB) of the centre-line dashes (white in the UK, yellow in Canada).
+    marking_rgb: tuple[float, float, float] = (0.55, 0.55, 0.55)
 
     def local_to_utm(self, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Local ``(..., 2)`` xy -> ``(northing, easting)`` arrays (float64)."""
@@ -458,6 +467,8 @@ class World:
             dict of arrays: ``road`` bool, ``pavement`` bool, ``park`` bool, ``marking`` bool
             (dashed centre line), ``kerb_dist`` float distance to the nearest kerb (m).
         """
+        if self.road is not None:
+            return self.road.ground_class(x, y)
         g = self.grid
         ix, ox = _nearest_line(x, g.x_lines)
         iy, oy = _nearest_line(y, g.y_lines)
@@ -478,6 +489,38 @@ class World:
         kerb_dist = np.minimum(np.abs(ax - hx), np.abs(ay - hy))
         return {"road": road, "pavement": pavement, "park": park & ~road & ~pavement, "marking": marking,
                 "kerb_dist": kerb_dist}
+
+
+@dataclass
+class PolylineRoad:
+    """A road along a dense centre-line polyline: ``samples`` (M, 2) local xy every ~0.25 m with
+    arc lengths ``s`` (M,); carriageway half-width and pavement width in metres. Everything beyond
+    the pavement is grass verge / lawn."""
+
+    samples: np.ndarray
+    s: np.ndarray
+    half_width: float
+    pavement: float
+
+    def __post_init__(self) -> None:
+        from scipy.spatial import cKDTree
+
+        self._tree = cKDTree(self.samples)
+
+    def distance(self, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Distance (m) of (N, 2) points to the centre line and the arc length of the nearest sample."""
+        dist, k = self._tree.query(np.asarray(xy, dtype=np.float64).reshape(-1, 2), k=1)
+        return dist, self.s[k]
+
+    def ground_class(self, x: np.ndarray, y: np.ndarray) -> dict[str, np.ndarray]:
+        shape = np.shape(x)
+        dist, s = self.distance(np.stack([np.ravel(x), np.ravel(y)], axis=1))
+        road = dist <= self.half_width
+        pavement = ~road & (dist <= self.half_width + self.pavement)
+        marking = road & (dist < 0.1) & (np.mod(s, 9.0) < 4.5)
+        return {"road": road.reshape(shape), "pavement": pavement.reshape(shape),
+                "park": (~road & ~pavement).reshape(shape), "marking": marking.reshape(shape),
+                "kerb_dist": np.abs(dist - self.half_width).reshape(shape)}
 
 
 def _rng(seed: int, *tags: int) -> np.random.Generator:
