@@ -300,6 +300,9 @@ def collect_batch(batch_dir: str | Path) -> "pandas.DataFrame":  # noqa: F821
         for k, v in (yaml.safe_load(params_file.read_text()) or {}).items():
             row[f"param.{k}"] = v
         if (run_dir / METRICS_FILE).is_file():
-            _flatten("", json.loads((run_dir / METRICS_FILE).read_text()), row)
+            metrics: dict[str, Any] = {}
+            _flatten("", json.loads((run_dir / METRICS_FILE).read_text()), metrics)
+            for key, value in metrics.items():  # a metric never shadows the batch's own columns
+                row[f"metrics.{key}" if key in row else key] = value
         rows.append(row)
     return pd.DataFrame(rows)

@@ -59,7 +59,8 @@ def teacher_training() -> list[Cell]:
                    "epochs = None                 # None: the profile's\n"
                    "seed = 7\n"
                    "overrides = {}                # extra config overrides, e.g. {'train.batch_size': 64}\n"
-                   "out = 'teacher_weights/cpu'   # teacher folder (checkpoint, config, metrics, cache)"),
+                   "teacher_dir = 'teacher_weights/cpu'  # the teacher folder (weights, config, metrics, cache)\n"
+                   "out = 'runs/teacher-cpu'      # run folder: figures and a copy of the metrics"),
         ("code", SETUP + "from distilvpr_lib.config import profile_config, apply_overrides\n"
                          "from distilvpr_lib.engine.runs import train_teacher\n"
                          "from distilvpr_lib.viz import figures"),
@@ -68,7 +69,9 @@ def teacher_training() -> list[Cell]:
                  "                            'model.sparse_backend': backend, 'train.seed': seed,\n"
                  "                            **({'train.epochs': epochs} if epochs else {}), **overrides})\n"
                  "print(cfg.to_json())"),
-        ("code", "metrics = train_teacher(cfg, out)"),
+        ("code", "metrics = train_teacher(cfg, teacher_dir)\n"
+                 "Path(out).mkdir(parents=True, exist_ok=True)\n"
+                 "(Path(out) / 'metrics.json').write_text(json.dumps(metrics, indent=2))"),
         ("md", "## Training curves and validation recall"),
         ("code", "fig = figures.training_curves(metrics)\n"
                  "fig.savefig(Path(out) / 'teacher_curves.png', dpi=100, bbox_inches='tight')"),

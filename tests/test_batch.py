@@ -20,7 +20,7 @@ def _toy_notebook(path: Path) -> Path:
     body = nbformat.v4.new_code_cell(
         "import json, pathlib\n"
         "if fail:\n    raise RuntimeError('deliberate failure for the test')\n"
-        "pathlib.Path(out, 'metrics.json').write_text(json.dumps({'test': {'ar1': x * 10 + seed}}))\n"
+        "pathlib.Path(out, 'metrics.json').write_text(json.dumps({'test': {'ar1': x * 10 + seed}, 'status': 'complete'}))\n"
         "pathlib.Path(out, 'ran.txt').open('a').write('ran\\n')"
     )
     nb.cells = [params, body]
@@ -80,6 +80,7 @@ def test_batch_isolates_failures_resumes_and_collects(tmp_path: Path) -> None:
     ok = df[df.status == "ok"].set_index("run")
     assert ok.loc["a__seed1", "test.ar1"] == 21 and ok.loc["a__seed1", "param.x"] == 2
     assert set(df[df.status == "failed"].variation) == {"broken"}
+    assert set(ok["metrics.status"]) == {"complete"}  # a metric named like a batch column does not shadow it
 
 
 @pytest.mark.notebooks
