@@ -120,3 +120,18 @@ def test_boreas_restart_gives_identical_bytes(boreas_dir: Path, boreas_poses: Pa
                               boreas_poses_dir=boreas_poses)
     assert report.clouds_written > 0 and report.images_written > 0
     assert _files(out) == _files(boreas_dir)
+
+
+def test_boreas_query_sets_align_with_database_sets(boreas_dir: Path) -> None:
+    """Boreas evaluation reuses database embeddings as queries: query entry k of run j is database entry k."""
+    from distilvpr_lib.data.benchmark import Benchmark
+
+    bench = Benchmark.load(boreas_dir)
+    for split in ("test", "validation"):
+        db_sets, q_sets = bench.database_sets(split), bench.query_sets(split)
+        assert len(db_sets) == len(q_sets)
+        n_with_neighbours = 0
+        for db, q in zip(db_sets, q_sets):
+            assert [q[k]["query"] for k in sorted(q)] == [db[k]["query"] for k in sorted(db)]
+            n_with_neighbours += sum(any(len(v) for key, v in e.items() if isinstance(key, int)) for e in q.values())
+        assert 0 < n_with_neighbours < sum(len(q) for q in q_sets), split  # only the squares' entries are queries

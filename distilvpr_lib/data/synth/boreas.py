@@ -596,6 +596,15 @@ def choose_test_squares(positions: np.ndarray, route_positions: np.ndarray, frac
     return best
 
 
+def _keep_neighbours_only_for(query_sets: list[dict[int, dict[Any, Any]]], masks: list[np.ndarray]) -> None:
+    """Empty the true-neighbour lists of query entries whose mask is False (they are skipped at evaluation)."""
+    for entries, mask in zip(query_sets, masks):
+        for k, entry in entries.items():
+            if not mask[k]:
+                for key in [key for key in entry if isinstance(key, int)]:
+                    entry[key] = []
+
+
 def build_boreas_benchmark(dataset_dir: PathLike, plan: BoreasPlan) -> dict[str, Any]:
     """Write the Boreas benchmark pickles (Oxford radii, squares along the route); returns a summary."""
     out = Path(dataset_dir)
@@ -622,10 +631,14 @@ def build_boreas_benchmark(dataset_dir: PathLike, plan: BoreasPlan) -> dict[str,
     tuples = make_training_tuples([rel[i] for i in keep], ts[keep], pos[keep])
     eval_names = plan.eval_runs()
     eval_locs = [locations[names.index(n)] for n in eval_names]
-    test_db, test_q = make_evaluation_sets(eval_locs, [in_squares(loc.positions, squares) for loc in eval_locs])
+    # Boreas evaluation reuses the database embeddings as queries (METHOD.md §7), so every query set lists
+    # exactly its database entries, index for index; entries that are not queries get empty neighbour lists.
+    everything = [np.ones(len(loc.rel_paths), bool) for loc in eval_locs]
+    test_db, test_q = make_evaluation_sets(eval_locs, everything)
+    _keep_neighbours_only_for(test_q, [in_squares(loc.positions, squares) for loc in eval_locs])
     outside = [~in_squares(loc.positions, squares) for loc in eval_locs]
-    val_db, val_q = make_evaluation_sets(eval_locs, [in_squares(loc.positions, validation) & o
-                                                     for loc, o in zip(eval_locs, outside)], database_masks=outside)
+    val_db, val_q = make_evaluation_sets(eval_locs, outside, database_masks=outside)
+    _keep_neighbours_only_for(val_q, [in_squares(loc.positions[o], validation) for loc, o in zip(eval_locs, outside)])
     for name, obj in ((TRAINING_PICKLE, tuples), (TEST_DATABASE_PICKLE, test_db), (TEST_QUERY_PICKLE, test_q),
                       (VALIDATION_DATABASE_PICKLE, val_db), (VALIDATION_QUERY_PICKLE, val_q)):
         save_pickle(out / name, obj)
@@ -633,8 +646,13 @@ def build_boreas_benchmark(dataset_dir: PathLike, plan: BoreasPlan) -> dict[str,
             "train_runs": [loc.run for loc in train], "eval_runs": eval_names}
     with atomic_write(out / SQUARES_JSON, "w") as f:
         json.dump(info, f, indent=2)
-    return {"training_tuples": len(tuples), "test_query": [len(q) for q in test_q],
-            "validation_query": [len(q) for q in val_q], "test_squares": squares, "validation_squares": validation}
+    return {"training_tuples": len(tuples), "test_query": _count_queries(test_q),
+            "validation_query": _count_queries(val_q), "test_squares": squares, "validation_squares": validation}
+
+
+def _count_queries(query_sets: list[dict[int, dict[Any, Any]]]) -> list[int]:
+    """Per run, the entries that have a true neighbour in some other run (the evaluated queries)."""
+    return [sum(any(len(v) for k, v in e.items() if isinstance(k, int)) for e in q.values()) for q in query_sets]
 
 
 def generate_boreas_dataset(out_dir: PathLike, cfg: SynthConfig, seed: int | None = None, workers: int | None = None,
