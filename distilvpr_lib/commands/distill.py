@@ -6,6 +6,7 @@ distillation preset ``--method`` (``--set rkdg=10`` overrides one term's weight)
 teacher's cached embeddings. Selection on validation, report on test. Writes ``config.json``,
 ``student.pt``, ``metrics.json`` (every named loss's final magnitude, validation and test
 summaries), ``test_results.npz``, ``checkpoints/`` and ``tensorboard/`` into ``--out``.
+Runs data-parallel under ``torchrun --nproc-per-node N -m distilvpr_lib.cli distill ...`` (docs/SCALING.md).
 """
 
 from __future__ import annotations
@@ -56,5 +57,8 @@ def run(args: argparse.Namespace) -> int:
     from distilvpr_lib.engine.runs import distill_student
 
     metrics = distill_student(cfg, args.teacher, out, resume=not args.no_resume, progress=not args.quiet)
-    print(format_summary(f"student ({cfg.distill.method})", metrics))
+    from distilvpr_lib.engine.distributed import is_main_process
+
+    if is_main_process():  # under torchrun every rank returns the same metrics; print once
+        print(format_summary(f"student ({cfg.distill.method})", metrics))
     return 0

@@ -6,6 +6,9 @@ split, the selected teacher is evaluated on the test split and its training-set 
 cached. Writes ``config.json``, ``teacher.pt``, ``metrics.json``, ``test_results.npz``,
 ``teacher_cache.pt``, ``checkpoints/`` and ``tensorboard/`` into ``--out``; re-running resumes.
 
+Distributed (DDP) training: the same command under ``torchrun``, e.g.
+``torchrun --nproc-per-node 2 -m distilvpr_lib.cli train-teacher --dataset DIR ...`` (see docs/SCALING.md).
+
 Also home of the option helpers shared by ``distill`` and ``evaluate``.
 """
 
@@ -162,7 +165,10 @@ def run(args: argparse.Namespace) -> int:
     from distilvpr_lib.engine.runs import train_teacher
 
     metrics = train_teacher(cfg, out, resume=not args.no_resume, progress=not args.quiet)
-    print(format_summary("teacher", metrics))
+    from distilvpr_lib.engine.distributed import is_main_process
+
+    if is_main_process():  # under torchrun every rank returns the same metrics; print once
+        print(format_summary("teacher", metrics))
     return 0
 
 

@@ -13,6 +13,12 @@ Per epoch, with a ``numpy.random.Generator`` seeded from ``(seed, epoch)``:
 So elements ``2k`` and ``2k+1`` of every batch are positives of each other, every batch has an
 even size ≥ 4, and all but possibly the last have exactly ``batch_size`` elements. The same
 ``(seed, epoch)`` always gives the same batches; call :meth:`set_epoch` before each epoch.
+
+:class:`DistributedPositivePairBatchSampler` (torchrun / DDP) forms the *same* global batches and
+yields each rank its slice: the batch's pairs cut into ``world_size`` contiguous, near-equal runs of
+whole pairs (rank 0 the first), so pairs are never split and the slices, concatenated in rank order,
+are the single-process batch. A batch with fewer pairs than ranks (only ever the last, partial one)
+is dropped: a rank cannot embed an empty slice.
 """
 
 from __future__ import annotations
@@ -88,3 +94,81 @@ class PositivePairBatchSampler(Sampler[list[int]]):
     def __len__(self) -> int:
         """Number of batches in the current epoch (exact: the epoch's batches are generated)."""
         return len(self.batches())
+
+
+def split_pairs(batch: Sequence[int], world_size: int) -> list[list[int]]:
+    """Cut a positive-pair batch into ``world_size`` contiguous slices of whole pairs.
+
+    Args:
+        batch: ``2P`` ids, elements ``2k`` and ``2k+1`` a positive pair.
+        world_size: number of slices W.
+
+    Returns:
+        W lists; slice ``r`` holds pairs ``[floor(r P / W), floor((r+1) P / W))``, so sizes differ by at
+        most one pair and ``sum(slices, []) == list(batch)``.
+
+    Raises:
+        ValueError: odd batch length or ``world_size < 1``.
+    """
+    if world_size < 1:
+        raise ValueError(f"world_size must be >= 1, got {world_size}")
+    if len(batch) % 2:
+        raise ValueError(f"a positive-pair batch has an even length, got {len(batch)}")
+    pairs = len(batch) // 2
+    bounds = [2 * ((r * pairs) // world_size) for r in range(world_size + 1)]
+    return [list(batch[bounds[r]:bounds[r + 1]]) for r in range(world_size)]
+
+
+class DistributedPositivePairBatchSampler(PositivePairBatchSampler):
+    """The positive-pair batches of :class:`PositivePairBatchSampler`, one slice per rank (DDP).
+
+    Every rank builds the same global batches from ``(seed, epoch)`` and iterates over its slice of
+    each (:func:`split_pairs`); all ranks take the same number of steps. ``len()`` is the number of
+    global batches trained (those with at least ``world_size`` pairs).
+
+    Args:
+        tuples: ``{id: TrainingTuple}`` (kept as ``self.tuples``: the trainer rebuilds the global masks).
+        batch_size: the **global** batch size (even, ≥ 4, ≥ 2 · world_size).
+        seed: base seed (as the single-process sampler).
+        rank: this process's rank; ``None`` = ``torch.distributed``'s (0 without a process group).
+        world_size: number of ranks; ``None`` = ``torch.distributed``'s (1 without a process group).
+    """
+
+    def __init__(self, tuples: Mapping[int, Any] | Sequence[Any], batch_size: int, seed: int,
+                 rank: int | None = None, world_size: int | None = None) -> None:
+        super().__init__(tuples, batch_size, seed)
+        if rank is None or world_size is None:
+            import torch.distributed as dist
+
+            initialised = dist.is_available() and dist.is_initialized()
+            rank = (dist.get_rank() if initialised else 0) if rank is None else rank
+            world_size = (dist.get_world_size() if initialised else 1) if world_size is None else world_size
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+        if self.batch_size // 2 < world_size:
+            raise ValueError(f"batch_size={self.batch_size} holds {self.batch_size // 2} pairs, fewer than the "
+                             f"{world_size} ranks; use a batch size of at least {2 * world_size}")
+        self.tuples = tuples
+        self.rank = int(rank)
+        self.world_size = int(world_size)
+
+    def global_batches(self, epoch: int | None = None) -> list[list[int]]:
+        """The single-process batches of an epoch that are trained (those with >= ``world_size`` pairs)."""
+        return [b for b in self.batches(epoch) if len(b) // 2 >= self.world_size]
+
+    def dropped_batches(self, epoch: int | None = None) -> list[list[int]]:
+        """Single-process batches not trained in distributed mode (fewer pairs than ranks; at most the last)."""
+        return [b for b in self.batches(epoch) if len(b) // 2 < self.world_size]
+
+    def local_batches(self, epoch: int | None = None, rank: int | None = None) -> list[list[int]]:
+        """Rank ``rank``'s (default this one's) slice of every trained global batch."""
+        rank = self.rank if rank is None else int(rank)
+        return [split_pairs(b, self.world_size)[rank] for b in self.global_batches(epoch)]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.local_batches():
+            yield list(batch)
+
+    def __len__(self) -> int:
+        """Number of global batches trained this epoch (the same on every rank)."""
+        return len(self.global_batches())

@@ -18,6 +18,11 @@ Selection is on the **validation** split, the report on the **test** split (read
 training). Both functions resume from ``checkpoints/last.pt`` by default; when training is
 already complete they only redo the (cheap, deterministic) final stage.
 
+Under ``torchrun`` (``WORLD_SIZE > 1``) the same functions run on every rank
+(:mod:`distilvpr_lib.engine.distributed`): the process group is initialised from the environment,
+training is data-parallel on the global batch, rank 0 alone writes every file and evaluates, the teacher
+cache is a sharded forward pass gathered on every rank, and every rank returns rank 0's metrics.
+
 ``metrics.json`` schema (all recalls in percent)::
 
     kind: "teacher" | "student";  method: "teacher" | distillation preset;  profile, seed, device
@@ -32,6 +37,7 @@ already complete they only redo the (cheap, deterministic) final stage.
     embedding_norms: {student: {mean, max}, teacher: {mean, max}}   (raw L2 norms)
     wall_time_s (this call), train_seconds (sum over epochs, across resumes), seconds_per_epoch
     files: {name: path relative to the folder}
+    world_size (distributed runs only): number of processes
 """
 
 from __future__ import annotations
@@ -51,6 +57,12 @@ from torch import nn
 from distilvpr_lib.config import ExperimentConfig
 from distilvpr_lib.data.formats import atomic_write
 from distilvpr_lib.engine.checkpoint import LAST_CHECKPOINT_NAME, file_sha256, load_weights, save_weights
+from distilvpr_lib.engine.distributed import (
+    DistributedContext,
+    broadcast_module_state,
+    init_distributed,
+    shutdown_distributed,
+)
 from distilvpr_lib.engine.seeding import configure_determinism, seed_everything
 from distilvpr_lib.engine.teacher_cache import (
     TeacherCache,
@@ -150,23 +162,40 @@ def _check_benchmark(benchmark: "Benchmark", cfg: ExperimentConfig, need_images:
             "(then the last epoch is kept)")
 
 
-def _make_loader(benchmark: "Benchmark", cfg: ExperimentConfig, device: torch.device,
+def _make_loader(benchmark: "Benchmark", cfg: ExperimentConfig, ctx: DistributedContext,
                  data_cfg: Any | None = None) -> torch.utils.data.DataLoader:
+    """The training loader: positive-pair batches (this rank's slices in distributed runs).
+
+    ``num_workers`` are per process; ``pin_memory`` only on CUDA; ``persistent_workers`` when configured
+    and there are workers.
+    """
     from torch.utils.data import DataLoader
 
     from distilvpr_lib.data.collate import make_collate_fn
     from distilvpr_lib.data.datasets import TrainingDataset
-    from distilvpr_lib.data.sampler import PositivePairBatchSampler
+    from distilvpr_lib.data.sampler import DistributedPositivePairBatchSampler, PositivePairBatchSampler
 
     data_cfg = data_cfg or cfg.data
     dataset = TrainingDataset(benchmark, data_cfg, augment=True)
-    sampler = PositivePairBatchSampler(benchmark.training_tuples, cfg.train.batch_size, seed=cfg.train.seed)
+    sampler: PositivePairBatchSampler
+    if ctx.is_distributed:
+        sampler = DistributedPositivePairBatchSampler(benchmark.training_tuples, cfg.train.batch_size,
+                                                      seed=cfg.train.seed, rank=ctx.rank, world_size=ctx.world_size)
+    else:
+        sampler = PositivePairBatchSampler(benchmark.training_tuples, cfg.train.batch_size, seed=cfg.train.seed)
+    extra: dict[str, Any] = {}
+    if data_cfg.num_workers > 0 and getattr(data_cfg, "persistent_workers", False):
+        extra["persistent_workers"] = True
     return DataLoader(dataset, batch_sampler=sampler,
                       collate_fn=make_collate_fn(benchmark.training_tuples, data_cfg.quantization_size),
-                      num_workers=data_cfg.num_workers, pin_memory=device.type == "cuda")
+                      num_workers=data_cfg.num_workers, pin_memory=ctx.device.type == "cuda", **extra)
 
 
-def _start(cfg: ExperimentConfig, out_dir: PathLike, resume: bool) -> tuple[Path, torch.device]:
+def _world(ctx: DistributedContext) -> str:
+    return f" x {ctx.world_size} processes ({ctx.backend})" if ctx.is_distributed else ""
+
+
+def _start(cfg: ExperimentConfig, out_dir: PathLike, resume: bool) -> tuple[Path, DistributedContext]:
     out_dir = Path(out_dir)
     config_path = out_dir / CONFIG_FILE
     if resume and (out_dir / "checkpoints" / LAST_CHECKPOINT_NAME).is_file() and config_path.is_file():
@@ -176,12 +205,14 @@ def _start(cfg: ExperimentConfig, out_dir: PathLike, resume: bool) -> tuple[Path
             raise ValueError(
                 f"{out_dir}: holds a checkpoint of another configuration (see {config_path}); "
                 "resume=False starts over, or use another output folder")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ctx = init_distributed(cfg.train.device, cfg.train.distributed_backend, cfg.train.distributed_timeout_s)
+    if ctx.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.train.seed)
     configure_determinism(cfg.train.deterministic)
-    device = resolve_device(cfg.train.device)
-    write_json(out_dir / CONFIG_FILE, cfg.to_dict())
-    return out_dir, device
+    if ctx.is_main:
+        write_json(out_dir / CONFIG_FILE, cfg.to_dict())
+    return out_dir, ctx
 
 
 def _say(message: str, progress: bool) -> None:
@@ -241,34 +272,48 @@ def train_teacher(cfg: ExperimentConfig, out_dir: PathLike, resume: bool = True,
     from distilvpr_lib.models import build_teacher
 
     started = time.time()
-    out_dir, device = _start(cfg, out_dir, resume)
+    out_dir, ctx = _start(cfg, out_dir, resume)
+    device = ctx.device
+    progress = progress and ctx.is_main
     benchmark = load_benchmark(cfg)
     _check_benchmark(benchmark, cfg, need_images=True)
     model = build_teacher(cfg.model).to(device)
     optimizer = build_optimizer(teacher_parameter_groups(model, cfg.train), cfg.train)
     scheduler = build_scheduler(optimizer, cfg.train)
-    loader = _make_loader(benchmark, cfg, device)
+    loader = _make_loader(benchmark, cfg, ctx)
     validate = None
     if cfg.train.use_validation_split:
         def validate(m: nn.Module) -> "RetrievalResults":
             return evaluate_split(m, benchmark, "validation", cfg, device)
     _say(f"teacher: {len(benchmark.training_tuples)} training sub-maps, {len(loader)} batches/epoch, "
-         f"{cfg.train.epochs} epochs on {device} -> {out_dir}", progress)
+         f"{cfg.train.epochs} epochs on {device}{_world(ctx)} -> {out_dir}", progress)
     trainer = Trainer(model, TeacherObjective(cfg.train), optimizer, scheduler, loader, cfg.train, out_dir,
-                      validate=validate, device=device, fingerprint=config_fingerprint(cfg), progress=progress)
+                      validate=validate, device=device, fingerprint=config_fingerprint(cfg), progress=progress,
+                      distributed=ctx if ctx.is_distributed else None)
     history = trainer.fit(resume=resume)
 
-    # Final stage: selected weights -> teacher.pt, test evaluation, cache.
-    model.load_state_dict(load_weights(trainer.best_weights, map_location=device))
-    weights_path = save_weights(out_dir / TEACHER_WEIGHTS_FILE, model.state_dict())
-    test_results = evaluate_split(model, benchmark, "test", cfg, device, progress=progress)
-    test_results.save(out_dir / TEST_RESULTS_FILE)
+    # Final stage: selected weights -> teacher.pt, test evaluation (rank 0), cache (sharded over the ranks).
+    if ctx.is_main:
+        model.load_state_dict(load_weights(trainer.best_weights, map_location=device))
+    broadcast_module_state(ctx, model)
+    weights_sha = None
+    if ctx.is_main:
+        weights_path = save_weights(out_dir / TEACHER_WEIGHTS_FILE, model.state_dict())
+        test_results = evaluate_split(model, benchmark, "test", cfg, device, progress=progress)
+        test_results.save(out_dir / TEST_RESULTS_FILE)
+        weights_sha = file_sha256(weights_path)
+    weights_sha = ctx.broadcast_object(weights_sha)
     cache = build_teacher_cache(
         model, benchmark, cfg.data, cfg.train.eval_batch_size, device,
         clean=cfg.train.clean_teacher_cache, seed=cfg.train.seed, progress=progress,
         metadata={"teacher_config_hash": model_config_hash(cfg.model),
-                  "teacher_weights_sha256": file_sha256(weights_path)})
+                  "teacher_weights_sha256": weights_sha},
+        distributed=ctx if ctx.is_distributed else None)
     cache_name = cache_file_name(cfg.train.clean_teacher_cache, cfg.train.seed)
+    if not ctx.is_main:
+        metrics_from_main = ctx.broadcast_object(None)
+        shutdown_distributed(ctx)
+        return metrics_from_main
     cache.save(out_dir / cache_name)
 
     metrics: dict[str, Any] = {
@@ -290,8 +335,12 @@ def train_teacher(cfg: ExperimentConfig, out_dir: PathLike, resume: bool = True,
         "files": {"config": CONFIG_FILE, "weights": TEACHER_WEIGHTS_FILE, "test_results": TEST_RESULTS_FILE,
                   "teacher_cache": cache_name, "checkpoint": "checkpoints/last.pt", "tensorboard": "tensorboard"},
     }
+    if ctx.is_distributed:
+        metrics["world_size"] = ctx.world_size
     write_json(out_dir / METRICS_FILE, metrics)
     _print_summary("teacher", metrics, out_dir, progress)
+    ctx.broadcast_object(metrics)
+    shutdown_distributed(ctx)
     return metrics
 
 
@@ -306,13 +355,18 @@ def load_run_config(run_dir: PathLike) -> ExperimentConfig:
     return ExperimentConfig.load(path)
 
 
+def _without_pretrained(model_cfg: Any) -> Any:
+    """The model config with ``pretrained_image_weights=None``: a saved model needs no ImageNet file to load."""
+    return dataclasses.replace(model_cfg, pretrained_image_weights=None)
+
+
 def load_teacher(teacher_dir: PathLike, device: torch.device | str = "cpu") -> tuple[nn.Module, ExperimentConfig]:
     """Build the teacher of a teacher folder from its ``config.json`` and load ``teacher.pt`` (strict)."""
     from distilvpr_lib.models import build_teacher
 
     teacher_dir = Path(teacher_dir)
     teacher_cfg = load_run_config(teacher_dir)
-    model = build_teacher(teacher_cfg.model)
+    model = build_teacher(_without_pretrained(teacher_cfg.model))
     model.load_state_dict(load_weights(teacher_dir / TEACHER_WEIGHTS_FILE))
     return model.to(device).eval(), teacher_cfg
 
@@ -329,17 +383,8 @@ def _cache_is_current(cache: TeacherCache, teacher_dir: Path, benchmark: "Benchm
     return None
 
 
-def get_teacher_cache(teacher_dir: PathLike, cfg: ExperimentConfig, benchmark: "Benchmark",
-                      device: torch.device, progress: bool = True, out_dir: PathLike | None = None) -> TeacherCache:
-    """The teacher cache the student run needs: read it, or (missing or stale) build it once and save it.
-
-    The file is ``teacher_cache.pt`` (clean, ``cfg.train.clean_teacher_cache``) or
-    ``teacher_cache_augmented_seed<seed>.pt`` in the teacher folder (in ``out_dir`` when the teacher
-    folder is read-only). Only building needs the teacher's forward pass and sparse backend.
-    """
-    teacher_dir = Path(teacher_dir)
-    name = cache_file_name(cfg.train.clean_teacher_cache, cfg.train.seed)
-    candidates = [teacher_dir / name] + ([Path(out_dir) / name] if out_dir is not None else [])
+def _read_current_cache(candidates: list[Path], teacher_dir: Path, benchmark: "Benchmark",
+                        progress: bool) -> TeacherCache | None:
     for path in candidates:
         if path.is_file():
             cache = TeacherCache.load(path)
@@ -347,6 +392,38 @@ def get_teacher_cache(teacher_dir: PathLike, cfg: ExperimentConfig, benchmark: "
             if reason is None:
                 return cache
             _say(f"teacher cache {path} is stale ({reason}); rebuilding", progress)
+    return None
+
+
+def get_teacher_cache(teacher_dir: PathLike, cfg: ExperimentConfig, benchmark: "Benchmark",
+                      device: torch.device, progress: bool = True, out_dir: PathLike | None = None,
+                      distributed: DistributedContext | None = None) -> TeacherCache:
+    """The teacher cache the student run needs: read it, or (missing or stale) build it once and save it.
+
+    The file is ``teacher_cache.pt`` (clean, ``cfg.train.clean_teacher_cache``) or
+    ``teacher_cache_augmented_seed<seed>.pt`` in the teacher folder (in ``out_dir`` when the teacher
+    folder is read-only). Only building needs the teacher's forward pass and sparse backend.
+
+    Distributed (``distributed`` with several ranks, every rank calls this): rank 0 reads the cache and
+    sends it to the others; when it must be built, every rank runs its shard (each needs the teacher
+    folder) and rank 0 saves it.
+    """
+    teacher_dir = Path(teacher_dir)
+    name = cache_file_name(cfg.train.clean_teacher_cache, cfg.train.seed)
+    candidates = [teacher_dir / name] + ([Path(out_dir) / name] if out_dir is not None else [])
+    ctx = distributed if distributed is not None and distributed.is_distributed else None
+    if ctx is None:
+        found = _read_current_cache(candidates, teacher_dir, benchmark, progress)
+        if found is not None:
+            return found
+    else:
+        payload = None
+        if ctx.is_main:
+            found = _read_current_cache(candidates, teacher_dir, benchmark, progress)
+            payload = None if found is None else (found.rel_paths, found.embeddings, found.metadata)
+        payload = ctx.broadcast_object(payload)
+        if payload is not None:
+            return TeacherCache(*payload)
     if not (teacher_dir / TEACHER_WEIGHTS_FILE).is_file():
         raise FileNotFoundError(f"{teacher_dir / TEACHER_WEIGHTS_FILE}: teacher weights not found and no teacher cache "
                                 f"{teacher_dir / name}; train the teacher first (distilvpr train-teacher)")
@@ -355,8 +432,11 @@ def get_teacher_cache(teacher_dir: PathLike, cfg: ExperimentConfig, benchmark: "
         teacher, benchmark, cfg.data, cfg.train.eval_batch_size, device,
         clean=cfg.train.clean_teacher_cache, seed=cfg.train.seed, progress=progress,
         metadata={"teacher_config_hash": model_config_hash(teacher_cfg.model),
-                  "teacher_weights_sha256": file_sha256(teacher_dir / TEACHER_WEIGHTS_FILE)})
+                  "teacher_weights_sha256": file_sha256(teacher_dir / TEACHER_WEIGHTS_FILE)},
+        distributed=ctx)
     del teacher
+    if ctx is not None and not ctx.is_main:
+        return cache
     try:
         cache.save(teacher_dir / name)
     except OSError:
@@ -395,14 +475,17 @@ def distill_student(cfg: ExperimentConfig, teacher_dir: PathLike | None, out_dir
     use_distiller = bool(distiller.weights)
     if use_distiller and teacher_dir is None:
         raise ValueError(f"distillation method {cfg.distill.method!r} needs a teacher folder")
-    out_dir, device = _start(cfg, out_dir, resume)
+    out_dir, ctx = _start(cfg, out_dir, resume)
+    device = ctx.device
+    progress = progress and ctx.is_main
     benchmark = load_benchmark(cfg)
     _check_benchmark(benchmark, cfg, need_images=True)
 
     cache = None
     if teacher_dir is not None and (use_distiller or (Path(teacher_dir) / cache_file_name(
             cfg.train.clean_teacher_cache, cfg.train.seed)).is_file()):
-        cache = get_teacher_cache(teacher_dir, cfg, benchmark, device, progress=progress, out_dir=out_dir)
+        cache = get_teacher_cache(teacher_dir, cfg, benchmark, device, progress=progress, out_dir=out_dir,
+                                  distributed=ctx)
         if use_distiller and cache.dim != cfg.model.student_dim:
             raise ValueError(
                 f"student_dim={cfg.model.student_dim} but the teacher embeddings in {cache.metadata.get('path')} have "
@@ -412,7 +495,7 @@ def distill_student(cfg: ExperimentConfig, teacher_dir: PathLike | None, out_dir
     optimizer = build_optimizer(student_parameter_groups(student, cfg.train), cfg.train)
     scheduler = build_scheduler(optimizer, cfg.train)
     # The student sees images only: skip the (unused) cloud augmentation work.
-    loader = _make_loader(benchmark, cfg, device, data_cfg=dataclasses.replace(cfg.data, augment_clouds=False))
+    loader = _make_loader(benchmark, cfg, ctx, data_cfg=dataclasses.replace(cfg.data, augment_clouds=False))
     objective = StudentObjective(cfg.train, cache, distiller.to(device) if use_distiller else None)
     validate = None
     if cfg.train.use_validation_split:
@@ -420,10 +503,16 @@ def distill_student(cfg: ExperimentConfig, teacher_dir: PathLike | None, out_dir
             return evaluate_split(m, benchmark, "validation", cfg, device)
     terms = ", ".join(f"{k}={v:g}" for k, v in distiller.weights.items()) or "none"
     _say(f"student ({cfg.distill.method}): distillation terms {terms}; {len(benchmark.training_tuples)} training "
-         f"sub-maps, {len(loader)} batches/epoch, {cfg.train.epochs} epochs on {device} -> {out_dir}", progress)
+         f"sub-maps, {len(loader)} batches/epoch, {cfg.train.epochs} epochs on {device}{_world(ctx)} -> {out_dir}",
+         progress)
     trainer = Trainer(student, objective, optimizer, scheduler, loader, cfg.train, out_dir, validate=validate,
-                      device=device, fingerprint=config_fingerprint(cfg), progress=progress)
+                      device=device, fingerprint=config_fingerprint(cfg), progress=progress,
+                      distributed=ctx if ctx.is_distributed else None)
     history = trainer.fit(resume=resume)
+    if not ctx.is_main:  # rank 0 selects, tests and writes
+        metrics_from_main = ctx.broadcast_object(None)
+        shutdown_distributed(ctx)
+        return metrics_from_main
 
     student.load_state_dict(load_weights(trainer.best_weights, map_location=device))
     save_weights(out_dir / STUDENT_WEIGHTS_FILE, student.state_dict())
@@ -451,8 +540,12 @@ def distill_student(cfg: ExperimentConfig, teacher_dir: PathLike | None, out_dir
         "files": {"config": CONFIG_FILE, "weights": STUDENT_WEIGHTS_FILE, "test_results": TEST_RESULTS_FILE,
                   "checkpoint": "checkpoints/last.pt", "tensorboard": "tensorboard"},
     }
+    if ctx.is_distributed:
+        metrics["world_size"] = ctx.world_size
     write_json(out_dir / METRICS_FILE, metrics)
     _print_summary(f"student ({cfg.distill.method})", metrics, out_dir, progress)
+    ctx.broadcast_object(metrics)
+    shutdown_distributed(ctx)
     return metrics
 
 
@@ -469,10 +562,11 @@ def load_model_from_dir(model_dir: PathLike, device: torch.device | str = "cpu")
 
     model_dir = Path(model_dir)
     cfg = load_run_config(model_dir)
+    model_cfg = _without_pretrained(cfg.model)  # the weights file holds every parameter
     if (model_dir / STUDENT_WEIGHTS_FILE).is_file():
-        kind, model, weights = "student", build_student(cfg.model), model_dir / STUDENT_WEIGHTS_FILE
+        kind, model, weights = "student", build_student(model_cfg), model_dir / STUDENT_WEIGHTS_FILE
     elif (model_dir / TEACHER_WEIGHTS_FILE).is_file():
-        kind, model, weights = "teacher", build_teacher(cfg.model), model_dir / TEACHER_WEIGHTS_FILE
+        kind, model, weights = "teacher", build_teacher(model_cfg), model_dir / TEACHER_WEIGHTS_FILE
     else:
         raise FileNotFoundError(f"{model_dir}: neither {STUDENT_WEIGHTS_FILE} nor {TEACHER_WEIGHTS_FILE} found")
     model.load_state_dict(load_weights(weights))

@@ -40,6 +40,7 @@ from distilvpr_lib.engine.seeding import preserved_rng_state, seed_everything
 if TYPE_CHECKING:  # pragma: no cover
     from distilvpr_lib.config import DataConfig, ModelConfig
     from distilvpr_lib.data.benchmark import Benchmark
+    from distilvpr_lib.engine.distributed import DistributedContext
 
 PathLike = str | os.PathLike
 
@@ -188,8 +189,15 @@ def build_teacher_cache(
     seed: int = 7,
     metadata: Mapping[str, Any] | None = None,
     progress: bool = True,
+    distributed: "DistributedContext | None" = None,
 ) -> TeacherCache:
     """Embed every training sub-map with the teacher, once.
+
+    Distributed (``distributed`` with more than one rank, every rank calls this): the clean cache is
+    a sharded forward pass — rank r embeds the r-th contiguous block of the sorted ids — gathered on
+    every rank in id order (the same rows as a single-process build, up to floating-point batching
+    effects). The augmented (reference) cache is one sequential random stream, so rank 0 builds it
+    alone (identical to a single-process build) and sends it to the others.
 
     Args:
         teacher: a model whose ``forward(batch)`` returns a dict with ``embedding`` (B, D).
@@ -201,9 +209,10 @@ def build_teacher_cache(
         seed: seed of the augmented view (``clean=False``); global generators are restored after.
         metadata: extra provenance stored in the cache (e.g. the teacher's hashes).
         progress: show a tqdm bar.
+        distributed: the run's ``DistributedContext`` (``None`` = single process).
 
     Returns:
-        A :class:`TeacherCache` with one entry per training tuple.
+        A :class:`TeacherCache` with one entry per training tuple (on every rank).
     """
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
@@ -214,9 +223,20 @@ def build_teacher_cache(
     tuples = benchmark.training_tuples
     if not tuples:
         raise ValueError(f"{benchmark.dataset_dir}: no training tuples, so no teacher cache can be built")
+    ctx = distributed
+    if ctx is not None and ctx.is_distributed and not clean:
+        cache = None
+        if ctx.is_main:
+            cache = build_teacher_cache(teacher, benchmark, data_cfg, batch_size, device, clean=clean, seed=seed,
+                                        metadata=metadata, progress=progress)
+        payload = ctx.broadcast_object(None if cache is None else (cache.rel_paths, cache.embeddings, cache.metadata))
+        return TeacherCache(*payload)
     device = torch.device(device)
     dataset = TrainingDataset(benchmark, data_cfg, augment=not clean)
     ids = sorted(tuples)
+    if ctx is not None and ctx.is_distributed:
+        ids = ids[ctx.rank * len(ids) // ctx.world_size:(ctx.rank + 1) * len(ids) // ctx.world_size]
+        progress = progress and ctx.is_main
     batches = [ids[i:i + batch_size] for i in range(0, len(ids), batch_size)]
     loader = DataLoader(dataset, batch_sampler=batches, collate_fn=make_collate_fn(None, data_cfg.quantization_size),
                         num_workers=data_cfg.num_workers, pin_memory=device.type == "cuda")
@@ -236,6 +256,10 @@ def build_teacher_cache(
                 rel_paths.extend(batch["rel_paths"])
     teacher.train(was_training)
     matrix = torch.cat(chunks) if chunks else torch.zeros(0, 0)
+    if ctx is not None and ctx.is_distributed:  # shards in rank order = id order
+        shards = [s for s in ctx.all_gather_objects((rel_paths, matrix)) if s[0]]
+        rel_paths = [rel for shard_paths, _ in shards for rel in shard_paths]
+        matrix = torch.cat([shard for _, shard in shards]) if shards else torch.zeros(0, 0)
     meta: dict[str, Any] = {
         "dataset_dir": str(Path(benchmark.dataset_dir).resolve()),
         "count": len(rel_paths),

@@ -52,7 +52,15 @@ from distilvpr_lib.engine.checkpoint import (
     save_checkpoint,
     save_weights,
 )
-from distilvpr_lib.engine.seeding import capture_rng_state, preserved_rng_state, restore_rng_state
+from distilvpr_lib.engine.distributed import (
+    DistributedContext,
+    assemble_global_batch,
+    convert_batchnorm,
+    gather_outputs,
+    rank_epoch_seed,
+    single_process_context,
+)
+from distilvpr_lib.engine.seeding import capture_rng_state, preserved_rng_state, restore_rng_state, seed_everything
 from distilvpr_lib.engine.teacher_cache import TeacherCache, move_to_device
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -83,6 +91,26 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"train.device={name!r} but CUDA is not available; use 'cpu' or 'auto'")
     return device
+
+
+#: ``TrainConfig.amp_dtype`` values.
+AMP_DTYPES: dict[str, torch.dtype | None] = {"float16": torch.float16, "bfloat16": torch.bfloat16, "auto": None}
+
+
+def resolve_amp_dtype(name: str, device: torch.device | str) -> torch.dtype:
+    """Autocast dtype for ``TrainConfig.amp_dtype``: ``"auto"`` = bfloat16 where the CUDA device supports it.
+
+    Raises:
+        KeyError: unknown name (lists the known ones).
+    """
+    if name not in AMP_DTYPES:
+        raise KeyError(f"unknown train.amp_dtype {name!r}; known: {sorted(AMP_DTYPES)}")
+    dtype = AMP_DTYPES[name]
+    if dtype is None:
+        device = torch.device(device)
+        supported = device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        dtype = torch.bfloat16 if supported else torch.float16
+    return dtype
 
 
 # ---------------------------------------------------------------------------
@@ -312,15 +340,24 @@ def _finite_or_none(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
+#: Execution settings left out of :func:`config_fingerprint` (they do not define the experiment).
+RUNTIME_FIELDS: tuple[str, ...] = (
+    "train.amp_dtype", "train.channels_last", "train.sync_batchnorm", "train.distributed_backend",
+    "train.distributed_timeout_s", "data.persistent_workers",
+)
+
+
 def config_fingerprint(cfg: "ExperimentConfig", ignore: Iterable[str] = ()) -> str:
     """Hash of the resolved config minus fields that may change between a run and its resume.
 
     Ignored always: ``train.epochs``, ``train.device``, ``train.eval_batch_size``,
-    ``train.eval_every``, ``data.num_workers``, ``data.dataset_dir``, ``data.image_dir``, ``synth.*``, ``profile``.
+    ``train.eval_every``, ``data.num_workers``, ``data.dataset_dir``, ``data.image_dir``, ``synth.*``, ``profile``,
+    and the execution settings in :data:`RUNTIME_FIELDS` (AMP dtype, channels-last, distributed options,
+    persistent workers: a run may resume on other hardware or another number of processes).
     """
     data = cfg.to_dict()
     skip = {"train.epochs", "train.device", "train.eval_batch_size", "train.eval_every", "data.num_workers",
-            "data.dataset_dir", "data.image_dir", *ignore}
+            "data.dataset_dir", "data.image_dir", *RUNTIME_FIELDS, *ignore}
     data.pop("synth", None)
     data.pop("profile", None)
     for dotted in skip:
@@ -347,6 +384,15 @@ class Trainer:
         fingerprint: config hash stored in the checkpoint; resuming with another one is refused.
         progress: tqdm bars and per-epoch lines.
         tensorboard: write TensorBoard scalars.
+        distributed: the :class:`~distilvpr_lib.engine.distributed.DistributedContext` of a torchrun run
+            (``None`` = single process). Then the model is DDP-wrapped (batch norm over the global batch
+            with ``train_cfg.sync_batchnorm``), the loader's batch sampler must be a
+            ``DistributedPositivePairBatchSampler``, the loss is computed on the gathered global batch,
+            and only rank 0 logs, validates and writes (see :mod:`distilvpr_lib.engine.distributed`).
+
+    Mixed precision (``train_cfg.mixed_precision``, CUDA only) autocasts the forward pass to
+    ``train_cfg.amp_dtype`` (float16 with a GradScaler, or bfloat16); on CUDA the model and images use
+    the channels-last memory format when ``train_cfg.channels_last``.
     """
 
     def __init__(
@@ -363,6 +409,7 @@ class Trainer:
         fingerprint: str | None = None,
         progress: bool = True,
         tensorboard: bool = True,
+        distributed: DistributedContext | None = None,
     ) -> None:
         self.model = model
         self.objective = objective
@@ -374,10 +421,17 @@ class Trainer:
         self.validate = validate
         self.device = torch.device(device)
         self.fingerprint = fingerprint
-        self.progress = progress
-        self.tensorboard = tensorboard
+        self.ctx = distributed if distributed is not None else single_process_context(self.device)
+        self.progress = progress and self.ctx.is_main
+        self.tensorboard = tensorboard and self.ctx.is_main
         self.use_amp = bool(train_cfg.mixed_precision) and self.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.amp_dtype = resolve_amp_dtype(getattr(train_cfg, "amp_dtype", "float16"), self.device)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
+        self.channels_last = bool(getattr(train_cfg, "channels_last", False)) and self.device.type == "cuda"
+        self.sync_batchnorm = bool(getattr(train_cfg, "sync_batchnorm", True))
+        #: The module that trains: ``model`` itself, or its DDP wrapper in distributed runs (set by fit).
+        self.train_model: nn.Module = model
+        self._tuples: Any = None
         self.checkpoint_dir = self.out_dir / "checkpoints"
         self.last_checkpoint = self.checkpoint_dir / LAST_CHECKPOINT_NAME
         self.best_weights = self.checkpoint_dir / BEST_WEIGHTS_NAME
@@ -390,6 +444,8 @@ class Trainer:
         return [g.get("name", f"group{i}") for i, g in enumerate(self.optimizer.param_groups)]
 
     def _say(self, message: str) -> None:
+        if not self.ctx.is_main:
+            return
         log.info(message)
         if self.progress:
             from tqdm.auto import tqdm
@@ -433,8 +489,18 @@ class Trainer:
             "fingerprint": self.fingerprint,
         }
 
-    def _resume(self) -> int:
-        state = load_checkpoint(self.last_checkpoint, map_location="cpu")
+    def _resume_state(self) -> dict[str, Any] | None:
+        """The checkpoint to resume from, or ``None``; read by rank 0 and broadcast to the others."""
+        if not self.ctx.is_distributed:
+            return load_checkpoint(self.last_checkpoint, map_location="cpu") if self.last_checkpoint.is_file() else None
+        state = None
+        if self.ctx.is_main and self.last_checkpoint.is_file():
+            state = load_checkpoint(self.last_checkpoint, map_location="cpu")
+        return self.ctx.broadcast_object(state)
+
+    def _resume(self, state: dict[str, Any] | None = None) -> int:
+        if state is None:
+            state = load_checkpoint(self.last_checkpoint, map_location="cpu")
         if self.fingerprint is not None and state.get("fingerprint") not in (None, self.fingerprint):
             raise ValueError(
                 f"{self.last_checkpoint}: checkpoint was written with another configuration "
@@ -466,7 +532,9 @@ class Trainer:
         sampler = self._sampler()
         if sampler is not None and hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
-        self.model.train()  # every epoch: evaluation leaves the model in eval mode (METHOD.md §10.2)
+        if self.ctx.is_distributed:  # every rank its own augmentations; exact resume at a given world size
+            seed_everything(rank_epoch_seed(self.train_cfg.seed, epoch, self.ctx.rank))
+        self.train_model.train()  # every epoch: evaluation leaves the model in eval mode (METHOD.md §10.2)
         lrs = {name: float(g["lr"]) for name, g in zip(self.group_names, self.optimizer.param_groups)}
         sums: dict[str, float] = {}
         stat_sums: dict[str, float] = {}
@@ -480,19 +548,12 @@ class Trainer:
         bar = tqdm(self.train_loader, total=total, desc=f"epoch {epoch}/{self.train_cfg.epochs}",
                    disable=not self.progress, leave=False, dynamic_ncols=True)
         for batch in bar:
+            if self.ctx.is_distributed:
+                batch = assemble_global_batch(self.ctx, batch, self._tuples)
             if _skip_batch(batch):
                 n_skipped += 1
                 continue
-            batch = move_to_device(batch, self.device)
-            with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.use_amp):
-                outputs = self.model(batch)
-            result = self.objective(outputs, batch)
-            if not torch.isfinite(result.total):
-                raise FloatingPointError(
-                    f"epoch {epoch}: non-finite loss {float(result.total)} "
-                    f"(terms: { {k: float(v) for k, v in result.terms.items()} })")
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(result.total).backward()
+            result = self.forward_backward(batch, epoch)
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.history.global_step += 1
@@ -527,6 +588,78 @@ class Trainer:
         }
         return record
 
+    def forward_backward(self, batch: Mapping[str, Any], epoch: int = 0) -> LossOutput:
+        """Forward, loss and backward of one batch (gradients left in the parameters, no optimiser step).
+
+        Single process: ``batch`` is a collated batch. Distributed: it is this rank's slice completed by
+        :func:`~distilvpr_lib.engine.distributed.assemble_global_batch`; the model embeds the slice,
+        the embeddings are gathered (with gradient) into the global batch, every rank computes the
+        global loss, and ``world_size · loss`` is back-propagated so that DDP's gradient *average*
+        equals the single-process gradient.
+
+        Returns:
+            The objective's :class:`LossOutput` on the (global) batch.
+
+        Raises:
+            FloatingPointError: non-finite loss.
+        """
+        batch = move_to_device(batch, self.device)
+        if self.channels_last and torch.is_tensor(batch.get("images")):
+            batch["images"] = batch["images"].contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device_type=self.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
+            outputs = self.train_model(batch)
+        if self.ctx.is_distributed:
+            outputs = gather_outputs(self.ctx, outputs, batch["local_sizes"])
+        result = self.objective(outputs, batch)
+        if not torch.isfinite(result.total):
+            raise FloatingPointError(
+                f"epoch {epoch}: non-finite loss {float(result.total)} "
+                f"(terms: { {k: float(v) for k, v in result.terms.items()} })")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = result.total * self.ctx.world_size if self.ctx.is_distributed else result.total
+        self.scaler.scale(loss).backward()
+        return result
+
+    def prepare(self) -> None:
+        """Move the model to the device and, as configured, to channels-last, global batch norm and DDP.
+
+        Called by :meth:`fit` (idempotent). In distributed runs the batch norms become
+        :class:`~distilvpr_lib.engine.distributed.DistributedBatchNorm` (same parameters, same state-dict
+        keys) and :attr:`train_model` the ``DistributedDataParallel`` wrapper; :attr:`model` stays the
+        plain module (what is validated and saved).
+        """
+        if self.train_model is not self.model:
+            return
+        self.model.to(self.device)
+        if self.ctx.is_distributed:
+            sampler = self._sampler()
+            self._tuples = getattr(sampler, "tuples", None)
+            if self._tuples is None or getattr(sampler, "world_size", None) != self.ctx.world_size:
+                raise ValueError(
+                    "distributed training needs the loader's batch_sampler to be a "
+                    "data.sampler.DistributedPositivePairBatchSampler for this world size "
+                    f"({self.ctx.world_size}), got {type(sampler).__name__}")
+            if self.sync_batchnorm:
+                convert_batchnorm(self.model)
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+
+    def _wrap(self) -> None:
+        if not self.ctx.is_distributed or self.train_model is not self.model:
+            return
+        from torch.nn.parallel import DistributedDataParallel
+
+        import inspect
+
+        # Buffers (batch-norm running statistics) are synchronised at construction; with the global
+        # batch norm they then stay identical on every rank, so the per-forward broadcast is skipped.
+        sync_name = ("forward_sync_buffers" if "forward_sync_buffers" in inspect.signature(
+            DistributedDataParallel.__init__).parameters else "broadcast_buffers")
+        kwargs: dict[str, Any] = {sync_name: not self.sync_batchnorm}
+        if self.device.type == "cuda":
+            kwargs["device_ids"] = [self.device.index if self.device.index is not None else 0]
+        self.train_model = DistributedDataParallel(self.model, **kwargs)
+
     def _should_validate(self, epoch: int) -> bool:
         every = max(1, int(self.train_cfg.eval_every))
         return self.validate is not None and (epoch % every == 0 or epoch == self.train_cfg.epochs)
@@ -538,11 +671,13 @@ class Trainer:
             The :class:`TrainingHistory` (also kept in the checkpoint). After it returns the model
             holds the weights of the **last** epoch; the selected ones are in ``history.best_weights``.
         """
-        self.model.to(self.device)
+        self.prepare()
         start = 0
-        if resume and self.last_checkpoint.is_file():
-            start = self._resume()
+        state = self._resume_state() if resume else None
+        if state is not None:
+            start = self._resume(state)
             self._say(f"resumed from {self.last_checkpoint} after epoch {start}")
+        self._wrap()
         self._open_writer(purge_step=self.history.global_step + 1 if start else None)
         try:
             for epoch in range(start + 1, self.train_cfg.epochs + 1):
@@ -556,6 +691,10 @@ class Trainer:
                 for name, lr in record["lr"].items():
                     self._scalar(f"lr/{name}", lr, step)
                 self._scalar("epoch", epoch, step)
+                if not self.ctx.is_main:  # rank 0 validates and writes; the others wait for it
+                    self.history.epochs.append(record)
+                    self.ctx.barrier()
+                    continue
                 if self._should_validate(epoch):
                     assert self.validate is not None
                     started = time.time()
@@ -584,10 +723,13 @@ class Trainer:
                 self._say(_epoch_line(record, self.history))
                 if self._writer is not None:
                     self._writer.flush()
+                self.ctx.barrier()
         finally:
             if self._writer is not None:
                 self._writer.close()
                 self._writer = None
+        if self.ctx.is_distributed:  # every rank returns rank 0's history (validation, best epoch)
+            self.history = self.ctx.broadcast_object(self.history)
         if self.history.best_weights is None and self.best_weights.is_file():
             self.history.best_weights = self.best_weights
         return self.history
@@ -669,6 +811,7 @@ __all__ = [
     "build_optimizer",
     "build_scheduler",
     "config_fingerprint",
+    "resolve_amp_dtype",
     "resolve_device",
     "retrieval_summary",
     "student_parameter_groups",
