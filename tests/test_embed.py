@@ -111,7 +111,6 @@ def test_compute_embeddings_eval_mode_no_grad_in_order() -> None:
 
 
 def test_compute_embeddings_with_the_project_collate() -> None:
-    pytest.importorskip("distilvpr_lib.data.collate")
     paths = [rel_path(0, p) for p in range(5)]
     emb = compute_embeddings(MeanCloudModel(), StubDataset(None, paths), batch_size=2, quantization_size=0.01)
     np.testing.assert_allclose(emb, np.stack([cloud_of(p).numpy().mean(0) for p in paths]), rtol=1e-4, atol=1e-5)
@@ -197,9 +196,8 @@ def test_evaluate_model_detects_a_bad_model() -> None:
 
 
 def test_evaluate_model_on_the_toy_oxford_benchmark(tmp_path) -> None:
-    """End to end with the real Benchmark, EvaluationDataset and collate (skips if not importable)."""
-    toy = pytest.importorskip("distilvpr_lib.data.toy")
-    benchmark_module = pytest.importorskip("distilvpr_lib.data.benchmark")
+    """End to end with the real Benchmark, EvaluationDataset and collate."""
+    from distilvpr_lib.data import benchmark as benchmark_module, toy
     from distilvpr_lib.config import DataConfig
 
     root = toy.write_toy_oxford_dataset(tmp_path / "toy", n_runs=3, route_length_m=200.0, with_images=False)
