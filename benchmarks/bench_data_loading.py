@@ -29,6 +29,9 @@ def main() -> None:
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--quantization-size", type=float, default=None, help="default: DataConfig's (0.01)")
+    parser.add_argument("--train-step-profile", default=None,
+                        help="also time teacher training steps (this profile's model) on the same batches and print "
+                             "the ratio loading throughput / training consumption (goal >= 3 at the cpu profile)")
     args = parser.parse_args()
 
     import torch
@@ -72,8 +75,11 @@ def main() -> None:
     torch.manual_seed(0)
     dataset[0]  # warm up imports and caches
     n_items = n_batches = n_voxels = 0
+    kept_batches = []
     started = time.perf_counter()
     for batch in loader:
+        if len(kept_batches) < 3:
+            kept_batches.append(batch)
         n_items += len(batch["labels"])
         n_voxels += len(batch["coords"])
         n_batches += 1
@@ -107,8 +113,41 @@ def main() -> None:
     print(f"per stage over {n} submaps (ms/submap): cloud read {1e3 * (t1 - t0) / n:.2f}, "
           f"cloud augmentation {1e3 * (t2 - t1) / n:.2f}, image read {1e3 * (t3 - t2) / n:.2f}, "
           f"image transform {1e3 * (t4 - t3) / n:.2f}, collate (quantise + masks) {1e3 * (t5 - t4) / n:.2f}")
+    if args.train_step_profile:
+        load_rate = n_items / elapsed
+        train_rate = time_teacher_steps(kept_batches, args.train_step_profile)
+        print(f"teacher training step ({args.train_step_profile} profile model): consumes {train_rate:.1f} submaps/s; "
+              f"loading sustains {load_rate:.1f} submaps/s -> ratio {load_rate / train_rate:.1f}x (goal >= 3x)")
     if tmp is not None:
         tmp.cleanup()
+
+
+def time_teacher_steps(batches: list, profile: str) -> float:
+    """Submaps/s consumed by teacher training steps (forward + triplet loss + backward + Adam) on ``batches``."""
+    import torch
+
+    from distilvpr_lib.config import profile_config
+    from distilvpr_lib.engine.trainer import TeacherObjective, build_optimizer, teacher_parameter_groups
+    from distilvpr_lib.models import build_teacher
+
+    cfg = profile_config(profile)
+    torch.manual_seed(0)
+    model = build_teacher(cfg.model).train()
+    objective = TeacherObjective(cfg.train)
+    optimizer = build_optimizer(teacher_parameter_groups(model, cfg.train), cfg.train)
+
+    def step(batch: dict) -> None:
+        optimizer.zero_grad()
+        objective(model(batch), batch).total.backward()
+        optimizer.step()
+
+    step(batches[0])  # warm-up (kernel maps, allocator)
+    started = time.perf_counter()
+    n = 0
+    for batch in batches:
+        step(batch)
+        n += len(batch["labels"])
+    return n / (time.perf_counter() - started)
 
 
 if __name__ == "__main__":
