@@ -7,6 +7,7 @@ can on its own, and leaves JSON/tensor files in the test's folder for the parent
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -28,8 +29,11 @@ def synthetic_tuples(n_places: int = 12, per_place: int = 3) -> dict[int, Simple
     return tuples
 
 
-def gradient_worker(out_dir: str, world_size: int) -> None:
+def gradient_worker(out_dir: str, world_size: int, device: str = "cpu", backend: str = "gloo") -> None:
     """One DDP step of the smoke student (DistilVPR objective) and teacher vs the single-process step.
+
+    ``device="cuda"`` runs the same check on GPUs (benchmarks/gpu_check.py; several ranks may share one GPU
+    with the gloo backend).
 
     Checks on every rank: the global loss equals the single-process loss; the DDP-averaged parameter
     gradients equal the single-process gradients (so the world_size scaling is right); the batch-norm
@@ -54,8 +58,9 @@ def gradient_worker(out_dir: str, world_size: int) -> None:
     from distilvpr_lib.models import build_student, build_teacher
     from distilvpr_lib.data.sampler import DistributedPositivePairBatchSampler
 
-    ctx = init_distributed("cpu")
-    assert ctx.is_distributed and ctx.world_size == world_size and ctx.backend == "gloo"
+    ctx = init_distributed(device, backend=backend)
+    assert ctx.is_distributed and ctx.world_size == world_size and ctx.backend == backend
+    device = ctx.device
     cfg = profile_config("smoke")
     tuples = synthetic_tuples()
     global_batch = PositivePairBatchSampler(tuples, 16, seed=3).batches(1)[0]
@@ -66,13 +71,14 @@ def gradient_worker(out_dir: str, world_size: int) -> None:
                          torch.randn(len(tuples), cfg.model.student_dim, generator=generator) * 2.0)
     clouds = [torch.unique(torch.randint(0, 12, (400, 3), generator=generator), dim=0) for _ in tuples]
 
-    def batch_of(ids: list[int]) -> dict:
+    def batch_of(ids: list[int], on_device: bool = False) -> dict:
         coords = torch.cat([torch.cat([torch.full((len(clouds[i]), 1), b), clouds[i]], 1)
                             for b, i in enumerate(ids)]).int()
         positives, negatives = make_masks(np.array(ids), tuples)
-        return {"images": images[ids], "coords": coords, "labels": torch.tensor(ids),
-                "rel_paths": [tuples[i].rel_scan_filepath for i in ids],
-                "positives_mask": positives, "negatives_mask": negatives, "skip": False}
+        batch = {"images": images[ids], "coords": coords, "labels": torch.tensor(ids),
+                 "rel_paths": [tuples[i].rel_scan_filepath for i in ids],
+                 "positives_mask": positives, "negatives_mask": negatives, "skip": False}
+        return {k: v.to(device) if on_device and torch.is_tensor(v) else v for k, v in batch.items()}
 
     sampler = DistributedPositivePairBatchSampler(tuples, 16, seed=3, rank=ctx.rank, world_size=world_size)
     loader = SimpleNamespace(batch_sampler=sampler)
@@ -82,26 +88,28 @@ def gradient_worker(out_dir: str, world_size: int) -> None:
         if kind == "student":
             model = build_student(cfg.model)
             reference = copy.deepcopy(model)
-            objective = StudentObjective(cfg.train, cache, Distiller(cfg.distill))
+            objective = StudentObjective(cfg.train, cache, Distiller(cfg.distill).to(device))
             groups = student_parameter_groups
         else:
             model = build_teacher(cfg.model)
             reference = copy.deepcopy(model)
             objective = TeacherObjective(cfg.train)
             groups = teacher_parameter_groups
+        reference.to(device)
         keys_before = list(model.state_dict())
         optimizer = build_optimizer(groups(model, cfg.train), cfg.train)
-        trainer = Trainer(model, objective, optimizer, build_scheduler(optimizer, cfg.train), loader, cfg.train,
-                          Path(out_dir) / kind, device="cpu", progress=False, tensorboard=False, distributed=ctx)
+        train_cfg = dataclasses.replace(cfg.train, mixed_precision=False)
+        trainer = Trainer(model, objective, optimizer, build_scheduler(optimizer, cfg.train), loader, train_cfg,
+                          Path(out_dir) / kind, device=device, progress=False, tensorboard=False, distributed=ctx)
         trainer.prepare()
         trainer._wrap()
         trainer.train_model.train()
         result = trainer.forward_backward(assemble_global_batch(ctx, batch_of(local_ids), tuples))
         # the single-process step on the whole global batch
         reference.train()
-        ref_result = objective(reference(batch_of(global_batch)), batch_of(global_batch))
+        ref_result = objective(reference(batch_of(global_batch, True)), batch_of(global_batch, True))
         ref_result.total.backward()
-        rel = abs(float(result.total) - float(ref_result.total)) / abs(float(ref_result.total.detach()))
+        rel = abs(float(result.total.detach()) - float(ref_result.total.detach())) / abs(float(ref_result.total.detach()))
         worst = 0.0
         for (name, p), q in zip(model.named_parameters(), reference.parameters()):
             assert p.grad is not None, f"{kind}: no gradient for {name}"
@@ -115,9 +123,9 @@ def gradient_worker(out_dir: str, world_size: int) -> None:
             with torch.no_grad():
                 from distilvpr_lib.engine.distributed import gather_outputs, gather_sizes
 
-                local = plain(batch_of(local_ids))
+                local = plain(batch_of(local_ids, True))
                 gathered = gather_outputs(ctx, local, gather_sizes(ctx, len(local_ids)))
-                unsynced = float(objective(gathered, batch_of(global_batch)).total)
+                unsynced = float(objective(gathered, batch_of(global_batch, True)).total)
         report[kind] = {"unsynced_loss": unsynced, "loss": float(result.total), "reference_loss": float(ref_result.total), "loss_rel": rel,
                         "grad_rel": worst, "buffer_max_abs": max(buffers.values()),
                         "keys_unchanged": list(model.state_dict()) == keys_before,

@@ -240,6 +240,33 @@ def test_loader_settings(toy_dataset):
     assert isinstance(sampler, DistributedPositivePairBatchSampler) and (sampler.rank, sampler.world_size) == (1, 2)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cloud_branch_stays_float32_under_autocast(dtype):
+    """The sparse backend cannot run under autocast; mixed precision keeps the cloud branch in float32."""
+    from distilvpr_lib.data.collate import batch_coordinates, quantize
+    from distilvpr_lib.engine.trainer import keep_float32_under_autocast
+    from distilvpr_lib.models import build_student, build_teacher
+
+    generator = torch.Generator().manual_seed(0)
+    clouds = [torch.rand(600, 3, generator=generator) * 2 - 1 for _ in range(4)]
+    batch = {"coords": batch_coordinates([quantize(c, 0.05) for c in clouds]),
+             "images": torch.randn(4, 3, 32, 48, generator=generator)}
+    torch.manual_seed(0)
+    teacher = build_teacher(profile_config("smoke").model)
+    reference = teacher(batch)
+    keys = list(teacher.state_dict())
+    assert keep_float32_under_autocast(teacher) == ["cloud_fe"] == keep_float32_under_autocast(teacher)
+    assert keep_float32_under_autocast(build_student(profile_config("smoke").model)) == []
+    assert list(teacher.state_dict()) == keys
+    with torch.autocast("cpu", dtype=dtype):
+        out = teacher(batch)
+    assert torch.equal(out["cloud_embedding"], reference["cloud_embedding"])  # float32, untouched
+    assert not torch.equal(out["image_embedding"], reference["image_embedding"])  # autocast did act
+    out["embedding"].float().square().sum().backward()
+    assert teacher.cloud_fe.backbone.conv0.kernel.grad is not None
+    assert torch.equal(copy.deepcopy(teacher)(batch)["embedding"], teacher(batch)["embedding"])
+
+
 def test_saved_model_loads_without_its_pretrained_file(tmp_path):
     from distilvpr_lib.engine.checkpoint import save_weights
     from distilvpr_lib.engine.runs import load_model_from_dir, write_json

@@ -31,6 +31,7 @@ resumed therefore reaches bit-identical weights to an uninterrupted one in deter
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -111,6 +112,42 @@ def resolve_amp_dtype(name: str, device: torch.device | str) -> torch.dtype:
         supported = device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
         dtype = torch.bfloat16 if supported else torch.float16
     return dtype
+
+
+class _Float32Forward:
+    """A module's bound ``forward`` run with autocast disabled (installed as an instance attribute)."""
+
+    def __init__(self, forward: Callable[..., Any]) -> None:
+        self.forward = forward
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        with contextlib.ExitStack() as stack:
+            for device_type in ("cuda", "cpu"):
+                if torch.is_autocast_enabled(device_type):
+                    stack.enter_context(torch.autocast(device_type=device_type, enabled=False))
+            return self.forward(*args, **kwargs)
+
+
+def keep_float32_under_autocast(model: nn.Module) -> list[str]:
+    """Make the sparse cloud branches of ``model`` run in float32 inside autocast regions (in place).
+
+    The sparse-convolution backends do not support autocast (the torch backend's scatter-add mixes the
+    dtypes autocast gives its matrix products); the cloud branch is small next to the image branch, so
+    mixed precision keeps it in float32 and autocasts the rest. Idempotent; parameters and state-dict
+    keys are untouched.
+
+    Returns:
+        The names of the wrapped submodules (``["cloud_fe"]`` for the teacher, ``[]`` for the student).
+    """
+    from distilvpr_lib.models.sparse import CloudBranch
+
+    wrapped = []
+    for name, module in model.named_modules():
+        if isinstance(module, CloudBranch):
+            if not isinstance(module.__dict__.get("forward"), _Float32Forward):
+                module.forward = _Float32Forward(module.forward)  # type: ignore[method-assign]
+            wrapped.append(name)
+    return wrapped
 
 
 # ---------------------------------------------------------------------------
@@ -391,8 +428,9 @@ class Trainer:
             and only rank 0 logs, validates and writes (see :mod:`distilvpr_lib.engine.distributed`).
 
     Mixed precision (``train_cfg.mixed_precision``, CUDA only) autocasts the forward pass to
-    ``train_cfg.amp_dtype`` (float16 with a GradScaler, or bfloat16); on CUDA the model and images use
-    the channels-last memory format when ``train_cfg.channels_last``.
+    ``train_cfg.amp_dtype`` (float16 with a GradScaler, or bfloat16) except the sparse cloud branch, which
+    stays float32 (:func:`keep_float32_under_autocast`); on CUDA the model and images use the
+    channels-last memory format when ``train_cfg.channels_last``.
     """
 
     def __init__(
@@ -643,6 +681,8 @@ class Trainer:
                 convert_batchnorm(self.model)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
+        if self.use_amp:
+            keep_float32_under_autocast(self.model)
 
     def _wrap(self) -> None:
         if not self.ctx.is_distributed or self.train_model is not self.model:
@@ -811,6 +851,7 @@ __all__ = [
     "build_optimizer",
     "build_scheduler",
     "config_fingerprint",
+    "keep_float32_under_autocast",
     "resolve_amp_dtype",
     "resolve_device",
     "retrieval_summary",
