@@ -8,7 +8,8 @@ Validation, test evaluation and checkpoint time are not counted: samples/s = sam
 epoch / the epoch's training seconds, the median over the epochs after the first (warm-up).
 
 Configurations: ``PxT`` = P processes with T torch threads each (``1x1``, ``1x2``, ``2x1`` by default,
-so that ``1x2`` and ``2x1`` use the same 2 cores).
+so that ``1x2`` and ``2x1`` use the same 2 cores). Also printed: the CPU time (all processes, whole
+run) per sample trained — the work DDP adds, which on a busy machine says more than the wall clock.
 
 Usage::
 
@@ -43,7 +44,8 @@ from distilvpr_lib.config import apply_overrides, profile_config  # noqa: E402
 from distilvpr_lib.engine.distributed import spawn_local  # noqa: E402
 
 
-def _worker(kind: str, profile: str, dataset: str, epochs: int, threads: int, result_path: str) -> None:
+def _worker(kind: str, profile: str, dataset: str, epochs: int, threads: int, result_path: str,
+            overrides: dict[str, str]) -> None:
     """One rank of a configuration: train ``epochs`` epochs, rank 0 writes the per-epoch records."""
     torch.set_num_threads(threads)
     from distilvpr_lib.data.benchmark import Benchmark
@@ -64,7 +66,8 @@ def _worker(kind: str, profile: str, dataset: str, epochs: int, threads: int, re
     from distilvpr_lib.models import build_student, build_teacher
 
     cfg = apply_overrides(profile_config(profile), {"data.dataset_dir": dataset, "train.device": "cpu",
-                                                     "train.epochs": epochs, "train.use_validation_split": False})
+                                                     "train.epochs": epochs, "train.use_validation_split": False,
+                                                     **overrides})
     ctx = init_distributed("cpu")
     seed_everything(cfg.train.seed)
     benchmark = Benchmark.load(dataset)
@@ -87,7 +90,9 @@ def _worker(kind: str, profile: str, dataset: str, epochs: int, threads: int, re
         trainer = Trainer(model, objective, optimizer, build_scheduler(optimizer, cfg.train), loader, cfg.train, out,
                           device="cpu", progress=False, tensorboard=False,
                           distributed=ctx if ctx.is_distributed else None)
+        cpu_started = time.process_time()
         history = trainer.fit(resume=False)
+        cpu_seconds = ctx.all_gather_objects(time.process_time() - cpu_started)
         sampler = loader.batch_sampler
         samples = []
         for epoch in range(1, epochs + 1):
@@ -97,6 +102,7 @@ def _worker(kind: str, profile: str, dataset: str, epochs: int, threads: int, re
         records = [{"epoch": e["epoch"], "seconds": e["seconds"], "batches": e["batches"], "samples": n,
                     "loss": e["losses"]["total"]} for e, n in zip(history.epochs, samples)]
         Path(result_path).write_text(json.dumps({"records": records, "world_size": ctx.world_size,
+                                                 "cpu_seconds": cpu_seconds,
                                                  "batch_size": cfg.train.batch_size}))
     shutdown_distributed(ctx)
 
@@ -115,11 +121,12 @@ def ensure_dataset(profile: str, route_m: float, runs: int, root: Path) -> Path:
     return out
 
 
-def run_config(kind: str, profile: str, dataset: Path, epochs: int, processes: int, threads: int) -> dict:
+def run_config(kind: str, profile: str, dataset: Path, epochs: int, processes: int, threads: int,
+               overrides: dict[str, str]) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         result = Path(tmp) / "result.json"
         started = time.time()
-        spawn_local(_worker, processes, kind, profile, str(dataset), epochs, threads, str(result))
+        spawn_local(_worker, processes, kind, profile, str(dataset), epochs, threads, str(result), overrides)
         wall = time.time() - started
         data = json.loads(result.read_text())
     records = data["records"]
@@ -130,6 +137,7 @@ def run_config(kind: str, profile: str, dataset: Path, epochs: int, processes: i
             "batches_per_epoch": records[-1]["batches"], "samples_per_epoch": samples,
             "epoch_seconds": round(seconds, 2), "samples_per_s": round(samples / seconds, 2),
             "epoch_seconds_all": [r["seconds"] for r in records], "first_loss": records[0]["loss"],
+            "cpu_ms_per_sample": round(1e3 * sum(data["cpu_seconds"]) / sum(r["samples"] for r in records), 1),
             "wall_s": round(wall, 1)}
 
 
@@ -142,30 +150,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=3, help="epochs per configuration (the first is warm-up)")
     parser.add_argument("--route-m", type=float, default=1500.0, help="route of the generated dataset (m)")
     parser.add_argument("--runs", type=int, default=3, help="runs of the generated dataset")
+    parser.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="config overrides, e.g. train.sync_batchnorm=false train.batch_size=32")
     parser.add_argument("--out", default=None, help="JSON results (default benchmarks/results/...)")
     args = parser.parse_args(argv)
+    overrides = dict(item.split("=", 1) for item in args.overrides)
 
     results_dir = REPO / "benchmarks" / "results"
     dataset = Path(args.dataset) if args.dataset else ensure_dataset(args.profile, args.route_m, args.runs, results_dir)
     from distilvpr_lib.data.benchmark import Benchmark
 
     n_train = len(Benchmark.load(dataset).training_tuples)
-    print(f"profile {args.profile}, dataset {dataset} ({n_train} training sub-maps), {args.epochs} epochs per "
+    print(f"profile {args.profile} {' '.join(args.overrides)}, dataset {dataset} ({n_train} training sub-maps), {args.epochs} epochs per "
           f"configuration, torch {torch.__version__}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}")
     rows = []
     for kind in args.kinds:
         baseline = None
         for config in args.configs:
             processes, threads = (int(x) for x in config.lower().split("x"))
-            row = run_config(kind, args.profile, dataset, args.epochs, processes, threads)
+            row = run_config(kind, args.profile, dataset, args.epochs, processes, threads, overrides)
             baseline = baseline or row["samples_per_s"]
             row["speedup_vs_first"] = round(row["samples_per_s"] / baseline, 2)
             rows.append(row)
             print(f"{kind:8s} {processes}x{threads}  batch {row['batch_size']}  {row['batches_per_epoch']} batches/epoch  "
                   f"epoch {row['epoch_seconds']:.2f} s  {row['samples_per_s']:.1f} samples/s  "
-                  f"x{row['speedup_vs_first']:.2f}  (epochs {row['epoch_seconds_all']}, first loss "
+                  f"x{row['speedup_vs_first']:.2f}  CPU {row['cpu_ms_per_sample']:.1f} ms/sample  "
+                  f"(epochs {row['epoch_seconds_all']}, first loss "
                   f"{row['first_loss']:.4f}, wall {row['wall_s']} s)", flush=True)
-    payload = {"profile": args.profile, "dataset": str(dataset), "training_submaps": n_train, "epochs": args.epochs,
+    payload = {"profile": args.profile, "overrides": overrides, "dataset": str(dataset), "training_submaps": n_train, "epochs": args.epochs,
                "torch": torch.__version__, "cpus": os.cpu_count(), "machine": platform.machine(),
                "load_after": os.getloadavg()[0], "rows": rows}
     out = Path(args.out) if args.out else results_dir / f"bench_distributed_{args.profile}.json"

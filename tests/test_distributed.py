@@ -139,9 +139,9 @@ def test_distributed_batchnorm_is_plain_batchnorm_without_process_group(shape):
 
 
 def test_global_batchnorm_formula_matches_float64(monkeypatch):
-    """The all-reduce path (here with one rank) gives the exact batch norm and running statistics."""
+    """The global-statistics path (here with one rank) gives the exact batch norm and running statistics."""
     monkeypatch.setattr(dist_engine, "_sync_active", lambda group: True)
-    monkeypatch.setattr(dist_engine, "_all_reduce_sum_with_grad", lambda tensor, group: tensor)
+    monkeypatch.setattr(dist_engine, "_all_gather_with_grad", lambda row, group: row.unsqueeze(0))
     torch.manual_seed(1)
     x = (torch.randn(4000, 5) * torch.tensor([0.01, 1, 5, 0.3, 2]) + torch.tensor([3.0, -1, 0, 40, 2]))
     x.requires_grad_(True)

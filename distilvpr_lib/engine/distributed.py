@@ -29,8 +29,9 @@ How the global batch is formed (the loss sees the same batch as single-process t
    gradients gives ``(1/W) Σ_r W ∂L/∂θ|_slice r = ∂L/∂θ`` — exactly the single-process gradient.
 5. Batch norm: per-rank statistics would change the forward pass, so the model's BatchNorm layers
    are converted to :class:`DistributedBatchNorm` (``train.sync_batchnorm``, default on): mean and
-   variance over the global batch (all-reduced sums, two passes), the same running statistics as
-   single-process training, and gradients through the statistics (all-reduce in the backward).
+   variance over the global batch (every rank's count, mean and sum of squared deviations all-gathered
+   and merged exactly), the same running statistics as single-process training, and gradients through
+   the statistics (one all-reduce in the backward).
    State-dict keys are unchanged. torch's ``SyncBatchNorm`` is CUDA-only; this one runs on gloo too.
 
 Rank 0 alone logs (tqdm, TensorBoard, per-epoch lines), validates, writes checkpoints and result
@@ -401,43 +402,49 @@ class DistributedBatchNorm(nn.modules.batchnorm._BatchNorm):
         return _global_batch_norm(input, self, factor)
 
 
-class _AllReduceSum(torch.autograd.Function):
-    """Sum over ranks; the backward sums the gradients over ranks too (each rank's loss depends on the sum)."""
+class _AllGatherSumGrad(torch.autograd.Function):
+    """All-gather of one row per rank -> (W, K); the backward sums the gradients over ranks (every rank's
+    loss depends on every rank's row) and keeps this rank's row."""
 
     @staticmethod
-    def forward(ctx: Any, tensor: torch.Tensor, group: Any) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: Any, row: torch.Tensor, group: Any) -> torch.Tensor:  # type: ignore[override]
         ctx.group = group
-        out = tensor.clone(memory_format=torch.contiguous_format)
-        dist.all_reduce(out, op=dist.ReduceOp.SUM, group=group)
-        return out
+        ctx.rank = dist.get_rank(group)
+        out = [torch.empty_like(row) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(out, row.contiguous(), group=group)
+        return torch.stack(out, dim=0)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
-        grad = grad.clone(memory_format=torch.contiguous_format)
+        grad = grad.contiguous().clone()
         dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
-        return grad, None
+        return grad[ctx.rank], None
 
 
-def _all_reduce_sum_with_grad(tensor: torch.Tensor, group: Any) -> torch.Tensor:
-    return _AllReduceSum.apply(tensor, group)
+def _all_gather_with_grad(row: torch.Tensor, group: Any) -> torch.Tensor:
+    return _AllGatherSumGrad.apply(row, group)
 
 
 def _global_batch_norm(input: torch.Tensor, bn: DistributedBatchNorm, factor: float) -> torch.Tensor:
+    """Batch norm with the statistics of the global batch: one all-gather of every rank's (count, mean,
+    sum of squared deviations), merged exactly (Chan et al.); one all-reduce in the backward."""
     channels = input.shape[1]
     dims = [0, *range(2, input.dim())]
     shape = [1, channels] + [1] * (input.dim() - 2)
     x = input.float()
-    # Sums accumulate in float64 (as ATen's CPU batch norm); the activations stay float32.
+    # Reductions accumulate in float64 on the CPU (as ATen's CPU batch norm); activations stay float32.
     acc = torch.float64 if x.device.type == "cpu" else torch.float32
-    count = torch.full((1,), float(input.numel() // max(channels, 1)), dtype=acc, device=x.device)
-    # pass 1: global mean (sums and counts all-reduced; gradients flow back through the sums)
-    packed = _all_reduce_sum_with_grad(torch.cat([x.sum(dim=dims, dtype=acc), count]), bn.process_group)
-    total = packed[channels].detach()
-    mean = packed[:channels] / total
-    centered = x - mean.to(x.dtype).view(shape)
-    # pass 2: global (biased) variance of the centred values
-    var = _all_reduce_sum_with_grad((centered * centered).sum(dim=dims, dtype=acc), bn.process_group) / total
-    out = centered * torch.rsqrt(var + bn.eps).to(x.dtype).view(shape)
+    n_local = input.numel() // max(channels, 1)
+    count = torch.full((1,), float(n_local), dtype=acc, device=x.device)
+    local_mean = x.sum(dim=dims, dtype=acc) / max(n_local, 1)
+    local_m2 = (x - local_mean.to(x.dtype).view(shape)).square().sum(dim=dims, dtype=acc)
+    stats = _all_gather_with_grad(torch.cat([count, local_mean, local_m2]), bn.process_group)  # (W, 1 + 2C)
+    counts = stats[:, :1].detach()
+    total = counts.sum()
+    means, m2s = stats[:, 1:1 + channels], stats[:, 1 + channels:]
+    mean = (counts * means).sum(dim=0) / total
+    var = (m2s + counts * (means - mean).square()).sum(dim=0) / total  # biased, as batch norm normalises
+    out = (x - mean.to(x.dtype).view(shape)) * torch.rsqrt(var + bn.eps).to(x.dtype).view(shape)
     if bn.affine:
         out = out * bn.weight.view(shape) + bn.bias.view(shape)
     if bn.training and bn.track_running_stats and bn.running_mean is not None and bn.running_var is not None:
