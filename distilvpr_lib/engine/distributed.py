@@ -410,15 +410,18 @@ class _AllGatherSumGrad(torch.autograd.Function):
     def forward(ctx: Any, row: torch.Tensor, group: Any) -> torch.Tensor:  # type: ignore[override]
         ctx.group = group
         ctx.rank = dist.get_rank(group)
-        out = [torch.empty_like(row) for _ in range(dist.get_world_size(group))]
-        dist.all_gather(out, row.contiguous(), group=group)
-        return torch.stack(out, dim=0)
+        # gloo with CUDA tensors (several ranks sharing a GPU): communicate through the host
+        ctx.via_host = row.is_cuda and dist.get_backend(group) == "gloo"
+        send = row.detach().cpu() if ctx.via_host else row.contiguous()
+        out = [torch.empty_like(send) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(out, send, group=group)
+        return torch.stack(out, dim=0).to(row.device)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
-        grad = grad.contiguous().clone()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
-        return grad[ctx.rank], None
+        summed = grad.detach().cpu() if ctx.via_host else grad.contiguous().clone()
+        dist.all_reduce(summed, op=dist.ReduceOp.SUM, group=ctx.group)
+        return summed[ctx.rank].to(grad.device), None
 
 
 def _all_gather_with_grad(row: torch.Tensor, group: Any) -> torch.Tensor:
