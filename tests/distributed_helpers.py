@@ -102,7 +102,7 @@ def gradient_worker(out_dir: str, world_size: int, device: str = "cpu", backend:
         trainer = Trainer(model, objective, optimizer, build_scheduler(optimizer, cfg.train), loader, train_cfg,
                           Path(out_dir) / kind, device=device, progress=False, tensorboard=False, distributed=ctx)
         trainer.prepare()
-        trainer._wrap()
+        trainer.wrap_ddp()
         trainer.train_model.train()
         result = trainer.forward_backward(assemble_global_batch(ctx, batch_of(local_ids), tuples))
         # the single-process step on the whole global batch

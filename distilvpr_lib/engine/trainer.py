@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import json
 import logging
 import math
@@ -659,12 +660,12 @@ class Trainer:
         return result
 
     def prepare(self) -> None:
-        """Move the model to the device and, as configured, to channels-last, global batch norm and DDP.
+        """Move the model to the device and, as configured, to global batch norm, channels-last and
+        float32 cloud branches under autocast.
 
-        Called by :meth:`fit` (idempotent). In distributed runs the batch norms become
+        Called by :meth:`fit` before resuming (idempotent). In distributed runs the batch norms become
         :class:`~distilvpr_lib.engine.distributed.DistributedBatchNorm` (same parameters, same state-dict
-        keys) and :attr:`train_model` the ``DistributedDataParallel`` wrapper; :attr:`model` stays the
-        plain module (what is validated and saved).
+        keys); :meth:`wrap_ddp` then wraps the model.
         """
         if self.train_model is not self.model:
             return
@@ -684,12 +685,13 @@ class Trainer:
         if self.use_amp:
             keep_float32_under_autocast(self.model)
 
-    def _wrap(self) -> None:
+    def wrap_ddp(self) -> None:
+        """Distributed runs: :attr:`train_model` becomes the ``DistributedDataParallel`` wrapper of
+        :attr:`model` (which stays the plain module that is validated and saved). Called by :meth:`fit`
+        after resuming; a no-op in single-process runs or when already wrapped."""
         if not self.ctx.is_distributed or self.train_model is not self.model:
             return
         from torch.nn.parallel import DistributedDataParallel
-
-        import inspect
 
         # Buffers (batch-norm running statistics) are synchronised at construction; with the global
         # batch norm they then stay identical on every rank, so the per-forward broadcast is skipped.
@@ -717,7 +719,7 @@ class Trainer:
         if state is not None:
             start = self._resume(state)
             self._say(f"resumed from {self.last_checkpoint} after epoch {start}")
-        self._wrap()
+        self.wrap_ddp()
         self._open_writer(purge_step=self.history.global_step + 1 if start else None)
         try:
             for epoch in range(start + 1, self.train_cfg.epochs + 1):
