@@ -29,7 +29,6 @@ ImageNet weights are not needed (``pretrained_image_weights=None``: throughput d
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform

@@ -40,9 +40,9 @@ def gradient_worker(out_dir: str, world_size: int, device: str = "cpu", backend:
     running statistics equal the single-process ones; the checkpointed state_dict keys are unchanged.
     """
     torch.set_num_threads(1)
-    from distilvpr_lib.config import apply_overrides, profile_config
+    from distilvpr_lib.config import profile_config
     from distilvpr_lib.data.collate import make_masks
-    from distilvpr_lib.data.sampler import PositivePairBatchSampler, split_pairs
+    from distilvpr_lib.data.sampler import DistributedPositivePairBatchSampler, PositivePairBatchSampler, split_pairs
     from distilvpr_lib.engine.distributed import assemble_global_batch, init_distributed, shutdown_distributed
     from distilvpr_lib.engine.teacher_cache import TeacherCache
     from distilvpr_lib.engine.trainer import (
@@ -56,7 +56,6 @@ def gradient_worker(out_dir: str, world_size: int, device: str = "cpu", backend:
     )
     from distilvpr_lib.losses.distiller import Distiller
     from distilvpr_lib.models import build_student, build_teacher
-    from distilvpr_lib.data.sampler import DistributedPositivePairBatchSampler
 
     ctx = init_distributed(device, backend=backend)
     assert ctx.is_distributed and ctx.world_size == world_size and ctx.backend == backend

@@ -18,7 +18,6 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from distributed_helpers import gradient_worker, synthetic_tuples, teacher_run_worker
