@@ -78,6 +78,33 @@ def teacher_training() -> list[Cell]:
         ("md", "## Test results of the selected teacher"),
         ("code", "display(pd.DataFrame([metrics['test']]).round(2))\n"
                  "print('selected epoch (validation AR@1):', metrics.get('best_epoch'))"),
+        ("md", "## The modality gap: fused vs cloud-only vs image-only heads\n\n"
+               "The same test protocol (every ordered run pair, AR@N and exact AR@1%) on each head of the selected "
+               "teacher, from one embedding pass. The image-only head is what a camera-only system gets without "
+               "distillation from this teacher; the gap to the fused head is what notebook 03 tries to close. "
+               "The table is added to the run's `metrics.json` under `heads`."),
+        ("code", "import numpy as np\n"
+                 "from distilvpr_lib.engine.runs import evaluate_heads, head_split_embeddings, load_benchmark, "
+                 "load_model_from_dir\n"
+                 "benchmark = load_benchmark(cfg)\n"
+                 "teacher, _, _ = load_model_from_dir(teacher_dir, metrics['device'])\n"
+                 "head_embeddings = head_split_embeddings(teacher, benchmark, 'test', cfg, metrics['device'])\n"
+                 "heads = evaluate_heads(teacher, benchmark, 'test', cfg, metrics['device'], "
+                 "embeddings=head_embeddings)\n"
+                 "display(heads.round(2))\n"
+                 "metrics['heads'] = {head: {k: float(v) for k, v in row.items()} "
+                 "for head, row in heads.to_dict(orient='index').items()}\n"
+                 "(Path(out) / 'metrics.json').write_text(json.dumps(metrics, indent=2))"),
+        ("md", "## Embedding projection of the test database (fused head)\n\n"
+               "PCA of the L2-normalised fused embeddings of every test database sub-map, coloured by the sub-map's "
+               "position along the route: the same place in different runs should land together."),
+        ("code", "database_sets = benchmark.database_sets('test')\n"
+                 "fused = np.concatenate(head_embeddings['embedding'][0])\n"
+                 "positions = np.array([[s[k]['northing'], s[k]['easting']] for s in database_sets "
+                 "for k in range(len(s))])\n"
+                 "fig = figures.embedding_projection(fused, positions, title='teacher (fused), test database')\n"
+                 "fig.savefig(Path(out) / 'teacher_projection.png', dpi=100, bbox_inches='tight')\n"
+                 "fig"),
     ]
 
 

@@ -368,7 +368,7 @@ def _has_parameters_cell_and_no_outputs(path: Path) -> bool:
     return len(tagged) == 1 and "out = " in tagged[0].source and clean
 
 
-@pytest.mark.parametrize("name", ["01_data_exploration", "05_retrieval_browser"])
+@pytest.mark.parametrize("name", ["01_data_exploration", "02_teacher_training", "05_retrieval_browser"])
 def test_committed_notebooks_match_their_builders(name: str) -> None:
     import importlib.util
 

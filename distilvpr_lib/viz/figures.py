@@ -14,6 +14,7 @@ Data exploration (notebook 01):
 Training and ablations (notebooks 02–04):
 
 * :func:`plot_training_curves` — loss terms and validation recall over epochs from a metrics file.
+* :func:`embedding_projection` — 2-D PCA of embeddings coloured by place (position along the route).
 * :func:`plot_ablation_bars` — seaborn bar plot with error bars (mean ± sd over seeds).
 
 Helpers returning tables (used by the figures and by the notebooks' ``metrics.json``):
@@ -57,6 +58,7 @@ __all__ = [
     "plot_ablation_bars",
     "ablation_bars",
     "curvature_plot",
+    "embedding_projection",
     "training_curves",
 ]
 
@@ -835,6 +837,54 @@ def curvature_plot(sweep: pd.DataFrame, x: str | None = None, y: str | Sequence[
     ax.set_ylabel("recall [%]")
     ax.legend(fontsize=8)
     ax.set_title(title or "curvature sweep: mean ± sd over seeds", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def embedding_projection(embeddings: np.ndarray, positions: np.ndarray, title: str | None = None,
+                         normalize: bool = True) -> Figure:
+    """2-D PCA projection of embeddings, each point coloured by its place.
+
+    The colour is the point's position along the principal axis of ``positions`` (for a route, the
+    along-route coordinate), so sub-maps of the same place in different runs share a colour: a good
+    embedding shows a smooth colour gradient, a poor one a mixture.
+
+    Args:
+        embeddings: (n, D) embeddings (e.g. the fused head on the test database sets), n >= 2.
+        positions: (n, 2) ``(northing, easting)`` of each embedding's sub-map.
+        title: axes title (default mentions the explained variance).
+        normalize: L2-normalise the rows first (the cosine geometry of the evaluation).
+
+    Returns:
+        The Figure (one axes and a colour bar).
+    """
+    from sklearn.decomposition import PCA
+
+    embeddings = np.asarray(embeddings, dtype=np.float64)
+    positions = np.asarray(positions, dtype=np.float64)
+    if embeddings.ndim != 2 or embeddings.shape[0] < 2:
+        raise ValueError(f"embedding_projection: embeddings must be (n >= 2, D), got {embeddings.shape}")
+    if positions.shape != (embeddings.shape[0], 2):
+        raise ValueError(f"embedding_projection: positions must be ({embeddings.shape[0]}, 2), got {positions.shape}")
+    if normalize:
+        embeddings = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
+    pca = PCA(n_components=2, random_state=0)
+    projected = pca.fit_transform(embeddings)
+    centred = positions - positions.mean(axis=0)
+    if np.allclose(centred, 0.0):
+        place = np.zeros(len(positions))
+    else:
+        axis = np.linalg.svd(centred, full_matrices=False)[2][0]
+        place = centred @ axis
+        place = place - place.min()
+    fig = new_figure(6.0, 5.0)
+    ax = fig.add_subplot(1, 1, 1)
+    points = ax.scatter(projected[:, 0], projected[:, 1], c=place, cmap="viridis", s=10, alpha=0.85)
+    fig.colorbar(points, ax=ax, label="place: position along the route [m]")
+    ratio = pca.explained_variance_ratio_
+    ax.set_xlabel(f"PC1 ({100 * ratio[0]:.1f} %)")
+    ax.set_ylabel(f"PC2 ({100 * ratio[1]:.1f} %)")
+    ax.set_title(title or f"PCA of {embeddings.shape[0]} embeddings ({embeddings.shape[1]}-d)", fontsize=10)
     fig.tight_layout()
     return fig
 
