@@ -1,0 +1,201 @@
+"""Train-step throughput of the teacher and the student, the student's achieved GFLOP/s against a
+measured fp32 matmul peak of the same machine, and the sparse cloud branch per backend — in one run.
+
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_train_step.py                  # default (< ~3 min)
+    .venv/bin/python benchmarks/bench_train_step.py --steps 10 --batch 32 --threads 2  # longer, steadier
+
+A train step = forward + loss + backward + Adam step (the reference parameter groups and learning
+rates of the engine) on random-but-realistic inputs: images of ``--resolutions`` (cpu profile 96x128 and
+paper 240x320; random pixels normalised like the data pipeline), clouds of 4096 points from ``data/cpu``
+(``--clouds``; procedural street scenes when absent) quantised at ``--quantization`` (0.01), and a batch
+of ``--batch`` elements forming pairs of the same place (so the batch-hard triplet loss has positives).
+Teacher loss: the engine's TeacherObjective (0.5 fused + 0.5 cloud triplet); student loss: the batch-hard
+triplet on its embedding (the distillation terms against cached teacher embeddings are small matrix ops on
+(B, 384) and are left out). Models: the reference sizes (ModelConfig defaults; the cpu and paper profiles
+share them), trained from scratch.
+
+FLOPs of one student step (forward + backward) are counted with ``torch.utils.flop_counter.FlopCounterMode``
+(convolutions and matmuls; the Adam update and element-wise ops are not counted). The peak is the median
+rate of 2048x2048 fp32 matmuls with the same thread count. Times are medians of ``--steps`` steps after
+``--warmup`` untimed ones; the load average is printed because the machine may be shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from distilvpr_lib.config import ModelConfig, TrainConfig  # noqa: E402
+from distilvpr_lib.models import SPARSE_BACKENDS, build_student, build_teacher  # noqa: E402
+
+
+def _sparse_bench():
+    """The helpers of bench_sparse_backends.py (procedural clouds, quantisation, branch timing)."""
+    spec = importlib.util.spec_from_file_location("bench_sparse_backends", Path(__file__).with_name(
+        "bench_sparse_backends.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+SPARSE = _sparse_bench()
+
+
+def load_clouds(folder: Path, batch: int, seed: int) -> tuple[list[np.ndarray], str]:
+    """``batch`` (4096, 3) clouds from a generated/real Oxford-layout folder, or procedural ones."""
+    files = sorted(folder.glob("oxford/*/pointcloud_20m/*.bin"))
+    if len(files) >= batch:
+        picks = np.random.default_rng(seed).choice(len(files), batch, replace=False)
+        return [np.fromfile(files[i], dtype=np.float64).reshape(-1, 3) for i in picks], f"{folder}"
+    rng = np.random.default_rng(seed)
+    return [SPARSE.street_cloud(rng) for _ in range(batch)], "procedural street scenes"
+
+
+def make_batch(coords: torch.Tensor, batch: int, height: int, width: int, seed: int) -> dict[str, torch.Tensor]:
+    """Batch dict as the collate function gives it: coords, images, positives / negatives masks."""
+    generator = torch.Generator().manual_seed(seed)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    images = (torch.rand(batch, 3, height, width, generator=generator) - mean) / std
+    place = torch.arange(batch) // 2
+    same = place[:, None] == place[None, :]
+    return {"coords": coords, "images": images, "positives_mask": same & ~torch.eye(batch, dtype=torch.bool),
+            "negatives_mask": ~same}
+
+
+def teacher_step_fn(model_cfg: ModelConfig, train_cfg: TrainConfig):
+    from distilvpr_lib.engine.trainer import TeacherObjective, build_optimizer, teacher_parameter_groups
+
+    torch.manual_seed(0)
+    model = build_teacher(model_cfg).train()
+    optimizer = build_optimizer(teacher_parameter_groups(model, train_cfg), train_cfg)
+    objective = TeacherObjective(train_cfg)
+
+    def step(batch: dict[str, torch.Tensor]) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        objective(model(batch), batch).total.backward()
+        optimizer.step()
+
+    return step
+
+
+def student_step_fn(model_cfg: ModelConfig, train_cfg: TrainConfig):
+    from distilvpr_lib.engine.trainer import build_optimizer, student_parameter_groups
+    from distilvpr_lib.losses.triplet import teacher_task_loss
+
+    torch.manual_seed(0)
+    model = build_student(model_cfg).train()
+    optimizer = build_optimizer(student_parameter_groups(model, train_cfg), train_cfg)
+
+    def step(batch: dict[str, torch.Tensor]) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        out = model(batch)
+        terms, _ = teacher_task_loss({"embedding": out["embedding"]}, (batch["positives_mask"], batch["negatives_mask"]),
+                                     weights=(1.0, 0.0, 0.0), margin=train_cfg.margin)
+        sum(terms.values()).backward()
+        optimizer.step()
+
+    return step
+
+
+def time_steps(step, batch: dict[str, torch.Tensor], warmup: int, steps: int) -> float:
+    """Median seconds per step."""
+    times = []
+    for i in range(warmup + steps):
+        t0 = time.perf_counter()
+        step(batch)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def count_flops(step, batch: dict[str, torch.Tensor]) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        step(batch)
+    return int(counter.get_total_flops())
+
+
+def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
+    """Median fp32 GFLOP/s of an n x n matmul with the current thread count."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    rates = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        rates.append(2.0 * n ** 3 / (time.perf_counter() - t0) / 1e9)
+    return statistics.median(rates)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch", type=int, default=16, help="batch size of every step (pairs of places)")
+    parser.add_argument("--resolutions", nargs="+", default=["96x128", "240x320"], help="HxW image sizes")
+    parser.add_argument("--clouds", type=Path, default=REPO / "data" / "cpu", help="Oxford-layout folder")
+    parser.add_argument("--quantization", type=float, default=0.01)
+    parser.add_argument("--backend", default="torch", help="sparse backend of the teacher steps")
+    parser.add_argument("--sparse-backends", nargs="+", default=list(SPARSE_BACKENDS))
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: leave)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+
+    clouds, what = load_clouds(args.clouds, args.batch, args.seed)
+    coords = SPARSE.batched_coords(clouds, args.quantization)
+    model_cfg = dataclasses.replace(ModelConfig(), sparse_backend=args.backend, pretrained_image_weights=None)
+    train_cfg = TrainConfig()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
+          f"load average {os.getloadavg()[0]:.1f} (the machine may be shared: times are upper bounds)")
+    print(f"batch {args.batch}; clouds: {len(clouds[0])} points x {args.batch} from {what}, quantization "
+          f"{args.quantization} -> {len(coords)} voxels; medians of {args.steps} steps after {args.warmup} warm-up")
+
+    peak = matmul_peak()
+    print(f"fp32 matmul peak (2048x2048, {torch.get_num_threads()} threads): {peak:8.1f} GFLOP/s")
+
+    print("\ntrain step = forward + loss + backward + Adam step")
+    teacher_step = teacher_step_fn(model_cfg, train_cfg)
+    student_step = student_step_fn(model_cfg, train_cfg)
+    for resolution in args.resolutions:
+        height, width = (int(v) for v in resolution.lower().split("x"))
+        batch = make_batch(coords, args.batch, height, width, args.seed)
+        t_teacher = time_steps(teacher_step, batch, args.warmup, args.steps)
+        t_student = time_steps(student_step, batch, args.warmup, args.steps)
+        flops = count_flops(student_step, batch)
+        achieved = flops / t_student / 1e9
+        print(f"{height}x{width}: teacher ({args.backend}) {t_teacher * 1e3:8.1f} ms/step "
+              f"{args.batch / t_teacher:7.1f} samples/s | student {t_student * 1e3:8.1f} ms/step "
+              f"{args.batch / t_student:7.1f} samples/s")
+        print(f"{'':>{len(resolution)}}  student step: {flops / 1e9:7.2f} GFLOP (fwd+bwd, FlopCounterMode) -> "
+              f"{achieved:7.1f} GFLOP/s = {100 * achieved / peak:5.1f} % of the matmul peak (goal >= 70 %)")
+
+    print(f"\nsparse cloud branch (MinkFPN + GeM), forward + backward on the same {len(coords)} voxels:")
+    for name in args.sparse_backends:
+        if not SPARSE_BACKENDS[name].is_available():
+            print(f"{name:>10}: not available (MinkowskiEngine: python scripts/build_minkowski.py)")
+            continue
+        t = SPARSE.time_backend(name, coords, args.batch, args.warmup, args.steps)
+        print(f"{name:>10}: forward {t['forward'] * 1e3:8.1f} ms  backward {t['backward'] * 1e3:8.1f} ms  "
+              f"total {t['total'] * 1e3:8.1f} ms  process CPU {t['cpu'] * 1e3:8.1f} ms")
+    print(f"\nwall time {time.perf_counter() - started:.0f} s; load average now {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()
