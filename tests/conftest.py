@@ -34,3 +34,23 @@ def oxford_real_dir(real_data_dir: Path) -> Path:
     if not path.is_dir():
         pytest.skip(f"{path} not found")
     return path
+
+
+#: Seed of the session's smoke dataset (``distilvpr synth --profile smoke --seed 0``).
+SMOKE_DATASET_SEED = 0
+
+
+@pytest.fixture(scope="session")
+def smoke_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The generator's smoke-profile dataset (Oxford layout, with images), made once per test session.
+
+    Equivalent to ``distilvpr synth --profile smoke --seed 0 --out DIR``. Shared by every test of the
+    session: treat it as read-only; a test that breaks or edits files copies it first
+    (``shutil.copytree(smoke_dataset, tmp_path / "data")``).
+    """
+    from distilvpr_lib.config import profile_config
+    from distilvpr_lib.data.synth.generate import generate_dataset
+
+    out = tmp_path_factory.mktemp("smoke_dataset") / "smoke"
+    generate_dataset(out, profile_config("smoke").synth, seed=SMOKE_DATASET_SEED, progress=False)
+    return out
