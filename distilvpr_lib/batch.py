@@ -186,7 +186,7 @@ def execute_notebook(notebook: Path, run_dir: Path, parameters: dict[str, Any], 
     The notebook receives ``parameters`` plus ``out=<run_dir>``; its executed copy is kept even on failure.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
-    params = {**parameters, OUT_PARAMETER: str(run_dir)}
+    params = {**parameters, OUT_PARAMETER: str(run_dir.resolve())}  # notebooks resolve relative paths elsewhere
     with atomic_write(run_dir / PARAMETERS_FILE, mode="w") as fh:
         yaml.safe_dump(params, fh, sort_keys=True)
     env = dict(os.environ)

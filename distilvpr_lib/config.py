@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -336,6 +337,8 @@ def apply_overrides(cfg: ExperimentConfig, overrides: dict[str, Any]) -> Experim
 
 
 def _coerce(value: Any, default: Any, where: str) -> Any:
+    if isinstance(value, os.PathLike):  # a resolved path parameter (distilvpr_lib.paths.project_path)
+        value = os.fspath(value)
     if isinstance(default, tuple):
         if isinstance(value, str):
             parts = [p for p in value.replace(",", "_").split("_") if p]

@@ -63,7 +63,10 @@ def teacher_training() -> list[Cell]:
                    "out = 'runs/teacher-cpu'      # run folder: figures and a copy of the metrics"),
         ("code", SETUP + "from distilvpr_lib.config import profile_config, apply_overrides\n"
                          "from distilvpr_lib.engine.runs import train_teacher\n"
-                         "from distilvpr_lib.viz import figures"),
+                         "from distilvpr_lib.paths import project_path\n"
+                         "from distilvpr_lib.viz import figures\n"
+                         "dataset, image_dir = project_path(dataset), project_path(image_dir)\n"
+                         "teacher_dir, out = project_path(teacher_dir), project_path(out)"),
         ("code", "cfg = profile_config(profile)\n"
                  "cfg = apply_overrides(cfg, {'data.dataset_dir': dataset, 'data.image_dir': image_dir,\n"
                  "                            'model.sparse_backend': backend, 'train.seed': seed,\n"
@@ -132,7 +135,11 @@ def distillation() -> list[Cell]:
         ("code", SETUP + "from distilvpr_lib.config import profile_config, apply_overrides\n"
                          "from distilvpr_lib.engine.runs import distill_student\n"
                          "from distilvpr_lib.engine.report import comparison_table, embedding_norm_table\n"
-                         "from distilvpr_lib.viz import figures"),
+                         "from distilvpr_lib.paths import project_path\n"
+                         "from distilvpr_lib.viz import figures\n"
+                         "dataset, image_dir = project_path(dataset), project_path(image_dir)\n"
+                         "teacher, out = project_path(teacher), project_path(out)\n"
+                         "compare_with = [project_path(p) for p in compare_with]"),
         ("code", "cfg = profile_config(profile)\n"
                  "cfg = apply_overrides(cfg, {'data.dataset_dir': dataset, 'data.image_dir': image_dir,\n"
                  "                            'distill.method': method, 'distill.terms': dict(terms),\n"
@@ -170,9 +177,12 @@ def ablation_analysis() -> list[Cell]:
         ("code", SETUP + "from distilvpr_lib.batch import collect_batch\n"
                          "from distilvpr_lib.engine.report import (ablation_table, paired_differences,\n"
                          "                                         curvature_sweep, loss_magnitudes)\n"
+                         "from distilvpr_lib.paths import project_path\n"
                          "from distilvpr_lib.viz import figures\n"
-                         "out = Path(out or batch)\nout.mkdir(parents=True, exist_ok=True)"),
+                         "batch = project_path(batch)\n"
+                         "out = project_path(out) or batch"),
         ("code", "runs = collect_batch(batch)\n"
+                 "out.mkdir(parents=True, exist_ok=True)\n"
                  "display(runs[['run', 'status', 'seconds']])\n"
                  "failed = runs[runs.status != 'ok']\n"
                  "if len(failed):\n    display(Markdown(f'**{len(failed)} run(s) did not finish** and are left out.'))\n"
@@ -217,7 +227,8 @@ def data_exploration() -> list[Cell]:
                    "out = 'runs/01_data_exploration'"),
         ("code", SETUP + "from distilvpr_lib.data.benchmark import Benchmark\n"
                          "from distilvpr_lib.data.synth.stats import load_clouds, premise_table, realism_table\n"
-                         "from distilvpr_lib.viz import figures, project_path, save_figure, write_metrics\n"
+                         "from distilvpr_lib.paths import project_path\n"
+                         "from distilvpr_lib.viz import figures, save_figure, write_metrics\n"
                          "from distilvpr_lib.viz.exploration import (ensure_dataset, exploration_summary, premise_verdict,\n"
                          "                                           realism_verdict)\n"
                          "dataset, out, real_data = project_path(dataset), project_path(out), project_path(real_data)"),
@@ -319,7 +330,8 @@ def retrieval_browser() -> list[Cell]:
                    "out = 'runs/05_retrieval_browser'"),
         ("code", SETUP + "from IPython.display import Image\n"
                          "from distilvpr_lib.data.benchmark import Benchmark\n"
-                         "from distilvpr_lib.viz import project_path, write_metrics\n"
+                         "from distilvpr_lib.paths import project_path\n"
+                         "from distilvpr_lib.viz import write_metrics\n"
                          "from distilvpr_lib.viz.retrieval import (RetrievalBrowser, gather_results, render_queries,\n"
                          "                                         results_table, retrieval_report, select_queries)\n"
                          "dataset, out = project_path(dataset), project_path(out)\n"

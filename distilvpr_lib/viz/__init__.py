@@ -5,6 +5,6 @@ Nothing is imported eagerly beyond matplotlib's Agg canvas; ipywidgets and seabo
 a browser or a bar plot is built.
 """
 
-from distilvpr_lib.viz._common import MATCH_COLOUR, MISS_COLOUR, figure_png, project_path, save_figure, write_metrics
+from distilvpr_lib.viz._common import MATCH_COLOUR, MISS_COLOUR, figure_png, save_figure, write_metrics
 
-__all__ = ["MATCH_COLOUR", "MISS_COLOUR", "figure_png", "project_path", "save_figure", "write_metrics"]
+__all__ = ["MATCH_COLOUR", "MISS_COLOUR", "figure_png", "save_figure", "write_metrics"]

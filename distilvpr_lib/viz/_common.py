@@ -103,27 +103,6 @@ def save_figure(fig: Figure, path: str | Path, dpi: int | None = None) -> Path:
     return path
 
 
-#: The repository root (the folder holding ``distilvpr_lib/`` and ``notebooks/``).
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-
-
-def project_path(path: str | Path | None) -> Path | None:
-    """Resolve a notebook parameter path.
-
-    Relative paths are relative to the current folder, except when the current folder is the
-    project's ``notebooks/`` folder (a notebook opened in Jupyter): then they are relative to the
-    project root, as in headless runs started from the root. ``None`` stays ``None``.
-    """
-    if path is None or str(path) == "":
-        return None
-    path = Path(path).expanduser()
-    if path.is_absolute():
-        return path
-    if Path.cwd().resolve() == (PROJECT_ROOT / "notebooks").resolve():
-        return PROJECT_ROOT / path
-    return path
-
-
 def _jsonable(obj: Any) -> Any:
     if isinstance(obj, Mapping):
         return {str(k): _jsonable(v) for k, v in obj.items()}
