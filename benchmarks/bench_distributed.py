@@ -1,6 +1,6 @@
 """Training throughput on the CPU: one process vs N DistributedDataParallel processes (gloo).
 
-Each configuration runs the real engine (``runs._make_loader`` -> ``Trainer.fit``: data loading and
+Each configuration runs the real engine (``run_setup.make_training_loader`` -> ``Trainer.fit``: data loading and
 augmentation in the process, forward, global-batch loss, backward, DDP gradient average, Adam) for a few
 epochs of a generated dataset, in fresh processes started like torchrun would (``engine.distributed.
 spawn_local`` sets RANK / WORLD_SIZE / MASTER_*; with 1 process the ordinary single-process engine runs).
@@ -49,14 +49,13 @@ def _worker(kind: str, profile: str, dataset: str, epochs: int, threads: int, re
     """One rank of a configuration: train ``epochs`` epochs, rank 0 writes the per-epoch records."""
     torch.set_num_threads(threads)
     from distilvpr_lib.data.benchmark import Benchmark
-    from distilvpr_lib.engine.runs import _make_loader
+    from distilvpr_lib.engine.run_setup import make_training_loader
     from distilvpr_lib.engine.distributed import init_distributed, shutdown_distributed
     from distilvpr_lib.engine.seeding import seed_everything
     from distilvpr_lib.engine.teacher_cache import TeacherCache
-    from distilvpr_lib.engine.trainer import (
-        StudentObjective,
-        TeacherObjective,
-        Trainer,
+    from distilvpr_lib.engine.loop import Trainer
+    from distilvpr_lib.engine.objectives import StudentObjective, TeacherObjective
+    from distilvpr_lib.engine.optim import (
         build_optimizer,
         build_scheduler,
         student_parameter_groups,
@@ -85,7 +84,7 @@ def _worker(kind: str, profile: str, dataset: str, epochs: int, threads: int, re
         groups = student_parameter_groups(model, cfg.train)
         data_cfg = dataclasses.replace(cfg.data, augment_clouds=False)  # as distill_student
     optimizer = build_optimizer(groups, cfg.train)
-    loader = _make_loader(benchmark, cfg, ctx, data_cfg=data_cfg)
+    loader = make_training_loader(benchmark, cfg, ctx, data_cfg=data_cfg)
     with tempfile.TemporaryDirectory() as out:
         trainer = Trainer(model, objective, optimizer, build_scheduler(optimizer, cfg.train), loader, cfg.train, out,
                           device="cpu", progress=False, tensorboard=False,

@@ -76,7 +76,8 @@ def make_batch(coords: torch.Tensor, batch: int, height: int, width: int, seed: 
 
 
 def teacher_step_fn(model_cfg: ModelConfig, train_cfg: TrainConfig):
-    from distilvpr_lib.engine.trainer import TeacherObjective, build_optimizer, teacher_parameter_groups
+    from distilvpr_lib.engine.objectives import TeacherObjective
+    from distilvpr_lib.engine.optim import build_optimizer, teacher_parameter_groups
 
     torch.manual_seed(0)
     model = build_teacher(model_cfg).train()
@@ -92,7 +93,7 @@ def teacher_step_fn(model_cfg: ModelConfig, train_cfg: TrainConfig):
 
 
 def student_step_fn(model_cfg: ModelConfig, train_cfg: TrainConfig):
-    from distilvpr_lib.engine.trainer import build_optimizer, student_parameter_groups
+    from distilvpr_lib.engine.optim import build_optimizer, student_parameter_groups
     from distilvpr_lib.losses.triplet import teacher_task_loss
 
     torch.manual_seed(0)

@@ -62,7 +62,7 @@ def teacher_training() -> list[Cell]:
                    "teacher_dir = 'teacher_weights/cpu'  # the teacher folder (weights, config, metrics, cache)\n"
                    "out = 'runs/teacher-cpu'      # run folder: figures and a copy of the metrics"),
         ("code", SETUP + "from distilvpr_lib.config import profile_config, apply_overrides\n"
-                         "from distilvpr_lib.engine.runs import train_teacher\n"
+                         "from distilvpr_lib.engine.teacher_run import train_teacher\n"
                          "from distilvpr_lib.paths import project_path\n"
                          "from distilvpr_lib.viz import figures\n"
                          "dataset, image_dir = project_path(dataset), project_path(image_dir)\n"
@@ -87,8 +87,8 @@ def teacher_training() -> list[Cell]:
                "distillation from this teacher; the gap to the fused head is what notebook 03 tries to close. "
                "The table is added to the run's `metrics.json` under `heads`."),
         ("code", "import numpy as np\n"
-                 "from distilvpr_lib.engine.runs import evaluate_heads, head_split_embeddings, load_benchmark, "
-                 "load_model_from_dir\n"
+                 "from distilvpr_lib.engine.run_evaluation import evaluate_heads, head_split_embeddings, load_benchmark\n"
+                 "from distilvpr_lib.engine.run_folder import load_model_from_dir\n"
                  "benchmark = load_benchmark(cfg)\n"
                  "teacher, _, _ = load_model_from_dir(teacher_dir, metrics['device'])\n"
                  "head_embeddings = head_split_embeddings(teacher, benchmark, 'test', cfg, metrics['device'])\n"
@@ -133,7 +133,7 @@ def distillation() -> list[Cell]:
                    "compare_with = []                 # other run folders to put in the final table (e.g. no-KD)\n"
                    "out = 'runs/distill-cpu'"),
         ("code", SETUP + "from distilvpr_lib.config import profile_config, apply_overrides\n"
-                         "from distilvpr_lib.engine.runs import distill_student\n"
+                         "from distilvpr_lib.engine.student_run import distill_student\n"
                          "from distilvpr_lib.engine.report import comparison_table, embedding_norm_table\n"
                          "from distilvpr_lib.paths import project_path\n"
                          "from distilvpr_lib.viz import figures\n"

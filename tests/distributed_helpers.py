@@ -45,10 +45,9 @@ def gradient_worker(out_dir: str, world_size: int, device: str = "cpu", backend:
     from distilvpr_lib.data.sampler import DistributedPositivePairBatchSampler, PositivePairBatchSampler, split_pairs
     from distilvpr_lib.engine.distributed import assemble_global_batch, init_distributed, shutdown_distributed
     from distilvpr_lib.engine.teacher_cache import TeacherCache
-    from distilvpr_lib.engine.trainer import (
-        StudentObjective,
-        TeacherObjective,
-        Trainer,
+    from distilvpr_lib.engine.loop import Trainer
+    from distilvpr_lib.engine.objectives import StudentObjective, TeacherObjective
+    from distilvpr_lib.engine.optim import (
         build_optimizer,
         build_scheduler,
         student_parameter_groups,
@@ -134,10 +133,10 @@ def gradient_worker(out_dir: str, world_size: int, device: str = "cpu", backend:
 
 
 def teacher_run_worker(out_dir: str, dataset: str, epochs: int) -> None:
-    """``engine.runs.train_teacher`` on this rank, recording which rank writes which file."""
+    """``engine.teacher_run.train_teacher`` on this rank, recording which rank writes which file."""
     torch.set_num_threads(1)
     from distilvpr_lib.config import apply_overrides, profile_config
-    from distilvpr_lib.engine import checkpoint, runs, teacher_cache, trainer
+    from distilvpr_lib.engine import checkpoint, loop, teacher_cache, teacher_run
 
     rank = int(os.environ["RANK"])
     log_path = Path(out_dir) / f"writes_rank{rank}.txt"
@@ -152,8 +151,8 @@ def teacher_run_worker(out_dir: str, dataset: str, epochs: int) -> None:
 
         setattr(module, name, wrapper)
 
-    for module, name in ((trainer, "save_checkpoint"), (trainer, "save_weights"), (runs, "save_weights"),
-                         (runs, "write_json"), (checkpoint, "save_checkpoint")):
+    for module, name in ((loop, "save_checkpoint"), (loop, "save_weights"), (teacher_run, "save_weights"),
+                         (teacher_run, "write_json"), (checkpoint, "save_checkpoint")):
         spy(module, name)
     real_cache_save = teacher_cache.TeacherCache.save
 
@@ -166,5 +165,5 @@ def teacher_run_worker(out_dir: str, dataset: str, epochs: int) -> None:
     cfg = apply_overrides(profile_config("smoke"), {
         "data.dataset_dir": dataset, "train.epochs": epochs, "train.device": "cpu",
         "data.augment_clouds": False, "data.augment_images": False})
-    metrics = runs.train_teacher(cfg, Path(out_dir) / "teacher", progress=False)
+    metrics = teacher_run.train_teacher(cfg, Path(out_dir) / "teacher", progress=False)
     (Path(out_dir) / f"metrics_rank{rank}.json").write_text(json.dumps(metrics, default=str))

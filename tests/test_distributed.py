@@ -191,7 +191,7 @@ def test_single_process_context_without_torchrun(monkeypatch):
 
 
 def test_runtime_fields_leave_the_fingerprint_alone():
-    from distilvpr_lib.engine.trainer import RUNTIME_FIELDS, config_fingerprint
+    from distilvpr_lib.engine.run_folder import RUNTIME_FIELDS, config_fingerprint
 
     base = profile_config("smoke")
     changed = apply_overrides(base, {"train.amp_dtype": "bfloat16", "train.channels_last": False,
@@ -213,7 +213,7 @@ def test_paper_profile_has_the_reference_settings():
 
 
 def test_amp_dtype_resolution():
-    from distilvpr_lib.engine.trainer import resolve_amp_dtype
+    from distilvpr_lib.engine.devices import resolve_amp_dtype
 
     assert resolve_amp_dtype("float16", "cpu") is torch.float16
     assert resolve_amp_dtype("bfloat16", "cpu") is torch.bfloat16
@@ -224,18 +224,18 @@ def test_amp_dtype_resolution():
 
 def test_loader_settings(toy_dataset):
     from distilvpr_lib.data.benchmark import Benchmark
-    from distilvpr_lib.engine.runs import _make_loader
+    from distilvpr_lib.engine.run_setup import make_training_loader
 
     benchmark = Benchmark.load(toy_dataset)
     cpu = dist_engine.single_process_context("cpu")
     cfg = _cfg(toy_dataset)
-    loader = _make_loader(benchmark, cfg, cpu)
+    loader = make_training_loader(benchmark, cfg, cpu)
     assert type(loader.batch_sampler) is PositivePairBatchSampler
     assert not loader.pin_memory and not loader.persistent_workers
     workers = apply_overrides(cfg, {"data.num_workers": 1, "data.persistent_workers": True})
-    assert _make_loader(benchmark, workers, cpu).persistent_workers
+    assert make_training_loader(benchmark, workers, cpu).persistent_workers
     two = dist_engine.DistributedContext(rank=1, world_size=2, device=torch.device("cpu"), backend="gloo")
-    sampler = _make_loader(benchmark, cfg, two).batch_sampler
+    sampler = make_training_loader(benchmark, cfg, two).batch_sampler
     assert isinstance(sampler, DistributedPositivePairBatchSampler) and (sampler.rank, sampler.world_size) == (1, 2)
 
 
@@ -243,7 +243,7 @@ def test_loader_settings(toy_dataset):
 def test_cloud_branch_stays_float32_under_autocast(dtype):
     """The sparse backend cannot run under autocast; mixed precision keeps the cloud branch in float32."""
     from distilvpr_lib.data.collate import batch_coordinates, quantize
-    from distilvpr_lib.engine.trainer import keep_float32_under_autocast
+    from distilvpr_lib.engine.devices import keep_float32_under_autocast
     from distilvpr_lib.models import build_student, build_teacher
 
     generator = torch.Generator().manual_seed(0)
@@ -268,7 +268,7 @@ def test_cloud_branch_stays_float32_under_autocast(dtype):
 
 def test_saved_model_loads_without_its_pretrained_file(tmp_path):
     from distilvpr_lib.engine.checkpoint import save_weights
-    from distilvpr_lib.engine.runs import load_model_from_dir, write_json
+    from distilvpr_lib.engine.run_folder import load_model_from_dir, write_json
     from distilvpr_lib.models import build_student
 
     cfg = apply_overrides(profile_config("smoke"), {"model.pretrained_image_weights": str(tmp_path / "gone.pth")})
@@ -321,7 +321,7 @@ def ddp_teacher(toy_dataset, tmp_path_factory):
 @pytest.mark.slow
 def test_two_process_teacher_run_then_single_process_resume(ddp_teacher, toy_dataset, tmp_path):
     from distilvpr_lib.engine.checkpoint import load_checkpoint
-    from distilvpr_lib.engine.runs import train_teacher
+    from distilvpr_lib.engine.teacher_run import train_teacher
 
     teacher = ddp_teacher / "teacher"
     # rank 0 alone wrote: config, checkpoints, weights, cache, metrics; rank 1 wrote nothing

@@ -1,4 +1,4 @@
-"""The smoke profile trains a teacher end to end (engine.runs.train_teacher, one epoch) with each
+"""The smoke profile trains a teacher end to end (engine.teacher_run.train_teacher, one epoch) with each
 sparse backend: the pure-PyTorch one and MinkowskiEngine (``minkowski`` marker)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import torch
 
 from distilvpr_lib.config import apply_overrides, profile_config
 from distilvpr_lib.engine.checkpoint import load_weights
-from distilvpr_lib.engine.runs import train_teacher
+from distilvpr_lib.engine.teacher_run import train_teacher
 
 HAS_MINKOWSKI = importlib.util.find_spec("MinkowskiEngine") is not None
 

@@ -16,13 +16,12 @@ from distilvpr_lib.engine import checkpoint as checkpoint_module
 from distilvpr_lib.engine.checkpoint import load_checkpoint, load_weights
 from distilvpr_lib.engine.seeding import capture_rng_state, configure_determinism, restore_rng_state, seed_everything
 from distilvpr_lib.engine.teacher_cache import TeacherCache
-from distilvpr_lib.engine.trainer import (
-    StudentObjective,
-    TeacherObjective,
-    Trainer,
+from distilvpr_lib.engine.devices import resolve_device
+from distilvpr_lib.engine.loop import Trainer
+from distilvpr_lib.engine.objectives import StudentObjective, TeacherObjective
+from distilvpr_lib.engine.optim import (
     build_optimizer,
     build_scheduler,
-    resolve_device,
     student_parameter_groups,
     teacher_parameter_groups,
 )

@@ -1,7 +1,7 @@
 """``distilvpr distill --dataset DIR --teacher teacher_weights/NAME [--profile ...] [--method nokd|distilvpr|...]
 [--set term=weight | section.field=value ...] [--seed N] [--epochs N] [--out runs/NAME]``.
 
-Trains the image-only student (engine.runs.distill_student) with the task loss plus the terms of the
+Trains the image-only student (engine.student_run.distill_student) with the task loss plus the terms of the
 distillation preset ``--method`` (``--set rkdg=10`` overrides one term's weight), against the
 teacher's cached embeddings. Selection on validation, report on test. Writes ``config.json``,
 ``student.pt``, ``metrics.json`` (every named loss's final magnitude, validation and test
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     if args.teacher is not None and not Path(args.teacher).is_dir():
         return fail(f"--teacher {args.teacher}: no such folder")
     out = Path(args.out or Path("runs") / f"{cfg.distill.method}_{args.profile}_seed{cfg.train.seed}")
-    from distilvpr_lib.engine.runs import distill_student
+    from distilvpr_lib.engine.student_run import distill_student
 
     metrics = distill_student(cfg, args.teacher, out, resume=not args.no_resume, progress=not args.quiet)
     from distilvpr_lib.engine.distributed import is_main_process

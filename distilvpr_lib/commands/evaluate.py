@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from distilvpr_lib.commands.train_teacher import fail
-    from distilvpr_lib.engine.runs import evaluate_run
+    from distilvpr_lib.engine.run_evaluation import evaluate_run
 
     if not Path(args.model).is_dir():
         return fail(f"--model {args.model}: no such folder")

@@ -54,14 +54,14 @@ def _run(args: argparse.Namespace) -> int:
     if args.dry_run:
         return 0
     if run.train_mode == "train_teacher":
-        from distilvpr_lib.engine.runs import train_teacher
+        from distilvpr_lib.engine.teacher_run import train_teacher
 
         train_teacher(cfg, out)
         return 0
     if not run.teacher_weights_path:
         print("error: --teacher_weights_path is required to train a student (pass a teacher folder or a .pth)")
         return 2
-    from distilvpr_lib.engine.runs import distill_student
+    from distilvpr_lib.engine.student_run import distill_student
 
     teacher = Path(run.teacher_weights_path)
     if teacher.is_file():

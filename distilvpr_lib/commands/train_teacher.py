@@ -1,7 +1,7 @@
 """``distilvpr train-teacher --dataset DIR [--profile smoke|cpu|paper] [--set section.field=value ...]
 [--seed N] [--epochs N] [--out teacher_weights/NAME] [--backend torch|minkowski] [--device auto|cpu|cuda]``.
 
-Trains the multi-modal teacher (engine.runs.train_teacher): the epoch is selected on the validation
+Trains the multi-modal teacher (engine.teacher_run.train_teacher): the epoch is selected on the validation
 split, the selected teacher is evaluated on the test split and its training-set embeddings are
 cached. Writes ``config.json``, ``teacher.pt``, ``metrics.json``, ``test_results.npz``,
 ``teacher_cache.pt``, ``checkpoints/`` and ``tensorboard/`` into ``--out``; re-running resumes.
@@ -162,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
     except (KeyError, ValueError) as exc:
         return fail(str(exc.args[0]) if exc.args else str(exc))
     out = Path(args.out or Path("teacher_weights") / args.profile)
-    from distilvpr_lib.engine.runs import train_teacher
+    from distilvpr_lib.engine.teacher_run import train_teacher
 
     metrics = train_teacher(cfg, out, resume=not args.no_resume, progress=not args.quiet)
     from distilvpr_lib.engine.distributed import is_main_process

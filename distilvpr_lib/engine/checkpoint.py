@@ -42,7 +42,7 @@ def save_checkpoint(path: PathLike, state: dict[str, Any]) -> Path:
 
     Args:
         path: destination, usually ``<run>/checkpoints/last.pt``.
-        state: plain values and tensors (see :class:`distilvpr_lib.engine.trainer.Trainer`);
+        state: plain values and tensors (see :class:`distilvpr_lib.engine.loop.Trainer`);
             a ``format`` key is added.
 
     Returns:

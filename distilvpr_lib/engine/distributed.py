@@ -59,6 +59,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from distilvpr_lib.engine.devices import resolve_device
+
 log = logging.getLogger(__name__)
 
 #: torchrun's environment variables.
@@ -196,8 +198,6 @@ def init_distributed(device: str = "auto", backend: str = "auto", timeout_s: flo
         raise KeyError(f"unknown distributed backend {backend!r}; known: {list(BACKENDS)}")
     initialised = dist.is_available() and dist.is_initialized()
     if env_world_size() <= 1 and not initialised:
-        from distilvpr_lib.engine.trainer import resolve_device
-
         return single_process_context(resolve_device(device))
     if not dist.is_available():
         raise RuntimeError("WORLD_SIZE > 1 but this torch build has no torch.distributed")

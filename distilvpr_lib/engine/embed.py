@@ -142,6 +142,15 @@ def split_run_names(benchmark: Any, split: str) -> list[str]:
     return [name or _run_name(s, i) for i, (name, s) in enumerate(zip(names, database_sets))]
 
 
+def evaluation_run_names(benchmark: Any, split: str) -> list[str]:
+    """The ``run_names`` of :func:`~.evaluate.evaluate_retrieval` for ``split``: one per database run
+    (:func:`split_run_names`), then one per query run beyond them (Boreas-style splits)."""
+    query_sets = benchmark.query_sets(split)
+    names = split_run_names(benchmark, split)
+    names += [_run_name(query_sets[j], j) for j in range(len(names), len(query_sets))]
+    return names
+
+
 def compute_split_embeddings(
     model: nn.Module,
     benchmark: Any,
@@ -262,8 +271,7 @@ def evaluate_model(
         dataset_factory=dataset_factory, collate_fn=collate_fn, progress=progress,
     )
     database_sets, query_sets = benchmark.database_sets(split), benchmark.query_sets(split)
-    names = split_run_names(benchmark, split)
-    names += [_run_name(query_sets[j], j) for j in range(len(names), len(query_sets))]
+    names = evaluation_run_names(benchmark, split)
     return evaluate_retrieval(
         database_embeddings, query_embeddings, query_sets, top_k=top_k, normalize=normalize,
         search=search, database_sets=database_sets, run_names=names,

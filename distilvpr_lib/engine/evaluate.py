@@ -38,6 +38,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import numbers
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -485,6 +486,25 @@ def evaluate_retrieval(
         query_sizes=[e.shape[0] for e in q_emb],
     )
 
+
+def retrieval_summary(results: "RetrievalResults") -> dict[str, Any]:
+    """``{"AR@1", "AR@5", "AR@10", "AR@1%", "per_run_AR@1": {run_name: AR@1}}`` (NaN -> None)."""
+    out: dict[str, Any] = {k: _finite_or_none(v) for k, v in results.summary().items()}
+    names = list(results.run_names)
+    per_run = {}
+    for index, value in results.per_database_recall_at_1.items():
+        name = names[int(index)] if isinstance(index, numbers.Integral) and 0 <= int(index) < len(names) else str(index)
+        per_run[name] = _finite_or_none(value)
+    out["per_run_AR@1"] = per_run
+    return out
+
+
+def _finite_or_none(value: Any) -> float | None:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
 
 # ---------------------------------------------------------------------------
 # Helpers

@@ -12,8 +12,8 @@ into a teacher folder of this project::
                              inferred architecture, ignored keys, warnings
     <out_dir>/metrics.json   kind "teacher", status "imported", test null (evaluate it with ``distilvpr evaluate``)
 
-which :func:`distilvpr_lib.engine.runs.load_model_from_dir` and ``distill_student`` read like a trained
-teacher folder (the teacher-embedding cache is built on demand by ``engine.runs.get_teacher_cache``).
+which :func:`distilvpr_lib.engine.run_folder.load_model_from_dir` and ``distill_student`` read like a trained
+teacher folder (the teacher-embedding cache is built on demand by ``engine.teacher_cache.get_teacher_cache``).
 
 Architecture inference (shapes win)
 -----------------------------------
@@ -552,7 +552,7 @@ def write_reference_teacher(imported: ReferenceTeacherImport, out_dir: PathLike,
     import json
 
     from ..engine.checkpoint import file_sha256, save_weights
-    from ..engine.runs import CONFIG_FILE, METRICS_FILE, TEACHER_WEIGHTS_FILE, write_json
+    from ..engine.run_folder import CONFIG_FILE, METRICS_FILE, TEACHER_WEIGHTS_FILE, write_json
 
     out_dir = Path(out_dir)
     weights = out_dir / TEACHER_WEIGHTS_FILE

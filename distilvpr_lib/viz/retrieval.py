@@ -265,7 +265,7 @@ def load_results(files: Mapping[str, str | Path] | Sequence[str | Path] | str | 
     return out
 
 
-#: Results file a teacher folder / student run holds (``engine.runs``), read by :func:`gather_results`.
+#: Results file a teacher folder / student run holds (``engine.run_folder``), read by :func:`gather_results`.
 MODEL_TEST_RESULTS = "test_results.npz"
 
 
@@ -278,9 +278,9 @@ def gather_results(benchmark: Any, results: Mapping[str, str | Path] | None = No
         benchmark: the loaded Benchmark the pictures are drawn from.
         results: ``{label: results file}`` (``.npz``/``.json`` written by ``RetrievalResults.save``).
         models: ``{label: teacher folder or student run}``. For the test split the folder's
-            ``test_results.npz`` (written by ``engine.runs``) is used when it matches this
+            ``test_results.npz`` (written by the run pipelines) is used when it matches this
             benchmark; otherwise the model is evaluated on ``split`` of this benchmark with
-            :func:`distilvpr_lib.engine.runs.evaluate_run` (loads ``config.json`` + weights).
+            :func:`distilvpr_lib.engine.run_evaluation.evaluate_run` (loads ``config.json`` + weights).
         split: ``"test"`` or ``"validation"``.
 
     Returns:
@@ -303,7 +303,7 @@ def gather_results(benchmark: Any, results: Mapping[str, str | Path] | None = No
             except ValueError:
                 loaded = None  # computed on another dataset: evaluate on this one
         if loaded is None:
-            from distilvpr_lib.engine.runs import evaluate_run
+            from distilvpr_lib.engine.run_evaluation import evaluate_run
 
             image_dir = getattr(benchmark, "image_dir", None)
             _, loaded = evaluate_run(folder, dataset_dir=benchmark.dataset_dir, split=split, device="cpu",

@@ -1,20 +1,15 @@
-"""The training engine: one loop for the teacher and the student (METHOD.md §6).
+"""The training loop: one :class:`Trainer` for the teacher and the student (METHOD.md §6).
 
-Layers, bottom up:
-
-* **Objectives** turn a model's outputs on a batch into a :class:`LossOutput` — the total
-  loss, its *weighted named terms* (their sum is the total) and statistics:
-  :class:`TeacherObjective` (``w0·triplet(fused) + w1·triplet(cloud) [+ w2·triplet(image)]``,
-  METHOD.md §5.1) and :class:`StudentObjective` (``student_task_weight·triplet(s)`` plus the
-  Distiller's weighted terms against cached teacher embeddings, §5.5).
-* :class:`Trainer` runs epochs: positive-pair batches (the sampler reseeded per epoch through
-  ``set_epoch``), batches without a positive or a negative pair skipped, Adam steps,
-  ``MultiStepLR`` stepped once per epoch, validation every ``eval_every`` epochs (always at the
-  last), the best weights by **validation** AR@1 kept, an atomic checkpoint after every epoch
-  and exact resume from it, tqdm progress and TensorBoard scalars.
-* :func:`train_teacher` / :func:`distill_student` / :func:`evaluate_run` (defined in
-  :mod:`distilvpr_lib.engine.runs`, importable from this module too) wire config → data →
-  model → objective → trainer → test evaluation → files.
+:class:`Trainer` runs epochs: positive-pair batches (the sampler reseeded per epoch through
+``set_epoch``), batches without a positive or a negative pair skipped, Adam steps,
+``MultiStepLR`` stepped once per epoch, validation every ``eval_every`` epochs (always at the
+last), the best weights by **validation** AR@1 kept, an atomic checkpoint after every epoch
+and exact resume from it, tqdm progress and TensorBoard scalars
+(:mod:`~distilvpr_lib.engine.tensorboard_log`). What it minimises is an objective
+(:mod:`~distilvpr_lib.engine.objectives`); its optimiser and schedule come from
+:mod:`~distilvpr_lib.engine.optim`. The teacher and student pipelines
+(:mod:`~distilvpr_lib.engine.teacher_run`, :mod:`~distilvpr_lib.engine.student_run`) wire
+config → data → model → objective → trainer → test evaluation → files.
 
 Model selection (documented choice): the epoch with the highest validation AR@1 is kept; on a
 tie the **later** epoch wins (it has trained longer at an equal score). With
@@ -31,18 +26,14 @@ resumed therefore reaches bit-identical weights to an uninterrupted one in deter
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import inspect
-import json
 import logging
 import math
-import numbers
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -54,6 +45,7 @@ from distilvpr_lib.engine.checkpoint import (
     save_checkpoint,
     save_weights,
 )
+from distilvpr_lib.engine.devices import keep_float32_under_autocast, move_to_device, resolve_amp_dtype
 from distilvpr_lib.engine.distributed import (
     DistributedContext,
     assemble_global_batch,
@@ -62,271 +54,22 @@ from distilvpr_lib.engine.distributed import (
     rank_epoch_seed,
     single_process_context,
 )
+from distilvpr_lib.engine.evaluate import retrieval_summary
+from distilvpr_lib.engine.objectives import LossOutput, Objective
 from distilvpr_lib.engine.seeding import capture_rng_state, preserved_rng_state, restore_rng_state, seed_everything
-from distilvpr_lib.engine.teacher_cache import TeacherCache, move_to_device
+from distilvpr_lib.engine.tensorboard_log import ScalarLog
 
 if TYPE_CHECKING:  # pragma: no cover
-    from distilvpr_lib.config import ExperimentConfig, TrainConfig
+    from distilvpr_lib.config import TrainConfig
     from distilvpr_lib.engine.evaluate import RetrievalResults
 
 log = logging.getLogger(__name__)
 
-#: Name of the student's task term.
-STUDENT_TASK_TERM: str = "triplet"
 #: Metric used for model selection on the validation split.
 SELECTION_METRIC: str = "AR@1"
 SELECTION_RULE: str = "highest validation AR@1; ties -> the later epoch"
 
 
-# ---------------------------------------------------------------------------
-# Devices
-# ---------------------------------------------------------------------------
-def resolve_device(name: str) -> torch.device:
-    """``"auto"`` -> CUDA when available else CPU; otherwise ``torch.device(name)``.
-
-    Raises:
-        RuntimeError: a CUDA device was asked for but CUDA is not available.
-    """
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"train.device={name!r} but CUDA is not available; use 'cpu' or 'auto'")
-    return device
-
-
-#: ``TrainConfig.amp_dtype`` values.
-AMP_DTYPES: dict[str, torch.dtype | None] = {"float16": torch.float16, "bfloat16": torch.bfloat16, "auto": None}
-
-
-def resolve_amp_dtype(name: str, device: torch.device | str) -> torch.dtype:
-    """Autocast dtype for ``TrainConfig.amp_dtype``: ``"auto"`` = bfloat16 where the CUDA device supports it.
-
-    Raises:
-        KeyError: unknown name (lists the known ones).
-    """
-    if name not in AMP_DTYPES:
-        raise KeyError(f"unknown train.amp_dtype {name!r}; known: {sorted(AMP_DTYPES)}")
-    dtype = AMP_DTYPES[name]
-    if dtype is None:
-        device = torch.device(device)
-        supported = device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-        dtype = torch.bfloat16 if supported else torch.float16
-    return dtype
-
-
-class _Float32Forward:
-    """A module's bound ``forward`` run with autocast disabled (installed as an instance attribute)."""
-
-    def __init__(self, forward: Callable[..., Any]) -> None:
-        self.forward = forward
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        with contextlib.ExitStack() as stack:
-            for device_type in ("cuda", "cpu"):
-                if torch.is_autocast_enabled(device_type):
-                    stack.enter_context(torch.autocast(device_type=device_type, enabled=False))
-            return self.forward(*args, **kwargs)
-
-
-def keep_float32_under_autocast(model: nn.Module) -> list[str]:
-    """Make the sparse cloud branches of ``model`` run in float32 inside autocast regions (in place).
-
-    The sparse-convolution backends do not support autocast (the torch backend's scatter-add mixes the
-    dtypes autocast gives its matrix products); the cloud branch is small next to the image branch, so
-    mixed precision keeps it in float32 and autocasts the rest. Idempotent; parameters and state-dict
-    keys are untouched.
-
-    Returns:
-        The names of the wrapped submodules (``["cloud_fe"]`` for the teacher, ``[]`` for the student).
-    """
-    from distilvpr_lib.models.sparse import CloudBranch
-
-    wrapped = []
-    for name, module in model.named_modules():
-        if isinstance(module, CloudBranch):
-            if not isinstance(module.__dict__.get("forward"), _Float32Forward):
-                module.forward = _Float32Forward(module.forward)  # type: ignore[method-assign]
-            wrapped.append(name)
-    return wrapped
-
-
-# ---------------------------------------------------------------------------
-# Objectives
-# ---------------------------------------------------------------------------
-@dataclass
-class LossOutput:
-    """What an objective returns for one batch.
-
-    Attributes:
-        total: scalar tensor to back-propagate (= sum of ``terms``).
-        terms: weighted named terms (scalar tensors), e.g. ``triplet_embedding``, ``rkdg_distance``.
-        stats: floats to log, e.g. ``active_fraction``, ``student_norm_mean``; keys ending in
-            ``_max`` are aggregated over an epoch by max, the others by mean.
-    """
-
-    total: torch.Tensor
-    terms: dict[str, torch.Tensor]
-    stats: dict[str, float] = field(default_factory=dict)
-
-
-class Objective(Protocol):
-    """``objective(outputs, batch) -> LossOutput``; ``outputs`` is the model's output dict."""
-
-    kind: str
-
-    def __call__(self, outputs: Mapping[str, torch.Tensor], batch: Mapping[str, Any]) -> LossOutput: ...
-
-
-def _norm_stats(prefix: str, embeddings: torch.Tensor) -> dict[str, float]:
-    norms = embeddings.detach().float().norm(dim=1)
-    return {f"{prefix}_norm_mean": float(norms.mean()), f"{prefix}_norm_max": float(norms.max())}
-
-
-def _sum_terms(terms: Mapping[str, torch.Tensor], like: torch.Tensor) -> torch.Tensor:
-    total = like.new_zeros(())
-    for value in terms.values():
-        total = total + value
-    return total
-
-
-def _make_triplet(margin: float) -> nn.Module:
-    from distilvpr_lib.losses.triplet import BatchHardTripletLoss
-
-    return BatchHardTripletLoss(margin=margin)
-
-
-class TeacherObjective:
-    """``Σ_h w_h · triplet(outputs[h])`` over the teacher's heads (fused, cloud, image), METHOD.md §5.1.
-
-    Delegates to :func:`distilvpr_lib.losses.triplet.teacher_task_loss`: heads with weight 0 are
-    not computed (the reference computed the image head and multiplied it by 0). Term names:
-    ``triplet_embedding`` (fused), ``triplet_cloud_embedding``, ``triplet_image_embedding``.
-    Stats: ``active_fraction`` / ``num_triplets`` of the fused head, every head's triplet stats as
-    ``<head>/<stat>``, and the fused norms as ``teacher_norm_{mean,max}``.
-    """
-
-    kind = "teacher"
-
-    def __init__(self, train_cfg: "TrainConfig", triplet: nn.Module | None = None) -> None:
-        self.weights = tuple(float(w) for w in train_cfg.teacher_loss_weights)
-        if len(self.weights) != 3:
-            raise ValueError(f"train.teacher_loss_weights needs 3 weights (fused, cloud, image), got {self.weights}")
-        if not any(self.weights):
-            raise ValueError("train.teacher_loss_weights are all zero: nothing to train")
-        self.margin = float(train_cfg.margin)
-        self.triplet = triplet if triplet is not None else _make_triplet(train_cfg.margin)
-
-    def __call__(self, outputs: Mapping[str, torch.Tensor], batch: Mapping[str, Any]) -> LossOutput:
-        from distilvpr_lib.losses.triplet import teacher_task_loss
-
-        outputs32 = {k: v.float() for k, v in outputs.items() if torch.is_tensor(v)}
-        terms, head_stats = teacher_task_loss(
-            outputs32, (batch["positives_mask"], batch["negatives_mask"]), weights=self.weights,
-            margin=self.margin, loss_fn=self.triplet)
-        if not terms:
-            raise ValueError(f"teacher objective: no head with a non-zero weight among outputs {sorted(outputs)}")
-        stats = {k: float(v) for k, v in head_stats.items()}
-        for name in ("active_fraction", "num_triplets"):
-            if f"embedding/{name}" in head_stats:
-                stats[name] = float(head_stats[f"embedding/{name}"])
-        stats.update(_norm_stats("teacher", outputs32["embedding"]))
-        return LossOutput(_sum_terms(terms, outputs32["embedding"]), terms, stats)
-
-
-class StudentObjective:
-    """``student_task_weight · triplet(s)`` + the Distiller's weighted named terms (METHOD.md §5.5).
-
-    The teacher embeddings ``t`` come from a :class:`TeacherCache`, looked up by the batch's
-    ``rel_paths``; the teacher never runs. With ``distiller=None`` (method ``nokd``) only the task
-    term is used. Stats: ``active_fraction`` / ``num_triplets`` of the task triplet and
-    ``{student,teacher}_norm_{mean,max}`` (raw norms; the self-agent hyperbolic term saturates
-    for large raw norms, METHOD.md §10.5).
-    """
-
-    kind = "student"
-
-    def __init__(self, train_cfg: "TrainConfig", teacher_cache: TeacherCache | None,
-                 distiller: nn.Module | None = None, triplet: nn.Module | None = None) -> None:
-        self.task_weight = float(train_cfg.student_task_weight)
-        self.triplet = triplet if triplet is not None else _make_triplet(train_cfg.margin)
-        self.distiller = distiller
-        self.teacher_cache = teacher_cache
-        if distiller is not None and teacher_cache is None:
-            raise ValueError("student objective: a distiller needs a teacher cache")
-
-    def __call__(self, outputs: Mapping[str, torch.Tensor], batch: Mapping[str, Any]) -> LossOutput:
-        student = outputs["embedding"].float()
-        positives, negatives = batch["positives_mask"], batch["negatives_mask"]
-        task, task_stats = self.triplet(student, positives, negatives)
-        terms: dict[str, torch.Tensor] = {STUDENT_TASK_TERM: self.task_weight * task}
-        stats = {k: float(v) for k, v in task_stats.items() if isinstance(v, (int, float))}
-        stats.update(_norm_stats("student", student))
-        if self.teacher_cache is not None:
-            teacher = self.teacher_cache.lookup(batch["rel_paths"], device=student.device)
-            stats.update(_norm_stats("teacher", teacher))
-            if self.distiller is not None:
-                distill_terms = self.distiller(student, teacher, positives, negatives)
-                for name, value in distill_terms.items():
-                    if name in terms:
-                        raise ValueError(f"distiller term {name!r} collides with the task term")
-                    terms[name] = value
-        return LossOutput(_sum_terms(terms, student), terms, stats)
-
-
-# ---------------------------------------------------------------------------
-# Optimiser and scheduler (METHOD.md §6.1)
-# ---------------------------------------------------------------------------
-def teacher_parameter_groups(model: nn.Module, train_cfg: "TrainConfig") -> list[dict[str, Any]]:
-    """Adam groups of the teacher: the image branch at ``image_lr``, the cloud branch at ``cloud_lr``.
-
-    A parameter belongs to the image (cloud) branch when the first component of its name
-    contains ``image`` (``cloud``). Parameters without gradient are left out (as the reference:
-    unused heads get no update). Any other trainable parameter is an error, so nothing is
-    silently trained at the wrong rate.
-    """
-    groups: dict[str, list[nn.Parameter]] = {"image": [], "cloud": []}
-    unassigned: list[str] = []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        top = name.split(".", 1)[0].lower()
-        if "image" in top or "img" in top:
-            groups["image"].append(param)
-        elif "cloud" in top or "pc" == top or "point" in top:
-            groups["cloud"].append(param)
-        else:
-            unassigned.append(name)
-    if unassigned:
-        raise ValueError(f"teacher parameters in neither the image nor the cloud branch: {unassigned[:5]}")
-    return [
-        {"params": groups["image"], "lr": train_cfg.image_lr, "name": "image"},
-        {"params": groups["cloud"], "lr": train_cfg.cloud_lr, "name": "cloud"},
-    ]
-
-
-def student_parameter_groups(model: nn.Module, train_cfg: "TrainConfig") -> list[dict[str, Any]]:
-    """One Adam group: every trainable student parameter at ``image_lr``."""
-    return [{"params": [p for p in model.parameters() if p.requires_grad], "lr": train_cfg.image_lr,
-             "name": "student"}]
-
-
-def build_optimizer(groups: list[dict[str, Any]], train_cfg: "TrainConfig") -> torch.optim.Adam:
-    """Adam (L2 ``weight_decay``, not AdamW) over the given parameter groups (empty groups dropped)."""
-    groups = [g for g in groups if g["params"]]
-    if not groups:
-        raise ValueError("no trainable parameters")
-    return torch.optim.Adam(groups, weight_decay=train_cfg.weight_decay)
-
-
-def build_scheduler(optimizer: torch.optim.Optimizer, train_cfg: "TrainConfig") -> torch.optim.lr_scheduler.MultiStepLR:
-    """``MultiStepLR(milestones, gamma)``, stepped once per epoch."""
-    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(train_cfg.milestones), gamma=train_cfg.gamma)
-
-
-# ---------------------------------------------------------------------------
-# The loop
-# ---------------------------------------------------------------------------
 #: ``validate(model) -> RetrievalResults`` on the validation split.
 Validator = Callable[[nn.Module], "RetrievalResults"]
 
@@ -357,51 +100,6 @@ class TrainingHistory:
     def last(self) -> dict[str, Any] | None:
         return self.epochs[-1] if self.epochs else None
 
-
-def retrieval_summary(results: "RetrievalResults") -> dict[str, Any]:
-    """``{"AR@1", "AR@5", "AR@10", "AR@1%", "per_run_AR@1": {run_name: AR@1}}`` (NaN -> None)."""
-    out: dict[str, Any] = {k: _finite_or_none(v) for k, v in results.summary().items()}
-    names = list(results.run_names)
-    per_run = {}
-    for index, value in results.per_database_recall_at_1.items():
-        name = names[int(index)] if isinstance(index, numbers.Integral) and 0 <= int(index) < len(names) else str(index)
-        per_run[name] = _finite_or_none(value)
-    out["per_run_AR@1"] = per_run
-    return out
-
-
-def _finite_or_none(value: Any) -> float | None:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
-
-
-#: Execution settings left out of :func:`config_fingerprint` (they do not define the experiment).
-RUNTIME_FIELDS: tuple[str, ...] = (
-    "train.amp_dtype", "train.channels_last", "train.sync_batchnorm", "train.distributed_backend",
-    "train.distributed_timeout_s", "data.persistent_workers",
-)
-
-
-def config_fingerprint(cfg: "ExperimentConfig", ignore: Iterable[str] = ()) -> str:
-    """Hash of the resolved config minus fields that may change between a run and its resume.
-
-    Ignored always: ``train.epochs``, ``train.device``, ``train.eval_batch_size``,
-    ``train.eval_every``, ``data.num_workers``, ``data.dataset_dir``, ``data.image_dir``, ``synth.*``, ``profile``,
-    and the execution settings in :data:`RUNTIME_FIELDS` (AMP dtype, channels-last, distributed options,
-    persistent workers: a run may resume on other hardware or another number of processes).
-    """
-    data = cfg.to_dict()
-    skip = {"train.epochs", "train.device", "train.eval_batch_size", "train.eval_every", "data.num_workers",
-            "data.dataset_dir", "data.image_dir", *RUNTIME_FIELDS, *ignore}
-    data.pop("synth", None)
-    data.pop("profile", None)
-    for dotted in skip:
-        section, _, name = dotted.partition(".")
-        data.get(section, {}).pop(name, None)
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=list).encode()).hexdigest()[:16]
 
 
 class Trainer:
@@ -475,7 +173,7 @@ class Trainer:
         self.last_checkpoint = self.checkpoint_dir / LAST_CHECKPOINT_NAME
         self.best_weights = self.checkpoint_dir / BEST_WEIGHTS_NAME
         self.history = TrainingHistory()
-        self._writer: Any = None
+        self.scalars = ScalarLog(self.out_dir / "tensorboard", enabled=self.tensorboard)
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -490,17 +188,6 @@ class Trainer:
             from tqdm.auto import tqdm
 
             tqdm.write(message)
-
-    def _open_writer(self, purge_step: int | None) -> None:
-        if not self.tensorboard:
-            return
-        from torch.utils.tensorboard import SummaryWriter
-
-        self._writer = SummaryWriter(log_dir=str(self.out_dir / "tensorboard"), purge_step=purge_step)
-
-    def _scalar(self, tag: str, value: float | None, step: int) -> None:
-        if self._writer is not None and value is not None and math.isfinite(float(value)):
-            self._writer.add_scalar(tag, float(value), step)
 
     def _sampler(self) -> Any:
         return getattr(self.train_loader, "batch_sampler", None)
@@ -602,14 +289,14 @@ class Trainer:
             values["total"] = float(result.total.detach())
             for name, value in values.items():
                 sums[name] = sums.get(name, 0.0) + value
-                self._scalar(f"train/loss/{name}", value, step)
+                self.scalars.scalar(f"train/loss/{name}", value, step)
             for name, value in result.stats.items():
                 if name.endswith("_max"):
                     stat_max[name] = max(stat_max.get(name, -math.inf), value)
                 else:
                     stat_sums[name] = stat_sums.get(name, 0.0) + value
                 if name == "active_fraction":
-                    self._scalar("train/active_fraction", value, step)
+                    self.scalars.scalar("train/active_fraction", value, step)
             bar.set_postfix(loss=f"{values['total']:.4f}", refresh=False)
         bar.close()
         if n_used == 0:
@@ -720,19 +407,14 @@ class Trainer:
             start = self._resume(state)
             self._say(f"resumed from {self.last_checkpoint} after epoch {start}")
         self.wrap_ddp()
-        self._open_writer(purge_step=self.history.global_step + 1 if start else None)
+        self.scalars.enabled = self.tensorboard
+        self.scalars.open(purge_step=self.history.global_step + 1 if start else None)
         try:
             for epoch in range(start + 1, self.train_cfg.epochs + 1):
                 record = self._train_one_epoch(epoch)
                 self.scheduler.step()
                 step = self.history.global_step
-                for name, value in record["losses"].items():
-                    self._scalar(f"epoch/loss/{name}", value, step)
-                for name, value in record["stats"].items():
-                    self._scalar(f"epoch/{name}", value, step)
-                for name, lr in record["lr"].items():
-                    self._scalar(f"lr/{name}", lr, step)
-                self._scalar("epoch", epoch, step)
+                self.scalars.epoch(record, step)
                 if not self.ctx.is_main:  # rank 0 validates and writes; the others wait for it
                     self.history.epochs.append(record)
                     self.ctx.barrier()
@@ -745,9 +427,7 @@ class Trainer:
                     summary = retrieval_summary(results)
                     summary["seconds"] = round(time.time() - started, 3)
                     record["validation"] = summary
-                    for name, value in summary.items():
-                        if name.startswith("AR@"):
-                            self._scalar(f"val/{name}", value, step)
+                    self.scalars.validation(summary, step)
                     metric = summary.get(SELECTION_METRIC)
                     metric = -math.inf if metric is None else float(metric)
                     best = self.history.best_metric
@@ -763,13 +443,10 @@ class Trainer:
                 self.history.epochs.append(record)
                 save_checkpoint(self.last_checkpoint, self._state(epoch))
                 self._say(_epoch_line(record, self.history))
-                if self._writer is not None:
-                    self._writer.flush()
+                self.scalars.flush()
                 self.ctx.barrier()
         finally:
-            if self._writer is not None:
-                self._writer.close()
-                self._writer = None
+            self.scalars.close()
         if self.ctx.is_distributed:  # every rank returns rank 0's history (validation, best epoch)
             self.history = self.ctx.broadcast_object(self.history)
         if self.history.best_weights is None and self.best_weights.is_file():
@@ -826,38 +503,6 @@ def aggregate_final_losses(history: TrainingHistory) -> dict[str, float]:
     return dict(history.last["losses"]) if history.last else {}
 
 
-#: High-level functions defined in :mod:`distilvpr_lib.engine.runs`, importable from here too.
-_RUN_FUNCTIONS = ("train_teacher", "distill_student", "evaluate_run", "load_model_from_dir", "get_teacher_cache")
 
-
-def __getattr__(name: str) -> Any:
-    # ``from distilvpr_lib.engine.trainer import train_teacher`` (lazy: runs imports this module).
-    if name in _RUN_FUNCTIONS:
-        from distilvpr_lib.engine import runs
-
-        return getattr(runs, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-__all__ = [
-    "distill_student",
-    "evaluate_run",
-    "train_teacher",
-    "LossOutput",
-    "Objective",
-    "SELECTION_RULE",
-    "StudentObjective",
-    "TeacherObjective",
-    "Trainer",
-    "TrainingHistory",
-    "build_optimizer",
-    "build_scheduler",
-    "config_fingerprint",
-    "keep_float32_under_autocast",
-    "resolve_amp_dtype",
-    "resolve_device",
-    "retrieval_summary",
-    "student_parameter_groups",
-    "teacher_parameter_groups",
-    "train",
-]
+__all__ = ["SELECTION_METRIC", "SELECTION_RULE", "Trainer", "TrainingHistory", "Validator",
+           "aggregate_final_losses", "train"]

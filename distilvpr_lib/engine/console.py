@@ -1,0 +1,14 @@
+"""Console lines of the run pipelines (tqdm-safe: they do not break progress bars)."""
+
+from __future__ import annotations
+
+
+def say(message: str, enabled: bool = True) -> None:
+    """Print ``message`` through ``tqdm.write`` when ``enabled`` (the pipelines pass ``progress``)."""
+    if enabled:
+        from tqdm.auto import tqdm
+
+        tqdm.write(message)
+
+
+__all__ = ["say"]

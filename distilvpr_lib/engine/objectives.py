@@ -1,0 +1,150 @@
+"""Training objectives: a model's outputs on a batch -> the total loss, its weighted named terms
+and statistics (METHOD.md §5.1, §5.5).
+
+* :class:`TeacherObjective`: ``w0·triplet(fused) + w1·triplet(cloud) [+ w2·triplet(image)]``;
+* :class:`StudentObjective`: ``student_task_weight·triplet(s)`` plus the Distiller's weighted terms
+  against cached teacher embeddings.
+
+Both return a :class:`LossOutput`; any callable with the :class:`Objective` signature can drive
+the loop (:class:`~distilvpr_lib.engine.loop.Trainer`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:  # pragma: no cover
+    from distilvpr_lib.config import TrainConfig
+    from distilvpr_lib.engine.teacher_cache import TeacherCache
+
+#: Name of the student's task term.
+STUDENT_TASK_TERM: str = "triplet"
+
+
+@dataclass
+class LossOutput:
+    """What an objective returns for one batch.
+
+    Attributes:
+        total: scalar tensor to back-propagate (= sum of ``terms``).
+        terms: weighted named terms (scalar tensors), e.g. ``triplet_embedding``, ``rkdg_distance``.
+        stats: floats to log, e.g. ``active_fraction``, ``student_norm_mean``; keys ending in
+            ``_max`` are aggregated over an epoch by max, the others by mean.
+    """
+
+    total: torch.Tensor
+    terms: dict[str, torch.Tensor]
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+class Objective(Protocol):
+    """``objective(outputs, batch) -> LossOutput``; ``outputs`` is the model's output dict."""
+
+    kind: str
+
+    def __call__(self, outputs: Mapping[str, torch.Tensor], batch: Mapping[str, Any]) -> LossOutput: ...
+
+
+def _norm_stats(prefix: str, embeddings: torch.Tensor) -> dict[str, float]:
+    norms = embeddings.detach().float().norm(dim=1)
+    return {f"{prefix}_norm_mean": float(norms.mean()), f"{prefix}_norm_max": float(norms.max())}
+
+
+def _sum_terms(terms: Mapping[str, torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+    total = like.new_zeros(())
+    for value in terms.values():
+        total = total + value
+    return total
+
+
+def _make_triplet(margin: float) -> nn.Module:
+    from distilvpr_lib.losses.triplet import BatchHardTripletLoss
+
+    return BatchHardTripletLoss(margin=margin)
+
+
+class TeacherObjective:
+    """``Σ_h w_h · triplet(outputs[h])`` over the teacher's heads (fused, cloud, image), METHOD.md §5.1.
+
+    Delegates to :func:`distilvpr_lib.losses.triplet.teacher_task_loss`: heads with weight 0 are
+    not computed (the reference computed the image head and multiplied it by 0). Term names:
+    ``triplet_embedding`` (fused), ``triplet_cloud_embedding``, ``triplet_image_embedding``.
+    Stats: ``active_fraction`` / ``num_triplets`` of the fused head, every head's triplet stats as
+    ``<head>/<stat>``, and the fused norms as ``teacher_norm_{mean,max}``.
+    """
+
+    kind = "teacher"
+
+    def __init__(self, train_cfg: "TrainConfig", triplet: nn.Module | None = None) -> None:
+        self.weights = tuple(float(w) for w in train_cfg.teacher_loss_weights)
+        if len(self.weights) != 3:
+            raise ValueError(f"train.teacher_loss_weights needs 3 weights (fused, cloud, image), got {self.weights}")
+        if not any(self.weights):
+            raise ValueError("train.teacher_loss_weights are all zero: nothing to train")
+        self.margin = float(train_cfg.margin)
+        self.triplet = triplet if triplet is not None else _make_triplet(train_cfg.margin)
+
+    def __call__(self, outputs: Mapping[str, torch.Tensor], batch: Mapping[str, Any]) -> LossOutput:
+        from distilvpr_lib.losses.triplet import teacher_task_loss
+
+        outputs32 = {k: v.float() for k, v in outputs.items() if torch.is_tensor(v)}
+        terms, head_stats = teacher_task_loss(
+            outputs32, (batch["positives_mask"], batch["negatives_mask"]), weights=self.weights,
+            margin=self.margin, loss_fn=self.triplet)
+        if not terms:
+            raise ValueError(f"teacher objective: no head with a non-zero weight among outputs {sorted(outputs)}")
+        stats = {k: float(v) for k, v in head_stats.items()}
+        for name in ("active_fraction", "num_triplets"):
+            if f"embedding/{name}" in head_stats:
+                stats[name] = float(head_stats[f"embedding/{name}"])
+        stats.update(_norm_stats("teacher", outputs32["embedding"]))
+        return LossOutput(_sum_terms(terms, outputs32["embedding"]), terms, stats)
+
+
+class StudentObjective:
+    """``student_task_weight · triplet(s)`` + the Distiller's weighted named terms (METHOD.md §5.5).
+
+    The teacher embeddings ``t`` come from a :class:`TeacherCache`, looked up by the batch's
+    ``rel_paths``; the teacher never runs. With ``distiller=None`` (method ``nokd``) only the task
+    term is used. Stats: ``active_fraction`` / ``num_triplets`` of the task triplet and
+    ``{student,teacher}_norm_{mean,max}`` (raw norms; the self-agent hyperbolic term saturates
+    for large raw norms, METHOD.md §10.5).
+    """
+
+    kind = "student"
+
+    def __init__(self, train_cfg: "TrainConfig", teacher_cache: TeacherCache | None,
+                 distiller: nn.Module | None = None, triplet: nn.Module | None = None) -> None:
+        self.task_weight = float(train_cfg.student_task_weight)
+        self.triplet = triplet if triplet is not None else _make_triplet(train_cfg.margin)
+        self.distiller = distiller
+        self.teacher_cache = teacher_cache
+        if distiller is not None and teacher_cache is None:
+            raise ValueError("student objective: a distiller needs a teacher cache")
+
+    def __call__(self, outputs: Mapping[str, torch.Tensor], batch: Mapping[str, Any]) -> LossOutput:
+        student = outputs["embedding"].float()
+        positives, negatives = batch["positives_mask"], batch["negatives_mask"]
+        task, task_stats = self.triplet(student, positives, negatives)
+        terms: dict[str, torch.Tensor] = {STUDENT_TASK_TERM: self.task_weight * task}
+        stats = {k: float(v) for k, v in task_stats.items() if isinstance(v, (int, float))}
+        stats.update(_norm_stats("student", student))
+        if self.teacher_cache is not None:
+            teacher = self.teacher_cache.lookup(batch["rel_paths"], device=student.device)
+            stats.update(_norm_stats("teacher", teacher))
+            if self.distiller is not None:
+                distill_terms = self.distiller(student, teacher, positives, negatives)
+                for name, value in distill_terms.items():
+                    if name in terms:
+                        raise ValueError(f"distiller term {name!r} collides with the task term")
+                    terms[name] = value
+        return LossOutput(_sum_terms(terms, student), terms, stats)
+
+
+
+__all__ = ["LossOutput", "Objective", "STUDENT_TASK_TERM", "StudentObjective", "TeacherObjective"]

@@ -1,0 +1,66 @@
+"""Optimiser and learning-rate schedule of the teacher and the student (METHOD.md §6.1).
+
+Adam with L2 weight decay over named parameter groups (the teacher's image branch at ``image_lr``
+and cloud branch at ``cloud_lr``; every student parameter at ``image_lr``), and ``MultiStepLR``
+stepped once per epoch.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:  # pragma: no cover
+    from distilvpr_lib.config import TrainConfig
+
+
+def teacher_parameter_groups(model: nn.Module, train_cfg: "TrainConfig") -> list[dict[str, Any]]:
+    """Adam groups of the teacher: the image branch at ``image_lr``, the cloud branch at ``cloud_lr``.
+
+    A parameter belongs to the image (cloud) branch when the first component of its name
+    contains ``image`` (``cloud``). Parameters without gradient are left out (as the reference:
+    unused heads get no update). Any other trainable parameter is an error, so nothing is
+    silently trained at the wrong rate.
+    """
+    groups: dict[str, list[nn.Parameter]] = {"image": [], "cloud": []}
+    unassigned: list[str] = []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        top = name.split(".", 1)[0].lower()
+        if "image" in top or "img" in top:
+            groups["image"].append(param)
+        elif "cloud" in top or "pc" == top or "point" in top:
+            groups["cloud"].append(param)
+        else:
+            unassigned.append(name)
+    if unassigned:
+        raise ValueError(f"teacher parameters in neither the image nor the cloud branch: {unassigned[:5]}")
+    return [
+        {"params": groups["image"], "lr": train_cfg.image_lr, "name": "image"},
+        {"params": groups["cloud"], "lr": train_cfg.cloud_lr, "name": "cloud"},
+    ]
+
+
+def student_parameter_groups(model: nn.Module, train_cfg: "TrainConfig") -> list[dict[str, Any]]:
+    """One Adam group: every trainable student parameter at ``image_lr``."""
+    return [{"params": [p for p in model.parameters() if p.requires_grad], "lr": train_cfg.image_lr,
+             "name": "student"}]
+
+
+def build_optimizer(groups: list[dict[str, Any]], train_cfg: "TrainConfig") -> torch.optim.Adam:
+    """Adam (L2 ``weight_decay``, not AdamW) over the given parameter groups (empty groups dropped)."""
+    groups = [g for g in groups if g["params"]]
+    if not groups:
+        raise ValueError("no trainable parameters")
+    return torch.optim.Adam(groups, weight_decay=train_cfg.weight_decay)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, train_cfg: "TrainConfig") -> torch.optim.lr_scheduler.MultiStepLR:
+    """``MultiStepLR(milestones, gamma)``, stepped once per epoch."""
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(train_cfg.milestones), gamma=train_cfg.gamma)
+
+
+__all__ = ["build_optimizer", "build_scheduler", "student_parameter_groups", "teacher_parameter_groups"]

@@ -1,0 +1,188 @@
+"""The run-folder format: file names, strict JSON, the config round trip, loading a folder's model.
+
+A teacher folder ``teacher_weights/<name>/`` (written by :func:`~distilvpr_lib.engine.teacher_run.train_teacher`)::
+
+    config.json         the resolved ExperimentConfig
+    teacher.pt          the selected weights (bare state_dict)
+    metrics.json        per-epoch losses, validation summaries, best epoch, test summary, ...
+    test_results.npz    the selected teacher's RetrievalResults on the test split (browser input)
+    teacher_cache.pt    teacher embeddings of every training sub-map (see engine.teacher_cache)
+    checkpoints/        last.pt (exact resume) and best.pt
+    tensorboard/        scalars
+
+A student run folder ``runs/<name>/`` (:func:`~distilvpr_lib.engine.student_run.distill_student`) holds the
+same files, ``student.pt`` instead of ``teacher.pt`` and no cache.
+
+``metrics.json`` schema (all recalls in percent)::
+
+    kind: "teacher" | "student";  method: "teacher" | distillation preset;  profile, seed, device
+    dataset_dir, teacher_dir (student), status: "complete"
+    epochs: [{epoch, lr: {group: lr}, losses: {term: mean, total: mean}, stats: {...},
+              batches, skipped_batches, seconds, validation: {AR@1, AR@5, AR@10, AR@1%,
+              per_run_AR@1: {run: AR@1}, seconds} | null}]
+    best_epoch, selection (the rule), validation (summary of the best epoch | null)
+    test: {AR@1, AR@5, AR@10, AR@1%, per_run_AR@1: {run: AR@1}}
+    final_losses: {term: last epoch's mean, total}
+    loss_weights: {term: effective weight}
+    embedding_norms: {student: {mean, max}, teacher: {mean, max}}   (raw L2 norms)
+    wall_time_s (this call), train_seconds (sum over epochs, across resumes), seconds_per_epoch
+    files: {name: path relative to the folder}
+    world_size (distributed runs only): number of processes
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from distilvpr_lib.config import ExperimentConfig
+from distilvpr_lib.data.formats import atomic_write
+from distilvpr_lib.engine.checkpoint import LAST_CHECKPOINT_NAME, load_weights
+
+PathLike = str | os.PathLike
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.json"
+TEACHER_WEIGHTS_FILE = "teacher.pt"
+STUDENT_WEIGHTS_FILE = "student.pt"
+TEST_RESULTS_FILE = "test_results.npz"
+
+
+# ---------------------------------------------------------------------------
+# Strict JSON
+# ---------------------------------------------------------------------------
+def write_json(path: PathLike, obj: Any) -> Path:
+    """Write strict JSON atomically (NaN/inf become null)."""
+    path = Path(path)
+    with atomic_write(path, "w") as handle:
+        handle.write(json.dumps(_json_safe(obj), indent=2, sort_keys=False, allow_nan=False))
+        handle.write("\n")
+    return path
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, torch.Tensor) and obj.numel() == 1:
+        return _json_safe(obj.item())
+    if hasattr(obj, "item") and callable(obj.item):  # numpy scalars
+        try:
+            return _json_safe(obj.item())
+        except (TypeError, ValueError):
+            pass
+    return obj
+
+
+# ---------------------------------------------------------------------------
+# The configuration round trip
+# ---------------------------------------------------------------------------
+def load_run_config(run_dir: PathLike) -> ExperimentConfig:
+    """The ``config.json`` of a teacher folder or student run."""
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: run configuration not found (is {run_dir} a teacher folder or run folder?)")
+    return ExperimentConfig.load(path)
+
+
+def _without_pretrained(model_cfg: Any) -> Any:
+    """The model config with ``pretrained_image_weights=None``: a saved model needs no ImageNet file to load."""
+    return dataclasses.replace(model_cfg, pretrained_image_weights=None)
+
+
+#: Execution settings left out of :func:`config_fingerprint` (they do not define the experiment).
+RUNTIME_FIELDS: tuple[str, ...] = (
+    "train.amp_dtype", "train.channels_last", "train.sync_batchnorm", "train.distributed_backend",
+    "train.distributed_timeout_s", "data.persistent_workers",
+)
+
+
+def config_fingerprint(cfg: "ExperimentConfig", ignore: Iterable[str] = ()) -> str:
+    """Hash of the resolved config minus fields that may change between a run and its resume.
+
+    Ignored always: ``train.epochs``, ``train.device``, ``train.eval_batch_size``,
+    ``train.eval_every``, ``data.num_workers``, ``data.dataset_dir``, ``data.image_dir``, ``synth.*``, ``profile``,
+    and the execution settings in :data:`RUNTIME_FIELDS` (AMP dtype, channels-last, distributed options,
+    persistent workers: a run may resume on other hardware or another number of processes).
+    """
+    data = cfg.to_dict()
+    skip = {"train.epochs", "train.device", "train.eval_batch_size", "train.eval_every", "data.num_workers",
+            "data.dataset_dir", "data.image_dir", *RUNTIME_FIELDS, *ignore}
+    data.pop("synth", None)
+    data.pop("profile", None)
+    for dotted in skip:
+        section, _, name = dotted.partition(".")
+        data.get(section, {}).pop(name, None)
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=list).encode()).hexdigest()[:16]
+
+
+def check_resumable(cfg: ExperimentConfig, out_dir: PathLike, resume: bool) -> None:
+    """Refuse (before ``config.json`` is overwritten) to resume a folder that holds a run of another configuration.
+
+    Raises:
+        ValueError: ``resume`` and ``out_dir`` has a ``checkpoints/last.pt`` and a ``config.json`` whose
+            :func:`config_fingerprint` differs from ``cfg``'s.
+    """
+    out_dir = Path(out_dir)
+    config_path = out_dir / CONFIG_FILE
+    if resume and (out_dir / "checkpoints" / LAST_CHECKPOINT_NAME).is_file() and config_path.is_file():
+        # Refuse before overwriting config.json: the folder holds a run of another configuration.
+        previous = ExperimentConfig.load(config_path)
+        if config_fingerprint(previous) != config_fingerprint(cfg):
+            raise ValueError(
+                f"{out_dir}: holds a checkpoint of another configuration (see {config_path}); "
+                "resume=False starts over, or use another output folder")
+
+
+# ---------------------------------------------------------------------------
+# A folder's model
+# ---------------------------------------------------------------------------
+def load_teacher(teacher_dir: PathLike, device: torch.device | str = "cpu") -> tuple[nn.Module, ExperimentConfig]:
+    """Build the teacher of a teacher folder from its ``config.json`` and load ``teacher.pt`` (strict)."""
+    from distilvpr_lib.models import build_teacher
+
+    teacher_dir = Path(teacher_dir)
+    teacher_cfg = load_run_config(teacher_dir)
+    model = build_teacher(_without_pretrained(teacher_cfg.model))
+    model.load_state_dict(load_weights(teacher_dir / TEACHER_WEIGHTS_FILE))
+    return model.to(device).eval(), teacher_cfg
+
+
+def load_model_from_dir(model_dir: PathLike, device: torch.device | str = "cpu") -> tuple[nn.Module, ExperimentConfig, str]:
+    """Build and load the model of a teacher folder (``teacher.pt``) or student run (``student.pt``).
+
+    Returns:
+        ``(model in eval mode, its config, "teacher" | "student")``.
+    """
+    from distilvpr_lib.models import build_student, build_teacher
+
+    model_dir = Path(model_dir)
+    cfg = load_run_config(model_dir)
+    model_cfg = _without_pretrained(cfg.model)  # the weights file holds every parameter
+    if (model_dir / STUDENT_WEIGHTS_FILE).is_file():
+        kind, model, weights = "student", build_student(model_cfg), model_dir / STUDENT_WEIGHTS_FILE
+    elif (model_dir / TEACHER_WEIGHTS_FILE).is_file():
+        kind, model, weights = "teacher", build_teacher(model_cfg), model_dir / TEACHER_WEIGHTS_FILE
+    else:
+        raise FileNotFoundError(f"{model_dir}: neither {STUDENT_WEIGHTS_FILE} nor {TEACHER_WEIGHTS_FILE} found")
+    model.load_state_dict(load_weights(weights))
+    return model.to(device).eval(), cfg, kind
+
+
+__all__ = ["CONFIG_FILE", "METRICS_FILE", "RUNTIME_FIELDS", "STUDENT_WEIGHTS_FILE", "TEACHER_WEIGHTS_FILE",
+           "TEST_RESULTS_FILE", "check_resumable", "config_fingerprint", "load_model_from_dir", "load_run_config",
+           "load_teacher", "write_json"]

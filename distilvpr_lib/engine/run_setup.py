@@ -1,0 +1,133 @@
+"""What the teacher and the student pipelines share: opening the run, the benchmark and its checks,
+the training loader, and the run-level parts of ``metrics.json``.
+
+Under ``torchrun`` (``WORLD_SIZE > 1``) :func:`start_run` initialises the process group from the
+environment (:mod:`distilvpr_lib.engine.distributed`) and :func:`make_training_loader` gives this
+rank's slices of every global batch.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from distilvpr_lib.config import ExperimentConfig
+from distilvpr_lib.engine.console import say
+from distilvpr_lib.engine.distributed import DistributedContext, init_distributed
+from distilvpr_lib.engine.loop import SELECTION_RULE, TrainingHistory
+from distilvpr_lib.engine.run_folder import CONFIG_FILE, check_resumable, write_json
+from distilvpr_lib.engine.seeding import configure_determinism, seed_everything
+
+if TYPE_CHECKING:  # pragma: no cover
+    from distilvpr_lib.data.benchmark import Benchmark
+
+PathLike = str | os.PathLike
+
+
+def check_benchmark(benchmark: "Benchmark", cfg: ExperimentConfig, need_images: bool) -> None:
+    """Refuse a benchmark a run cannot use: no training tuples, no images (when needed), no test split, or no
+    validation split while ``cfg.train.use_validation_split``.
+
+    Raises:
+        ValueError: naming the dataset folder and what is missing.
+    """
+    where = benchmark.dataset_dir
+    if not benchmark.training_tuples:
+        raise ValueError(f"{where}: no training tuples (training_queries_baseline.pickle); cannot train")
+    if need_images and not benchmark.has_images:
+        raise ValueError(f"{where}: the benchmark has no images (no LiDAR-to-image index); both models need images")
+    if not benchmark.has_split("test"):
+        raise ValueError(f"{where}: no test split (evaluation pickles) to report on")
+    if cfg.train.use_validation_split and not benchmark.has_split("validation"):
+        raise ValueError(
+            f"{where}: no validation split for model selection (validation_evaluation_*.pickle); build it with "
+            "distilvpr_lib.data.splits.build_oxford_benchmark, or set train.use_validation_split=false "
+            "(then the last epoch is kept)")
+
+
+def make_training_loader(benchmark: "Benchmark", cfg: ExperimentConfig, ctx: DistributedContext,
+                         data_cfg: Any | None = None) -> torch.utils.data.DataLoader:
+    """The training loader: positive-pair batches (this rank's slices in distributed runs).
+
+    ``num_workers`` are per process; ``pin_memory`` only on CUDA; ``persistent_workers`` when configured
+    and there are workers.
+    """
+    from torch.utils.data import DataLoader
+
+    from distilvpr_lib.data.collate import make_collate_fn
+    from distilvpr_lib.data.datasets import TrainingDataset
+    from distilvpr_lib.data.sampler import DistributedPositivePairBatchSampler, PositivePairBatchSampler
+
+    data_cfg = data_cfg or cfg.data
+    dataset = TrainingDataset(benchmark, data_cfg, augment=True)
+    sampler: PositivePairBatchSampler
+    if ctx.is_distributed:
+        sampler = DistributedPositivePairBatchSampler(benchmark.training_tuples, cfg.train.batch_size,
+                                                      seed=cfg.train.seed, rank=ctx.rank, world_size=ctx.world_size)
+    else:
+        sampler = PositivePairBatchSampler(benchmark.training_tuples, cfg.train.batch_size, seed=cfg.train.seed)
+    extra: dict[str, Any] = {}
+    if data_cfg.num_workers > 0 and getattr(data_cfg, "persistent_workers", False):
+        extra["persistent_workers"] = True
+    return DataLoader(dataset, batch_sampler=sampler,
+                      collate_fn=make_collate_fn(benchmark.training_tuples, data_cfg.quantization_size),
+                      num_workers=data_cfg.num_workers, pin_memory=ctx.device.type == "cuda", **extra)
+
+
+def describe_world(ctx: DistributedContext) -> str:
+    """``" x N processes (backend)"`` for a distributed run, ``""`` otherwise (appended to the start line)."""
+    return f" x {ctx.world_size} processes ({ctx.backend})" if ctx.is_distributed else ""
+
+
+def start_run(cfg: ExperimentConfig, out_dir: PathLike, resume: bool) -> tuple[Path, DistributedContext]:
+    """Open a run: refuse a folder of another configuration, initialise the process group (torchrun),
+    create the folder and write ``config.json`` (rank 0), seed and set determinism.
+
+    Returns:
+        ``(out_dir as a Path, the DistributedContext)``.
+    """
+    out_dir = Path(out_dir)
+    check_resumable(cfg, out_dir, resume)
+    ctx = init_distributed(cfg.train.device, cfg.train.distributed_backend, cfg.train.distributed_timeout_s)
+    if ctx.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg.train.seed)
+    configure_determinism(cfg.train.deterministic)
+    if ctx.is_main:
+        write_json(out_dir / CONFIG_FILE, cfg.to_dict())
+    return out_dir, ctx
+
+
+def history_metrics(history: TrainingHistory) -> dict[str, Any]:
+    """The training part of ``metrics.json``: ``epochs``, ``best_epoch``, ``selection``, ``validation`` (the best
+    epoch's), ``final_losses``, ``train_seconds``, ``seconds_per_epoch`` (schema in :mod:`.run_folder`)."""
+    best = next((e for e in history.epochs if e["epoch"] == history.best_epoch), None)
+    train_seconds = sum(float(e.get("seconds", 0.0)) + float((e.get("validation") or {}).get("seconds", 0.0))
+                        for e in history.epochs)
+    epoch_seconds = [float(e["seconds"]) for e in history.epochs]
+    return {
+        "epochs": history.epochs,
+        "best_epoch": history.best_epoch,
+        "selection": SELECTION_RULE if any(e.get("validation") for e in history.epochs)
+        else "last epoch (no validation split)",
+        "validation": (best or {}).get("validation"),
+        "final_losses": dict(history.last["losses"]) if history.last else {},
+        "train_seconds": round(train_seconds, 3),
+        "seconds_per_epoch": round(sum(epoch_seconds) / len(epoch_seconds), 3) if epoch_seconds else None,
+    }
+
+
+def print_summary(kind: str, metrics: Mapping[str, Any], out_dir: Path, progress: bool) -> None:
+    """The closing console line of a run: best epoch, selection rule, test recalls, the folder."""
+    test = metrics.get("test") or {}
+    parts = "  ".join(f"{k}={v:.2f}" for k, v in test.items() if k.startswith("AR@") and v is not None)
+    say(f"{kind}: best epoch {metrics.get('best_epoch')} ({metrics.get('selection')}); test {parts}; "
+        f"wrote {out_dir}", progress)
+
+
+__all__ = ["check_benchmark", "describe_world", "history_metrics", "make_training_loader", "print_summary",
+           "start_run"]

@@ -1,0 +1,163 @@
+"""The student pipeline: config -> data -> teacher cache -> image-only student -> selection -> test -> run folder.
+
+:func:`distill_student` trains the image-only student with the task loss plus the distillation terms of
+``cfg.distill`` (:class:`~distilvpr_lib.engine.objectives.StudentObjective`). It reads the teacher's cache
+(:func:`~distilvpr_lib.engine.teacher_cache.get_teacher_cache`, building it once if it is missing or stale)
+and never runs the teacher during training. Selection is on the **validation** split, the report on the
+**test** split. The folder's files and ``metrics.json`` schema are in :mod:`~distilvpr_lib.engine.run_folder`.
+It resumes from ``checkpoints/last.pt`` by default; under ``torchrun`` it runs on every rank as
+:func:`~distilvpr_lib.engine.teacher_run.train_teacher` does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from torch import nn
+
+from distilvpr_lib.config import ExperimentConfig
+from distilvpr_lib.engine.checkpoint import load_weights, save_weights
+from distilvpr_lib.engine.console import say
+from distilvpr_lib.engine.distributed import shutdown_distributed
+from distilvpr_lib.engine.evaluate import retrieval_summary
+from distilvpr_lib.engine.loop import Trainer, TrainingHistory
+from distilvpr_lib.engine.objectives import STUDENT_TASK_TERM, StudentObjective
+from distilvpr_lib.engine.optim import build_optimizer, build_scheduler, student_parameter_groups
+from distilvpr_lib.engine.run_evaluation import evaluate_split, load_benchmark
+from distilvpr_lib.engine.run_folder import (
+    CONFIG_FILE,
+    METRICS_FILE,
+    STUDENT_WEIGHTS_FILE,
+    TEST_RESULTS_FILE,
+    config_fingerprint,
+    write_json,
+)
+from distilvpr_lib.engine.run_setup import (
+    check_benchmark,
+    describe_world,
+    history_metrics,
+    make_training_loader,
+    print_summary,
+    start_run,
+)
+from distilvpr_lib.engine.teacher_cache import cache_file_name, get_teacher_cache
+
+if TYPE_CHECKING:  # pragma: no cover
+    from distilvpr_lib.engine.evaluate import RetrievalResults
+
+PathLike = str | os.PathLike
+
+
+def _last_stat(history: TrainingHistory, name: str) -> float | None:
+    if not history.last:
+        return None
+    value = history.last["stats"].get(name)
+    return None if value is None else float(value)
+
+
+
+def distill_student(cfg: ExperimentConfig, teacher_dir: PathLike | None, out_dir: PathLike, resume: bool = True,
+                    method: str | None = None, progress: bool = True) -> dict[str, Any]:
+    """Train the image-only student with the task loss plus the distillation terms of ``cfg.distill``.
+
+    Args:
+        cfg: resolved configuration; ``cfg.distill.method`` names the preset (``nokd``, ``distilvpr``, ...)
+            and ``cfg.distill.terms`` overrides term weights.
+        teacher_dir: a teacher folder written by :func:`train_teacher` (may be ``None`` for ``nokd``).
+        out_dir: the run folder (``runs/<name>``), created.
+        resume: continue from ``checkpoints/last.pt`` when present.
+        method: shorthand that overrides ``cfg.distill.method``.
+        progress: tqdm bars and per-epoch lines.
+
+    Returns:
+        The metrics dict written to ``metrics.json`` (schema in the module docstring).
+    """
+    from distilvpr_lib.losses.distiller import Distiller
+    from distilvpr_lib.models import build_student
+
+    if method is not None:
+        cfg = dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, method=method))
+    started = time.time()
+    distiller = Distiller(cfg.distill)  # validates method and term names before any work
+    use_distiller = bool(distiller.weights)
+    if use_distiller and teacher_dir is None:
+        raise ValueError(f"distillation method {cfg.distill.method!r} needs a teacher folder")
+    out_dir, ctx = start_run(cfg, out_dir, resume)
+    device = ctx.device
+    progress = progress and ctx.is_main
+    benchmark = load_benchmark(cfg)
+    check_benchmark(benchmark, cfg, need_images=True)
+
+    cache = None
+    if teacher_dir is not None and (use_distiller or (Path(teacher_dir) / cache_file_name(
+            cfg.train.clean_teacher_cache, cfg.train.seed)).is_file()):
+        cache = get_teacher_cache(teacher_dir, cfg, benchmark, device, progress=progress, out_dir=out_dir,
+                                  distributed=ctx)
+        if use_distiller and cache.dim != cfg.model.student_dim:
+            raise ValueError(
+                f"student_dim={cfg.model.student_dim} but the teacher embeddings in {cache.metadata.get('path')} have "
+                f"D={cache.dim}; the distillation terms compare (B, D) matrices, so set model.student_dim={cache.dim}")
+
+    student = build_student(cfg.model).to(device)
+    optimizer = build_optimizer(student_parameter_groups(student, cfg.train), cfg.train)
+    scheduler = build_scheduler(optimizer, cfg.train)
+    # The student sees images only: skip the (unused) cloud augmentation work.
+    loader = make_training_loader(benchmark, cfg, ctx, data_cfg=dataclasses.replace(cfg.data, augment_clouds=False))
+    objective = StudentObjective(cfg.train, cache, distiller.to(device) if use_distiller else None)
+    validate = None
+    if cfg.train.use_validation_split:
+        def validate(m: nn.Module) -> "RetrievalResults":
+            return evaluate_split(m, benchmark, "validation", cfg, device)
+    terms = ", ".join(f"{k}={v:g}" for k, v in distiller.weights.items()) or "none"
+    say(f"student ({cfg.distill.method}): distillation terms {terms}; {len(benchmark.training_tuples)} training "
+        f"sub-maps, {len(loader)} batches/epoch, {cfg.train.epochs} epochs on {device}{describe_world(ctx)} "
+        f"-> {out_dir}", progress)
+    trainer = Trainer(student, objective, optimizer, scheduler, loader, cfg.train, out_dir, validate=validate,
+                      device=device, fingerprint=config_fingerprint(cfg), progress=progress,
+                      distributed=ctx if ctx.is_distributed else None)
+    history = trainer.fit(resume=resume)
+    if not ctx.is_main:  # rank 0 selects, tests and writes
+        metrics_from_main = ctx.broadcast_object(None)
+        shutdown_distributed(ctx)
+        return metrics_from_main
+
+    student.load_state_dict(load_weights(trainer.best_weights, map_location=device))
+    save_weights(out_dir / STUDENT_WEIGHTS_FILE, student.state_dict())
+    test_results = evaluate_split(student, benchmark, "test", cfg, device, progress=progress)
+    test_results.save(out_dir / TEST_RESULTS_FILE)
+
+    norms: dict[str, Any] = {"student": {"mean": _last_stat(history, "student_norm_mean"),
+                                         "max": _last_stat(history, "student_norm_max")}}
+    if cache is not None:
+        norms["teacher"] = cache.norm_stats()
+    metrics: dict[str, Any] = {
+        "kind": "student",
+        "method": cfg.distill.method,
+        "profile": cfg.profile,
+        "seed": cfg.train.seed,
+        "device": str(device),
+        "dataset_dir": str(cfg.data.dataset_dir),
+        "teacher_dir": None if teacher_dir is None else str(teacher_dir),
+        "status": "complete",
+        **history_metrics(history),
+        "test": retrieval_summary(test_results),
+        "loss_weights": {STUDENT_TASK_TERM: float(cfg.train.student_task_weight), **distiller.weights},
+        "embedding_norms": norms,
+        "wall_time_s": round(time.time() - started, 3),
+        "files": {"config": CONFIG_FILE, "weights": STUDENT_WEIGHTS_FILE, "test_results": TEST_RESULTS_FILE,
+                  "checkpoint": "checkpoints/last.pt", "tensorboard": "tensorboard"},
+    }
+    if ctx.is_distributed:
+        metrics["world_size"] = ctx.world_size
+    write_json(out_dir / METRICS_FILE, metrics)
+    print_summary(f"student ({cfg.distill.method})", metrics, out_dir, progress)
+    ctx.broadcast_object(metrics)
+    shutdown_distributed(ctx)
+    return metrics
+
+
+__all__ = ["distill_student"]
