@@ -4,6 +4,11 @@ Each subcommand lives in ``distilvpr_lib/commands/<name>.py`` and exposes
 ``register(subparsers) -> None`` which adds its parser and sets ``func`` (a callable
 taking the parsed ``argparse.Namespace`` and returning an exit status).
 Subcommand modules are imported only when the CLI runs, never at package import.
+
+This is the project's one error boundary: any exception a subcommand raises is printed as one line,
+``error: <file>: <problem> (<what to do>)`` (:func:`distilvpr_lib.errors.format_error`), and the exit
+status is 1 for bad data, weights or run folders, 2 for bad options (argparse's own errors too).
+The traceback is printed only with ``--debug`` (anywhere on the command line) or ``DISTILVPR_DEBUG=1``.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import traceback
 from collections.abc import Sequence
 
 #: Subcommand modules, in the order shown by ``distilvpr --help``.
@@ -30,7 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="distilvpr",
         description="DistilVPR workbench: data, teacher, distillation, evaluation and batches.",
+        epilog="Exit status: 0 success, 1 bad data / weights / run folder, 2 bad options. Errors are one line; "
+               "--debug (anywhere) or DISTILVPR_DEBUG=1 adds the traceback.",
     )
+    parser.add_argument("--debug", action="store_true",
+                        help="print the traceback of an error (also: DISTILVPR_DEBUG=1; accepted after the command)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:
@@ -44,13 +54,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``distilvpr`` console script; returns the exit status."""
+    """Entry point of the ``distilvpr`` console script; returns the exit status (0, 1 or 2).
+
+    Errors are caught here and printed as one line on stderr (see the module docstring); with
+    ``--debug`` / ``DISTILVPR_DEBUG=1`` the traceback comes first.
+    """
+    from distilvpr_lib.errors import debug_requested, exit_code_for, format_error
+
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    debug = debug_requested(arguments)
+    arguments = [a for a in arguments if a != "--debug"]
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(arguments)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        if debug:
+            traceback.print_exc()
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the one error boundary of the CLI
+        if debug:
+            traceback.print_exc()
+        print(f"error: {format_error(exc)}", file=sys.stderr)
+        return exit_code_for(exc)
 
 
 if __name__ == "__main__":  # pragma: no cover - `python -m distilvpr_lib.cli`

@@ -44,7 +44,7 @@ def test_check_data_toy_summary(toy_dir: Path, capsys: pytest.CaptureFixture[str
     out = capsys.readouterr().out
     assert re.search(r"^runs: 2 ", out, re.M)
     assert re.search(r"^submaps: 90 \(pointcloud_20m: 30, pointcloud_20m_10overlap: 60\)", out, re.M)
-    assert re.search(r"^images: (\d+) of \1 referenced submaps", out, re.M)
+    assert re.search(r"^images: (\d+) of \1 readable, of \d+ referenced submaps", out, re.M)
     assert re.search(r"^training tuples: [1-9]\d*", out, re.M)
     assert re.search(r"^validation split: 2 runs, database \d+ submaps, query [1-9]\d* submaps", out, re.M)
     assert "validation squares: N " in out

@@ -63,7 +63,7 @@ def test_bin_accepts_fortran_and_float32_input(tmp_path: Path) -> None:
 @pytest.mark.parametrize("n_bytes, fragment", [
     (BIN_CLOUD_BYTES - 24, "4095 float64 points"),
     (BIN_CLOUD_BYTES + 24, "4097 float64 points"),
-    (4096 * 3 * 4, "looks like float32"),
+    (4096 * 3 * 4, "float32 data"),
     (0, "empty file"),
     (1001, "not a whole number"),
 ])

@@ -25,7 +25,9 @@ def _run(args: argparse.Namespace) -> int:
         summary = run_batch(args.grid, out_root=args.out, workers=args.workers, force=args.force,
                             only=args.only, timeout_s=args.timeout)
     except GridError as exc:
-        print(f"error: {exc}")
+        import sys
+
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     print(summary)
     return 1 if summary.n_failed else 0

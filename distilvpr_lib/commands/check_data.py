@@ -1,4 +1,4 @@
-"""``distilvpr check-data DATASET_DIR [--image-dir DIR] [--layout auto|oxford|boreas]``.
+"""``distilvpr check-data DATASET_DIR [--image-dir DIR] [--layout auto|oxford|boreas] [--deep]``.
 
 Validates a benchmark folder and prints its summary; exits 1 (naming the offending files) on any problem.
 """
@@ -20,19 +20,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--image-dir", default=None,
                         help="image folder (default: <dataset_dir>/images for Oxford, next to the clouds for Boreas)")
     parser.add_argument("--layout", default="auto", choices=("auto", "oxford", "boreas"))
+    parser.add_argument("--deep", action="store_true",
+                        help="decode every image completely (default: read each image's header)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the checks; print the report; return 0 when clean, 1 otherwise."""
+    """Run the checks; print the report; 0 when clean, else 1 and the first problem as one ``error:`` line."""
     from distilvpr_lib.data.check import check_dataset, format_report
 
-    report = check_dataset(args.dataset_dir, image_dir=args.image_dir, layout=args.layout)
+    report = check_dataset(args.dataset_dir, image_dir=args.image_dir, layout=args.layout, deep=args.deep)
     text = format_report(report)
     if report.ok:
         print(text)
         return 0
-    print(text, file=sys.stderr if not report.lines else sys.stdout)
-    if report.lines:
-        print(f"check-data: {len(report.problems)} problem(s); first: {report.problems[0]}", file=sys.stderr)
+    if report.lines:  # the summary and every problem on stdout, one line on stderr
+        print(text)
+    n = len(report.problems)
+    more = f" (+{n - 1} more problem(s) listed above)" if n > 1 and report.lines else ""
+    print(f"error: {report.problems[0]}{more}", file=sys.stderr)
     return 1

@@ -31,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Evaluate and print; 0 on success, 2 when the folder is not a model folder."""
+    """Evaluate and print; 0 on success, 2 when ``--model`` is not a folder (bad files: 1, at the CLI boundary)."""
     from pathlib import Path
 
     from distilvpr_lib.commands.train_teacher import fail
@@ -39,11 +39,9 @@ def run(args: argparse.Namespace) -> int:
 
     if not Path(args.model).is_dir():
         return fail(f"--model {args.model}: no such folder")
-    try:
-        summary, _ = evaluate_run(args.model, dataset_dir=args.dataset, split=args.split, device=args.device,
-                                  image_dir=args.image_dir, progress=not args.quiet, results_path=args.save)
-    except FileNotFoundError as exc:
-        return fail(str(exc))
+    # Bad files (a missing cloud, a corrupt teacher.pt) propagate to the CLI boundary: one line, exit 1.
+    summary, _ = evaluate_run(args.model, dataset_dir=args.dataset, split=args.split, device=args.device,
+                              image_dir=args.image_dir, progress=not args.quiet, results_path=args.save)
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0

@@ -151,6 +151,8 @@ class Benchmark:
                 ``image_dir`` without its index. DataFormatError: malformed or unsafe pickles.
         """
         dataset_dir = Path(dataset_dir)
+        if dataset_dir.exists() and not dataset_dir.is_dir():
+            raise DataFormatError(f"{dataset_dir}: is a file, not a dataset folder")
         if not dataset_dir.is_dir():
             raise MissingDataError(f"{dataset_dir}: dataset folder not found")
         if layout == "auto":

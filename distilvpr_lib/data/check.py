@@ -3,7 +3,8 @@
 Checks: the pickles load safely and are well formed (:meth:`Benchmark.load`); every cloud file
 (scanned from the run folders and referenced by the pickles) is readable and of the right size;
 Oxford location CSVs are readable and every row has its cloud; every referenced sub-map has its
-image when the benchmark has images; the query pickles' true-neighbour lists agree with a
+image when the benchmark has images, and every image's header reads (``deep``: every image decodes);
+the query pickles' true-neighbour lists agree with a
 recomputation from the stored positions (25 m, the PointNetVLAD rule).
 """
 
@@ -17,7 +18,14 @@ import numpy as np
 
 from distilvpr_lib.config import TRUE_NEIGHBOUR_RADIUS_M
 from distilvpr_lib.data.benchmark import BOREAS_CLOUD_FOLDER, Benchmark
-from distilvpr_lib.data.formats import DataFormatError, PathLike, read_cloud_file, read_locations_csv, timestamp_from_path
+from distilvpr_lib.data.formats import (
+    DataFormatError,
+    PathLike,
+    check_image_file,
+    read_cloud_file,
+    read_locations_csv,
+    timestamp_from_path,
+)
 from distilvpr_lib.data.splits import (
     EVALUATION_CLOUD_FOLDER,
     EVALUATION_LOCATIONS_CSV,
@@ -138,8 +146,39 @@ def _scan_cloud_files(benchmark: Benchmark, report: DatasetReport) -> dict[str, 
     return kinds
 
 
-def check_dataset(dataset_dir: PathLike, image_dir: PathLike | None = None, layout: str = "auto") -> DatasetReport:
+def check_images(benchmark: Benchmark, rel_paths: list[str], report: DatasetReport,
+                 decode: bool = False) -> tuple[int, int]:
+    """Check every image of the sub-maps ``rel_paths``: listed in the index, present, header readable
+    (``decode``: every pixel decodes). Adds one problem per bad image.
+
+    Returns:
+        ``(good, total)``: readable images and images looked at.
+    """
+    good = total = 0
+    for rel in rel_paths:
+        try:
+            count = benchmark.image_count(rel)
+        except DataFormatError as exc:
+            report.add_problem(str(exc))
+            total += 1
+            continue
+        for k in range(max(count, 1)):
+            total += 1
+            try:
+                check_image_file(benchmark.image_path(rel, k), decode=decode)
+                good += 1
+            except (DataFormatError, IndexError) as exc:
+                report.add_problem(str(exc))
+    return good, total
+
+
+def check_dataset(dataset_dir: PathLike, image_dir: PathLike | None = None, layout: str = "auto",
+                  deep: bool = False) -> DatasetReport:
     """Validate a dataset folder and build its summary (never raises on data problems).
+
+    Args:
+        deep: decode every image completely (``check-data --deep``); by default only each image's
+            header is read (format and size), which catches empty, garbage and non-image files.
 
     Returns:
         :class:`DatasetReport`; ``report.ok`` is False when any problem was found, each problem
@@ -183,15 +222,10 @@ def check_dataset(dataset_dir: PathLike, image_dir: PathLike | None = None, layo
 
     # Images.
     if benchmark.has_images:
-        found = 0
-        for rel in referenced:
-            try:
-                benchmark.image_path(rel, 0)
-                found += 1
-            except (DataFormatError, IndexError) as exc:
-                report.add_problem(str(exc))
-        lines.append(f"images: {found} of {len(referenced)} referenced submaps have their image "
-                     f"(index {benchmark.lidar2image_path}, {len(benchmark.lidar2image or {})} LiDAR timestamps)")
+        found, total = check_images(benchmark, referenced, report, decode=deep)
+        how = "decoded completely" if deep else "header read; --deep decodes every pixel"
+        lines.append(f"images: {found} of {total} readable, of {len(referenced)} referenced submaps ({how}; "
+                     f"index {benchmark.lidar2image_path}, {len(benchmark.lidar2image or {})} LiDAR timestamps)")
         report.stats["images"] = found
     else:
         lines.append("images: none (no image index found)")

@@ -30,6 +30,7 @@ from typing import IO, Any
 import numpy as np
 
 from distilvpr_lib.config import POINTS_PER_CLOUD
+from distilvpr_lib.errors import DataFormatError, MissingDataError  # noqa: F401 - defined there, re-exported here
 
 PathLike = str | os.PathLike
 
@@ -43,12 +44,6 @@ _MAX_PLAUSIBLE_COORDINATE = 1.0e7
 _MIN_PLAUSIBLE_COORDINATE = 1.0e-30
 
 
-class DataFormatError(ValueError):
-    """A benchmark file is missing, malformed or unsafe; the message names the file and the problem."""
-
-
-class MissingDataError(DataFormatError, FileNotFoundError):
-    """A file or folder the benchmark needs does not exist (also a :class:`FileNotFoundError`)."""
 
 
 # ---------------------------------------------------------------------------
@@ -142,24 +137,50 @@ def read_bin(path: PathLike, check_values: bool = True) -> np.ndarray:
     _require_file(path, "point cloud")
     size = path.stat().st_size
     if size != BIN_CLOUD_BYTES:
-        raise DataFormatError(f"{path}: {_describe_bad_bin_size(size)}")
+        raise DataFormatError(f"{path}: {_describe_bad_bin_size(size, path)}")
     points = np.fromfile(path, dtype="<f8").reshape(POINTS_PER_CLOUD, 3)
     if check_values:
         _check_cloud_values(points, path)
     return points.astype(np.float64, copy=False)
 
 
-def _describe_bad_bin_size(size: int) -> str:
+def _plausible_coordinates(values: np.ndarray) -> bool:
+    """Whether numbers look like LiDAR coordinates: finite, not huge, no denormal-sized non-zeros."""
+    if not np.isfinite(values).all():
+        return False
+    magnitude = np.abs(values.astype(np.float64))
+    nonzero = magnitude[magnitude > 0]
+    return bool(magnitude.max(initial=0.0) <= _MAX_PLAUSIBLE_COORDINATE
+                and (not nonzero.size or nonzero.min() >= _MIN_PLAUSIBLE_COORDINATE))
+
+
+def _describe_bad_bin_size(size: int, path: Path | None = None) -> str:
+    """Why a ``.bin`` of ``size`` bytes is not a cloud: empty, truncated (how far), oversized, float32, ..."""
     expected = f"expected {BIN_CLOUD_BYTES} bytes ({POINTS_PER_CLOUD} x 3 float64), got {size} bytes"
-    if size == POINTS_PER_CLOUD * 3 * 4:
-        return expected + " (looks like float32 data: write clouds as float64)"
     if size == 0:
         return expected + " (empty file)"
+    if size == POINTS_PER_CLOUD * 3 * 4:
+        as_f32 = as_f64 = None
+        if path is not None:
+            data = path.read_bytes()
+            as_f32 = _plausible_coordinates(np.frombuffer(data, dtype="<f4"))
+            as_f64 = _plausible_coordinates(np.frombuffer(data, dtype="<f8"))
+        if as_f64 and not as_f32:
+            return expected + (f" (truncated: the file holds {size // 24} of {POINTS_PER_CLOUD} float64 points; "
+                               "re-copy or regenerate it)")
+        if as_f32 and as_f64:
+            return expected + " (truncated to half, or float32 data: write clouds as float64)"
+        if as_f32 is False and as_f64 is False:
+            return expected + " (truncated or corrupt: its values are not coordinates in float32 or float64)"
+        return expected + " (looks like float32 data: write clouds as float64)"
     if size % 24 == 0:
-        return expected + f" ({size // 24} float64 points instead of {POINTS_PER_CLOUD}: truncated or oversized)"
+        state = "truncated" if size < BIN_CLOUD_BYTES else "oversized"
+        return expected + f" ({state}: {size // 24} float64 points instead of {POINTS_PER_CLOUD})"
     if size % 8 == 0:
-        return expected + f" ({size // 8} float64 values, not a whole number of xyz points)"
-    return expected + " (not a whole number of float64 values)"
+        state = "truncated, or" if size < BIN_CLOUD_BYTES else "oversized and"
+        return expected + f" ({state} {size // 8} float64 values, not a whole number of xyz points)"
+    state = "truncated" if size < BIN_CLOUD_BYTES else "oversized"
+    return expected + f" ({state}; not a whole number of float64 values)"
 
 
 def _check_cloud_values(points: np.ndarray, path: Path) -> None:
@@ -246,6 +267,44 @@ def read_cloud_file(path: PathLike) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------
+# Images
+# ---------------------------------------------------------------------------
+def check_image_file(path: PathLike, decode: bool = False) -> tuple[int, int]:
+    """Check that an image file is readable: its header always, every pixel with ``decode``.
+
+    The header check (``PIL.Image.open``: format and size, a few hundred bytes) catches empty,
+    garbage and non-image files; ``decode=True`` decodes the whole image, which also catches
+    truncated or corrupt pixel data (``distilvpr check-data --deep``).
+
+    Returns:
+        ``(width, height)``.
+
+    Raises:
+        MissingDataError: no such file. DataFormatError: empty, not an image, or (``decode``)
+            truncated / corrupt (the message names the file).
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    _require_file(path, "image")
+    if path.stat().st_size == 0:
+        raise DataFormatError("empty image file (0 bytes)", path=path, hint="re-copy or regenerate it")
+    try:
+        with Image.open(path) as image:
+            size = image.size
+            if decode:
+                image.load()
+    except UnidentifiedImageError as exc:
+        raise DataFormatError("not an image (its header is not a known image format)", path=path,
+                              hint="re-copy or regenerate it") from exc
+    except (OSError, ValueError, SyntaxError) as exc:  # truncated / corrupt data (PIL raises all three)
+        raise DataFormatError(f"corrupt image ({exc})", path=path, hint="re-copy or regenerate it") from exc
+    if size[0] <= 0 or size[1] <= 0:
+        raise DataFormatError(f"image of size {size}", path=path, hint="re-copy or regenerate it")
+    return size
+
+
+# ---------------------------------------------------------------------------
 # Location CSVs
 # ---------------------------------------------------------------------------
 def read_locations_csv(path: PathLike) -> "pandas.DataFrame":  # noqa: F821
@@ -282,6 +341,10 @@ def read_locations_csv(path: PathLike) -> "pandas.DataFrame":  # noqa: F821
         if values.isna().any():
             row = int(np.flatnonzero(values.isna().to_numpy())[0]) + 2  # 1-based, after the header
             raise DataFormatError(f"{path}: column {column!r} has a missing or non-numeric value at line {row}")
+        finite = np.isfinite(values.to_numpy(dtype=np.float64))
+        if not finite.all():
+            row = int(np.flatnonzero(~finite)[0]) + 2
+            raise DataFormatError(f"{path}: column {column!r} has a non-finite value at line {row}")
         frame[column] = values
     timestamps = frame["timestamp"].to_numpy()
     if not np.all(np.equal(np.mod(timestamps, 1), 0)):
@@ -480,6 +543,28 @@ def save_pickle(path: PathLike, obj: Any, protocol: int = 4) -> None:
 # ---------------------------------------------------------------------------
 # Validated benchmark pickles
 # ---------------------------------------------------------------------------
+def _integer(value: Any, path: Path, what: str) -> int:
+    """``value`` as an int (ints, integral numpy scalars; not strings, floats with a fraction, bools)."""
+    if isinstance(value, (bool, np.bool_)) or isinstance(value, (str, bytes)):
+        raise DataFormatError(f"{path}: {what} is {value!r} ({type(value).__name__}); expected an integer")
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)) and math.isfinite(float(value)) and float(value).is_integer():
+        return int(value)
+    raise DataFormatError(f"{path}: {what} is {value!r} ({type(value).__name__}); expected an integer")
+
+
+def _float_array(value: Any, path: Path, what: str) -> np.ndarray:
+    """``value`` as a flat finite float64 array (numbers only: strings are refused)."""
+    array = np.asarray(value)
+    if array.dtype.kind not in "iuf":
+        raise DataFormatError(f"{path}: {what} is {value!r} (dtype {array.dtype}); expected numbers")
+    array = array.astype(np.float64).reshape(-1)
+    if not np.isfinite(array).all():
+        raise DataFormatError(f"{path}: {what} is {array.tolist()}: not finite")
+    return array
+
+
 def _sorted_int_array(value: Any, path: Path, what: str) -> np.ndarray:
     try:
         array = np.asarray(value)
@@ -517,23 +602,23 @@ def validate_training_tuples(tuples: Any, path: PathLike) -> dict[int, TrainingT
         missing = [a for a in _TRAINING_TUPLE_ATTRIBUTES if not hasattr(item, a)]
         if missing:
             raise DataFormatError(f"{path}: training entry {key!r} lacks attribute(s) {missing}")
-        try:
-            ndx = int(key)
-        except (TypeError, ValueError) as exc:
-            raise DataFormatError(f"{path}: training key {key!r} is not an integer") from exc
-        if int(item.id) != ndx:
-            raise DataFormatError(f"{path}: training entry {key!r} has id {item.id}")
-        positives = _sorted_int_array(item.positives, path, f"positives of entry {key}")
-        non_negatives = _sorted_int_array(item.non_negatives, path, f"non_negatives of entry {key}")
+        ndx = _integer(key, path, f"training key {key!r}")
+        item_id = _integer(item.id, path, f"training entry {key!r} field 'id'")
+        if item_id != ndx:
+            raise DataFormatError(f"{path}: training entry {key!r} has id {item.id!r}; expected {ndx} (its key)")
+        timestamp = _integer(item.timestamp, path, f"training entry {key!r} field 'timestamp'")
+        positives = _sorted_int_array(item.positives, path, f"training entry {key!r} field 'positives'")
+        non_negatives = _sorted_int_array(item.non_negatives, path, f"training entry {key!r} field 'non_negatives'")
         for what, ids in (("positives", positives), ("non_negatives", non_negatives)):
             if ids.size and (ids[0] < 0 or ids[-1] >= n):
                 raise DataFormatError(f"{path}: {what} of entry {key} reference ids outside 0..{n - 1}")
-        position = np.asarray(item.position, dtype=np.float64).reshape(-1)
+        position = _float_array(item.position, path, f"training entry {key!r} field 'position'")
         if position.shape != (2,):
             raise DataFormatError(f"{path}: position of entry {key} has shape {position.shape}; expected (2,)")
-        if not isinstance(item.rel_scan_filepath, str):
-            raise DataFormatError(f"{path}: rel_scan_filepath of entry {key} is not a string")
-        out[ndx] = TrainingTuple(ndx, int(item.timestamp), item.rel_scan_filepath, positives, non_negatives, position)
+        if not isinstance(item.rel_scan_filepath, str) or not item.rel_scan_filepath:
+            raise DataFormatError(f"{path}: training entry {key!r} field 'rel_scan_filepath' is "
+                                  f"{item.rel_scan_filepath!r}; expected a relative file path string")
+        out[ndx] = TrainingTuple(ndx, timestamp, item.rel_scan_filepath, positives, non_negatives, position)
     if sorted(out) != list(range(n)):
         raise DataFormatError(f"{path}: training ids are not consecutive 0..{n - 1}")
     return dict(sorted(out.items()))
@@ -580,9 +665,13 @@ def validate_evaluation_sets(sets: Any, path: PathLike, kind: str) -> list[dict[
                 raise DataFormatError(f"{where}: 'query' must be a relative file path string")
             item: dict[Any, Any] = {"query": entry["query"]}
             for coordinate in ("northing", "easting"):
-                value = float(entry[coordinate])
+                raw = entry[coordinate]
+                if isinstance(raw, (str, bytes, bool, np.bool_)) or not isinstance(raw, (int, float, np.number)):
+                    raise DataFormatError(f"{where}: field {coordinate!r} is {raw!r} ({type(raw).__name__}); "
+                                          "expected a number")
+                value = float(raw)
                 if not math.isfinite(value):
-                    raise DataFormatError(f"{where}: {coordinate} is not finite")
+                    raise DataFormatError(f"{where}: field {coordinate!r} is {value}: not finite")
                 item[coordinate] = value
             if kind == "query":
                 for other in range(n_runs):
@@ -591,14 +680,12 @@ def validate_evaluation_sets(sets: Any, path: PathLike, kind: str) -> list[dict[
                     if other not in entry:
                         raise DataFormatError(f"{where} lacks the neighbour list for database run {other}")
                     try:
-                        neighbours = [int(x) for x in entry[other]]
-                    except (TypeError, ValueError) as exc:
-                        raise DataFormatError(f"{where}: neighbours in run {other} are not a list of integers") from exc
+                        neighbours = [_integer(x, path, "x") for x in entry[other]]
+                    except (TypeError, DataFormatError) as exc:
+                        raise DataFormatError(f"{where}: field {other} (true neighbours in database run {other}) is "
+                                              f"{entry[other]!r}; expected a list of integers") from exc
                     item[other] = neighbours
-            try:
-                clean[int(key)] = item
-            except (TypeError, ValueError) as exc:
-                raise DataFormatError(f"{where}: key is not an integer") from exc
+            clean[_integer(key, path, f"run {run_index} key {key!r}")] = item
         if sorted(clean) != list(range(len(clean))):
             raise DataFormatError(f"{path}: run {run_index} keys are not consecutive 0..{len(clean) - 1}")
         out.append(dict(sorted(clean.items())))
@@ -638,13 +725,15 @@ def validate_lidar2image_ndx(ndx: Any, path: PathLike) -> dict[int, list[int]]:
         raise DataFormatError(f"{path}: expected a dict lidar_ts -> [image_ts, ...], got {type(ndx).__name__}")
     out: dict[int, list[int]] = {}
     for key, value in ndx.items():
+        lidar_ts = _integer(key, path, f"key {key!r} (a LiDAR timestamp)")
         try:
-            images = [int(v) for v in np.asarray(value).reshape(-1).tolist()]
-            out[int(key)] = images
-        except (TypeError, ValueError) as exc:
-            raise DataFormatError(f"{path}: entry {key!r} is not a list of integer image timestamps") from exc
+            images = [_integer(v, path, "x") for v in np.asarray(value, dtype=object).reshape(-1).tolist()]
+        except (TypeError, ValueError, DataFormatError) as exc:
+            raise DataFormatError(f"{path}: entry {key!r} (LiDAR timestamp) is {value!r}; expected a list of "
+                                  "integer image timestamps") from exc
         if not images:
             raise DataFormatError(f"{path}: LiDAR timestamp {key} has no image")
+        out[lidar_ts] = images
     return out
 
 

@@ -43,6 +43,7 @@ from distilvpr_lib.engine.console import say
 from distilvpr_lib.engine.devices import move_to_device
 from distilvpr_lib.engine.run_folder import TEACHER_WEIGHTS_FILE, load_teacher
 from distilvpr_lib.engine.seeding import preserved_rng_state, seed_everything
+from distilvpr_lib.errors import CheckpointError, MissingCheckpointError, describe_torch_load_error
 
 if TYPE_CHECKING:  # pragma: no cover
     from distilvpr_lib.config import DataConfig, ExperimentConfig, ModelConfig
@@ -68,6 +69,10 @@ def model_config_hash(model_cfg: "ModelConfig | Mapping[str, Any]") -> str:
     data = dataclasses.asdict(model_cfg) if dataclasses.is_dataclass(model_cfg) else dict(model_cfg)
     text = json.dumps(data, sort_keys=True, default=list)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class TeacherCacheError(CheckpointError, ValueError):
+    """A teacher cache file is unreadable or not a cache; the message names the file."""
 
 
 @dataclass
@@ -164,18 +169,23 @@ class TeacherCache:
         """Read a cache written by :meth:`save` (``weights_only=True``).
 
         Raises:
-            FileNotFoundError: no such file. ValueError: not a teacher cache (names the file).
+            MissingCheckpointError: no such file (a FileNotFoundError). TeacherCacheError: not a teacher
+                cache (a CheckpointError and ValueError; names the file).
         """
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: teacher cache not found")
+            raise MissingCheckpointError("teacher cache not found", path=path)
+        hint = "delete it: the next distill run rebuilds it from teacher.pt"
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001
-            raise ValueError(f"{path}: unreadable teacher cache ({type(exc).__name__}: {exc})") from exc
+        except Exception as exc:  # noqa: BLE001 - the file's problem, never torch's weights_only advice
+            raise TeacherCacheError(f"unreadable teacher cache: {describe_torch_load_error(exc)}", path=path,
+                                    hint=hint) from exc
         if not isinstance(payload, dict) or payload.get("format") != CACHE_FORMAT:
-            raise ValueError(f"{path}: not a teacher cache (expected format {CACHE_FORMAT!r})")
-        table = payload["embeddings"]
+            raise TeacherCacheError(f"not a teacher cache (expected format {CACHE_FORMAT!r})", path=path, hint=hint)
+        table = payload.get("embeddings")
+        if not isinstance(table, dict) or not all(torch.is_tensor(v) for v in table.values()):
+            raise TeacherCacheError("'embeddings' is not a mapping of sub-map paths to tensors", path=path, hint=hint)
         rel_paths = list(table)
         if rel_paths:
             matrix = torch.stack([table[rel].float() for rel in rel_paths])

@@ -139,8 +139,10 @@ def load_image_backbone_weights(module: nn.Module, path: str | Path) -> list[str
         raise FileNotFoundError(f"{path}: pretrained image weights file not found")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - report which file is broken
-        raise ValueError(f"{path}: cannot read a torch state_dict ({exc})") from exc
+    except Exception as exc:  # noqa: BLE001 - report which file is broken (never torch's weights_only advice)
+        from distilvpr_lib.errors import describe_torch_load_error
+
+        raise ValueError(f"{path}: cannot read a torch state_dict: {describe_torch_load_error(exc)}") from exc
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

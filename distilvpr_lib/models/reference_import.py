@@ -57,6 +57,7 @@ import torch
 from torch import Tensor
 
 from ..config import ExperimentConfig, ModelConfig, profile_config
+from ..errors import CheckpointError, MissingCheckpointError, describe_torch_load_error
 from .teacher import REFERENCE_UNUSED_PREFIXES
 
 PathLike = str | os.PathLike
@@ -83,7 +84,7 @@ _EXPERIMENT_NAME = re.compile(
 )
 
 
-class ReferenceCheckpointError(ValueError):
+class ReferenceCheckpointError(CheckpointError, ValueError):
     """A reference checkpoint cannot be imported; the message names the file and the offending key."""
 
 
@@ -168,11 +169,11 @@ def read_reference_state_dict(path: PathLike) -> dict[str, Tensor]:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: reference teacher checkpoint not found")
+        raise MissingCheckpointError("reference teacher checkpoint not found", path=path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - report which file is broken and why
-        raise ReferenceCheckpointError(f"{path}: cannot read a torch state_dict ({type(exc).__name__}: {exc})") from exc
+    except Exception as exc:  # noqa: BLE001 - report which file is broken and why, never torch's advice
+        raise ReferenceCheckpointError(f"{path}: cannot read a torch state_dict: {describe_torch_load_error(exc)}") from exc
     if isinstance(obj, Mapping):
         for key in ("state_dict", "model"):
             if isinstance(obj.get(key), Mapping):
