@@ -225,12 +225,12 @@ def data_exploration() -> list[Cell]:
                    "real_data = '../shared/data/real/oxford_dh3d'  # real Oxford sub-maps ('' or None: skip)\n"
                    "realism_limit = 200        # clouds per dataset in the realism statistics\n"
                    "out = 'runs/01_data_exploration'"),
-        ("code", SETUP + "from distilvpr_lib.data.benchmark import Benchmark\n"
+        ("code", SETUP + "from distilvpr_lib.commands.synth import ensure_dataset\n"
+                         "from distilvpr_lib.data.benchmark import Benchmark\n"
                          "from distilvpr_lib.data.synth.stats import load_clouds, premise_table, realism_table\n"
                          "from distilvpr_lib.paths import project_path\n"
                          "from distilvpr_lib.viz import figures, save_figure, write_metrics\n"
-                         "from distilvpr_lib.viz.exploration import (ensure_dataset, exploration_summary, premise_verdict,\n"
-                         "                                           realism_verdict)\n"
+                         "from distilvpr_lib.viz.exploration import exploration_summary, premise_verdict, realism_verdict\n"
                          "dataset, out, real_data = project_path(dataset), project_path(out), project_path(real_data)"),
         ("code", "ensure_dataset(dataset, profile=profile, seed=seed, generate=generate)\n"
                  "benchmark = Benchmark.load(dataset, image_dir=project_path(image_dir))\n"

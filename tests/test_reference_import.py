@@ -27,13 +27,11 @@ from torch import nn
 
 from distilvpr_lib.cli import main
 from distilvpr_lib.config import ModelConfig, profile_config
-from distilvpr_lib.engine.run_folder import load_model_from_dir
+from distilvpr_lib.engine.run_folder import IMPORT_FILE, import_reference_teacher, load_model_from_dir
 from distilvpr_lib.models import build_teacher
 from distilvpr_lib.models.reference_import import (
-    IMPORT_FILE,
     ReferenceCheckpointError,
     experiment_name_from_path,
-    import_reference_teacher,
     infer_architecture,
     parse_checkpoint_name,
     parse_experiment_name,
@@ -663,7 +661,7 @@ def test_train_path_imports_and_the_cache_is_built_on_demand(toy_dataset, tmp_pa
     import argparse
 
     from distilvpr_lib.engine.run_evaluation import load_benchmark
-    from distilvpr_lib.engine.teacher_cache import get_teacher_cache
+    from distilvpr_lib.engine.student_cache import get_teacher_cache
     from distilvpr_lib.reference import add_reference_options, resolve_reference_options
 
     pth = smoke_reference_file(tmp_path)

@@ -13,7 +13,7 @@ from distilvpr_lib.engine import embed
 from distilvpr_lib.engine.checkpoint import load_checkpoint, load_weights
 from distilvpr_lib.engine.run_evaluation import evaluate_run
 from distilvpr_lib.engine.student_run import distill_student
-from distilvpr_lib.engine.teacher_cache import get_teacher_cache
+from distilvpr_lib.engine.student_cache import get_teacher_cache
 from distilvpr_lib.engine.teacher_run import train_teacher
 from distilvpr_lib.engine.teacher_cache import TeacherCache
 from distilvpr_lib.losses.distiller import Distiller

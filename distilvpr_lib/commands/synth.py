@@ -2,12 +2,14 @@
 
 Generates the procedural multi-modal dataset (clouds, images, CSVs, pickles) into ``DIR``;
 re-running completes an interrupted generation (only missing files are rendered).
+:func:`ensure_dataset` runs it from Python when a folder holds no benchmark yet (notebook 01).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -58,3 +60,43 @@ def run(args: argparse.Namespace) -> int:
         print(f"synth: training tuples {s['training_tuples']}, test queries {sum(s['test_query'])}, "
               f"validation queries {sum(s['validation_query'])}")
     return 0
+
+
+def _has_benchmark(dataset_dir: Path) -> bool:
+    from distilvpr_lib.data.benchmark import detect_layout
+
+    try:
+        detect_layout(dataset_dir)
+    except (OSError, ValueError):
+        return False
+    return any(dataset_dir.glob("*.pickle"))
+
+
+def ensure_dataset(dataset_dir: str | Path, profile: str = "smoke", seed: int | None = None, generate: bool = True) -> Path:
+    """Return ``dataset_dir``, generating it first with ``distilvpr synth`` when it holds no benchmark.
+
+    Args:
+        dataset_dir: the dataset folder.
+        profile: generator profile (``smoke`` / ``cpu`` / ``paper``) used when generating.
+        seed: generator seed (None: the profile's).
+        generate: when False, a missing dataset is an error instead.
+
+    Raises:
+        FileNotFoundError: no benchmark in the folder and ``generate`` is False.
+        RuntimeError: the generator failed (its exit status is in the message).
+    """
+    dataset_dir = Path(dataset_dir)
+    if _has_benchmark(dataset_dir):
+        return dataset_dir
+    if not generate:
+        raise FileNotFoundError(f"{dataset_dir}: no benchmark here (generate one with "
+                                f"`distilvpr synth --profile {profile} --out {dataset_dir}`)")
+    argv = ["synth", "--profile", profile, "--out", str(dataset_dir)]
+    if seed is not None:
+        argv += ["--seed", str(int(seed))]
+    parser = argparse.ArgumentParser(prog="distilvpr")
+    register(parser.add_subparsers())
+    status = run(parser.parse_args(argv))
+    if status != 0 or not _has_benchmark(dataset_dir):
+        raise RuntimeError(f"{dataset_dir}: `distilvpr synth --profile {profile}` failed (exit status {status})")
+    return dataset_dir

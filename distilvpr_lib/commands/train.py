@@ -65,7 +65,7 @@ def _run(args: argparse.Namespace) -> int:
 
     teacher = Path(run.teacher_weights_path)
     if teacher.is_file():
-        from distilvpr_lib.models.reference_import import import_reference_teacher
+        from distilvpr_lib.engine.run_folder import import_reference_teacher
 
         teacher_dir = out / "teacher"
         import_reference_teacher(teacher, teacher_dir, base_config=cfg)

@@ -18,7 +18,6 @@ compare a state_dict's keys and shapes with what a model expects and name the fi
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -177,11 +176,3 @@ def load_state_dict_checked(model: torch.nn.Module, path: PathLike, map_location
     model.load_state_dict(state)
     return model
 
-
-def file_sha256(path: PathLike, chunk_size: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file's bytes (identifies a teacher's weights in its cache metadata)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -1,6 +1,8 @@
 """The run-folder format: file names, strict JSON, the config round trip, loading a folder's model.
 
-A teacher folder ``teacher_weights/<name>/`` (written by :func:`~distilvpr_lib.engine.teacher_run.train_teacher`)::
+A teacher folder ``teacher_weights/<name>/`` (written by :func:`~distilvpr_lib.engine.teacher_run.train_teacher`, or by
+:func:`import_reference_teacher` from an authors' checkpoint: then ``import.json`` instead of the cache,
+checkpoints and TensorBoard)::
 
     config.json         the resolved ExperimentConfig
     teacher.pt          the selected weights (bare state_dict)
@@ -33,20 +35,24 @@ same files, ``student.pt`` instead of ``teacher.pt`` and no cache.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import hashlib
 import json
 import math
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from distilvpr_lib.config import ExperimentConfig
-from distilvpr_lib.data.formats import atomic_write
-from distilvpr_lib.engine.checkpoint import LAST_CHECKPOINT_NAME, load_weights
+from distilvpr_lib.data.formats import atomic_write, file_sha256
+from distilvpr_lib.engine.checkpoint import LAST_CHECKPOINT_NAME, load_weights, save_weights
+
+if TYPE_CHECKING:  # pragma: no cover
+    from distilvpr_lib.models.reference_import import ReferenceTeacherImport
 
 PathLike = str | os.PathLike
 
@@ -55,6 +61,8 @@ METRICS_FILE = "metrics.json"
 TEACHER_WEIGHTS_FILE = "teacher.pt"
 STUDENT_WEIGHTS_FILE = "student.pt"
 TEST_RESULTS_FILE = "test_results.npz"
+#: Provenance file of an imported teacher, written next to ``teacher.pt`` (:func:`write_reference_teacher`).
+IMPORT_FILE = "import.json"
 
 
 # ---------------------------------------------------------------------------
@@ -183,6 +191,88 @@ def load_model_from_dir(model_dir: PathLike, device: torch.device | str = "cpu")
     return model.to(device).eval(), cfg, kind
 
 
-__all__ = ["CONFIG_FILE", "METRICS_FILE", "RUNTIME_FIELDS", "STUDENT_WEIGHTS_FILE", "TEACHER_WEIGHTS_FILE",
+
+# ---------------------------------------------------------------------------
+# A teacher folder from the authors' checkpoint (models.reference_import converts it)
+# ---------------------------------------------------------------------------
+#: Files of a teacher folder that describe one particular set of weights (removed when the weights change).
+_DERIVED_FILES = (METRICS_FILE, TEST_RESULTS_FILE)
+
+
+def write_reference_teacher(imported: "ReferenceTeacherImport", out_dir: PathLike, overwrite: bool = False) -> Path:
+    """Write a teacher folder (``config.json``, ``teacher.pt``, ``import.json``, ``metrics.json``).
+
+    Re-importing the same source file into the same folder is allowed (the folder is refreshed). A folder that
+    holds another teacher (trained, or imported from another file) is refused unless ``overwrite``; then its
+    metrics, test results and teacher caches, which describe the old weights, are removed.
+
+    Raises:
+        FileExistsError: ``out_dir`` holds another teacher and ``overwrite`` is False.
+    """
+    out_dir = Path(out_dir)
+    weights = out_dir / TEACHER_WEIGHTS_FILE
+    if weights.is_file():
+        previous = None
+        if (out_dir / IMPORT_FILE).is_file():
+            try:
+                previous = json.loads((out_dir / IMPORT_FILE).read_text()).get("source_sha256")
+            except (OSError, ValueError):
+                previous = None
+        same_source = previous == imported.source_sha256
+        if not same_source:
+            if not overwrite:
+                what = "a teacher imported from another file" if previous else "a trained teacher"
+                raise FileExistsError(f"{out_dir}: already holds {what} ({weights}); choose another folder or "
+                                      "overwrite (--overwrite)")
+            for name in _DERIVED_FILES:
+                (out_dir / name).unlink(missing_ok=True)
+            for cache in out_dir.glob("teacher_cache*.pt"):
+                cache.unlink()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_weights(weights, imported.state_dict)
+    write_json(out_dir / CONFIG_FILE, imported.config.to_dict())
+    record = imported.summary()
+    record["teacher_weights_sha256"] = file_sha256(weights)
+    record["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    write_json(out_dir / IMPORT_FILE, record)
+    write_json(out_dir / METRICS_FILE, {
+        "kind": "teacher",
+        "method": "imported",
+        "status": "imported",
+        "profile": imported.config.profile,
+        "source": str(imported.source),
+        "test": None,
+        "reported_by_authors": {"epoch": imported.epoch, "AR@1": imported.reported_ar1},
+        "files": {"config": CONFIG_FILE, "weights": TEACHER_WEIGHTS_FILE, "import": IMPORT_FILE},
+    })
+    return out_dir
+
+
+def import_reference_teacher(path: PathLike, out_dir: PathLike, base_config: ExperimentConfig | None = None,
+                             experiment_name: str | None = None, *, overwrite: bool = False) -> Path:
+    """Convert an authors' teacher checkpoint into a teacher folder usable with both sparse backends.
+
+    Args:
+        path: ``.../<experiment name>/models/r1_best_ep<E>_<AR@1>.pth`` (bare MinkLoc++ state_dict).
+        out_dir: the teacher folder to write (``teacher_weights/<name>``).
+        base_config: non-architecture settings (``distilvpr train`` passes its resolved config); the
+            architecture always comes from the shapes. ``None`` = reference defaults + experiment name.
+        experiment_name: the experiment name when the path lacks it.
+        overwrite: replace a folder that holds another teacher.
+
+    Returns:
+        ``out_dir``.
+
+    Raises:
+        FileNotFoundError, ReferenceCheckpointError, FileExistsError: see :func:`~distilvpr_lib.models.reference_import.prepare_reference_teacher`
+        and :func:`write_reference_teacher`.
+    """
+    from distilvpr_lib.models.reference_import import prepare_reference_teacher
+
+    imported = prepare_reference_teacher(path, base_config=base_config, experiment_name=experiment_name)
+    return write_reference_teacher(imported, out_dir, overwrite=overwrite)
+
+
+__all__ = ["CONFIG_FILE", "IMPORT_FILE", "METRICS_FILE", "RUNTIME_FIELDS", "STUDENT_WEIGHTS_FILE", "TEACHER_WEIGHTS_FILE",
            "TEST_RESULTS_FILE", "check_resumable", "config_fingerprint", "load_model_from_dir", "load_run_config",
-           "load_teacher", "write_json"]
+           "import_reference_teacher", "load_teacher", "write_json", "write_reference_teacher"]

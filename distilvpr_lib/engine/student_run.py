@@ -2,7 +2,7 @@
 
 :func:`distill_student` trains the image-only student with the task loss plus the distillation terms of
 ``cfg.distill`` (:class:`~distilvpr_lib.engine.objectives.StudentObjective`). It reads the teacher's cache
-(:func:`~distilvpr_lib.engine.teacher_cache.get_teacher_cache`, building it once if it is missing or stale)
+(:func:`~distilvpr_lib.engine.student_cache.get_teacher_cache`, building it once if it is missing or stale)
 and never runs the teacher during training. Selection is on the **validation** split, the report on the
 **test** split. The folder's files and ``metrics.json`` schema are in :mod:`~distilvpr_lib.engine.run_folder`.
 It resumes from ``checkpoints/last.pt`` by default; under ``torchrun`` it runs on every rank as
@@ -44,7 +44,8 @@ from distilvpr_lib.engine.run_setup import (
     print_summary,
     start_run,
 )
-from distilvpr_lib.engine.teacher_cache import cache_file_name, get_teacher_cache
+from distilvpr_lib.engine.student_cache import get_teacher_cache
+from distilvpr_lib.engine.teacher_cache import cache_file_name
 
 if TYPE_CHECKING:  # pragma: no cover
     from distilvpr_lib.engine.evaluate import RetrievalResults

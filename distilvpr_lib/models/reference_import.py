@@ -3,8 +3,9 @@
 The DistilVPR authors distribute their teachers as bare ``state_dict`` files of the reference
 ``MinkLocMultimodal`` (``--model minklocmmcat``), stored as
 ``teacher_weights/<experiment name>/models/r1_best_ep<E>_<AR@1>.pth``; the keys, shapes and dtypes are listed
-in ``../shared/spec/reference_teacher_state_dict.tsv``. :func:`import_reference_teacher` turns such a file
-into a teacher folder of this project::
+in ``../shared/spec/reference_teacher_state_dict.tsv``. :func:`prepare_reference_teacher` converts such a
+file (a :class:`ReferenceTeacherImport`: config, converted state_dict, provenance) and
+:func:`distilvpr_lib.engine.run_folder.import_reference_teacher` writes it as a teacher folder of this project::
 
     <out_dir>/config.json    the ExperimentConfig; model architecture inferred from the tensor shapes
     <out_dir>/teacher.pt     our teacher's state_dict (engine.checkpoint.save_weights)
@@ -13,7 +14,7 @@ into a teacher folder of this project::
     <out_dir>/metrics.json   kind "teacher", status "imported", test null (evaluate it with ``distilvpr evaluate``)
 
 which :func:`distilvpr_lib.engine.run_folder.load_model_from_dir` and ``distill_student`` read like a trained
-teacher folder (the teacher-embedding cache is built on demand by ``engine.teacher_cache.get_teacher_cache``).
+teacher folder (the teacher-embedding cache is built on demand by ``engine.student_cache.get_teacher_cache``).
 
 Architecture inference (shapes win)
 -----------------------------------
@@ -44,7 +45,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import datetime
 import os
 import re
 import warnings
@@ -57,13 +57,12 @@ import torch
 from torch import Tensor
 
 from ..config import ExperimentConfig, ModelConfig, profile_config
+from ..data.formats import file_sha256
 from ..errors import CheckpointError, MissingCheckpointError, describe_torch_load_error
 from .teacher import REFERENCE_UNUSED_PREFIXES
 
 PathLike = str | os.PathLike
 
-#: Provenance file written next to ``teacher.pt``.
-IMPORT_FILE = "import.json"
 IMPORT_FORMAT = "distilvpr-reference-import/1"
 #: ModelConfig fields that the checkpoint's shapes determine.
 ARCHITECTURE_FIELDS: tuple[str, ...] = ("cloud_planes", "cloud_layers", "cloud_topdown", "cloud_conv0_kernel_size",
@@ -484,8 +483,6 @@ def prepare_reference_teacher(path: PathLike, base_config: ExperimentConfig | No
     path = Path(path)
     where = str(path)
     state = read_reference_state_dict(path)
-    from ..engine.checkpoint import file_sha256
-
     if experiment_name is not None:
         name = parse_experiment_name(experiment_name)
         if name is None:
@@ -536,87 +533,6 @@ def prepare_reference_teacher(path: PathLike, base_config: ExperimentConfig | No
         epoch=parsed[0] if parsed else None, reported_ar1=parsed[1] if parsed else None, warnings=notes)
 
 
-#: Files of a teacher folder that describe one particular set of weights (removed when the weights change).
-_DERIVED_FILES = ("metrics.json", "test_results.npz")
-
-
-def write_reference_teacher(imported: ReferenceTeacherImport, out_dir: PathLike, overwrite: bool = False) -> Path:
-    """Write a teacher folder (``config.json``, ``teacher.pt``, ``import.json``, ``metrics.json``).
-
-    Re-importing the same source file into the same folder is allowed (the folder is refreshed). A folder that
-    holds another teacher (trained, or imported from another file) is refused unless ``overwrite``; then its
-    metrics, test results and teacher caches, which describe the old weights, are removed.
-
-    Raises:
-        FileExistsError: ``out_dir`` holds another teacher and ``overwrite`` is False.
-    """
-    import json
-
-    from ..engine.checkpoint import file_sha256, save_weights
-    from ..engine.run_folder import CONFIG_FILE, METRICS_FILE, TEACHER_WEIGHTS_FILE, write_json
-
-    out_dir = Path(out_dir)
-    weights = out_dir / TEACHER_WEIGHTS_FILE
-    if weights.is_file():
-        previous = None
-        if (out_dir / IMPORT_FILE).is_file():
-            try:
-                previous = json.loads((out_dir / IMPORT_FILE).read_text()).get("source_sha256")
-            except (OSError, ValueError):
-                previous = None
-        same_source = previous == imported.source_sha256
-        if not same_source:
-            if not overwrite:
-                what = "a teacher imported from another file" if previous else "a trained teacher"
-                raise FileExistsError(f"{out_dir}: already holds {what} ({weights}); choose another folder or "
-                                      "overwrite (--overwrite)")
-            for name in _DERIVED_FILES:
-                (out_dir / name).unlink(missing_ok=True)
-            for cache in out_dir.glob("teacher_cache*.pt"):
-                cache.unlink()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_weights(weights, imported.state_dict)
-    write_json(out_dir / CONFIG_FILE, imported.config.to_dict())
-    record = imported.summary()
-    record["teacher_weights_sha256"] = file_sha256(weights)
-    record["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    write_json(out_dir / IMPORT_FILE, record)
-    write_json(out_dir / METRICS_FILE, {
-        "kind": "teacher",
-        "method": "imported",
-        "status": "imported",
-        "profile": imported.config.profile,
-        "source": str(imported.source),
-        "test": None,
-        "reported_by_authors": {"epoch": imported.epoch, "AR@1": imported.reported_ar1},
-        "files": {"config": CONFIG_FILE, "weights": TEACHER_WEIGHTS_FILE, "import": IMPORT_FILE},
-    })
-    return out_dir
-
-
-def import_reference_teacher(path: PathLike, out_dir: PathLike, base_config: ExperimentConfig | None = None,
-                             experiment_name: str | None = None, *, overwrite: bool = False) -> Path:
-    """Convert an authors' teacher checkpoint into a teacher folder usable with both sparse backends.
-
-    Args:
-        path: ``.../<experiment name>/models/r1_best_ep<E>_<AR@1>.pth`` (bare MinkLoc++ state_dict).
-        out_dir: the teacher folder to write (``teacher_weights/<name>``).
-        base_config: non-architecture settings (``distilvpr train`` passes its resolved config); the
-            architecture always comes from the shapes. ``None`` = reference defaults + experiment name.
-        experiment_name: the experiment name when the path lacks it.
-        overwrite: replace a folder that holds another teacher.
-
-    Returns:
-        ``out_dir``.
-
-    Raises:
-        FileNotFoundError, ReferenceCheckpointError, FileExistsError: see :func:`prepare_reference_teacher`
-        and :func:`write_reference_teacher`.
-    """
-    imported = prepare_reference_teacher(path, base_config=base_config, experiment_name=experiment_name)
-    return write_reference_teacher(imported, out_dir, overwrite=overwrite)
-
-
 def describe_import(imported: ReferenceTeacherImport) -> str:
     """Human-readable lines: source, experiment, reported AR@1, inferred architecture, ignored keys, warnings."""
     lines = [f"source: {imported.source}", f"sha256: {imported.source_sha256}"]
@@ -639,8 +555,8 @@ def describe_import(imported: ReferenceTeacherImport) -> str:
 
 
 __all__ = [
-    "IMPORT_FILE", "ARCHITECTURE_FIELDS", "ReferenceCheckpointError", "ReferenceExperimentName",
+    "ARCHITECTURE_FIELDS", "ReferenceCheckpointError", "ReferenceExperimentName",
     "ReferenceTeacherImport", "parse_experiment_name", "experiment_name_from_path", "parse_checkpoint_name",
     "read_reference_state_dict", "infer_architecture", "convert_reference_state_dict",
-    "prepare_reference_teacher", "write_reference_teacher", "import_reference_teacher", "describe_import",
+    "prepare_reference_teacher", "describe_import",
 ]

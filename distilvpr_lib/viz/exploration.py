@@ -1,58 +1,17 @@
-"""Helpers of the data-exploration notebook (01) that are not figures: making sure the dataset
-exists, short written verdicts of the realism and premise tables, and the notebook's summary dict
-for ``metrics.json``.
+"""Helpers of the data-exploration notebook (01) that are not figures: short written verdicts of the
+realism and premise tables, and the notebook's summary dict for ``metrics.json``. (Making sure the
+dataset exists runs the generator: :func:`distilvpr_lib.commands.synth.ensure_dataset`.)
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-__all__ = ["ensure_dataset", "realism_verdict", "premise_verdict", "exploration_summary"]
-
-
-def _has_benchmark(dataset_dir: Path) -> bool:
-    from distilvpr_lib.data.benchmark import detect_layout
-
-    try:
-        detect_layout(dataset_dir)
-    except (OSError, ValueError):
-        return False
-    return any(dataset_dir.glob("*.pickle"))
-
-
-def ensure_dataset(dataset_dir: str | Path, profile: str = "smoke", seed: int | None = None, generate: bool = True) -> Path:
-    """Return ``dataset_dir``, generating it first with ``distilvpr synth`` when it holds no benchmark.
-
-    Args:
-        dataset_dir: the dataset folder.
-        profile: generator profile (``smoke`` / ``cpu`` / ``paper``) used when generating.
-        seed: generator seed (None: the profile's).
-        generate: when False, a missing dataset is an error instead.
-
-    Raises:
-        FileNotFoundError: no benchmark in the folder and ``generate`` is False.
-        RuntimeError: the generator failed (its exit status is in the message).
-    """
-    dataset_dir = Path(dataset_dir)
-    if _has_benchmark(dataset_dir):
-        return dataset_dir
-    if not generate:
-        raise FileNotFoundError(f"{dataset_dir}: no benchmark here (generate one with "
-                                f"`distilvpr synth --profile {profile} --out {dataset_dir}`)")
-    from distilvpr_lib.cli import main
-
-    argv = ["synth", "--profile", profile, "--out", str(dataset_dir)]
-    if seed is not None:
-        argv += ["--seed", str(int(seed))]
-    status = main(argv)
-    if status != 0 or not _has_benchmark(dataset_dir):
-        raise RuntimeError(f"{dataset_dir}: `distilvpr synth --profile {profile}` failed (exit status {status})")
-    return dataset_dir
+__all__ = ["realism_verdict", "premise_verdict", "exploration_summary"]
 
 
 def realism_verdict(table: pd.DataFrame, tolerance: float = 0.15) -> str:
