@@ -23,6 +23,7 @@ from collections.abc import Sequence
 COMMAND_MODULES: tuple[str, ...] = (
     "check_data",
     "synth",
+    "pretrain_image",
     "train_teacher",
     "distill",
     "evaluate",

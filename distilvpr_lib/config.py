@@ -8,6 +8,8 @@ Profiles
 --------
 ``smoke``  seconds; used by the tests.
 ``cpu``    the default demo: meaningful results on 2 CPU cores in tens of minutes.
+``study``  the distillation study: >= 3,000 training tuples at 60x80, a visual prior, converged runs of
+           <= 10 min each on 2 CPU cores (README "Study").
 ``paper``  the reference settings of DistilVPR (240x320 images, batch 128, 60 epochs, Adam lrs 1e-4 image /
            1e-3 cloud, MultiStepLR at 40), ImageNet ResNet weights from the torch hub cache file
            (``model.pretrained_image_weights="hub"``, never downloaded), mixed precision on GPUs,
@@ -105,6 +107,12 @@ class TrainConfig:
     teacher_loss_weights: tuple[float, float, float] = (0.5, 0.5, 0.0)
     #: Factor on the student triplet loss (the reference's x0.5, METHOD.md §10.7).
     student_task_weight: float = 0.5
+    #: Student task loss on L2-normalised embeddings (the margin then acts on the unit sphere, where
+    #: evaluation ranks) instead of the raw ones (reference). Tests the norm-collapse lead of the study.
+    task_normalize: bool = False
+    #: Log, per epoch, the norm of each loss term's gradient on the student embedding (cheap: the
+    #: gradient stops at the embedding) and the share of hyperbolic relation entries at the artanh clamp.
+    loss_diagnostics: bool = True
     seed: int = 7
     deterministic: bool = False
     #: "auto" = CUDA when available, else CPU; or an explicit torch device string.
@@ -117,8 +125,8 @@ class TrainConfig:
     #: Evaluate with cosine on L2-normalised embeddings (reference) or Euclidean on raw ones.
     eval_normalize: bool = True
     mixed_precision: bool = False
-    #: Autocast dtype when ``mixed_precision`` is on (CUDA only): "float16" (with a GradScaler),
-    #: "bfloat16" (no scaler), or "auto" = bfloat16 where the GPU supports it, else float16.
+    #: Autocast dtype when ``mixed_precision`` is on: "float16" (CUDA only, with a GradScaler),
+    #: "bfloat16" (CUDA or CPU, no scaler), or "auto" = bfloat16 on the CPU and where the GPU supports it.
     amp_dtype: str = "float16"
     #: Channels-last memory format for the image branch on CUDA (ignored on CPU).
     channels_last: bool = True
@@ -207,6 +215,25 @@ class SynthConfig:
 
 
 @dataclass
+class PriorConfig:
+    """The visual prior: an image backbone pretrained on a separately seeded generated world.
+
+    It stands in for the ImageNet initialisation of the paper where no ImageNet file is at hand
+    (``distilvpr pretrain-image``). The prior world is generated with the profile's ``synth`` settings
+    except ``seed``, ``n_runs`` and ``route_length_m`` below, and trained as a no-distillation student.
+    """
+
+    #: World seed of the prior world; must differ from ``synth.seed`` (checked: no shared place).
+    seed: int = 1000
+    n_runs: int = 6
+    route_length_m: float = 4000.0
+    epochs: int = 12
+    milestones: tuple[int, ...] = (9,)
+    #: File name of the exported backbone inside the prior folder.
+    weights_file: str = "image_prior.pth"
+
+
+@dataclass
 class ExperimentConfig:
     """Everything one run needs; written next to its results as ``config.json``."""
 
@@ -216,6 +243,7 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     synth: SynthConfig = field(default_factory=SynthConfig)
+    prior: PriorConfig = field(default_factory=PriorConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -226,7 +254,7 @@ class ExperimentConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ExperimentConfig":
         cfg = cls()
-        for section in ("data", "model", "train", "distill", "synth"):
+        for section in ("data", "model", "train", "distill", "synth", "prior"):
             if section in d:
                 _update_dataclass(getattr(cfg, section), d[section], section)
         if "profile" in d:
@@ -272,6 +300,26 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
             "lidar_poses_per_submap": 4,
             "images_per_submap": 2,
         },
+    },
+    # The study of the distillation effect (README "Study"): ≥ 3,000 training tuples, 60x80 images, a visual
+    # prior for both image networks, a teacher trained with losses on all three heads, bfloat16 autocast on
+    # the CPU; sized so that one converged student run takes ≤ 10 min on 2 cores.
+    "study": {
+        "data": {"dataset_dir": "data/study"},
+        "model": {"pretrained_image_weights": "teacher_weights/study-prior/image_prior.pth"},
+        "train": {"epochs": 16, "batch_size": 32, "image_lr": 3e-4, "cloud_lr": 1e-3, "milestones": (12,),
+                  "teacher_loss_weights": (1.0, 0.5, 0.5), "mixed_precision": True, "amp_dtype": "bfloat16"},
+        "synth": {
+            "n_runs": 12,
+            "route_length_m": 8000.0,
+            "image_height": 60,
+            "image_width": 80,
+            "lidar_beams": 32,
+            "lidar_azimuth_steps": 360,
+            "lidar_poses_per_submap": 4,
+            "images_per_submap": 2,
+        },
+        "prior": {"seed": 1000, "n_runs": 8, "route_length_m": 6000.0, "epochs": 15, "milestones": (12,)},
     },
     "paper": {
         "data": {"dataset_dir": "data/paper", "num_workers": 8, "persistent_workers": True},

@@ -34,7 +34,8 @@ AMP_DTYPES: dict[str, torch.dtype | None] = {"float16": torch.float16, "bfloat16
 
 
 def resolve_amp_dtype(name: str, device: torch.device | str) -> torch.dtype:
-    """Autocast dtype for ``TrainConfig.amp_dtype``: ``"auto"`` = bfloat16 where the CUDA device supports it.
+    """Autocast dtype for ``TrainConfig.amp_dtype``: ``"auto"`` = bfloat16 on the CPU and on CUDA devices
+    that support it, else float16.
 
     Raises:
         KeyError: unknown name (lists the known ones).
@@ -44,7 +45,8 @@ def resolve_amp_dtype(name: str, device: torch.device | str) -> torch.dtype:
     dtype = AMP_DTYPES[name]
     if dtype is None:
         device = torch.device(device)
-        supported = device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        supported = device.type == "cpu" or (
+            device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported())
         dtype = torch.bfloat16 if supported else torch.float16
     return dtype
 

@@ -126,7 +126,7 @@ class Trainer:
             ``DistributedPositivePairBatchSampler``, the loss is computed on the gathered global batch,
             and only rank 0 logs, validates and writes (see :mod:`distilvpr_lib.engine.distributed`).
 
-    Mixed precision (``train_cfg.mixed_precision``, CUDA only) autocasts the forward pass to
+    Mixed precision (``train_cfg.mixed_precision``; CUDA, or bfloat16 on the CPU) autocasts the forward pass to
     ``train_cfg.amp_dtype`` (float16 with a GradScaler, or bfloat16) except the sparse cloud branch, which
     stays float32 (:func:`keep_float32_under_autocast`); on CUDA the model and images use the
     channels-last memory format when ``train_cfg.channels_last``.
@@ -161,8 +161,11 @@ class Trainer:
         self.ctx = distributed if distributed is not None else single_process_context(self.device)
         self.progress = progress and self.ctx.is_main
         self.tensorboard = tensorboard and self.ctx.is_main
-        self.use_amp = bool(train_cfg.mixed_precision) and self.device.type == "cuda"
         self.amp_dtype = resolve_amp_dtype(getattr(train_cfg, "amp_dtype", "float16"), self.device)
+        # CUDA: float16 (with a GradScaler) or bfloat16. CPU: bfloat16 only (AVX-512 BF16 / AMX kernels);
+        # float16 autocast on CPU is left off.
+        self.use_amp = bool(train_cfg.mixed_precision) and (
+            self.device.type == "cuda" or (self.device.type == "cpu" and self.amp_dtype == torch.bfloat16))
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
         self.channels_last = bool(getattr(train_cfg, "channels_last", False)) and self.device.type == "cuda"
         self.sync_batchnorm = bool(getattr(train_cfg, "sync_batchnorm", True))

@@ -11,6 +11,7 @@ the loop (:class:`~distilvpr_lib.engine.loop.Trainer`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -111,16 +112,25 @@ class StudentObjective:
 
     The teacher embeddings ``t`` come from a :class:`TeacherCache`, looked up by the batch's
     ``rel_paths``; the teacher never runs. With ``distiller=None`` (method ``nokd``) only the task
-    term is used. Stats: ``active_fraction`` / ``num_triplets`` of the task triplet and
+    term is used. ``train_cfg.task_normalize`` computes the task triplet on L2-normalised embeddings.
+    Stats: ``active_fraction`` / ``num_triplets`` of the task triplet and
     ``{student,teacher}_norm_{mean,max}`` (raw norms; the self-agent hyperbolic term saturates
-    for large raw norms, METHOD.md §10.5).
+    for large raw norms, METHOD.md §10.5). With ``train_cfg.loss_diagnostics`` also, per term,
+    ``grad_norm/<term>`` = ‖∂term/∂s‖ (Frobenius norm over the (B, D) student embedding) and
+    ``grad_ratio/<term>`` = that norm over the task term's, and ``hyperbolic_clamp_{student,teacher}``
+    = the share of off-diagonal self-relation entries d_c(ToPoincare(x_i), ToPoincare(x_j)) at the artanh
+    clamp (``distill_cfg.curvature``; only when a distiller is present).
     """
 
     kind = "student"
 
     def __init__(self, train_cfg: "TrainConfig", teacher_cache: TeacherCache | None,
-                 distiller: nn.Module | None = None, triplet: nn.Module | None = None) -> None:
+                 distiller: nn.Module | None = None, triplet: nn.Module | None = None,
+                 curvature: float | None = None) -> None:
         self.task_weight = float(train_cfg.student_task_weight)
+        self.task_normalize = bool(getattr(train_cfg, "task_normalize", False))
+        self.diagnostics = bool(getattr(train_cfg, "loss_diagnostics", False))
+        self.curvature = curvature
         self.triplet = triplet if triplet is not None else _make_triplet(train_cfg.margin)
         self.distiller = distiller
         self.teacher_cache = teacher_cache
@@ -128,12 +138,16 @@ class StudentObjective:
             raise ValueError("student objective: a distiller needs a teacher cache")
 
     def __call__(self, outputs: Mapping[str, torch.Tensor], batch: Mapping[str, Any]) -> LossOutput:
+        from distilvpr_lib.losses.relations import l2_normalize
+
         student = outputs["embedding"].float()
         positives, negatives = batch["positives_mask"], batch["negatives_mask"]
-        task, task_stats = self.triplet(student, positives, negatives)
+        task_input = l2_normalize(student) if self.task_normalize else student
+        task, task_stats = self.triplet(task_input, positives, negatives)
         terms: dict[str, torch.Tensor] = {STUDENT_TASK_TERM: self.task_weight * task}
         stats = {k: float(v) for k, v in task_stats.items() if isinstance(v, (int, float))}
         stats.update(_norm_stats("student", student))
+        teacher = None
         if self.teacher_cache is not None:
             teacher = self.teacher_cache.lookup(batch["rel_paths"], device=student.device)
             stats.update(_norm_stats("teacher", teacher))
@@ -143,8 +157,62 @@ class StudentObjective:
                     if name in terms:
                         raise ValueError(f"distiller term {name!r} collides with the task term")
                     terms[name] = value
+        if self.diagnostics and student.requires_grad:
+            stats.update(term_gradient_norms(terms, student))
+            if self.distiller is not None and teacher is not None and self.curvature is not None:
+                stats["hyperbolic_clamp_student"] = hyperbolic_clamp_share(student, self.curvature)
+                stats["hyperbolic_clamp_teacher"] = hyperbolic_clamp_share(teacher, self.curvature)
         return LossOutput(_sum_terms(terms, student), terms, stats)
 
 
+def term_gradient_norms(terms: Mapping[str, torch.Tensor], embedding: torch.Tensor) -> dict[str, float]:
+    """How hard each loss term pulls on the embedding: ``‖∂term/∂embedding‖`` and its ratio to the task term's.
 
-__all__ = ["LossOutput", "Objective", "STUDENT_TASK_TERM", "StudentObjective", "TeacherObjective"]
+    Args:
+        terms: weighted scalar terms (as in :class:`LossOutput`), one of them :data:`STUDENT_TASK_TERM`.
+        embedding: the (B, D) tensor the terms were computed from (requires grad). The gradient stops at
+            it, so the cost is that of the loss graph only, not of the network.
+
+    Returns:
+        ``grad_norm/<term>`` for every term and ``grad_ratio/<term>`` (norm / task term's norm) for every
+        term other than the task term (``inf``-free: a zero task gradient gives no ratio).
+    """
+    out: dict[str, float] = {}
+    for name, value in terms.items():
+        if not value.requires_grad:
+            out[f"grad_norm/{name}"] = 0.0
+            continue
+        (grad,) = torch.autograd.grad(value, embedding, retain_graph=True, allow_unused=True)
+        out[f"grad_norm/{name}"] = 0.0 if grad is None else float(grad.detach().float().norm())
+    task = out.get(f"grad_norm/{STUDENT_TASK_TERM}")
+    if task:
+        for name in terms:
+            if name != STUDENT_TASK_TERM:
+                out[f"grad_ratio/{name}"] = out[f"grad_norm/{name}"] / task
+    return out
+
+
+def hyperbolic_clamp_share(embeddings: torch.Tensor, curvature: float) -> float:
+    """Share of off-diagonal entries of the self geodesic relation at the artanh clamp.
+
+    ``d_c(ToPoincare(x_i), ToPoincare(x_j))`` is computed as in the self-agent term (METHOD.md §5.3); an
+    entry is *at the clamp* when ``√c·‖(−x_i) ⊕_c x_j‖ ≥ 1 − ARTANH_EPS``, i.e. the distance equals its
+    saturation value ``(2/√c)·artanh(1 − ARTANH_EPS)`` and carries no relational information.
+
+    Args:
+        embeddings: (B, D) raw embeddings.
+        curvature: ``c > 0``.
+    """
+    from distilvpr_lib.losses import hyperbolic
+    from distilvpr_lib.losses.relations import hyperbolic_distance_matrix
+
+    with torch.no_grad():
+        batch = embeddings.shape[0]
+        if batch < 2:
+            return 0.0
+        dist = hyperbolic_distance_matrix(embeddings.detach().double(), None, curvature)
+        saturated = (2.0 / math.sqrt(curvature)) * math.atanh(1.0 - hyperbolic.ARTANH_EPS)
+        off = ~torch.eye(batch, dtype=torch.bool, device=dist.device)
+        return float((dist[off] >= saturated * (1.0 - 1e-9)).double().mean())
+
+

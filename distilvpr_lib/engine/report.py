@@ -146,3 +146,180 @@ def loss_magnitudes(runs: pd.DataFrame) -> pd.DataFrame:
     table = ok.groupby("variation")[cols].mean()
     table.columns = [c.removeprefix("final_losses.") for c in table.columns]
     return table.dropna(axis=1, how="all")
+
+
+# ---------------------------------------------------------------------------
+# Paired statistics over seeds (the study, README "Study")
+# ---------------------------------------------------------------------------
+#: Columns of :func:`paired_statistics`.
+PAIRED_COLUMNS: tuple[str, ...] = ("n_pairs", "mean", "std", "baseline_mean", "baseline_std", "delta", "delta_std",
+                                   "ci_low", "ci_high", "p_t", "p_wilcoxon")
+
+
+def bootstrap_mean_ci(differences: np.ndarray, confidence: float = 0.95, n_resamples: int = 10000,
+                      method: str = "BCa", seed: int = 0) -> tuple[float, float]:
+    """Bootstrap confidence interval of the mean of paired differences (``scipy.stats.bootstrap``).
+
+    Args:
+        differences: (n,) per-seed differences (variation − baseline).
+        confidence: confidence level.
+        n_resamples: bootstrap resamples.
+        method: ``"BCa"`` (bias-corrected and accelerated, scipy's default), ``"percentile"`` or ``"basic"``.
+        seed: seed of the resampling (the interval is reproducible).
+
+    Returns:
+        ``(low, high)``; ``(d, d)`` when every difference equals ``d``; ``(nan, nan)`` with fewer than 2.
+    """
+    from scipy import stats
+
+    d = np.asarray(differences, dtype=float)
+    if d.size < 2:
+        return (math.nan, math.nan)
+    if np.all(d == d[0]):
+        return (float(d[0]), float(d[0]))
+    res = stats.bootstrap((d,), np.mean, confidence_level=confidence, n_resamples=n_resamples, method=method,
+                          random_state=np.random.default_rng(seed), vectorized=True)
+    return (float(res.confidence_interval.low), float(res.confidence_interval.high))
+
+
+def paired_statistics(runs: pd.DataFrame, baseline: str = "nokd", metric: str = "test.AR@1",
+                      confidence: float = 0.95, n_resamples: int = 10000, method: str = "BCa",
+                      seed: int = 0) -> pd.DataFrame:
+    """Every variation against ``baseline``, paired by seed: mean ± std, Δ with a bootstrap CI, t and Wilcoxon.
+
+    The same seed means the same initialisation and batch order, so the per-seed difference removes the
+    seed-to-seed spread that both runs share. For each variation with at least one seed in common with
+    the baseline:
+
+    * ``mean``/``std`` (ddof=1) of the variation over its paired seeds, ``baseline_mean``/``baseline_std``;
+    * ``delta`` = mean of the differences, ``delta_std`` their std;
+    * ``ci_low``/``ci_high``: the ``confidence`` bootstrap interval of the mean difference
+      (:func:`bootstrap_mean_ci`);
+    * ``p_t``: two-sided paired t-test (``scipy.stats.ttest_rel``); ``p_wilcoxon``: two-sided Wilcoxon
+      signed-rank test (exact for small n; NaN when all differences are 0).
+
+    Args:
+        runs: :func:`distilvpr_lib.batch.collect_batch` output or the study CSV (columns ``variation``,
+            ``param.seed`` or ``seed``, ``metric``; rows with a ``status`` other than ``ok`` are ignored).
+        baseline: the variation every other is compared to.
+        metric: the column compared.
+
+    Returns:
+        DataFrame indexed by variation (the baseline excluded), columns :data:`PAIRED_COLUMNS`, sorted by
+        ``delta`` descending. Empty when the baseline is absent.
+    """
+    from scipy import stats
+
+    ok = _ok(runs)
+    seed_col = "param.seed" if "param.seed" in ok else "seed"
+    if ok.empty or seed_col not in ok or metric not in ok or baseline not in set(ok["variation"]):
+        return pd.DataFrame(columns=list(PAIRED_COLUMNS))
+    base = ok[ok.variation == baseline].groupby(seed_col)[metric].mean()
+    rows = {}
+    for variation, group in ok[ok.variation != baseline].groupby("variation"):
+        values = group.groupby(seed_col)[metric].mean()
+        seeds = sorted(set(values.index) & set(base.index))
+        if not seeds:
+            continue
+        v, b = values.loc[seeds].to_numpy(float), base.loc[seeds].to_numpy(float)
+        d = v - b
+        n = len(d)
+        row: dict[str, Any] = {
+            "n_pairs": n, "mean": float(v.mean()), "std": float(v.std(ddof=1)) if n > 1 else math.nan,
+            "baseline_mean": float(b.mean()), "baseline_std": float(b.std(ddof=1)) if n > 1 else math.nan,
+            "delta": float(d.mean()), "delta_std": float(d.std(ddof=1)) if n > 1 else math.nan,
+        }
+        row["ci_low"], row["ci_high"] = bootstrap_mean_ci(d, confidence, n_resamples, method, seed)
+        varying = n > 1 and np.any(d != d[0])
+        row["p_t"] = float(stats.ttest_rel(v, b).pvalue) if varying else math.nan
+        row["p_wilcoxon"] = float(stats.wilcoxon(v, b).pvalue) if n > 1 and np.any(d != 0) else math.nan
+        rows[variation] = row
+    table = pd.DataFrame.from_dict(rows, orient="index", columns=list(PAIRED_COLUMNS))
+    return table.sort_values("delta", ascending=False)
+
+
+def study_table(runs: pd.DataFrame, baseline: str = "nokd", metrics: tuple[str, ...] = TABLE_METRICS,
+                **kwargs: Any) -> pd.DataFrame:
+    """The README's study table: per variation mean ± std of each test metric, and Δ AR@1 to ``baseline``
+    paired by seed with its bootstrap CI and p-values (t, Wilcoxon).
+
+    Args:
+        runs: as :func:`paired_statistics`.
+        kwargs: passed to :func:`paired_statistics` (``confidence``, ``n_resamples``, ``method``, ``seed``).
+
+    Returns:
+        DataFrame indexed by variation: ``seeds``, ``<metric>`` as ``"m ± s"`` strings, ``ΔAR@1``,
+        ``95% CI``, ``p (t)``, ``p (Wilcoxon)``; the baseline first, then by Δ.
+    """
+    ok = _ok(runs)
+    seed_col = "param.seed" if "param.seed" in ok else "seed"
+    cols = [m for m in metrics if f"test.{m}" in ok]
+    rows: dict[str, dict[str, Any]] = {}
+    for variation, group in ok.groupby("variation"):
+        row: dict[str, Any] = {"seeds": int(group[seed_col].nunique())}
+        for m in cols:
+            x = group[f"test.{m}"].to_numpy(float)
+            row[m] = f"{x.mean():.2f} ± {x.std(ddof=1):.2f}" if len(x) > 1 else f"{x.mean():.2f}"
+        rows[str(variation)] = row
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    paired = paired_statistics(ok, baseline=baseline, metric="test.AR@1", **kwargs)
+    level = int(round(100 * kwargs.get("confidence", 0.95)))
+    table["ΔAR@1"] = ""
+    table[f"{level}% CI"] = ""
+    table["p (t)"] = ""
+    table["p (Wilcoxon)"] = ""
+    for variation, p in paired.iterrows():
+        table.loc[variation, "ΔAR@1"] = f"{p['delta']:+.2f}"
+        table.loc[variation, f"{level}% CI"] = f"[{p['ci_low']:+.2f}, {p['ci_high']:+.2f}]"
+        table.loc[variation, "p (t)"] = "" if math.isnan(p["p_t"]) else f"{p['p_t']:.3f}"
+        table.loc[variation, "p (Wilcoxon)"] = "" if math.isnan(p["p_wilcoxon"]) else f"{p['p_wilcoxon']:.3f}"
+    order = ([baseline] if baseline in table.index else []) + [v for v in paired.index if v in table.index]
+    order += [v for v in table.index if v not in order]
+    return table.loc[order]
+
+
+def relation_auc(embeddings: np.ndarray, positives: np.ndarray, negatives: np.ndarray,
+                 relations: tuple[str, ...] = ("euclidean", "cosine", "hyperbolic"), curvature: float = 0.1) -> dict[str, float]:
+    """How much place information a self relation matrix carries: ROC AUC of positive vs negative pairs.
+
+    The relations are those the distillation terms hand down (METHOD.md §5.3-5.4): Euclidean distances
+    ``‖x_i − x_j‖``, cosine similarities, and geodesic distances ``d_c`` in the Poincaré ball after
+    ``ToPoincare``. A pair scores higher when it is more similar (distances are negated); AUC = 1 means
+    every positive pair is closer than every negative pair, 0.5 means the relation says nothing about place.
+
+    Args:
+        embeddings: (N, D) embeddings of N samples (e.g. a validation split).
+        positives: (N, N) bool, pairs of the same place (e.g. within 10 m), diagonal ignored.
+        negatives: (N, N) bool, pairs of different places (e.g. beyond 50 m).
+        relations: which relations to score.
+        curvature: ``c`` of the hyperbolic relation.
+
+    Returns:
+        relation -> ROC AUC (NaN when there are no positive or no negative pairs).
+    """
+    import torch
+    from sklearn.metrics import roc_auc_score
+
+    from distilvpr_lib.losses.relations import (cosine_similarity_matrix, euclidean_distance_matrix,
+                                                hyperbolic_distance_matrix)
+
+    x = torch.as_tensor(np.asarray(embeddings), dtype=torch.float64)
+    n = x.shape[0]
+    upper = np.triu(np.ones((n, n), dtype=bool), k=1)
+    pos, neg = np.asarray(positives, bool) & upper, np.asarray(negatives, bool) & upper & ~np.asarray(positives, bool)
+    if not pos.any() or not neg.any():
+        return {r: math.nan for r in relations}
+    scorers = {
+        "euclidean": lambda: -euclidean_distance_matrix(x),
+        "cosine": lambda: cosine_similarity_matrix(x),
+        "hyperbolic": lambda: -hyperbolic_distance_matrix(x, None, curvature),
+    }
+    unknown = set(relations) - set(scorers)
+    if unknown:
+        raise KeyError(f"unknown relations {sorted(unknown)}; known: {sorted(scorers)}")
+    labels = np.concatenate([np.ones(int(pos.sum())), np.zeros(int(neg.sum()))])
+    out = {}
+    for name in relations:
+        score = scorers[name]().numpy()
+        out[name] = float(roc_auc_score(labels, np.concatenate([score[pos], score[neg]])))
+    return out

@@ -49,6 +49,19 @@ def check_benchmark(benchmark: "Benchmark", cfg: ExperimentConfig, need_images: 
             "(then the last epoch is kept)")
 
 
+def make_cached_student_loader(benchmark: "Benchmark", cfg: ExperimentConfig, progress: bool = True) -> Any:
+    """The student's training batches from the decoded image cache, augmented in batches (``data.image_cache``;
+    single process). Same sampler, seed and batch keys as :func:`make_training_loader` (no clouds)."""
+    from distilvpr_lib.data.image_cache import BatchImageAugment, CachedStudentLoader, open_training_image_cache
+    from distilvpr_lib.data.sampler import PositivePairBatchSampler
+
+    cache = open_training_image_cache(benchmark, cfg.data.image_cache_dir, k_max=cfg.data.image_lidar_k,
+                                      progress=progress)
+    augment = BatchImageAugment(cfg.data.bcs_aug_rate, cfg.data.hue_aug_rate, train=cfg.data.augment_images)
+    sampler = PositivePairBatchSampler(benchmark.training_tuples, cfg.train.batch_size, seed=cfg.train.seed)
+    return CachedStudentLoader(cache, benchmark, sampler, augment, image_lidar_k=cfg.data.image_lidar_k)
+
+
 def make_training_loader(benchmark: "Benchmark", cfg: ExperimentConfig, ctx: DistributedContext,
                          data_cfg: Any | None = None) -> torch.utils.data.DataLoader:
     """The training loader: positive-pair batches (this rank's slices in distributed runs).

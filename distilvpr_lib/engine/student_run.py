@@ -40,6 +40,7 @@ from distilvpr_lib.engine.run_setup import (
     check_benchmark,
     describe_world,
     history_metrics,
+    make_cached_student_loader,
     make_training_loader,
     print_summary,
     start_run,
@@ -107,8 +108,12 @@ def distill_student(cfg: ExperimentConfig, teacher_dir: PathLike | None, out_dir
     optimizer = build_optimizer(student_parameter_groups(student, cfg.train), cfg.train)
     scheduler = build_scheduler(optimizer, cfg.train)
     # The student sees images only: skip the (unused) cloud augmentation work.
-    loader = make_training_loader(benchmark, cfg, ctx, data_cfg=dataclasses.replace(cfg.data, augment_clouds=False))
-    objective = StudentObjective(cfg.train, cache, distiller.to(device) if use_distiller else None)
+    if cfg.data.image_cache and not ctx.is_distributed:
+        loader = make_cached_student_loader(benchmark, cfg, progress)
+    else:
+        loader = make_training_loader(benchmark, cfg, ctx, data_cfg=dataclasses.replace(cfg.data, augment_clouds=False))
+    objective = StudentObjective(cfg.train, cache, distiller.to(device) if use_distiller else None,
+                                 curvature=cfg.distill.curvature)
     validate = None
     if cfg.train.use_validation_split:
         def validate(m: nn.Module) -> "RetrievalResults":

@@ -1,0 +1,120 @@
+"""The study's statistics and diagnostics against hand-computed cases (engine.report, engine.trainer)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from distilvpr_lib.engine.report import bootstrap_mean_ci, paired_statistics, relation_auc, study_table
+from distilvpr_lib.engine.objectives import STUDENT_TASK_TERM, hyperbolic_clamp_share, term_gradient_norms
+
+NOKD = [30.0, 32.0, 31.0, 29.0, 33.0]
+DIFF = [3.0, 2.0, 4.0, 1.0, 5.0]  # no ties in |d|: the exact Wilcoxon distribution applies
+
+
+def _runs() -> pd.DataFrame:
+    rows = []
+    for seed, (b, d) in enumerate(zip(NOKD, DIFF)):
+        rows.append({"variation": "nokd", "seed": seed, "status": "ok", "test.AR@1": b, "test.AR@5": b + 10,
+                     "test.AR@1%": b + 5})
+        rows.append({"variation": "distilvpr", "seed": seed, "status": "ok", "test.AR@1": b + d,
+                     "test.AR@5": b + 10, "test.AR@1%": b + 5})
+    rows.append({"variation": "same", "seed": 0, "status": "ok", "test.AR@1": NOKD[0], "test.AR@5": 0, "test.AR@1%": 0})
+    rows.append({"variation": "same", "seed": 1, "status": "ok", "test.AR@1": NOKD[1], "test.AR@5": 0, "test.AR@1%": 0})
+    rows.append({"variation": "distilvpr", "seed": 9, "status": "failed", "test.AR@1": 99.0})
+    return pd.DataFrame(rows)
+
+
+def test_paired_statistics_by_hand() -> None:
+    table = paired_statistics(_runs(), baseline="nokd", n_resamples=2000)
+    row = table.loc["distilvpr"]
+    assert row["n_pairs"] == 5  # the failed seed-9 run is ignored
+    assert row["delta"] == pytest.approx(3.0)
+    # differences 3, 2, 4, 1, 5: std (ddof=1) = sqrt(10 / 4)
+    assert row["delta_std"] == pytest.approx(math.sqrt(2.5))
+    assert row["mean"] == pytest.approx(34.0) and row["baseline_mean"] == pytest.approx(31.0)
+    # paired t = 3 / (sqrt(2.5) / sqrt(5)) = 4.2426 with 4 degrees of freedom
+    t = 3.0 / (math.sqrt(2.5) / math.sqrt(5.0))
+    assert t == pytest.approx(4.2426, abs=1e-4)
+    from scipy import stats
+
+    assert row["p_t"] == pytest.approx(2 * stats.t.sf(t, df=4))
+    assert row["p_t"] == pytest.approx(0.01324, abs=5e-5)
+    # Wilcoxon: every difference positive, n = 5 -> W- = 0, exact two-sided p = 2 / 2^5
+    assert row["p_wilcoxon"] == pytest.approx(2 / 32)
+    assert row["ci_low"] <= 3.0 <= row["ci_high"]
+    assert 1.0 <= row["ci_low"] and row["ci_high"] <= 5.0
+    same = table.loc["same"]
+    assert same["delta"] == 0.0 and (same["ci_low"], same["ci_high"]) == (0.0, 0.0)
+    assert math.isnan(same["p_t"]) and math.isnan(same["p_wilcoxon"])
+    assert list(table.index) == ["distilvpr", "same"]
+
+
+def test_bootstrap_percentile_two_points_and_constant() -> None:
+    # Resampling two values gives means 1, 2, 3 with probabilities 1/4, 1/2, 1/4: the 2.5 % and 97.5 %
+    # quantiles are the two values themselves.
+    low, high = bootstrap_mean_ci(np.array([1.0, 3.0]), method="percentile", n_resamples=4000)
+    assert (low, high) == (pytest.approx(1.0), pytest.approx(3.0))
+    assert bootstrap_mean_ci(np.array([2.0, 2.0, 2.0])) == (2.0, 2.0)
+    assert all(math.isnan(v) for v in bootstrap_mean_ci(np.array([1.0])))
+    # reproducible
+    d = np.array(DIFF)
+    assert bootstrap_mean_ci(d, seed=3) == bootstrap_mean_ci(d, seed=3)
+
+
+def test_study_table_strings() -> None:
+    table = study_table(_runs(), n_resamples=2000)
+    assert list(table.index)[0] == "nokd"
+    assert table.loc["nokd", "AR@1"] == f"31.00 ± {np.std(NOKD, ddof=1):.2f}"
+    assert table.loc["distilvpr", "ΔAR@1"] == "+3.00"
+    assert table.loc["distilvpr", "seeds"] == 5
+    assert table.loc["nokd", "ΔAR@1"] == ""
+
+
+def test_relation_auc_by_hand() -> None:
+    x = np.array([[0.0], [1.0], [3.0]])
+    pos = np.zeros((3, 3), bool)
+    neg = np.ones((3, 3), bool)
+    pos[0, 1] = pos[1, 0] = True  # distance 1, the negatives are at 2 and 3: perfectly separated
+    assert relation_auc(x, pos, neg, relations=("euclidean",))["euclidean"] == pytest.approx(1.0)
+    pos[:] = False
+    pos[0, 2] = pos[2, 0] = True  # the positive pair is the farthest: AUC 0
+    assert relation_auc(x, pos, neg, relations=("euclidean",))["euclidean"] == pytest.approx(0.0)
+    # positives at distance 2 between negatives at 1 and 3 -> AUC 0.5
+    x = np.array([[0.0], [1.0], [3.0]])
+    pos[:] = False
+    pos[1, 2] = pos[2, 1] = True
+    assert relation_auc(x, pos, neg, relations=("euclidean",))["euclidean"] == pytest.approx(0.5)
+    # cosine: directions, not lengths
+    y = np.array([[1.0, 0.0], [5.0, 0.1], [0.0, 1.0]])
+    pos[:] = False
+    pos[0, 1] = pos[1, 0] = True
+    out = relation_auc(y, pos, neg, relations=("cosine", "hyperbolic"))
+    assert out["cosine"] == pytest.approx(1.0)
+    assert 0.0 <= out["hyperbolic"] <= 1.0
+    with pytest.raises(KeyError, match="unknown relations"):
+        relation_auc(y, pos, neg, relations=("manhattan",))
+
+
+def test_term_gradient_norms_by_hand() -> None:
+    x = torch.tensor([[1.0, 2.0], [3.0, 4.0]], requires_grad=True)
+    terms = {STUDENT_TASK_TERM: x.sum(), "square": (x ** 2).sum(), "constant": torch.tensor(1.0)}
+    out = term_gradient_norms(terms, x)
+    assert out[f"grad_norm/{STUDENT_TASK_TERM}"] == pytest.approx(2.0)  # ‖ones(2, 2)‖
+    assert out["grad_norm/square"] == pytest.approx(2 * math.sqrt(30.0))  # ‖2x‖
+    assert out["grad_ratio/square"] == pytest.approx(math.sqrt(30.0))
+    assert out["grad_norm/constant"] == 0.0
+    assert x.grad is None  # nothing accumulated into the parameters' gradients
+
+
+def test_hyperbolic_clamp_share() -> None:
+    small = torch.tensor([[0.1, 0.0], [0.0, 0.1], [-0.1, 0.0]])
+    assert hyperbolic_clamp_share(small, 0.1) == 0.0
+    # raw norm 100 at c = 0.1: expmap0 puts the points at tanh(31.6) ≈ 1 - 4e-28 of the radius, opposite
+    # points are then at the artanh clamp
+    big = torch.tensor([[100.0, 0.0], [-100.0, 0.0]])
+    assert hyperbolic_clamp_share(big, 0.1) == 1.0
