@@ -70,6 +70,11 @@ class DataConfig:
     persistent_workers: bool = False
     #: Hold-out validation fraction of the training region (by position, see data.splits).
     validation_fraction: float = 0.15
+    #: Student training reads its images from a decoded uint8 cache and augments them in batches
+    #: (data.image_cache; single process only) instead of decoding PNGs per sample in a DataLoader.
+    image_cache: bool = False
+    #: Folder of the image cache; ``None`` = ``<dataset_dir>/.cache``.
+    image_cache_dir: str | None = None
 
 
 @dataclass
@@ -305,7 +310,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     # prior for both image networks, a teacher trained with losses on all three heads, bfloat16 autocast on
     # the CPU; sized so that one converged student run takes ≤ 10 min on 2 cores.
     "study": {
-        "data": {"dataset_dir": "data/study"},
+        "data": {"dataset_dir": "data/study", "image_cache": True},
         "model": {"pretrained_image_weights": "teacher_weights/study-prior/image_prior.pth"},
         "train": {"epochs": 16, "batch_size": 32, "image_lr": 3e-4, "cloud_lr": 1e-3, "milestones": (12,),
                   "teacher_loss_weights": (1.0, 0.5, 0.5), "mixed_precision": True, "amp_dtype": "bfloat16"},
