@@ -75,24 +75,32 @@ def make_batch(coords: torch.Tensor, batch: int, height: int, width: int, seed: 
             "negatives_mask": ~same}
 
 
-def teacher_step_fn(model_cfg: ModelConfig, train_cfg: TrainConfig):
+def teacher_step_fn(model_cfg: ModelConfig, train_cfg: TrainConfig, bf16: bool = False):
+    """A teacher train step; ``bf16``: bfloat16 autocast on the CPU with the sparse branch kept in float32,
+    exactly as the trainer runs it (``train.mixed_precision``, ``amp_dtype="bfloat16"``)."""
+    from distilvpr_lib.engine.devices import keep_float32_under_autocast
     from distilvpr_lib.engine.objectives import TeacherObjective
     from distilvpr_lib.engine.optim import build_optimizer, teacher_parameter_groups
 
     torch.manual_seed(0)
     model = build_teacher(model_cfg).train()
+    if bf16:
+        keep_float32_under_autocast(model)
     optimizer = build_optimizer(teacher_parameter_groups(model, train_cfg), train_cfg)
     objective = TeacherObjective(train_cfg)
 
     def step(batch: dict[str, torch.Tensor]) -> None:
         optimizer.zero_grad(set_to_none=True)
-        objective(model(batch), batch).total.backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            outputs = model(batch)
+        objective(outputs, batch).total.backward()
         optimizer.step()
 
     return step
 
 
-def student_step_fn(model_cfg: ModelConfig, train_cfg: TrainConfig):
+def student_step_fn(model_cfg: ModelConfig, train_cfg: TrainConfig, bf16: bool = False):
+    """A student train step (task triplet only); ``bf16``: bfloat16 autocast of the forward on the CPU."""
     from distilvpr_lib.engine.optim import build_optimizer, student_parameter_groups
     from distilvpr_lib.losses.triplet import teacher_task_loss
 
@@ -102,7 +110,9 @@ def student_step_fn(model_cfg: ModelConfig, train_cfg: TrainConfig):
 
     def step(batch: dict[str, torch.Tensor]) -> None:
         optimizer.zero_grad(set_to_none=True)
-        out = model(batch)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = model(batch)
+        out = {"embedding": out["embedding"].float()}
         terms, _ = teacher_task_loss({"embedding": out["embedding"]}, (batch["positives_mask"], batch["negatives_mask"]),
                                      weights=(1.0, 0.0, 0.0), margin=train_cfg.margin)
         sum(terms.values()).backward()
@@ -154,6 +164,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: leave)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time bfloat16 autocast steps (CPU; sparse branch in float32) against fp32")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -189,6 +201,11 @@ def main() -> None:
         print(f"{pad}student step {flops / 1e9:7.2f} GFLOP (fwd+bwd, FlopCounterMode): median {achieved:6.1f} GFLOP/s "
               f"= {100 * achieved / peak:5.1f} % of the matmul peak, fastest {achieved_best:6.1f} GFLOP/s = "
               f"{100 * achieved_best / peak:5.1f} % (goal >= 70 %)")
+        if args.bf16:
+            tb_teacher, _ = time_steps(teacher_step_fn(model_cfg, train_cfg, bf16=True), batch, args.warmup, args.steps)
+            tb_student, _ = time_steps(student_step_fn(model_cfg, train_cfg, bf16=True), batch, args.warmup, args.steps)
+            print(f"{pad}bf16 autocast: teacher {tb_teacher * 1e3:8.1f} ms/step ({t_teacher / tb_teacher:4.2f}x fp32), "
+                  f"student {tb_student * 1e3:8.1f} ms/step ({t_student / tb_student:4.2f}x fp32)")
 
     print(f"\nsparse cloud branch (MinkFPN + GeM), forward + backward on the same {len(coords)} voxels:")
     for name in args.sparse_backends:

@@ -290,6 +290,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
             "images_per_submap": 1,
             "workers": 1,
         },
+        "prior": {"seed": 1000, "n_runs": 3, "route_length_m": 300.0, "epochs": 1, "milestones": (1,)},
     },
     "cpu": {
         "data": {"dataset_dir": "data/cpu"},
