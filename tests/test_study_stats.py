@@ -118,3 +118,60 @@ def test_hyperbolic_clamp_share() -> None:
     # points are then at the artanh clamp
     big = torch.tensor([[100.0, 0.0], [-100.0, 0.0]])
     assert hyperbolic_clamp_share(big, 0.1) == 1.0
+
+
+def _write_run(folder, seed: int, curve: list[float], norm: float) -> None:
+    import json
+
+    folder.mkdir(parents=True)
+    epochs = [{"epoch": e + 1, "losses": {"triplet": 0.1}, "validation": {"AR@1": v},
+               "stats": {"student_norm_mean": norm, "grad_ratio/rkdg_distance": 2.0 * (e + 1)}}
+              for e, v in enumerate(curve)]
+    (folder / "metrics.json").write_text(json.dumps({"seed": seed, "epochs": epochs}))
+
+
+def test_epoch_and_diagnostics_tables(tmp_path) -> None:
+    from distilvpr_lib.engine.report import diagnostics_table, epoch_table
+
+    _write_run(tmp_path / "nokd__seed0", 0, [10.0, 20.0, 30.0, 30.0], 4.0)
+    _write_run(tmp_path / "nokd__seed1", 1, [12.0, 22.0, 32.0, 32.0], 6.0)
+    _write_run(tmp_path / "distilvpr__seed0", 0, [20.0, 25.0, 24.0, 23.0], 1.0)
+    (tmp_path / "unfinished__seed0").mkdir()
+    epochs = epoch_table(tmp_path)
+    assert len(epochs) == 12 and set(epochs["variation"]) == {"nokd", "distilvpr"}
+    assert epochs.loc[(epochs.variation == "nokd") & (epochs.seed == 1) & (epochs.epoch == 3), "val_AR@1"].item() == 32.0
+    diag = diagnostics_table(epochs, last_fraction=0.5)  # epochs 3-4
+    assert diag.loc["nokd", "val_AR@1"] == pytest.approx(31.0)  # mean of 30, 30, 32, 32
+    assert diag.loc["nokd", "val_AR@1 slope/epoch"] == pytest.approx(0.0)  # flat: converged
+    assert diag.loc["distilvpr", "val_AR@1 slope/epoch"] == pytest.approx(-1.0)
+    assert diag.loc["nokd", "student_norm_mean"] == pytest.approx(5.0)
+    assert diag.loc["distilvpr", "grad_ratio/rkdg_distance"] == pytest.approx(7.0)  # mean of 6 and 8
+    assert diag.loc["nokd", "epochs averaged"] == "3-4"
+
+
+def test_study_runs_table_columns() -> None:
+    from distilvpr_lib.engine.report import STUDY_CSV_COLUMNS, study_runs_table
+
+    runs = pd.DataFrame([{"variation": "nokd", "status": "ok", "param.seed": 1, "best_epoch": 7,
+                          "validation.AR@1": 40.0, "test.AR@1": 38.0, "test.AR@5": 60.0, "test.AR@1%": 38.0,
+                          "loss_weights.triplet": 0.5, "embedding_norms.student.mean": 3.0},
+                         {"variation": "nokd", "status": "failed", "param.seed": 2}])
+    table = study_runs_table(runs)
+    assert list(table.columns[: len(STUDY_CSV_COLUMNS)]) == list(STUDY_CSV_COLUMNS)
+    assert len(table) == 1 and table.loc[0, "val_AR@1"] == 40.0 and table.loc[0, "w.triplet"] == 0.5
+    assert table.loc[0, "student_norm"] == 3.0
+
+
+def test_split_pair_masks_by_hand() -> None:
+    from distilvpr_lib.engine.relation_information import split_pair_masks
+
+    class Bench:
+        def database_sets(self, split):
+            return [{0: {"northing": 0.0, "easting": 0.0}, 1: {"northing": 30.0, "easting": 0.0}},
+                    {0: {"northing": 5.0, "easting": 0.0}, 1: {"northing": 100.0, "easting": 0.0}}]
+
+    pos, neg = split_pair_masks(Bench(), "validation")
+    # entries: 0 at 0 m, 1 at 30 m, 2 at 5 m, 3 at 100 m
+    assert pos.tolist() == [[False, False, True, False], [False, False, False, False],
+                            [True, False, False, False], [False, False, False, False]]
+    assert neg[0].tolist() == [False, False, False, True] and neg[1, 3] and not neg[1, 2]

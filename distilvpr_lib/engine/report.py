@@ -323,3 +323,94 @@ def relation_auc(embeddings: np.ndarray, positives: np.ndarray, negatives: np.nd
         score = scorers[name]().numpy()
         out[name] = float(roc_auc_score(labels, np.concatenate([score[pos], score[neg]])))
     return out
+
+
+#: Columns of the per-run study CSV (``study_runs_table``), in order; diagnostics follow when present.
+STUDY_CSV_COLUMNS: tuple[str, ...] = ("variation", "seed", "best_epoch", "val_AR@1", "test_AR@1", "test_AR@5",
+                                      "test_AR@1%")
+
+
+def study_runs_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per finished run, the columns anyone needs to recompute the study's figures.
+
+    Columns :data:`STUDY_CSV_COLUMNS`, then ``epochs``, ``wall_time_s``, the final student / teacher embedding
+    norms (``student_norm``, ``teacher_norm``) and every loss weight (``w.<term>``) when present.
+
+    Args:
+        runs: :func:`distilvpr_lib.batch.collect_batch` output.
+    """
+    ok = _ok(runs)
+    rename = {"param.seed": "seed", "validation.AR@1": "val_AR@1", "test.AR@1": "test_AR@1",
+              "test.AR@5": "test_AR@5", "test.AR@1%": "test_AR@1%",
+              "embedding_norms.student.mean": "student_norm", "embedding_norms.teacher.mean": "teacher_norm"}
+    table = ok.rename(columns=rename)
+    extra = ["wall_time_s", "student_norm", "teacher_norm", *sorted(c for c in ok.columns if c.startswith("loss_weights."))]
+    cols = [c for c in (*STUDY_CSV_COLUMNS, *extra) if c in table]
+    table = table[cols].rename(columns=lambda c: c.replace("loss_weights.", "w."))
+    return table.sort_values(["variation", "seed"]).reset_index(drop=True)
+
+
+def epoch_table(run_dirs: Mapping[str, str | os.PathLike] | str | os.PathLike) -> pd.DataFrame:
+    """Per-epoch history of runs, long format: what changes *while* a student learns.
+
+    Args:
+        run_dirs: a batch folder (every sub-folder with a ``metrics.json``; variation and seed from the folder
+            name ``<variation>__seed<k>``) or a mapping label -> run folder.
+
+    Returns:
+        DataFrame with ``run``, ``variation``, ``seed``, ``epoch``, ``val_AR@1`` (NaN where not validated),
+        ``loss.<term>`` (epoch means of the weighted terms) and ``<stat>`` for every logged statistic
+        (``student_norm_mean``, ``teacher_norm_mean``, ``grad_norm/<term>``, ``grad_ratio/<term>``,
+        ``hyperbolic_clamp_{student,teacher}``, ...).
+    """
+    if isinstance(run_dirs, Mapping):
+        items = [(str(k), Path(v)) for k, v in run_dirs.items()]
+    else:
+        root = Path(run_dirs)
+        items = [(p.name, p) for p in sorted(root.iterdir()) if (p / "metrics.json").is_file()] if root.is_dir() else []
+    rows = []
+    for label, folder in items:
+        if not (folder / "metrics.json").is_file():
+            continue
+        metrics = read_metrics(folder)
+        variation, _, seed = label.rpartition("__seed")
+        if not variation:
+            variation, seed = label, str(metrics.get("seed", ""))
+        for record in metrics.get("epochs") or []:
+            row: dict[str, Any] = {"run": label, "variation": variation,
+                                   "seed": int(seed) if str(seed).isdigit() else seed, "epoch": int(record["epoch"])}
+            val = record.get("validation") or {}
+            row["val_AR@1"] = val.get("AR@1", math.nan)
+            row.update({f"loss.{k}": v for k, v in (record.get("losses") or {}).items()})
+            row.update(record.get("stats") or {})
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def diagnostics_table(epochs: pd.DataFrame, last_fraction: float = 0.25) -> pd.DataFrame:
+    """Per variation, the diagnostics averaged over the last ``last_fraction`` of the epochs and the seeds.
+
+    Columns: ``val_AR@1`` (and its change over that window, ``val_AR@1 slope/epoch``: ≈ 0 when converged),
+    the student and teacher norms, every ``grad_ratio/<term>`` (how hard each distillation term pulls on the
+    student embedding relative to the task term) and the hyperbolic clamp shares.
+
+    Args:
+        epochs: :func:`epoch_table` output.
+    """
+    if epochs.empty:
+        return pd.DataFrame()
+    keep = ["val_AR@1", "student_norm_mean", "teacher_norm_mean", "hyperbolic_clamp_student",
+            "hyperbolic_clamp_teacher", *sorted(c for c in epochs.columns if c.startswith("grad_ratio/"))]
+    keep = [c for c in keep if c in epochs]
+    rows = {}
+    for variation, group in epochs.groupby("variation"):
+        last = int(group["epoch"].max())
+        start = last - max(1, int(round(last * last_fraction))) + 1
+        window = group[group["epoch"] >= start]
+        row = window[keep].mean(numeric_only=True).to_dict()
+        val = window.dropna(subset=["val_AR@1"]).groupby("epoch")["val_AR@1"].mean()
+        row["val_AR@1 slope/epoch"] = float(np.polyfit(val.index.to_numpy(float), val.to_numpy(float), 1)[0]) \
+            if len(val) >= 2 else math.nan
+        row["epochs averaged"] = f"{start}-{last}"
+        rows[variation] = row
+    return pd.DataFrame.from_dict(rows, orient="index")

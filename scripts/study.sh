@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The distillation study, end to end and resumable (README "Study"). Every step skips what is done:
+#   data/study (generator), teacher_weights/study-prior (visual prior), teacher_weights/study (teacher),
+#   runs/study/<variation>__seed<k> (students, in the order below), runs/study-report (notebook 04).
+# Usage: bash scripts/study.sh [stage ...]   stages: setup main sweep rest report (default: all)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+CLI="$PY -m distilvpr_lib.cli"
+stages=("$@"); [ ${#stages[@]} -gt 0 ] || stages=(setup main sweep rest report)
+log() { printf '[study %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+batch() { log "batch: $*"; $CLI batch ablations/study.yaml --only "$@"; }
+
+for stage in "${stages[@]}"; do
+  case "$stage" in
+    setup)
+      log "dataset";  $CLI synth --profile study --out data/study --no-progress
+      log "visual prior"; $CLI pretrain-image --profile study --quiet
+      log "teacher";  $CLI train-teacher --dataset data/study --profile study --out teacher_weights/study --quiet ;;
+    main)   # no-KD and the Oxford preset, paired by seed, seed by seed
+      for s in 0 1 2 3 4; do batch "nokd__seed$s" "distilvpr__seed$s"; done ;;
+    sweep)  # the weight sweep (3 seeds), read on validation by notebook 04
+      for s in 0 1 2; do batch "distilvpr_x0.1__seed$s" "distilvpr_x10__seed$s" "distilvpr_self0.1__seed$s" \
+                               "distilvpr_cross10__seed$s"; done ;;
+    rest)
+      for s in 0 1 2; do batch "nokd_norm__seed$s" "distilvpr_norm__seed$s" "self_only__seed$s" "cross_only__seed$s" \
+                               "cross_E__seed$s" "cross_S__seed$s" "cross_H__seed$s" "kd__seed$s" "rkd__seed$s" \
+                               "pkt__seed$s" "nokd_fp32__seed$s"; done ;;
+    report)
+      log "notebook 04"; mkdir -p runs/study-report
+      $PY -m papermill notebooks/04_ablation_analysis.ipynb runs/study-report/notebook.ipynb \
+        -p batch runs/study -p teacher teacher_weights/study -p out runs/study-report --log-level WARNING ;;
+    *) echo "unknown stage $stage (setup main sweep rest report)" >&2; exit 2 ;;
+  esac
+done
