@@ -35,11 +35,10 @@ def _init(profile: str) -> None:
     global _RENDERER
     from distilvpr_lib.config import profile_config
     from distilvpr_lib.data.synth import SynthRenderer
-    from distilvpr_lib.data.synth.generate import _state_prims
 
     _RENDERER = SynthRenderer(profile_config(profile).synth)
     for run in _RUNS:
-        _state_prims(_RENDERER._state, run)
+        _RENDERER.prepare_run(run)
 
 
 def _items(renderer, n: int) -> list[tuple[int, int, float, int, float, list[float]]]:

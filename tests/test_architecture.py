@@ -14,15 +14,6 @@ ROOT = Path(__file__).resolve().parents[1]
 LIBRARY = ROOT / "distilvpr_lib"
 #: Trees whose imports of the library are checked for private names.
 CHECKED_TREES = ("distilvpr_lib", "tests", "benchmarks", "scripts")
-#: Private imports still to be removed (issue 13, item 4: one generator skeleton for both layouts).
-PENDING_PRIVATE_IMPORTS = {
-    ("distilvpr_lib/data/synth/boreas.py", "distilvpr_lib.data.synth.world", "_tree"),
-    ("distilvpr_lib/data/synth/boreas.py", "distilvpr_lib.data.synth.world", "_u32"),
-    ("distilvpr_lib/data/synth/boreas.py", "distilvpr_lib.data.synth.generate", "_config_record"),
-    ("distilvpr_lib/data/synth/boreas.py", "distilvpr_lib.data.synth.generate", "_json_bytes"),
-    ("distilvpr_lib/data/synth/boreas.py", "distilvpr_lib.data.synth.generate", "_write_if_changed"),
-    ("benchmarks/bench_generator.py", "distilvpr_lib.data.synth.generate", "_state_prims"),
-}
 
 
 def _python_files(*trees: str) -> list[Path]:
@@ -84,8 +75,5 @@ def test_no_private_name_imported_across_modules() -> None:
             private = [i for i, part in enumerate(source.split(".")) if _is_private(part)]
             if private and not (here + ".").startswith(".".join(source.split(".")[: private[0]]) + "."):
                 found.add((rel, source, "(private module)"))
-    new = sorted(found - PENDING_PRIVATE_IMPORTS)
-    assert not new, "private names imported across modules (make them public or keep them in one module): " + \
-        "; ".join(f"{f}: from {m} import {n}" for f, m, n in new)
-    fixed = sorted(PENDING_PRIVATE_IMPORTS - found)
-    assert not fixed, f"no longer imported, drop them from PENDING_PRIVATE_IMPORTS: {fixed}"
+    assert not found, "private names imported across modules (make them public or keep them in one module): " + \
+        "; ".join(f"{f}: from {m} import {n}" for f, m, n in sorted(found))

@@ -27,7 +27,7 @@ from distilvpr_lib.data.synth import (
     sample_conditions,
 )
 from distilvpr_lib.data.synth.conditions import start_time_us
-from distilvpr_lib.data.synth.generate import COMPLETE_FILE, CONFIG_FILE, MANIFEST_FILE, encode_png
+from distilvpr_lib.data.synth.skeleton import COMPLETE_FILE, CONFIG_FILE, MANIFEST_FILE, encode_png
 from distilvpr_lib.data.synth.lidar import normalise_submap
 from distilvpr_lib.data.synth.raycast import (
     HIT_BOX,

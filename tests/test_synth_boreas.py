@@ -19,9 +19,9 @@ from distilvpr_lib.data.synth.boreas import (
     LOCATIONS_CSV,
     P0_FOLDER,
     T_CAMERA_LIDAR_FOLDER,
-    load_real_drives,
 )
-from distilvpr_lib.data.synth.generate import COMPLETE_FILE
+from distilvpr_lib.data.synth.boreas_world import load_real_drives
+from distilvpr_lib.data.synth.skeleton import COMPLETE_FILE
 
 pytestmark = pytest.mark.real_data
 BOREAS_NAME = re.compile(r"^boreas-\d{4}-\d{2}-\d{2}-\d{2}-\d{2}$")

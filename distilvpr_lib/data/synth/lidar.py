@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from distilvpr_lib.config import POINTS_PER_CLOUD
+from distilvpr_lib.config import POINTS_PER_CLOUD, SynthConfig
 from distilvpr_lib.data.synth.raycast import HIT_GROUND, HIT_NONE, cast_rays, grid_tiles, select_primitives
 from distilvpr_lib.data.synth.world import Primitives
 
@@ -62,6 +62,13 @@ class LidarModel:
     @property
     def rays_per_scan(self) -> int:
         return self.beams * self.azimuth_steps
+
+
+def make_lidar_model(cfg: "SynthConfig") -> LidarModel:
+    """The :class:`LidarModel` of a :class:`SynthConfig`."""
+    return LidarModel.create(cfg.lidar_beams, cfg.lidar_azimuth_steps, cfg.lidar_min_elevation_deg,
+                             cfg.lidar_max_elevation_deg, cfg.lidar_max_range_m, cfg.submap_crop_m[0],
+                             cfg.submap_crop_m[1], cfg.submap_max_height_m, cfg.submap_voxel_m)
 
 
 def scan(model: LidarModel, prims: Primitives, position: np.ndarray, heading: float, dropout: float,

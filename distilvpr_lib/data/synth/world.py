@@ -527,7 +527,8 @@ def _rng(seed: int, *tags: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([int(seed), *[int(t) for t in tags]]))
 
 
-def _u32(rng: np.random.Generator) -> int:
+def random_u32(rng: np.random.Generator) -> int:
+    """A uint32 drawn from ``rng`` (the per-primitive texture seed)."""
     return int(rng.integers(0, 2 ** 32, dtype=np.uint64))
 
 
@@ -723,7 +724,7 @@ def _build_block(b: PrimitiveBuilder, rng: np.random.Generator, rect: tuple[floa
             win_h = rng.uniform(0.4, 0.68)
             shop = 1.0 if rng.random() < 0.45 else 0.0
             shop_colour = srgb_to_linear(np.clip(rng.uniform(30, 230, 3), 0, 255))
-            seed = _u32(rng)
+            seed = random_u32(rng)
             # params: window pitch, floor height, window width frac, window height frac (+shop in sign bit)
             params = (pitch, floor_h, win_w, win_h * (1 if shop == 0 else -1))
             b.box((*p0, 0.0), (*p1, height), "building", colour, glass, params, seed)
@@ -732,7 +733,7 @@ def _build_block(b: PrimitiveBuilder, rng: np.random.Generator, rect: tuple[floa
             if shop:
                 f0 = origin + along * (pos + 0.3) + inward * (setback - 0.25)
                 f1 = origin + along * (pos + width - 0.3) + inward * setback
-                b.box((*f0, 3.2), (*f1, 3.9), "sign", shop_colour, shop_colour, (0, 0, 0, 0), _u32(rng))
+                b.box((*f0, 3.2), (*f1, 3.9), "sign", shop_colour, shop_colour, (0, 0, 0, 0), random_u32(rng))
             r = rng.random()
             if r < 0.25:  # roof storey set back
                 inset = rng.uniform(1.0, 2.5)
@@ -740,46 +741,47 @@ def _build_block(b: PrimitiveBuilder, rng: np.random.Generator, rect: tuple[floa
                 q1 = origin + along * (pos + width - inset) + inward * (setback + depth - inset)
                 if np.all(np.abs(q1 - q0) > 2.0):
                     b.box((*q0, height), (*q1, height + rng.uniform(2.5, 3.5)), "roof_storey",
-                          colour * 0.8, glass, params, _u32(rng))
+                          colour * 0.8, glass, params, random_u32(rng))
             elif r < 0.4:  # gable-like stepped roof
                 ridge_w = rng.uniform(0.3, 0.6) * depth
                 q0 = origin + along * pos + inward * (setback + 0.5 * (depth - ridge_w))
                 q1 = origin + along * (pos + width) + inward * (setback + 0.5 * (depth + ridge_w))
                 b.box((*q0, height), (*q1, height + rng.uniform(1.5, 3.0)), "roof_storey",
                       srgb_to_linear(rng.choice([[90, 60, 50], [70, 70, 75], [120, 70, 55]])), glass,
-                      (0, 0, 0, 0), _u32(rng))
+                      (0, 0, 0, 0), random_u32(rng))
             if rng.random() < 0.12:  # hanging sign perpendicular to the facade
                 sp = origin + along * (pos + rng.uniform(1.0, max(width - 1.0, 1.1))) + inward * (setback - 0.9)
                 thick = along * 0.05
                 b.box((*(sp - thick), 3.0), (*(sp + thick + inward * 0.85), 3.8), "sign",
-                      srgb_to_linear(np.clip(rng.uniform(20, 240, 3), 0, 255)), (0, 0, 0), (0, 0, 0, 0), _u32(rng))
+                      srgb_to_linear(np.clip(rng.uniform(20, 240, 3), 0, 255)), (0, 0, 0), (0, 0, 0, 0), random_u32(rng))
             if rng.random() < 0.2:  # front garden wall / railing
                 w0 = origin + along * pos - inward * 0.0
                 w1 = origin + along * (pos + width) + inward * 0.3
                 if setback > 1.5:
                     b.box((*w0, 0.0), (*w1, rng.uniform(0.6, 1.3)), "wall",
                           srgb_to_linear(np.clip(FACADE_PALETTE[int(rng.integers(3))] * 0.8, 0, 255)), (0, 0, 0),
-                          (0, 0, 0, 0), _u32(rng))
+                          (0, 0, 0, 0), random_u32(rng))
             pos += width
     return count
 
 
-def _tree(b: PrimitiveBuilder, rng: np.random.Generator, x: float, y: float, scale: float = 1.0) -> None:
+def add_tree(b: PrimitiveBuilder, rng: np.random.Generator, x: float, y: float, scale: float = 1.0) -> None:
+    """A tree (trunk and crown, ``scale`` times the usual size) at ``(x, y)``."""
     trunk_h = rng.uniform(2.8, 4.2) * scale
     crown_r = rng.uniform(2.0, 4.0) * scale
     crown_rz = crown_r * rng.uniform(0.9, 1.5)
     trunk_r = rng.uniform(0.12, 0.28) * scale
     bark = srgb_to_linear(np.array([85, 70, 55]) * rng.uniform(0.8, 1.2))
     leaf = srgb_to_linear(np.array([60, 95, 45]) * rng.uniform(0.8, 1.2, 3))
-    b.cylinder((x, y), trunk_r, 0.0, trunk_h + 0.5 * crown_rz, "trunk", bark, _u32(rng))
-    b.spheroid((x, y, trunk_h + crown_rz), crown_r, crown_rz, "crown", leaf, 0.12, _u32(rng))
+    b.cylinder((x, y), trunk_r, 0.0, trunk_h + 0.5 * crown_rz, "trunk", bark, random_u32(rng))
+    b.spheroid((x, y, trunk_h + crown_rz), crown_r, crown_rz, "crown", leaf, 0.12, random_u32(rng))
 
 
 def _build_park(b: PrimitiveBuilder, rng: np.random.Generator, rect: tuple[float, float, float, float]) -> None:
     x0, x1, y0, y1 = rect
     area = (x1 - x0) * (y1 - y0)
     for _ in range(int(area / 140.0)):
-        _tree(b, rng, rng.uniform(x0 + 2, x1 - 2), rng.uniform(y0 + 2, y1 - 2), rng.uniform(0.9, 1.5))
+        add_tree(b, rng, rng.uniform(x0 + 2, x1 - 2), rng.uniform(y0 + 2, y1 - 2), rng.uniform(0.9, 1.5))
     hedge = srgb_to_linear([55, 85, 45])
     stone = srgb_to_linear([170, 155, 125])
     h = rng.uniform(0.7, 1.6)
@@ -797,12 +799,12 @@ def _build_park(b: PrimitiveBuilder, rng: np.random.Generator, rect: tuple[float
         hi_a[k] = cut - 2.0
         lo_b = lo.copy()
         lo_b[k] = cut + 2.0
-        b.box((*lo, 0.0), (*hi_a, h), kind, colour, (0, 0, 0), (0, 0, 0, 0), _u32(rng))
-        b.box((*lo_b, 0.0), (*hi, h), kind, colour, (0, 0, 0), (0, 0, 0, 0), _u32(rng))
+        b.box((*lo, 0.0), (*hi_a, h), kind, colour, (0, 0, 0), (0, 0, 0, 0), random_u32(rng))
+        b.box((*lo_b, 0.0), (*hi, h), kind, colour, (0, 0, 0), (0, 0, 0, 0), random_u32(rng))
     for _ in range(int(area / 900.0)):  # bushes
         bx, by = rng.uniform(x0 + 2, x1 - 2), rng.uniform(y0 + 2, y1 - 2)
         r = rng.uniform(0.8, 1.8)
-        b.spheroid((bx, by, 0.6 * r), r, 0.8 * r, "crown", srgb_to_linear([50, 80, 40]), 0.05, _u32(rng))
+        b.spheroid((bx, by, 0.6 * r), r, 0.8 * r, "crown", srgb_to_linear([50, 80, 40]), 0.05, random_u32(rng))
 
 
 def _build_street(b: PrimitiveBuilder, rng: np.random.Generator, axis: int, line: float, half: float,
@@ -831,10 +833,10 @@ def _build_street(b: PrimitiveBuilder, rng: np.random.Generator, axis: int, line
             while pos < c - 3:
                 x, y = pt(pos, kerb)
                 h = rng.uniform(6.0, 8.0)
-                b.cylinder((x, y), 0.09, 0.0, h, "pole", pole_colour, _u32(rng))
+                b.cylinder((x, y), 0.09, 0.0, h, "pole", pole_colour, random_u32(rng))
                 hx, hy = pt(pos, kerb - side * 0.8)
                 b.box((hx - 0.35, hy - 0.35, h - 0.25), (hx + 0.35, hy + 0.35, h), "lamp", srgb_to_linear([60, 60, 60]),
-                      srgb_to_linear([255, 220, 150]), (0, 0, 0, 0), _u32(rng))
+                      srgb_to_linear([255, 220, 150]), (0, 0, 0, 0), random_u32(rng))
                 lamps.append((hx, hy, h - 0.3))
                 pos += rng.uniform(24.0, 34.0)
         # street trees
@@ -842,7 +844,7 @@ def _build_street(b: PrimitiveBuilder, rng: np.random.Generator, axis: int, line
             pos = a + rng.uniform(4, 10)
             while pos < c - 4:
                 x, y = pt(pos, side * (half + 0.5 * pavement + 0.3))
-                _tree(b, rng, x, y, rng.uniform(0.8, 1.15))
+                add_tree(b, rng, x, y, rng.uniform(0.8, 1.15))
                 pos += rng.uniform(8.0, 15.0)
         # other furniture on the pavement
         pos = a + rng.uniform(2, 15)
@@ -850,32 +852,32 @@ def _build_street(b: PrimitiveBuilder, rng: np.random.Generator, axis: int, line
             r = rng.random()
             x, y = pt(pos, side * (half + rng.uniform(0.5, 0.9)))
             if r < 0.3:  # bin
-                b.cylinder((x, y), 0.28, 0.0, 1.0, "bin", srgb_to_linear([30, 50, 35]), _u32(rng))
+                b.cylinder((x, y), 0.28, 0.0, 1.0, "bin", srgb_to_linear([30, 50, 35]), random_u32(rng))
             elif r < 0.45:  # bollards
                 for k in range(int(rng.integers(2, 5))):
                     bx, by = pt(pos + 1.2 * k, side * (half + 0.3))
-                    b.cylinder((bx, by), 0.1, 0.0, 0.9, "pole", srgb_to_linear([25, 25, 25]), _u32(rng))
+                    b.cylinder((bx, by), 0.1, 0.0, 0.9, "pole", srgb_to_linear([25, 25, 25]), random_u32(rng))
             elif r < 0.6:  # bus shelter
                 sx0, sy0 = pt(pos, side * (half + pavement - 1.6))
                 sx1, sy1 = pt(pos + 3.8, side * (half + pavement - 0.2))
                 b.box((sx0, sy0, 0.0), (sx1, sy1, 2.5), "shelter", srgb_to_linear([90, 110, 120]),
-                      srgb_to_linear([200, 210, 220]), (0, 0, 0, 0), _u32(rng))
+                      srgb_to_linear([200, 210, 220]), (0, 0, 0, 0), random_u32(rng))
             elif r < 0.72:  # red phone box / post box
                 if rng.random() < 0.5:
                     kx, ky = pt(pos, side * (half + pavement * 0.6))
                     b.box((kx - 0.5, ky - 0.5, 0.0), (kx + 0.5, ky + 0.5, 2.5), "kiosk", srgb_to_linear([170, 20, 20]),
-                          srgb_to_linear([220, 220, 200]), (0, 0, 0, 0), _u32(rng))
+                          srgb_to_linear([220, 220, 200]), (0, 0, 0, 0), random_u32(rng))
                 else:
-                    b.cylinder((x, y), 0.25, 0.0, 1.5, "bin", srgb_to_linear([180, 15, 15]), _u32(rng))
+                    b.cylinder((x, y), 0.25, 0.0, 1.5, "bin", srgb_to_linear([180, 15, 15]), random_u32(rng))
             else:  # traffic / street-name sign on a pole
                 h = rng.uniform(2.3, 3.2)
-                b.cylinder((x, y), 0.05, 0.0, h + 0.6, "pole", srgb_to_linear([120, 120, 120]), _u32(rng))
+                b.cylinder((x, y), 0.05, 0.0, h + 0.6, "pole", srgb_to_linear([120, 120, 120]), random_u32(rng))
                 colour = srgb_to_linear([[20, 60, 160], [200, 30, 30], [235, 235, 235], [20, 110, 50]][int(rng.integers(4))])
                 w = rng.uniform(0.4, 0.9)
                 t0x, t0y = pt(pos - w / 2, side * (half + 0.6) - 0.03)
                 t1x, t1y = pt(pos + w / 2, side * (half + 0.6) + 0.03)
                 b.box((t0x, t0y, h), (t1x, t1y, h + rng.uniform(0.4, 0.8)), "sign", colour,
-                      srgb_to_linear([240, 240, 240]), (0, 0, 0, 0), _u32(rng))
+                      srgb_to_linear([240, 240, 240]), (0, 0, 0, 0), random_u32(rng))
             pos += rng.uniform(10.0, 30.0)
         # parking slots (kerb side of the carriageway) and pedestrian spots on the pavement
         pos = a + 8.0
@@ -918,7 +920,7 @@ def build_transients(world: World, rng: np.random.Generator, parked_fraction: fl
         y += rng.uniform(-0.4, 0.4) * (1 if abs(math.sin(heading)) > 0.5 else 0)
         ex = length / 2 if abs(math.cos(heading)) > 0.5 else width / 2
         ey = width / 2 if abs(math.cos(heading)) > 0.5 else length / 2
-        seed = _u32(rng)
+        seed = random_u32(rng)
         b.box((x - ex, y - ey, 0.25), (x + ex, y + ey, 0.25 + body_h), "car_body", colour, glass, (0, 0, 0, 0), seed)
         if not van:
             cab = rng.uniform(0.5, 0.62)
@@ -934,15 +936,15 @@ def build_transients(world: World, rng: np.random.Generator, parked_fraction: fl
             x, y = world.pavement_slots[k] + rng.uniform(-0.3, 0.3, 2)
             h = rng.uniform(1.45, 1.8)
             shirt = srgb_to_linear(CLOTHES_PALETTE[int(rng.integers(len(CLOTHES_PALETTE)))])
-            b.cylinder((x, y), rng.uniform(0.18, 0.26), 0.0, h - 0.22, "pedestrian", shirt, _u32(rng))
+            b.cylinder((x, y), rng.uniform(0.18, 0.26), 0.0, h - 0.22, "pedestrian", shirt, random_u32(rng))
             skin = srgb_to_linear(np.array([225, 185, 150]) * rng.uniform(0.45, 1.05))
-            b.spheroid((x, y, h - 0.11), 0.11, 0.12, "head", skin, 0.0, _u32(rng))
+            b.spheroid((x, y, h - 0.11), 0.11, 0.12, "head", skin, 0.0, random_u32(rng))
     if barrier_count and len(world.pavement_slots):
         for k in rng.choice(len(world.pavement_slots), size=min(barrier_count, len(world.pavement_slots)), replace=False):
             x, y = world.pavement_slots[k]
             w = rng.uniform(1.0, 2.2)
             b.box((x - w / 2, y - w / 2, 0.0), (x + w / 2, y + w / 2, 1.0), "barrier", srgb_to_linear([230, 110, 20]),
-                  srgb_to_linear([240, 240, 240]), (0, 0, 0, 0), _u32(rng))
+                  srgb_to_linear([240, 240, 240]), (0, 0, 0, 0), random_u32(rng))
     return b.build()
 
 
