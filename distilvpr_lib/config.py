@@ -151,6 +151,11 @@ class DistillConfig:
     """The distillation objective: a preset name plus per-term weights (see losses.registry)."""
 
     method: str = "distilvpr"
+    #: Which teacher descriptor the student is distilled from: ``"embedding"`` (the fused one, as the paper),
+    #: ``"cloud_embedding"`` or ``"image_embedding"`` (one head; its own cache file). Terms that compare
+    #: student and teacher descriptors directly (cross-agent, KD, ...) need the head's dimension to equal
+    #: ``model.student_dim``; the self-relational ones (RKD-G, RKD) do not.
+    teacher_head: str = "embedding"
     #: Explicit term weights; override the preset's (``{"rkdg": 10.0, ...}``).
     terms: dict[str, float] = field(default_factory=dict)
     curvature: float = 0.1

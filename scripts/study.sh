@@ -23,7 +23,7 @@ for stage in "${stages[@]}"; do
       for s in 0 1 2; do batch "distilvpr_x0.1__seed$s" "distilvpr_x10__seed$s" "distilvpr_self0.1__seed$s" \
                                "distilvpr_cross10__seed$s"; done ;;
     rest)
-      for s in 0 1 2; do batch "nokd_norm__seed$s" "distilvpr_norm__seed$s" "self_only__seed$s" "cross_only__seed$s" \
+      for s in 0 1 2; do batch "nokd_norm__seed$s" "distilvpr_norm__seed$s" "self_only__seed$s" "distilvpr_cloud_self__seed$s" "cross_only__seed$s" \
                                "cross_E__seed$s" "cross_S__seed$s" "cross_H__seed$s" "kd__seed$s" "rkd__seed$s" \
                                "pkt__seed$s" "nokd_fp32__seed$s"; done ;;
     report)

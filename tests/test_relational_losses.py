@@ -183,8 +183,10 @@ def test_rkdg_terms_subset_and_unknown_term():
     assert set(RKDGLoss(C)(s, t, terms=["rkdg_angle"])) == {"rkdg_angle"}
     with pytest.raises(KeyError, match="rkdg_distance"):
         RKDGLoss(C)(s, t, terms=["rkdg_bogus"])
+    # RKD-G compares each agent's own (B, B) relations: another teacher dimension is fine, another batch is not
+    assert set(RKDGLoss(C)(s, _rand(4, 5))) == {"rkdg_distance", "rkdg_angle", "rkdg_geodesic"}
     with pytest.raises(ValueError, match="shapes differ"):
-        RKDGLoss(C)(s, _rand(4, 5))
+        RKDGLoss(C)(s, _rand(5, 3))
 
 
 # ---------------------------------------------------------------------------

@@ -175,3 +175,27 @@ def test_split_pair_masks_by_hand() -> None:
     assert pos.tolist() == [[False, False, True, False], [False, False, False, False],
                             [True, False, False, False], [False, False, False, False]]
     assert neg[0].tolist() == [False, False, False, True] and neg[1, 3] and not neg[1, 2]
+
+
+def test_distill_from_one_head_dimension_free_terms_only() -> None:
+    from distilvpr_lib.config import DistillConfig
+    from distilvpr_lib.engine.teacher_cache import cache_file_name
+    from distilvpr_lib.losses.distiller import Distiller
+
+    torch.manual_seed(0)
+    student, cloud_head = torch.randn(8, 24), torch.randn(8, 6)
+    self_only = Distiller(DistillConfig(method="self_only"))
+    assert self_only.dimension_free
+    terms = self_only(student, cloud_head)
+    assert set(terms) == {"rkdg_distance", "rkdg_angle", "rkdg_geodesic"} and all(torch.isfinite(v) for v in terms.values())
+    # the same relations in a padded copy of the head give the same loss (they only see the B x B relations)
+    padded = torch.cat([cloud_head, torch.zeros(8, 18)], dim=1)
+    assert float(self_only(student, padded)["rkdg_distance"]) == pytest.approx(float(terms["rkdg_distance"]), rel=1e-5)
+    full = Distiller(DistillConfig(method="distilvpr"))
+    assert not full.dimension_free
+    with pytest.raises(ValueError, match="shapes differ"):
+        full(student, cloud_head)
+    assert cache_file_name(True, 7, "cloud_embedding") == "teacher_cache_cloud_embedding.pt"
+    assert cache_file_name(True, 7) == "teacher_cache.pt"
+    with pytest.raises(KeyError, match="unknown teacher head"):
+        cache_file_name(True, 7, "fused")

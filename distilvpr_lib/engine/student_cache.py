@@ -17,7 +17,8 @@ from distilvpr_lib.config import ExperimentConfig
 from distilvpr_lib.data.formats import file_sha256
 from distilvpr_lib.engine.console import say
 from distilvpr_lib.engine.run_folder import TEACHER_WEIGHTS_FILE, load_teacher
-from distilvpr_lib.engine.teacher_cache import TeacherCache, build_teacher_cache, cache_file_name, model_config_hash
+from distilvpr_lib.engine.teacher_cache import (HeadAsEmbedding, TeacherCache, build_teacher_cache, cache_file_name,
+                                               model_config_hash)
 
 if TYPE_CHECKING:  # pragma: no cover
     from distilvpr_lib.data.benchmark import Benchmark
@@ -56,7 +57,8 @@ def get_teacher_cache(teacher_dir: PathLike, cfg: ExperimentConfig, benchmark: "
     """The teacher cache the student run needs: read it, or (missing or stale) build it once and save it.
 
     The file is ``teacher_cache.pt`` (clean, ``cfg.train.clean_teacher_cache``) or
-    ``teacher_cache_augmented_seed<seed>.pt`` in the teacher folder (in ``out_dir`` when the teacher
+    ``teacher_cache_augmented_seed<seed>.pt`` (``_<head>`` added for ``cfg.distill.teacher_head`` other than the
+    fused ``embedding``) in the teacher folder (in ``out_dir`` when the teacher
     folder is read-only). Only building needs the teacher's forward pass and sparse backend.
 
     Distributed (``distributed`` with several ranks, every rank calls this): rank 0 reads the cache and
@@ -64,7 +66,8 @@ def get_teacher_cache(teacher_dir: PathLike, cfg: ExperimentConfig, benchmark: "
     folder) and rank 0 saves it.
     """
     teacher_dir = Path(teacher_dir)
-    name = cache_file_name(cfg.train.clean_teacher_cache, cfg.train.seed)
+    head = cfg.distill.teacher_head
+    name = cache_file_name(cfg.train.clean_teacher_cache, cfg.train.seed, head)
     candidates = [teacher_dir / name] + ([Path(out_dir) / name] if out_dir is not None else [])
     ctx = distributed if distributed is not None and distributed.is_distributed else None
     if ctx is None:
@@ -83,6 +86,8 @@ def get_teacher_cache(teacher_dir: PathLike, cfg: ExperimentConfig, benchmark: "
         raise FileNotFoundError(f"{teacher_dir / TEACHER_WEIGHTS_FILE}: teacher weights not found and no teacher cache "
                                 f"{teacher_dir / name}; train the teacher first (distilvpr train-teacher)")
     teacher, teacher_cfg = load_teacher(teacher_dir, device)
+    if head != "embedding":
+        teacher = HeadAsEmbedding(teacher, head)
     cache = build_teacher_cache(
         teacher, benchmark, cfg.data, cfg.train.eval_batch_size, device,
         clean=cfg.train.clean_teacher_cache, seed=cfg.train.seed, progress=progress,

@@ -96,10 +96,10 @@ def distill_student(cfg: ExperimentConfig, teacher_dir: PathLike | None, out_dir
 
     cache = None
     if teacher_dir is not None and (use_distiller or (Path(teacher_dir) / cache_file_name(
-            cfg.train.clean_teacher_cache, cfg.train.seed)).is_file()):
+            cfg.train.clean_teacher_cache, cfg.train.seed, cfg.distill.teacher_head)).is_file()):
         cache = get_teacher_cache(teacher_dir, cfg, benchmark, device, progress=progress, out_dir=out_dir,
                                   distributed=ctx)
-        if use_distiller and cache.dim != cfg.model.student_dim:
+        if use_distiller and cache.dim != cfg.model.student_dim and not distiller.dimension_free:
             raise ValueError(
                 f"student_dim={cfg.model.student_dim} but the teacher embeddings in {cache.metadata.get('path')} have "
                 f"D={cache.dim}; the distillation terms compare (B, D) matrices, so set model.student_dim={cache.dim}")

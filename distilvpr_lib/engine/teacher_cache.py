@@ -53,9 +53,33 @@ CACHE_FORMAT: str = "distilvpr-teacher-cache/1"
 CLEAN_CACHE_NAME: str = "teacher_cache.pt"
 
 
-def cache_file_name(clean: bool, seed: int) -> str:
-    """``teacher_cache.pt`` for the clean cache, ``teacher_cache_augmented_seed<seed>.pt`` otherwise."""
-    return CLEAN_CACHE_NAME if clean else f"teacher_cache_augmented_seed{int(seed)}.pt"
+#: Teacher descriptors a cache can hold (``DistillConfig.teacher_head``).
+TEACHER_CACHE_HEADS: tuple[str, ...] = ("embedding", "cloud_embedding", "image_embedding")
+
+
+def cache_file_name(clean: bool, seed: int, head: str = "embedding") -> str:
+    """``teacher_cache.pt`` for the clean cache, ``teacher_cache_augmented_seed<seed>.pt`` otherwise; a head
+    other than the fused ``embedding`` adds ``_<head>`` before ``.pt``.
+
+    Raises:
+        KeyError: unknown head (lists the known ones).
+    """
+    if head not in TEACHER_CACHE_HEADS:
+        raise KeyError(f"unknown teacher head {head!r}; known: {list(TEACHER_CACHE_HEADS)}")
+    name = CLEAN_CACHE_NAME if clean else f"teacher_cache_augmented_seed{int(seed)}.pt"
+    return name if head == "embedding" else name.replace(".pt", f"_{head}.pt")
+
+
+class HeadAsEmbedding(nn.Module):
+    """Wraps a teacher so that ``forward(batch)["embedding"]`` is one of its heads (for caching that head)."""
+
+    def __init__(self, teacher: nn.Module, head: str) -> None:
+        super().__init__()
+        self.teacher, self.head = teacher, head
+
+    def forward(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """``batch`` as the teacher's -> ``{"embedding": teacher(batch)[head]}`` (B, D_head)."""
+        return {"embedding": self.teacher(batch)[self.head]}
 
 
 def model_config_hash(model_cfg: "ModelConfig | Mapping[str, Any]") -> str:

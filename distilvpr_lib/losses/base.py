@@ -73,11 +73,12 @@ class DistillLoss(nn.Module):
         raise NotImplementedError
 
 
-def check_pair(student: torch.Tensor, teacher: torch.Tensor, where: str) -> None:
-    """Raise ``ValueError`` unless student and teacher are (B, D) with equal shapes."""
+def check_pair(student: torch.Tensor, teacher: torch.Tensor, where: str, same_dim: bool = True) -> None:
+    """Raise ``ValueError`` unless student and teacher are (B, D) with equal shapes (``same_dim=False``: (B, D)
+    and (B, D'), for losses that compare each agent's own relations only)."""
     if student.dim() != 2 or teacher.dim() != 2:
         raise ValueError(f"{where}: expected (B, D) embeddings, got {tuple(student.shape)} and {tuple(teacher.shape)}")
-    if student.shape != teacher.shape:
+    if (student.shape if same_dim else student.shape[:1]) != (teacher.shape if same_dim else teacher.shape[:1]):
         raise ValueError(
             f"{where}: student {tuple(student.shape)} and teacher {tuple(teacher.shape)} shapes differ "
             "(the student dimension must equal the teacher's)"

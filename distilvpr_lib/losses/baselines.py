@@ -69,7 +69,7 @@ class RKDLoss(DistillLoss):
         return cls(cfg.angle_method)
 
     def forward(self, student, teacher, positives_mask=None, negatives_mask=None, *, terms=None):
-        check_pair(student, teacher, "rkd")
+        check_pair(student, teacher, "rkd", same_dim=False)
         wanted = self._wanted(terms)
         teacher = teacher.detach()
         out: dict[str, torch.Tensor] = {}
@@ -106,7 +106,7 @@ class PKTLoss(DistillLoss):
         return cls(cfg.pkt_eps)
 
     def forward(self, student, teacher, positives_mask=None, negatives_mask=None, *, terms=None):
-        check_pair(student, teacher, "pkt")
+        check_pair(student, teacher, "pkt", same_dim=False)
         self._wanted(terms)
         p_student = _pkt_conditional(student, self.eps)
         p_teacher = _pkt_conditional(teacher.detach(), self.eps)
@@ -125,7 +125,7 @@ class SPLoss(DistillLoss):
     """
 
     def forward(self, student, teacher, positives_mask=None, negatives_mask=None, *, terms=None):
-        check_pair(student, teacher, "sp")
+        check_pair(student, teacher, "sp", same_dim=False)
         self._wanted(terms)
         batch = student.shape[0]
         g_student = relations.l2_normalize(student @ student.T)

@@ -138,6 +138,11 @@ def resolve_term_weights(cfg: "DistillConfig") -> dict[str, float]:
     return weights
 
 
+#: Losses whose terms compare each agent's own (B, B) relations only (RKD-G, RKD, PKT, SP), so the student
+#: and teacher descriptors may differ in dimension (e.g. distilling a single teacher head).
+DIMENSION_FREE_LOSSES: frozenset[str] = frozenset({"rkdg", "rkdg2", "rkd", "pkt", "sp"})
+
+
 class Distiller(nn.Module):
     """Weighted distillation terms of one preset (see the module docstring).
 
@@ -165,6 +170,11 @@ class Distiller(nn.Module):
         return [t for terms in self._active_terms.values() for t in terms]
 
     @property
+    def dimension_free(self) -> bool:
+        """Whether every active loss compares only each agent's own relations (any teacher dimension)."""
+        return all(name in DIMENSION_FREE_LOSSES for name in self.losses)
+
+    @property
     def requires_masks(self) -> bool:
         """Whether an active loss needs ``positives_mask``/``negatives_mask``."""
         return any(type(loss).requires_masks for loss in self.losses.values())
@@ -176,13 +186,17 @@ class Distiller(nn.Module):
         positives_mask: torch.Tensor | None = None,
         negatives_mask: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Weighted terms ``{term: weight · loss}`` (scalars) for student (B, D) and teacher (B, D).
+        """Weighted terms ``{term: weight · loss}`` (scalars) for student (B, D) and teacher (B, D)
+        (teacher (B, D') with D' ≠ D when :attr:`dimension_free`).
 
         Masks are (B, B) bool; only mask-based losses (LSDNet) need them. Half-precision inputs
         are promoted to float32 and autocast is disabled inside (the Gram-based relations run
         in float64 anyway); the teacher is cast to the student's dtype.
         """
-        if student.shape != teacher.shape:
+        mismatch = student.shape != teacher.shape
+        if mismatch and self.dimension_free and student.dim() == teacher.dim() == 2:
+            mismatch = student.shape[0] != teacher.shape[0]
+        if mismatch:
             raise ValueError(
                 f"Distiller: student {tuple(student.shape)} and teacher {tuple(teacher.shape)} shapes differ"
             )

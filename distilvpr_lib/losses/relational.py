@@ -204,7 +204,7 @@ class RKDGLoss(DistillLoss):
         }
 
     def forward(self, student, teacher, positives_mask=None, negatives_mask=None, *, terms=None):
-        check_pair(student, teacher, "rkdg")
+        check_pair(student, teacher, "rkdg", same_dim=False)
         wanted = self._wanted(terms)
         teacher = teacher.detach()
         out: dict[str, torch.Tensor] = {}
@@ -232,7 +232,7 @@ class RKDG2Loss(RKDGLoss):
         return {term: 1.0 for term in cls.term_names()}
 
     def forward(self, student, teacher, positives_mask=None, negatives_mask=None, *, terms=None):
-        check_pair(student, teacher, "rkdg2")
+        check_pair(student, teacher, "rkdg2", same_dim=False)
         wanted = self._wanted(terms)
         teacher = teacher.detach()
         out: dict[str, torch.Tensor] = {}
