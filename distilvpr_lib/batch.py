@@ -35,6 +35,7 @@ from typing import Any
 import yaml
 
 from distilvpr_lib.data.formats import atomic_write
+from distilvpr_lib.paths import project_path
 
 #: Name of the notebook parameter that receives the run folder.
 OUT_PARAMETER = "out"
@@ -70,7 +71,12 @@ class Grid:
 
     @classmethod
     def load(cls, path: str | Path) -> "Grid":
-        """Read a grid YAML file; relative notebook paths are resolved against the current directory."""
+        """Read a grid YAML file.
+
+        Paths inside a grid file (the notebook, and path parameters such as ``dataset``) are relative to
+        the project root (:func:`distilvpr_lib.paths.project_path`), as the notebooks resolve them, so a
+        grid runs the same from any working folder.
+        """
         path = Path(path)
         if not path.is_file():
             raise GridError(f"{path}: grid file does not exist")
@@ -95,7 +101,7 @@ class Grid:
             raise GridError(f"{path}: duplicate variation names {names}")
         return cls(
             name=str(raw.get("name") or path.stem),
-            notebook=Path(raw["notebook"]),
+            notebook=project_path(raw["notebook"]),
             base=dict(raw.get("base") or {}),
             variations=[dict(v) for v in variations],
             product={k: list(v) for k, v in (raw.get("product") or {}).items()},
@@ -183,10 +189,12 @@ def execute_notebook(notebook: Path, run_dir: Path, parameters: dict[str, Any], 
                      timeout_s: float | None = None) -> RunOutcome:
     """Execute ``notebook`` with papermill into ``run_dir`` (in a subprocess with its own thread budget).
 
-    The notebook receives ``parameters`` plus ``out=<run_dir>``; its executed copy is kept even on failure.
+    The notebook receives ``parameters`` plus ``out=<run_dir>`` (absolute); its executed copy is kept even on
+    failure. The kernel starts in the notebook's own folder, as in JupyterLab, so a notebook that runs here
+    runs there.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
-    params = {**parameters, OUT_PARAMETER: str(run_dir.resolve())}  # notebooks resolve relative paths elsewhere
+    params = {**parameters, OUT_PARAMETER: str(run_dir.resolve())}
     with atomic_write(run_dir / PARAMETERS_FILE, mode="w") as fh:
         yaml.safe_dump(params, fh, sort_keys=True)
     env = dict(os.environ)
@@ -194,7 +202,7 @@ def execute_notebook(notebook: Path, run_dir: Path, parameters: dict[str, Any], 
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "DISTILVPR_NUM_THREADS"):
             env[var] = str(threads)
     cmd = [sys.executable, "-m", "papermill", str(notebook), str(run_dir / EXECUTED_NOTEBOOK),
-           "-f", str(run_dir / PARAMETERS_FILE), "--cwd", os.getcwd(), "--no-progress-bar", "--log-level", "WARNING"]
+           "-f", str(run_dir / PARAMETERS_FILE), "--cwd", str(Path(notebook).resolve().parent), "--no-progress-bar", "--log-level", "WARNING"]
     if timeout_s:
         cmd += ["--execution-timeout", str(int(timeout_s))]
     start = time.time()

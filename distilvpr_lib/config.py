@@ -22,9 +22,12 @@ import copy
 import dataclasses
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from distilvpr_lib.paths import project_path
 
 # ---------------------------------------------------------------------------
 # Oxford benchmark constants (PointNetVLAD rules, METHOD.md §4.1)
@@ -425,3 +428,33 @@ def _update_dataclass(obj: Any, values: dict[str, Any], section: str) -> None:
         if name not in names:
             raise KeyError(f"unknown field {name!r} in config section {section!r}; known: {sorted(names)}")
         setattr(obj, name, _coerce(value, getattr(obj, name), f"{section}.{name}"))
+
+
+#: Config fields holding paths to files or folders: :func:`notebook_config` resolves them against the
+#: project root (:func:`distilvpr_lib.paths.project_path`).
+PATH_FIELDS: tuple[str, ...] = ("data.dataset_dir", "data.image_dir")
+
+
+def notebook_config(profile: str, settings: Mapping[str, Any] | None = None,
+                    overrides: Mapping[str, Any] | None = None) -> ExperimentConfig:
+    """The config a notebook runs with: the profile's values, then its parameters, then free overrides.
+
+    Args:
+        profile: a profile name (``smoke`` / ``cpu`` / ``paper`` ...).
+        settings: flat ``section.field`` names -> notebook parameters; a ``None`` value keeps the
+            profile's value, so a notebook's parameter cell holds no second copy of a default.
+        overrides: further flat overrides applied as given (``None`` values included), e.g. the
+            ``overrides`` parameter of notebooks 02 and 03.
+
+    Returns:
+        The config with :data:`PATH_FIELDS` resolved against the project root (absolute paths), so the
+        notebook runs the same from ``notebooks/`` (JupyterLab) and from the project root (papermill).
+    """
+    cfg = apply_overrides(profile_config(profile), {k: v for k, v in (settings or {}).items() if v is not None})
+    cfg = apply_overrides(cfg, dict(overrides or {}))
+    for name in PATH_FIELDS:
+        section, field_name = name.split(".")
+        value = getattr(getattr(cfg, section), field_name)
+        if value is not None:
+            setattr(getattr(cfg, section), field_name, str(project_path(value)))
+    return cfg

@@ -25,8 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from distilvpr_lib.batch import Grid, execute_notebook, run_batch, run_is_complete
-
-NOTEBOOKS = Path("notebooks")
+from distilvpr_lib.paths import project_path
 
 
 def _step(title: str) -> float:
@@ -38,7 +37,7 @@ def _run_notebook(name: str, run_dir: Path, parameters: dict[str, Any]) -> None:
     if run_is_complete(run_dir):
         print(f"    already done: {run_dir}")
         return
-    outcome = execute_notebook(NOTEBOOKS / f"{name}.ipynb", run_dir, parameters)
+    outcome = execute_notebook(project_path(f"notebooks/{name}.ipynb"), run_dir, parameters)
     if outcome.status != "ok":
         raise SystemExit(f"demo step {name} failed: {outcome.error}\n  executed notebook: "
                          f"{run_dir / 'notebook.ipynb'}\n  status: {run_dir / 'status.json'}")
@@ -47,15 +46,19 @@ def _run_notebook(name: str, run_dir: Path, parameters: dict[str, Any]) -> None:
 
 def run_demo(profile: str = "cpu", out_root: str | Path = "runs", data_root: str | Path = "data",
              teacher_root: str | Path = "teacher_weights", ablation_grid: str | Path = "ablations/demo.yaml") -> Path:
-    """Run the demo; returns the path of the written report."""
+    """Run the demo; returns the path of the written report.
+
+    ``out_root``, ``data_root`` and ``teacher_root`` are command-line paths (relative to the current folder)
+    and are handed to the notebooks absolute; ``ablation_grid`` is a project file (relative to the project root).
+    """
     from distilvpr_lib.config import profile_config
     from distilvpr_lib.data.synth import generate_dataset
 
     start = time.time()
-    demo_dir = Path(out_root) / f"demo-{profile}"
+    demo_dir = Path(out_root).resolve() / f"demo-{profile}"
     demo_dir.mkdir(parents=True, exist_ok=True)
-    dataset = Path(data_root) / profile
-    teacher = Path(teacher_root) / profile
+    dataset = Path(data_root).resolve() / profile
+    teacher = Path(teacher_root).resolve() / profile
     timings: dict[str, float] = {}
 
     t = _step(f"1/7 dataset ({profile} profile) -> {dataset}")
@@ -72,7 +75,7 @@ def run_demo(profile: str = "cpu", out_root: str | Path = "runs", data_root: str
     timings["02"] = time.time() - t
 
     t = _step(f"4/7 notebook 03 as a papermill batch ({ablation_grid}): no-KD and DistilVPR students x seeds")
-    grid = Grid.load(ablation_grid)
+    grid = Grid.load(project_path(ablation_grid))
     grid.name = f"ablations-{profile}"
     grid.base.update({**common, "teacher": str(teacher)})
     if profile == "smoke":

@@ -29,8 +29,24 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   fi
 fi
 
+# --- git filter: notebooks are committed without outputs -------------------------------------------
+# .gitattributes routes *.ipynb through the "nbstripout" filter; this points it at the venv's nbstripout
+# (outputs and execution counts stripped, cell ids kept so diffs stay small). The notebook tests run
+# exactly this command. Re-run on every bootstrap (cheap) so a moved checkout keeps a working filter.
+configure_notebook_filter() {
+  git rev-parse --is-inside-work-tree >/dev/null 2>&1 || return 0
+  [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "import nbstripout" 2>/dev/null || return 0
+  local python
+  python="$(cd "$VENV/bin" && pwd)/python"
+  git config filter.nbstripout.clean "'$python' -m nbstripout --keep-id"
+  git config filter.nbstripout.smudge cat
+  git config diff.ipynb.textconv "'$python' -m nbstripout --keep-id -t"
+  log "git filter nbstripout configured (notebooks are committed without outputs)"
+}
+
 # --- virtual environment ---------------------------------------------------------------------------
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want_stamp" ] && "$VENV/bin/python" -c "import distilvpr_lib" 2>/dev/null; then
+  configure_notebook_filter
   log "environment up to date ($VENV)"
   exit 0
 fi
@@ -41,6 +57,7 @@ $PIP install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
 log "installing the workbook with its extras (notebooks, dev, faiss)"
 $PIP install -q --disable-pip-version-check -e ".[notebooks,dev,faiss]"
 "$VENV/bin/python" -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (distilvpr)" >/dev/null
+configure_notebook_filter
 
 # --- MinkowskiEngine, built by the project (cached wheel keyed by torch version) ----------------------
 if [ -f scripts/build_minkowski.py ]; then

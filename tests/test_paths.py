@@ -50,16 +50,19 @@ for path in sys.argv[1:]:
         exec("\n".join(l for l in source.splitlines() if not l.startswith("%")), namespace)
     params = {}
     exec(code[0], params)
-    out[Path(path).stem] = {k: [params[k] if isinstance(params[k], (str, type(None))) else None, repr(namespace[k])]
-                            for k in params if not k.startswith("__")}
+    resolved = {k: [params[k] if isinstance(params[k], (str, type(None))) else None, repr(namespace[k])]
+                for k in params if not k.startswith("__")}
+    if "cfg" in namespace:  # notebooks 01-03: the dataset folder is a config field (the profile's by default)
+        resolved["cfg.data.dataset_dir"] = [None, repr(Path(namespace["cfg"].data.dataset_dir))]
+    out[Path(path).stem] = resolved
 print(json.dumps(out))
 """
 
 #: Parameters that name files or folders, by notebook.
 PATH_PARAMETERS = {
-    "01_data_exploration": ["dataset", "out", "real_data"],
-    "02_teacher_training": ["dataset", "teacher_dir", "out"],
-    "03_distillation": ["dataset", "teacher", "out"],
+    "01_data_exploration": ["dataset", "out", "real_data", "cfg.data.dataset_dir"],
+    "02_teacher_training": ["cfg.data.dataset_dir", "teacher_dir", "out"],
+    "03_distillation": ["cfg.data.dataset_dir", "teacher", "out"],
     "04_ablation_analysis": ["batch", "out"],
     "05_retrieval_browser": ["dataset", "out"],
 }
@@ -82,3 +85,20 @@ def test_every_notebook_resolves_its_path_parameters_from_the_notebooks_folder(
             assert path.is_absolute() and not path.resolve().is_relative_to(REPO / "notebooks"), (name, param, path)
             if default:  # a relative default is taken from the project root, not from notebooks/
                 assert path == Path(os.path.normpath(REPO / default)) or path == REPO / default, (name, param, path)
+
+
+def test_notebook_config_keeps_the_profile_for_none_and_resolves_path_fields(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from distilvpr_lib.config import notebook_config, profile_config
+
+    monkeypatch.delenv(PROJECT_ROOT_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    smoke = profile_config("smoke")
+    cfg = notebook_config("smoke", {"train.seed": None, "train.epochs": 1, "data.image_dir": None},
+                          {"train.batch_size": 8})
+    assert cfg.train.seed == smoke.train.seed and cfg.train.epochs == 1 and cfg.train.batch_size == 8
+    assert cfg.data.dataset_dir == str(REPO / smoke.data.dataset_dir) and cfg.data.image_dir is None
+    cfg = notebook_config("smoke", {"data.dataset_dir": tmp_path / "d", "data.image_dir": "imgs"})
+    assert cfg.data.dataset_dir == str(tmp_path / "d") and cfg.data.image_dir == str(REPO / "imgs")
+    with pytest.raises(KeyError):
+        notebook_config("smoke", {"train.no_such_field": 1})

@@ -1,11 +1,9 @@
 """Tests of distilvpr_lib.viz: figures on a smoke dataset, retrieval frames, the browser's state
-(without a browser), and (marked ``notebooks``) notebooks 01 and 05 through papermill."""
+(without a browser). Notebooks 01-05 run through papermill in tests/test_notebooks.py."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +17,8 @@ from distilvpr_lib.data.benchmark import Benchmark
 from distilvpr_lib.viz import MATCH_COLOUR, MISS_COLOUR, figure_png, save_figure, write_metrics
 from distilvpr_lib.viz import figures as F
 from distilvpr_lib.viz import retrieval as R
-from viz_helpers import descriptor_results, make_smoke_dataset, train_smoke_student
+from viz_helpers import descriptor_results, make_smoke_dataset
 
-REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -343,84 +340,3 @@ def test_browser_on_the_real_oxford_fixture_shows_clouds_when_there_are_no_image
     browser.query_slider.value = 1
     assert bytes(browser.query_image.value) != first
     assert R.ImageSource(benchmark).array(browser.state["query_rel"]).shape == (160, 160, 3)
-
-
-# ---------------------------------------------------------------------------
-# Notebooks through papermill (slow)
-# ---------------------------------------------------------------------------
-def _papermill(notebook: str, output: Path, params: dict, cwd: Path) -> None:
-    import yaml
-
-    params_file = output.with_suffix(".params.yaml")
-    params_file.write_text(yaml.safe_dump(params))
-    proc = subprocess.run([sys.executable, "-m", "papermill", str(REPO / "notebooks" / notebook), str(output),
-                           "-f", str(params_file), "--cwd", str(cwd), "--no-progress-bar", "--log-level", "WARNING",
-                           "--execution-timeout", "600"], capture_output=True, text=True)
-    assert proc.returncode == 0, f"papermill {notebook} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-
-
-def _has_parameters_cell_and_no_outputs(path: Path) -> bool:
-    import nbformat
-
-    nb = nbformat.read(path, as_version=4)
-    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
-    clean = all(not c.get("outputs") and c.get("execution_count") is None for c in nb.cells if c.cell_type == "code")
-    return len(tagged) == 1 and "out = " in tagged[0].source and clean
-
-
-@pytest.mark.parametrize("name", ["01_data_exploration", "02_teacher_training", "05_retrieval_browser"])
-def test_committed_notebooks_match_their_builders(name: str) -> None:
-    import importlib.util
-
-    import nbformat
-
-    spec = importlib.util.spec_from_file_location("build_notebooks", REPO / "scripts" / "build_notebooks.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    built = module.BUILDERS[name]()
-    committed = nbformat.read(REPO / "notebooks" / f"{name}.ipynb", as_version=4)
-    kinds = {"md": "markdown", "code": "code", "params": "code"}
-    assert [(kinds[k], src) for k, src in built] == [(c.cell_type, c.source) for c in committed.cells], \
-        f"notebooks/{name}.ipynb is stale: run scripts/build_notebooks.py {name[:2]}"
-    assert _has_parameters_cell_and_no_outputs(REPO / "notebooks" / f"{name}.ipynb")
-
-
-@pytest.mark.slow
-@pytest.mark.notebooks
-def test_notebook_01_runs_headless(dataset_dir: Path, real_data_dir: Path, tmp_path: Path) -> None:
-    assert _has_parameters_cell_and_no_outputs(REPO / "notebooks" / "01_data_exploration.ipynb")
-    out = tmp_path / "out01"
-    _papermill("01_data_exploration.ipynb", tmp_path / "01.ipynb",
-               {"dataset": str(dataset_dir), "out": str(out), "real_data": str(real_data_dir / "oxford_dh3d"),
-                "generate": False, "realism_limit": 30}, REPO)
-    for name in ("map", "same_place_across_runs", "cloud_and_image", "split_sizes", "realism_table",
-                 "real_vs_generated", "premise"):
-        assert (out / f"{name}.png").read_bytes().startswith(PNG_MAGIC), name
-    metrics = json.loads((out / "metrics.json").read_text())
-    benchmark = Benchmark.load(dataset_dir)
-    assert metrics["split_sizes"]["training"] == len(benchmark.training_tuples)
-    assert set(metrics["realism"]) >= {"unique_voxels_0.01", "mean_nn_distance"}
-    premise_runs = {row["run"] for row in metrics["premise"]}
-    assert premise_runs <= set(benchmark.run_names) and len(premise_runs) >= len(benchmark.run_names) - 1
-    assert metrics["premise_mean_image_auc"] is None or 0.0 <= metrics["premise_mean_image_auc"] <= 1.0
-
-
-@pytest.mark.slow
-@pytest.mark.notebooks
-def test_notebook_05_runs_headless_on_a_trained_model(dataset_dir: Path, benchmark: Benchmark, results: dict,
-                                                      tmp_path: Path) -> None:
-    assert _has_parameters_cell_and_no_outputs(REPO / "notebooks" / "05_retrieval_browser.ipynb")
-    student = train_smoke_student(dataset_dir, tmp_path / "nokd")
-    baseline = results["teacher"].save(tmp_path / "thumbnail_descriptor.npz")
-    out = tmp_path / "out05"
-    queries = [[0, 1, int(R.evaluated_queries(results["teacher"], 0, 1)[0])]]
-    _papermill("05_retrieval_browser.ipynb", tmp_path / "05.ipynb",
-               {"dataset": str(dataset_dir), "models": {"no-KD student": str(student)},
-                "results": {"thumbnail descriptor": str(baseline)}, "queries": queries, "top_k": 3,
-                "out": str(out)}, REPO)
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics["models"]) == {"thumbnail descriptor", "no-KD student"}
-    stored = json.loads((student / "metrics.json").read_text())["test"]
-    assert metrics["models"]["no-KD student"]["AR@1"] == pytest.approx(stored["AR@1"])
-    assert metrics["queries"] == queries and len(metrics["rendered"]) == 1
-    assert Path(metrics["rendered"][0]["retrieval_png"]).read_bytes().startswith(PNG_MAGIC)
