@@ -229,6 +229,44 @@ def _last_error_line(stderr: str) -> str:
     return lines[-1][:500] if lines else ""
 
 
+def preflight_grid(grid: "Grid | str | Path", out_root: str | Path = "runs") -> "Grid":
+    """What a batch reads, checked before ``OUT/<batch>/`` is created: the grid, its notebook, every distinct
+    ``dataset`` parameter (training set, test split, images; :mod:`distilvpr_lib.engine.preflight`) and every
+    ``teacher`` folder that exists. Per-run settings (a bad method) are left to the runs, which fail alone.
+
+    Raises:
+        GridError: bad grid or missing notebook (exit 2). DataFormatError / CheckpointError / RunFolderError:
+            a dataset, teacher or the output folder is unusable (exit 1).
+    """
+    from distilvpr_lib.config import profile_config
+    from distilvpr_lib.engine.preflight import preflight_dataset, preflight_out_dir, preflight_teacher_folder
+    from distilvpr_lib.paths import project_path
+
+    if not isinstance(grid, Grid):
+        grid = Grid.load(grid)
+    if not grid.notebook.is_file():
+        raise GridError(f"{grid.source}: notebook {grid.notebook} does not exist")
+    preflight_out_dir(Path(out_root) / grid.name)
+    datasets: set[Path] = set()
+    teachers: set[tuple[Path, str]] = set()
+    for spec in grid.runs():
+        params = spec.parameters
+        if params.get("dataset"):
+            datasets.add(project_path(params["dataset"]))
+        teacher = project_path(params.get("teacher")) if params.get("teacher") else None
+        if teacher is not None and teacher.exists():
+            teachers.add((teacher, str(params.get("profile") or "cpu")))
+    for dataset in sorted(datasets):
+        preflight_dataset(dataset, training=True, splits=("test",))
+    for teacher, profile in sorted(teachers):
+        try:
+            cfg = profile_config(profile)
+        except KeyError:
+            continue  # a bad profile fails its own run, isolated by the batch
+        preflight_teacher_folder(teacher, cfg)
+    return grid
+
+
 def run_batch(grid: Grid | str | Path, out_root: str | Path = "runs", workers: int = 1, force: bool = False,
               only: list[str] | None = None, progress: bool = True, timeout_s: float | None = None) -> BatchSummary:
     """Run every run of a grid (resumable, failure-isolated), ``workers`` at a time.
@@ -237,10 +275,7 @@ def run_batch(grid: Grid | str | Path, out_root: str | Path = "runs", workers: i
     """
     from tqdm.auto import tqdm
 
-    if not isinstance(grid, Grid):
-        grid = Grid.load(grid)
-    if not grid.notebook.is_file():
-        raise GridError(f"{grid.source}: notebook {grid.notebook} does not exist")
+    grid = preflight_grid(grid, out_root)  # before anything is created
     batch_dir = Path(out_root) / grid.name
     batch_dir.mkdir(parents=True, exist_ok=True)
     runs = grid.runs()

@@ -220,3 +220,65 @@ def test_image_header_and_deep_decode(tmp_path: Path) -> None:
     assert check_image_file(cut) == (64, 48)  # the header is intact
     with pytest.raises(DataFormatError, match=r"cut\.png: corrupt image"):
         check_image_file(cut, decode=True)
+
+
+# ---------------------------------------------------------------------------
+# Run-folder hygiene
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640)])
+def test_atomic_write_follows_the_umask_not_mkstemp(tmp_path: Path, umask: int, mode: int) -> None:
+    import os
+
+    from distilvpr_lib.data.formats import atomic_output_path, atomic_write
+
+    old = os.umask(umask)
+    try:
+        with atomic_write(tmp_path / "a.json", "w") as handle:
+            handle.write("{}")
+        with atomic_output_path(tmp_path / "b.npz") as tmp:
+            tmp.write_bytes(b"x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == mode
+    assert (tmp_path / "b.npz").stat().st_mode & 0o777 == mode
+
+
+def test_guarded_run_locks_cleans_stale_temp_files_and_records_failure(tmp_path: Path) -> None:
+    from distilvpr_lib.data.formats import is_temp_file
+    from distilvpr_lib.engine.run_guard import RunFolderLock, check_not_locked, guarded_run
+    from distilvpr_lib.errors import DataFormatError, RunFolderLockedError
+
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    stale = [out / "checkpoints" / ".last.pt.k3j_x9a2.tmp", out / ".test_results.ab12cd34.tmp.npz"]
+    for path in stale:
+        path.write_bytes(b"partial")
+    keep = out / "checkpoints" / "last.pt"
+    keep.write_bytes(b"kept")
+    assert all(is_temp_file(p) for p in stale) and not is_temp_file(keep)
+    with pytest.raises(DataFormatError):
+        with guarded_run(out, "teacher"):
+            assert not any(p.exists() for p in stale) and keep.exists()
+            with pytest.raises(RunFolderLockedError, match=r"is being written by process \d+"):
+                RunFolderLock(out).acquire()
+            with pytest.raises(RunFolderLockedError):
+                check_not_locked(out)
+            raise DataFormatError("bad entry", path="/d/t.pickle")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["status"] == "failed" and metrics["error"] == "/d/t.pickle: bad entry"
+    check_not_locked(out)  # released
+    with RunFolderLock(out):
+        pass
+
+
+def test_preflight_out_dir_refuses_a_file_and_writes_nothing(tmp_path: Path) -> None:
+    from distilvpr_lib.engine.preflight import preflight_out_dir
+    from distilvpr_lib.errors import RunFolderError
+
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(RunFolderError, match="is a file"):
+        preflight_out_dir(tmp_path / "f")
+    with pytest.raises(RunFolderError, match="a file stands in its path"):
+        preflight_out_dir(tmp_path / "f" / "run")
+    preflight_out_dir(tmp_path / "new" / "run")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]

@@ -61,10 +61,15 @@ def _run(args: argparse.Namespace) -> int:
     if not run.teacher_weights_path:
         print("error: --teacher_weights_path is required to train a student (pass a teacher folder or a .pth)")
         return 2
+    from distilvpr_lib.engine.preflight import preflight_dataset, preflight_out_dir
     from distilvpr_lib.engine.student_run import distill_student
 
     teacher = Path(run.teacher_weights_path)
     if teacher.is_file():
+        # the import below writes <out>/teacher: check the dataset and the folder first
+        preflight_out_dir(out)
+        preflight_dataset(cfg.data.dataset_dir, image_dir=cfg.data.image_dir, layout=cfg.data.layout,
+                          splits=("test", "validation") if cfg.train.use_validation_split else ("test",))
         from distilvpr_lib.engine.run_folder import import_reference_teacher
 
         teacher_dir = out / "teacher"

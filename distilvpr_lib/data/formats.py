@@ -23,6 +23,7 @@ import io
 import math
 import os
 import pickle
+import re
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -50,6 +51,54 @@ _MIN_PLAUSIBLE_COORDINATE = 1.0e-30
 # ---------------------------------------------------------------------------
 # Atomic writes
 # ---------------------------------------------------------------------------
+#: Suffix of every temporary file :func:`atomic_write` / :func:`atomic_output_path` create (``.<name>.<random>.tmp``).
+TEMP_SUFFIX: str = ".tmp"
+_TEMP_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp(\.[A-Za-z0-9]+)?$")
+
+
+def current_umask() -> int:
+    """The process's file-creation mask (read without changing it where the OS allows)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: the classic read-by-setting, restored at once
+    os.umask(mask)
+    return mask
+
+
+def _give_umask_mode(fd: int) -> None:
+    """Give a ``mkstemp`` file (created 0600) the mode an ordinary ``open()`` would: 0666 minus the umask."""
+    with contextlib.suppress(OSError):  # file systems without modes
+        os.fchmod(fd, 0o666 & ~current_umask())
+
+
+def is_temp_file(path: PathLike) -> bool:
+    """Whether ``path``'s name is one of :func:`atomic_write`'s temporary files (``.last.pt.k3j_x9a2.tmp``)."""
+    return bool(_TEMP_NAME.match(Path(path).name))
+
+
+def remove_stale_temp_files(folder: PathLike, recursive: bool = True) -> list[Path]:
+    """Delete the temporary files an interrupted :func:`atomic_write` left in ``folder`` (a kill -9 mid-write).
+
+    Only call it while no other process writes the folder (the run-folder lock). Returns the removed paths.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    candidates = folder.rglob("*") if recursive else folder.iterdir()
+    removed = []
+    for path in candidates:
+        if path.is_file() and not path.is_symlink() and is_temp_file(path):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed.append(path)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_write(path: PathLike, mode: str = "wb", encoding: str | None = None) -> Iterator[IO[Any]]:
     """Open a temporary file next to ``path``; on a clean exit it replaces ``path`` atomically.
@@ -60,7 +109,10 @@ def atomic_write(path: PathLike, mode: str = "wb", encoding: str | None = None) 
             json.dump(metrics, f)
 
     If the block raises, the temporary file is removed and ``path`` is untouched (an existing
-    file keeps its old content; a new file never appears). Parent folders are created.
+    file keeps its old content; a new file never appears). Parent folders are created. The file
+    gets the mode an ordinary ``open()`` gives (0666 minus the umask, typically 0644), not
+    ``mkstemp``'s 0600. A process killed mid-write leaves its temporary file
+    (:func:`is_temp_file`); :func:`remove_stale_temp_files` clears them on the next run.
 
     Args:
         path: final file path.
@@ -71,9 +123,10 @@ def atomic_write(path: PathLike, mode: str = "wb", encoding: str | None = None) 
         raise ValueError(f"atomic_write supports modes 'wb' and 'w', got {mode!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     tmp = Path(tmp_name)
     try:
+        _give_umask_mode(fd)
         if mode == "w":
             handle: IO[Any] = os.fdopen(fd, "w", encoding=encoding or "utf-8", newline="")
         else:
@@ -98,7 +151,8 @@ def atomic_output_path(path: PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f"{TEMP_SUFFIX}{path.suffix}", dir=path.parent)
+    _give_umask_mode(fd)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -147,7 +201,7 @@ def read_bin(path: PathLike, check_values: bool = True) -> np.ndarray:
     _require_file(path, "point cloud")
     size = path.stat().st_size
     if size != BIN_CLOUD_BYTES:
-        raise DataFormatError(f"{path}: {_describe_bad_bin_size(size, path)}")
+        raise DataFormatError(f"{path}: {describe_bad_bin_size(size, path)}")
     points = np.fromfile(path, dtype="<f8").reshape(POINTS_PER_CLOUD, 3)
     if check_values:
         _check_cloud_values(points, path)
@@ -164,7 +218,7 @@ def _plausible_coordinates(values: np.ndarray) -> bool:
                 and (not nonzero.size or nonzero.min() >= _MIN_PLAUSIBLE_COORDINATE))
 
 
-def _describe_bad_bin_size(size: int, path: Path | None = None) -> str:
+def describe_bad_bin_size(size: int, path: Path | None = None) -> str:
     """Why a ``.bin`` of ``size`` bytes is not a cloud: empty, truncated (how far), oversized, float32, ..."""
     expected = f"expected {BIN_CLOUD_BYTES} bytes ({POINTS_PER_CLOUD} x 3 float64), got {size} bytes"
     if size == 0:

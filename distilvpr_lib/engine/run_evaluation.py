@@ -64,6 +64,9 @@ def evaluate_run(model_dir: PathLike, dataset_dir: PathLike | None = None, split
     Returns:
         ``(summary dict, RetrievalResults)``; the summary has AR@1/5/10/1% and per-run AR@1.
     """
+    from distilvpr_lib.engine.preflight import preflight_evaluate
+
+    preflight_evaluate(model_dir, dataset_dir=dataset_dir, split=split, image_dir=image_dir)
     torch_device = resolve_device(device)
     model, cfg, kind = load_model_from_dir(model_dir, torch_device)
     overrides = {}

@@ -49,10 +49,15 @@ from torch import nn
 
 from distilvpr_lib.config import ExperimentConfig
 from distilvpr_lib.data.formats import atomic_write, file_sha256
-from distilvpr_lib.engine.checkpoint import LAST_CHECKPOINT_NAME, load_weights, save_weights
+from distilvpr_lib.engine.checkpoint import LAST_CHECKPOINT_NAME, load_state_dict_checked, save_weights
+from distilvpr_lib.errors import CheckpointError, MissingCheckpointError, RunFolderError
 
 if TYPE_CHECKING:  # pragma: no cover
     from distilvpr_lib.models.reference_import import ReferenceTeacherImport
+
+
+class RunConfigMismatchError(RunFolderError, ValueError):
+    """The run folder holds a checkpoint of another configuration (resume refused)."""
 
 PathLike = str | os.PathLike
 
@@ -103,8 +108,13 @@ def load_run_config(run_dir: PathLike) -> ExperimentConfig:
     """The ``config.json`` of a teacher folder or student run."""
     path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: run configuration not found (is {run_dir} a teacher folder or run folder?)")
-    return ExperimentConfig.load(path)
+        raise MissingCheckpointError("run configuration not found", path=path,
+                                     hint=f"is {run_dir} a teacher folder or run folder?")
+    try:
+        return ExperimentConfig.load(path)
+    except (ValueError, KeyError, TypeError) as exc:  # JSONDecodeError is a ValueError
+        raise CheckpointError(f"not a readable run configuration ({type(exc).__name__}: {exc})", path=path,
+                              hint="restore it, or re-create the folder") from exc
 
 
 def _without_pretrained(model_cfg: Any) -> Any:
@@ -142,7 +152,7 @@ def check_resumable(cfg: ExperimentConfig, out_dir: PathLike, resume: bool) -> N
     """Refuse (before ``config.json`` is overwritten) to resume a folder that holds a run of another configuration.
 
     Raises:
-        ValueError: ``resume`` and ``out_dir`` has a ``checkpoints/last.pt`` and a ``config.json`` whose
+        RunConfigMismatchError: (a ValueError) ``resume`` and ``out_dir`` has a ``checkpoints/last.pt`` and a ``config.json`` whose
             :func:`config_fingerprint` differs from ``cfg``'s.
     """
     out_dir = Path(out_dir)
@@ -151,9 +161,9 @@ def check_resumable(cfg: ExperimentConfig, out_dir: PathLike, resume: bool) -> N
         # Refuse before overwriting config.json: the folder holds a run of another configuration.
         previous = ExperimentConfig.load(config_path)
         if config_fingerprint(previous) != config_fingerprint(cfg):
-            raise ValueError(
-                f"{out_dir}: holds a checkpoint of another configuration (see {config_path}); "
-                "resume=False starts over, or use another output folder")
+            raise RunConfigMismatchError(
+                f"holds a checkpoint of another configuration (see {config_path})", path=out_dir,
+                hint="--no-resume (resume=False) starts over, or use another output folder")
 
 
 # ---------------------------------------------------------------------------
@@ -166,7 +176,7 @@ def load_teacher(teacher_dir: PathLike, device: torch.device | str = "cpu") -> t
     teacher_dir = Path(teacher_dir)
     teacher_cfg = load_run_config(teacher_dir)
     model = build_teacher(_without_pretrained(teacher_cfg.model))
-    model.load_state_dict(load_weights(teacher_dir / TEACHER_WEIGHTS_FILE))
+    load_state_dict_checked(model, teacher_dir / TEACHER_WEIGHTS_FILE)
     return model.to(device).eval(), teacher_cfg
 
 
@@ -186,8 +196,8 @@ def load_model_from_dir(model_dir: PathLike, device: torch.device | str = "cpu")
     elif (model_dir / TEACHER_WEIGHTS_FILE).is_file():
         kind, model, weights = "teacher", build_teacher(model_cfg), model_dir / TEACHER_WEIGHTS_FILE
     else:
-        raise FileNotFoundError(f"{model_dir}: neither {STUDENT_WEIGHTS_FILE} nor {TEACHER_WEIGHTS_FILE} found")
-    model.load_state_dict(load_weights(weights))
+        raise MissingCheckpointError(f"neither {STUDENT_WEIGHTS_FILE} nor {TEACHER_WEIGHTS_FILE} found", path=model_dir)
+    load_state_dict_checked(model, weights)
     return model.to(device).eval(), cfg, kind
 
 

@@ -21,6 +21,7 @@ from distilvpr_lib.engine.distributed import DistributedContext, init_distribute
 from distilvpr_lib.engine.loop import SELECTION_RULE, TrainingHistory
 from distilvpr_lib.engine.run_folder import CONFIG_FILE, check_resumable, write_json
 from distilvpr_lib.engine.seeding import configure_determinism, seed_everything
+from distilvpr_lib.errors import MissingDataError
 
 if TYPE_CHECKING:  # pragma: no cover
     from distilvpr_lib.data.benchmark import Benchmark
@@ -33,20 +34,22 @@ def check_benchmark(benchmark: "Benchmark", cfg: ExperimentConfig, need_images: 
     validation split while ``cfg.train.use_validation_split``.
 
     Raises:
-        ValueError: naming the dataset folder and what is missing.
+        MissingDataError: (a ValueError) naming the dataset folder and what is missing. The preflight
+            (:mod:`.preflight`) checks the same before anything is written.
     """
     where = benchmark.dataset_dir
     if not benchmark.training_tuples:
-        raise ValueError(f"{where}: no training tuples (training_queries_baseline.pickle); cannot train")
+        raise MissingDataError("no training tuples (training_queries_baseline.pickle); cannot train", path=where)
     if need_images and not benchmark.has_images:
-        raise ValueError(f"{where}: the benchmark has no images (no LiDAR-to-image index); both models need images")
+        raise MissingDataError("the benchmark has no images (no LiDAR-to-image index); both models need images",
+                               path=where)
     if not benchmark.has_split("test"):
-        raise ValueError(f"{where}: no test split (evaluation pickles) to report on")
+        raise MissingDataError("no test split (evaluation pickles) to report on", path=where)
     if cfg.train.use_validation_split and not benchmark.has_split("validation"):
-        raise ValueError(
-            f"{where}: no validation split for model selection (validation_evaluation_*.pickle); build it with "
-            "distilvpr_lib.data.splits.build_oxford_benchmark, or set train.use_validation_split=false "
-            "(then the last epoch is kept)")
+        raise MissingDataError(
+            "no validation split for model selection (validation_evaluation_*.pickle)", path=where,
+            hint="build it with distilvpr_lib.data.splits.build_oxford_benchmark, or set "
+                 "train.use_validation_split=false (then the last epoch is kept)")
 
 
 def make_cached_student_loader(benchmark: "Benchmark", cfg: ExperimentConfig, progress: bool = True) -> Any:

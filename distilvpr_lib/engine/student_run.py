@@ -47,6 +47,7 @@ from distilvpr_lib.engine.run_setup import (
 )
 from distilvpr_lib.engine.student_cache import get_teacher_cache
 from distilvpr_lib.engine.teacher_cache import cache_file_name
+from distilvpr_lib.errors import OptionError
 
 if TYPE_CHECKING:  # pragma: no cover
     from distilvpr_lib.engine.evaluate import RetrievalResults
@@ -78,6 +79,23 @@ def distill_student(cfg: ExperimentConfig, teacher_dir: PathLike | None, out_dir
     Returns:
         The metrics dict written to ``metrics.json`` (schema in the module docstring).
     """
+    from distilvpr_lib.engine.distributed import is_main_process
+    from distilvpr_lib.engine.preflight import preflight_distill
+    from distilvpr_lib.engine.run_guard import guarded_run
+    from distilvpr_lib.losses.distiller import Distiller
+
+    if method is not None:
+        cfg = dataclasses.replace(cfg, distill=dataclasses.replace(cfg.distill, method=method))
+    if Distiller(cfg.distill).weights and teacher_dir is None:  # option errors first (unknown names: KeyError)
+        raise OptionError(f"distillation method {cfg.distill.method!r} needs a teacher folder",
+                          hint="pass --teacher, or use --method nokd")
+    preflight_distill(cfg, teacher_dir, out_dir, resume=resume)  # every input checked before anything is written
+    with guarded_run(out_dir, "student", enabled=is_main_process()):
+        return _distill_student(cfg, teacher_dir, out_dir, resume=resume, progress=progress)
+
+def _distill_student(cfg: ExperimentConfig, teacher_dir: PathLike | None, out_dir: PathLike, resume: bool = True,
+                    method: str | None = None, progress: bool = True) -> dict[str, Any]:
+    """The pipeline itself, once the preflight passed and the folder is locked (see :func:`distill_student`)."""
     from distilvpr_lib.losses.distiller import Distiller
     from distilvpr_lib.models import build_student
 
@@ -86,8 +104,6 @@ def distill_student(cfg: ExperimentConfig, teacher_dir: PathLike | None, out_dir
     started = time.time()
     distiller = Distiller(cfg.distill)  # validates method and term names before any work
     use_distiller = bool(distiller.weights)
-    if use_distiller and teacher_dir is None:
-        raise ValueError(f"distillation method {cfg.distill.method!r} needs a teacher folder")
     out_dir, ctx = start_run(cfg, out_dir, resume)
     device = ctx.device
     progress = progress and ctx.is_main

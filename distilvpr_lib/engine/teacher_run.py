@@ -67,6 +67,17 @@ def train_teacher(cfg: ExperimentConfig, out_dir: PathLike, resume: bool = True,
     Returns:
         The metrics dict written to ``metrics.json`` (schema in the module docstring).
     """
+    from distilvpr_lib.engine.distributed import is_main_process
+    from distilvpr_lib.engine.preflight import preflight_train_teacher
+    from distilvpr_lib.engine.run_guard import guarded_run
+
+    preflight_train_teacher(cfg, out_dir, resume=resume)  # every input checked before anything is written
+    with guarded_run(out_dir, "teacher", enabled=is_main_process()):
+        return _train_teacher(cfg, out_dir, resume=resume, progress=progress)
+
+def _train_teacher(cfg: ExperimentConfig, out_dir: PathLike, resume: bool = True,
+                  progress: bool = True) -> dict[str, Any]:
+    """The pipeline itself, once the preflight passed and the folder is locked (see :func:`train_teacher`)."""
     from distilvpr_lib.models import build_teacher
 
     started = time.time()

@@ -1,0 +1,153 @@
+"""Run-folder hygiene: one writer per folder, no stale temporary files, failures recorded.
+
+:func:`guarded_run` wraps a training pipeline (``train_teacher``, ``distill_student``):
+
+* it takes an exclusive lock on ``<out>/.distilvpr.lock`` (``fcntl.flock``: released by the OS when the
+  process ends, even by ``kill -9``), so a second process writing the same ``--out`` gets a one-line
+  :class:`~distilvpr_lib.errors.RunFolderLockedError` naming the holder instead of interleaved checkpoints;
+* holding it, it removes the temporary files an interrupted atomic write left behind
+  (:func:`distilvpr_lib.data.formats.remove_stale_temp_files`);
+* when the pipeline raises, ``metrics.json`` records ``status: failed`` and the one-line error
+  (:func:`distilvpr_lib.errors.format_error`), then the error propagates.
+
+Only the main process (rank 0 under ``torchrun``) locks and writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from distilvpr_lib.data.formats import remove_stale_temp_files
+from distilvpr_lib.errors import RunFolderLockedError, format_error
+
+try:  # POSIX; elsewhere the folder is not locked
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+PathLike = str | os.PathLike
+
+#: Lock file inside a run folder (holds "pid host time" of the writer).
+LOCK_FILE: str = ".distilvpr.lock"
+
+
+def _holder(lock_path: Path) -> str:
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        text = lock_path.read_text().strip()
+        if text:
+            pid, _, rest = text.partition(" ")
+            return f"process {pid} ({rest})" if rest else f"process {pid}"
+    return "another process"
+
+
+class RunFolderLock:
+    """An exclusive, non-blocking lock on a run folder (``with RunFolderLock(dir): ...``)."""
+
+    def __init__(self, folder: PathLike) -> None:
+        self.folder = Path(folder)
+        self.path = self.folder / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self) -> "RunFolderLock":
+        """Create the folder if needed and lock it.
+
+        Raises:
+            RunFolderLockedError: another process holds the lock (named in the message).
+        """
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if fcntl is None:  # pragma: no cover
+            return self
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RunFolderLockedError(f"is being written by {_holder(self.path)}", path=self.folder,
+                                       hint="wait for it to finish, stop it, or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()} {socket.gethostname()} since {time.strftime('%Y-%m-%dT%H:%M:%S')}\n".encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        """Unlock (the lock file stays; it is only a handle)."""
+        if self._fd is not None and fcntl is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+        self._fd = None
+
+    def __enter__(self) -> "RunFolderLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def check_not_locked(folder: PathLike) -> None:
+    """Raise :class:`RunFolderLockedError` when another process holds ``folder``'s lock (creates nothing)."""
+    lock_path = Path(folder) / LOCK_FILE
+    if fcntl is None or not lock_path.is_file():
+        return
+    try:
+        fd = os.open(lock_path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise RunFolderLockedError(f"is being written by {_holder(lock_path)}", path=folder,
+                                   hint="wait for it to finish, stop it, or choose another --out") from None
+    finally:
+        os.close(fd)
+
+
+def record_failure(out_dir: PathLike, kind: str, exc: BaseException) -> None:
+    """Mark the run failed in ``metrics.json``: ``status: failed``, ``error`` (one line), ``failed_at``.
+
+    An existing ``metrics.json`` keeps its other fields; writing never raises (the original error matters).
+    """
+    from distilvpr_lib.engine.run_folder import METRICS_FILE, write_json
+
+    path = Path(out_dir) / METRICS_FILE
+    metrics: dict = {}
+    with contextlib.suppress(OSError, ValueError):
+        if path.is_file():
+            loaded = json.loads(path.read_text())
+            metrics = loaded if isinstance(loaded, dict) else {}
+    metrics.setdefault("kind", kind)
+    metrics.update(status="failed", error="interrupted" if isinstance(exc, KeyboardInterrupt) else format_error(exc),
+                   failed_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    with contextlib.suppress(Exception):
+        write_json(path, metrics)
+
+
+@contextlib.contextmanager
+def guarded_run(out_dir: PathLike, kind: str, enabled: bool = True) -> Iterator[Path]:
+    """Lock ``out_dir``, clear stale temporary files, record a failure (see the module docstring).
+
+    Args:
+        out_dir: the run folder (created).
+        kind: ``"teacher"`` or ``"student"`` (written with a failure).
+        enabled: ``False`` on non-main ranks: nothing is locked or written.
+    """
+    out_dir = Path(out_dir)
+    if not enabled:
+        yield out_dir
+        return
+    with RunFolderLock(out_dir):
+        remove_stale_temp_files(out_dir)
+        try:
+            yield out_dir
+        except BaseException as exc:
+            record_failure(out_dir, kind, exc)
+            raise
+
+
+__all__ = ["LOCK_FILE", "RunFolderLock", "check_not_locked", "guarded_run", "record_failure"]
