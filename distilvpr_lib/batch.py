@@ -35,6 +35,7 @@ from typing import Any
 import yaml
 
 from distilvpr_lib.data.formats import atomic_write
+from distilvpr_lib.errors import MissingDataError
 from distilvpr_lib.paths import project_path
 
 #: Name of the notebook parameter that receives the run folder.
@@ -324,12 +325,16 @@ def collect_batch(batch_dir: str | Path) -> "pandas.DataFrame":  # noqa: F821
 
     Columns: ``run``, ``variation``, ``status``, ``error``, ``param.<name>`` for every parameter and
     ``<metric path>`` (dot-joined) for every scalar in ``metrics.json``.
+
+    Raises:
+        MissingDataError: (a FileNotFoundError) the folder does not exist or holds no run (one line, naming it).
     """
     import pandas as pd
 
     batch_dir = Path(batch_dir)
     if not batch_dir.is_dir():
-        raise FileNotFoundError(f"{batch_dir}: batch folder does not exist")
+        raise MissingDataError("batch folder does not exist", path=batch_dir,
+                               hint="run the grid first: distilvpr batch GRID.yaml, or pass the folder it wrote")
     rows = []
     for run_dir in sorted(p for p in batch_dir.iterdir() if p.is_dir()):
         params_file = run_dir / PARAMETERS_FILE
@@ -348,4 +353,7 @@ def collect_batch(batch_dir: str | Path) -> "pandas.DataFrame":  # noqa: F821
             for key, value in metrics.items():  # a metric never shadows the batch's own columns
                 row[f"metrics.{key}" if key in row else key] = value
         rows.append(row)
+    if not rows:
+        raise MissingDataError(f"no batch runs in this folder (no <run>/{PARAMETERS_FILE})", path=batch_dir,
+                               hint="run the grid first: distilvpr batch GRID.yaml, or pass the folder it wrote")
     return pd.DataFrame(rows)

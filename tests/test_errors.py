@@ -282,3 +282,24 @@ def test_preflight_out_dir_refuses_a_file_and_writes_nothing(tmp_path: Path) -> 
         preflight_out_dir(tmp_path / "f" / "run")
     preflight_out_dir(tmp_path / "new" / "run")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]
+
+
+def test_collect_batch_of_a_missing_or_empty_folder_is_one_clear_error(tmp_path: Path) -> None:
+    from distilvpr_lib.batch import collect_batch
+    from distilvpr_lib.errors import MissingDataError
+
+    with pytest.raises(MissingDataError, match=r"batch folder does not exist \(run the grid first"):
+        collect_batch(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MissingDataError, match=r"empty: no batch runs in this folder"):
+        collect_batch(tmp_path / "empty")
+    assert not (tmp_path / "nope").exists()
+
+
+def test_chance_recall_from_database_sizes() -> None:
+    from distilvpr_lib.engine.evaluate import chance_recall_at_n
+
+    database = [{k: {} for k in range(10)}, {k: {} for k in range(4)}]
+    query = [{0: {1: [0]}, 1: {1: []}}, {0: {0: [1, 2]}}]  # run 0 vs db 1: 1 of 4; run 1 vs db 0: 2 of 10
+    assert chance_recall_at_n(database, query, n=1) == pytest.approx(100 * (0.25 + 0.2) / 2)
+    assert chance_recall_at_n(database, query, n=4) == pytest.approx(100 * (1.0 + (1 - 70 / 210)) / 2)

@@ -12,6 +12,7 @@ state_dict (imported on the fly into ``<out>/teacher``). See :mod:`distilvpr_lib
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -40,7 +41,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         run = resolve_reference_options(args, profile=args.profile, faithful=args.faithful)
     except (ReferenceOptionError, KeyError) as exc:
-        print(f"error: {exc}")
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     overrides = {"train.seed": args.seed}
     if args.backend:
@@ -59,7 +60,8 @@ def _run(args: argparse.Namespace) -> int:
         train_teacher(cfg, out)
         return 0
     if not run.teacher_weights_path:
-        print("error: --teacher_weights_path is required to train a student (pass a teacher folder or a .pth)")
+        print("error: --teacher_weights_path is required to train a student (pass a teacher folder or a .pth)",
+              file=sys.stderr)
         return 2
     from distilvpr_lib.engine.preflight import preflight_dataset, preflight_out_dir
     from distilvpr_lib.engine.student_run import distill_student
@@ -76,7 +78,7 @@ def _run(args: argparse.Namespace) -> int:
         import_reference_teacher(teacher, teacher_dir, base_config=cfg)
         teacher = teacher_dir
     elif not teacher.is_dir():
-        print(f"error: --teacher_weights_path {teacher}: no such file or folder")
+        print(f"error: --teacher_weights_path {teacher}: no such file or folder", file=sys.stderr)
         return 2
     if args.student_output_dim is None:
         # the student's dimension follows the teacher's unless given explicitly (the cross-agent terms need it)

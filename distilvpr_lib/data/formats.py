@@ -230,8 +230,7 @@ def describe_bad_bin_size(size: int, path: Path | None = None) -> str:
             as_f32 = _plausible_coordinates(np.frombuffer(data, dtype="<f4"))
             as_f64 = _plausible_coordinates(np.frombuffer(data, dtype="<f8"))
         if as_f64 and not as_f32:
-            return expected + (f" (truncated: the file holds {size // 24} of {POINTS_PER_CLOUD} float64 points; "
-                               "re-copy or regenerate it)")
+            return expected + f" (truncated: the file holds {size // 24} of {POINTS_PER_CLOUD} float64 points)"
         if as_f32 and as_f64:
             return expected + " (truncated to half, or float32 data: write clouds as float64)"
         if as_f32 is False and as_f64 is False:

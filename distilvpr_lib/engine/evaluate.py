@@ -520,6 +520,31 @@ def _check_embeddings(emb: Any, what: str) -> np.ndarray:
     return arr
 
 
+def chance_recall_at_n(database_sets: Sequence[Mapping[int, Any]], query_sets: Sequence[Mapping[int, Mapping[Any, Any]]],
+                       n: int = 1) -> float:
+    """AR@n (percent) of a model that ranks each database at random: the floor a trained model must beat.
+
+    For a query with ``t`` true neighbours in a database of ``D`` sub-maps, a random top-``n`` holds one with
+    probability ``1 - C(D - t, n) / C(D, n)``; averaged like :func:`evaluate_retrieval` (over the evaluated
+    queries of each (database, query) pair, then over the pairs that have any). Depends only on the sets.
+    """
+    pair_means = []
+    for i, database in enumerate(database_sets):
+        size = len(database)
+        for j, query_set in enumerate(query_sets):
+            if i == j or size == 0:
+                continue
+            chances = []
+            for entry in query_set.values():
+                t = len(set(entry.get(i, ())))
+                if t:
+                    k = min(n, size)
+                    chances.append(1.0 - math.comb(size - t, k) / math.comb(size, k))
+            if chances:
+                pair_means.append(float(np.mean(chances)))
+    return 100.0 * float(np.mean(pair_means)) if pair_means else math.nan
+
+
 def _true_neighbours(query_set: Mapping[int, Mapping[Any, Any]], i: int, j: int, size_i: int) -> tuple[np.ndarray, np.ndarray]:
     """Rows of query set j with a true neighbour in database run i, and their neighbour lists
     padded with -1 to a (e, L) int64 array."""
