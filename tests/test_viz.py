@@ -16,6 +16,9 @@ from matplotlib.patches import Rectangle
 from distilvpr_lib.data.benchmark import Benchmark
 from distilvpr_lib.viz import MATCH_COLOUR, MISS_COLOUR, figure_png, save_figure, write_metrics
 from distilvpr_lib.viz import figures as F
+from distilvpr_lib.engine import retrieval_queries as Q
+from distilvpr_lib.engine import run_results as RR
+from distilvpr_lib.viz import browser as B
 from distilvpr_lib.viz import retrieval as R
 from viz_helpers import descriptor_results, make_smoke_dataset
 
@@ -225,7 +228,7 @@ def test_query_view_and_pictures_agree_with_the_results(benchmark: Benchmark, re
     res = results["distilvpr student"]
     (i, j), pair = next(iter(res.retrievals.items()))
     q = int(pair.query_indices[0])
-    view = R.query_view(benchmark, res, i, j, q, top_k=4)
+    view = Q.query_view(benchmark, res, i, j, q, top_k=4)
     truth = set(benchmark.query_sets("test")[j][q][i])
     assert view.true_neighbours.tolist() == sorted(truth)
     assert view.matches.tolist() == [int(x) in truth for x in view.retrieved_indices]
@@ -237,7 +240,7 @@ def test_query_view_and_pictures_agree_with_the_results(benchmark: Benchmark, re
     for ax, good in zip(student_row[1:], view.matches):
         assert _spine_colours(ax) == {_rgba(MATCH_COLOUR if good else MISS_COLOUR)}
     with pytest.raises(KeyError, match="not evaluated"):
-        R.query_view(benchmark, res, i, j, len(benchmark.query_sets("test")[j]) + 5)
+        Q.query_view(benchmark, res, i, j, len(benchmark.query_sets("test")[j]) + 5)
 
 
 def test_retrieval_map_marks_query_neighbours_and_retrieved() -> None:
@@ -252,43 +255,43 @@ def test_retrieval_map_marks_query_neighbours_and_retrieved() -> None:
 
 
 def test_select_queries_is_deterministic_and_half_wrong(results: dict) -> None:
-    chosen = R.select_queries(results, 4, student="distilvpr student")
-    assert chosen == R.select_queries(results, 4, student="distilvpr student") and len(chosen) == 4
+    chosen = Q.select_queries(results, 4, student="distilvpr student")
+    assert chosen == Q.select_queries(results, 4, student="distilvpr student") and len(chosen) == 4
     wrong = {(i, j, q) for (i, j) in results["distilvpr student"].retrievals
-             for q in R.wrong_queries(results["distilvpr student"], i, j).tolist()}
+             for q in Q.wrong_queries(results["distilvpr student"], i, j).tolist()}
     assert len(wrong) >= 2, "the noisy stand-in must make mistakes for this test to mean something"
     assert sum(c in wrong for c in chosen) == 2
-    assert R.default_student(["teacher", "no-KD", "DistilVPR"]) == "DistilVPR"
+    assert Q.default_student(["teacher", "no-KD", "DistilVPR"]) == "DistilVPR"
 
 
 def test_render_queries_and_report(benchmark: Benchmark, results: dict, tmp_path: Path) -> None:
-    chosen = R.select_queries(results, 2)
+    chosen = Q.select_queries(results, 2)
     records = R.render_queries(benchmark, results, chosen, tmp_path, top_k=3)
     for record in records:
         assert Path(record["retrieval_png"]).read_bytes().startswith(PNG_MAGIC)
         assert Path(record["map_png"]).is_file()
         assert set(record) >= {"correct@1/teacher", "correct@1/distilvpr student"}
-    report = R.retrieval_report(results, records)
+    report = Q.retrieval_report(results, records)
     path = write_metrics(tmp_path, report)
     back = json.loads(path.read_text())
-    n_wrong = sum(len(R.wrong_queries(results["teacher"], i, j)) for i, j in results["teacher"].retrievals)
+    n_wrong = sum(len(Q.wrong_queries(results["teacher"], i, j)) for i, j in results["teacher"].retrievals)
     assert back["models"]["teacher"]["wrong at top-1"] == n_wrong
     assert back["models"]["teacher"]["AR@1"] == pytest.approx(results["teacher"].recall_at(1))
 
 
 def test_results_of_another_split_are_refused(benchmark: Benchmark, results: dict) -> None:
     with pytest.raises(ValueError, match="differ from the 'validation' split"):
-        R.check_results(results, benchmark, "validation")
+        RR.check_results(results, benchmark, "validation")
 
 
 # ---------------------------------------------------------------------------
 # The browser, without a browser
 # ---------------------------------------------------------------------------
 def test_browser_state_follows_the_query_widgets(benchmark: Benchmark, results: dict) -> None:
-    browser = R.RetrievalBrowser(benchmark, results, top_k=3)
+    browser = B.RetrievalBrowser(benchmark, results, top_k=3)
     state = browser.state
     i, j = state["database_run"], state["query_run"]
-    queries = R.evaluated_queries(results["teacher"], i, j).tolist()
+    queries = Q.evaluated_queries(results["teacher"], i, j).tolist()
     assert state["n_queries"] == len(queries) >= 2 and state["query_index"] == queries[0]
     first_image, first_picture = bytes(browser.query_image.value), bytes(browser.retrieval_image.value)
     assert first_image.startswith(PNG_MAGIC) and first_picture.startswith(PNG_MAGIC)
@@ -307,7 +310,7 @@ def test_browser_state_follows_the_query_widgets(benchmark: Benchmark, results: 
     assert state["shown_models"] == ["teacher", "distilvpr student"]
 
     state = browser.select(wrong_only=True)
-    wrong = R.wrong_queries(results["distilvpr student"], i, j).tolist()
+    wrong = Q.wrong_queries(results["distilvpr student"], i, j).tolist()
     assert [v for _, v in browser.query_dropdown.options] == wrong
     if wrong:
         assert state["correct_at_1"]["distilvpr student"] is False
@@ -334,7 +337,7 @@ def test_browser_on_the_real_oxford_fixture_shows_clouds_when_there_are_no_image
     res = evaluate_retrieval([occupancy(s) for s in benchmark.database_sets("test")],
                              [occupancy(s) for s in benchmark.query_sets("test")], benchmark.query_sets("test"),
                              top_k=3, run_names=benchmark.set_run_names("test"))
-    browser = R.RetrievalBrowser(benchmark, {"occupancy": res}, top_k=3)
+    browser = B.RetrievalBrowser(benchmark, {"occupancy": res}, top_k=3)
     first = bytes(browser.query_image.value)
     assert first.startswith(PNG_MAGIC) and browser.state["query_rel"].endswith(".bin")
     browser.query_slider.value = 1
