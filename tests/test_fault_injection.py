@@ -413,3 +413,14 @@ def test_batch_with_a_broken_dataset_creates_no_batch_folder(smoke_dataset: Path
     proc = distilvpr("batch", str(grid), "--out", str(tmp_path / "runs"))
     assert_one_line_error(proc, victim)
     assert not (tmp_path / "runs").exists()
+
+
+def test_second_writer_of_the_same_out_is_refused(smoke_dataset: Path, tmp_path: Path) -> None:
+    from distilvpr_lib.engine.run_guard import RunFolderLock
+
+    out = tmp_path / "teacher"
+    with RunFolderLock(out):  # this test process stands for a run in progress
+        proc = distilvpr("train-teacher", "--dataset", str(smoke_dataset), "--out", str(out), *TEACHER_ARGS)
+        line = assert_one_line_error(proc, out)
+    assert f"is being written by process {os.getpid()}" in line
+    assert sorted(p.name for p in out.iterdir()) == [".distilvpr.lock"]  # nothing else was written

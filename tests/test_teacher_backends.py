@@ -42,7 +42,14 @@ def test_smoke_profile_trains_a_teacher_with_each_backend(backend, toy_dataset, 
     assert saved["model"]["sparse_backend"] == backend
     losses = metrics["epochs"][0]["losses"]
     assert math.isfinite(losses["total"]) and losses["total"] > 0.0
-    assert all(metrics["test"][k] is not None and 0.0 <= metrics["test"][k] <= 100.0 for k in ("AR@1", "AR@1%"))
+    # a trained teacher beats a random ranking of each database by far (fixed seed; chance from the set sizes)
+    from distilvpr_lib.data.benchmark import Benchmark
+    from distilvpr_lib.engine.evaluate import chance_recall_at_n
+
+    benchmark = Benchmark.load(toy_dataset)
+    chance = chance_recall_at_n(benchmark.database_sets("test"), benchmark.query_sets("test"), n=1)
+    assert 0.0 < chance < 50.0
+    assert metrics["test"]["AR@1"] > 2 * chance, (metrics["test"]["AR@1"], chance)
     # training moved the cloud branch away from its initialisation (gradients reached the sparse convs)
     weights = load_weights(folder / "teacher.pt")
     from distilvpr_lib.engine.seeding import seed_everything
