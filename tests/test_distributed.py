@@ -196,10 +196,24 @@ def test_runtime_fields_leave_the_fingerprint_alone():
     base = profile_config("smoke")
     changed = apply_overrides(base, {"train.amp_dtype": "bfloat16", "train.channels_last": False,
                                      "train.sync_batchnorm": False, "train.distributed_backend": "gloo",
-                                     "train.distributed_timeout_s": 60, "data.persistent_workers": True})
-    assert len(RUNTIME_FIELDS) == 6
+                                     "train.distributed_timeout_s": 60, "data.persistent_workers": True,
+                                     "data.image_cache": True, "data.image_cache_dir": "/tmp/c",
+                                     "train.loss_diagnostics": False})
+    assert len(RUNTIME_FIELDS) == 9
     assert config_fingerprint(changed) == config_fingerprint(base)
     assert config_fingerprint(apply_overrides(base, {"train.batch_size": 32})) != config_fingerprint(base)
+
+
+def test_fingerprint_ignores_fields_at_their_default():
+    """A field added in a later version (at its default) leaves older run folders resumable."""
+    from distilvpr_lib.config import DistillConfig
+    from distilvpr_lib.engine.run_folder import config_fingerprint
+
+    base = profile_config("smoke")
+    assert config_fingerprint(apply_overrides(base, {"distill.teacher_head": DistillConfig().teacher_head})) == \
+        config_fingerprint(base)
+    assert config_fingerprint(apply_overrides(base, {"distill.teacher_head": "cloud_embedding"})) != \
+        config_fingerprint(base)
 
 
 def test_paper_profile_has_the_reference_settings():

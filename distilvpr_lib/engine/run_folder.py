@@ -125,7 +125,8 @@ def _without_pretrained(model_cfg: Any) -> Any:
 #: Execution settings left out of :func:`config_fingerprint` (they do not define the experiment).
 RUNTIME_FIELDS: tuple[str, ...] = (
     "train.amp_dtype", "train.channels_last", "train.sync_batchnorm", "train.distributed_backend",
-    "train.distributed_timeout_s", "data.persistent_workers",
+    "train.distributed_timeout_s", "data.persistent_workers", "data.image_cache", "data.image_cache_dir",
+    "train.loss_diagnostics",
 )
 
 
@@ -135,9 +136,13 @@ def config_fingerprint(cfg: "ExperimentConfig", ignore: Iterable[str] = ()) -> s
     Ignored always: ``train.epochs``, ``train.device``, ``train.eval_batch_size``,
     ``train.eval_every``, ``data.num_workers``, ``data.dataset_dir``, ``data.image_dir``, ``synth.*``, ``profile``,
     and the execution settings in :data:`RUNTIME_FIELDS` (AMP dtype, channels-last, distributed options,
-    persistent workers: a run may resume on other hardware or another number of processes).
+    persistent workers, the input path (image cache), diagnostics: a run may resume on other hardware or
+    another number of processes). Fields at their dataclass default are left out too, so a field added to the
+    config in a later version (with a default that keeps the old behaviour) does not make older run folders
+    unresumable.
     """
     data = cfg.to_dict()
+    defaults = type(cfg)().to_dict()
     skip = {"train.epochs", "train.device", "train.eval_batch_size", "train.eval_every", "data.num_workers",
             "data.dataset_dir", "data.image_dir", *RUNTIME_FIELDS, *ignore}
     data.pop("synth", None)
@@ -145,6 +150,10 @@ def config_fingerprint(cfg: "ExperimentConfig", ignore: Iterable[str] = ()) -> s
     for dotted in skip:
         section, _, name = dotted.partition(".")
         data.get(section, {}).pop(name, None)
+    for section, values in data.items():
+        if isinstance(values, dict):
+            base = defaults.get(section, {})
+            data[section] = {k: v for k, v in values.items() if k not in base or base[k] != v}
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=list).encode()).hexdigest()[:16]
 
 
