@@ -424,3 +424,17 @@ def test_second_writer_of_the_same_out_is_refused(smoke_dataset: Path, tmp_path:
         line = assert_one_line_error(proc, out)
     assert f"is being written by process {os.getpid()}" in line
     assert sorted(p.name for p in out.iterdir()) == [".distilvpr.lock"]  # nothing else was written
+
+
+def test_failure_after_the_start_records_status_failed(smoke_dataset: Path, tmp_path: Path) -> None:
+    """NaN points pass the preflight (it only sizes the clouds) and fail when the cloud is read in training:
+    still one line and exit 1, and the run folder says ``status: failed`` with that line."""
+    root = tmp_path / "data"
+    shutil.copytree(smoke_dataset, root)
+    victim = _nan_points(root, tmp_path / "unused")
+    out = tmp_path / "teacher"
+    proc = distilvpr("train-teacher", "--dataset", str(root), "--out", str(out), *TEACHER_ARGS)
+    line = assert_one_line_error(proc, victim)
+    assert "NaN" in line
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["status"] == "failed" and metrics["error"] == line[len("error: "):]
