@@ -99,7 +99,8 @@ def jupyter_lab(tmp_path: Path, request: pytest.FixtureRequest):
                JUPYTER_RUNTIME_DIR=str(tmp_path / "jupyter-runtime"),
                JUPYTER_DATA_DIR=str(tmp_path / "jupyter-data"), JUPYTER_CONFIG_DIR=str(tmp_path / "jupyter-config"),
                JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "jupyter-workspaces"),
-               JUPYTERLAB_SETTINGS_DIR=str(tmp_path / "jupyter-settings"))
+               JUPYTERLAB_SETTINGS_DIR=str(tmp_path / "jupyter-settings"),
+               DISTILVPR_PROJECT_ROOT=str(root))  # the notebook's relative paths are taken from this root
     log = open(tmp_path / "jupyter.log", "w")
     proc = subprocess.Popen(
         [str(jupyter), "lab", "--no-browser", f"--port={port}", "--ip=127.0.0.1", "--port-retries=0",
@@ -187,7 +188,16 @@ def test_notebook_05_browser_updates_when_the_query_moves(jupyter_lab: dict, tmp
                       wait_until="domcontentloaded", timeout=60_000)
             page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
             time.sleep(2.0)  # let a kernel dialog show up, if JupyterLab wants one
-            _accept_dialog(page)
+            asked_for_kernel = _accept_dialog(page)
+            # Opening must not modify the notebook: JupyterLab rewrites kernelspec / language_info to the
+            # running kernel's and marks the notebook changed (autosave then rewrites the file) unless the
+            # committed metadata (kept by papermill's parameterisation) is exactly the project kernel's.
+            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000)
+            time.sleep(3.0)
+            if not asked_for_kernel:  # choosing a kernel in the dialog legitimately changes the metadata
+                changed = page.locator(".lm-TabBar-tab.jp-mod-current.jp-mod-dirty").count()
+                assert changed == 0, "opening notebook 05 marked it changed: its kernelspec or language_info " \
+                                     "differ from the bootstrapped kernel's (tests/test_notebooks.py)"
             _run_all_cells(page)
 
             query_image = page.locator("img.distilvpr-query-image")
