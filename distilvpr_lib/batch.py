@@ -34,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from distilvpr_lib.data.formats import atomic_write
+from distilvpr_lib.data.formats import atomic_write, write_json
 from distilvpr_lib.errors import MissingDataError
 from distilvpr_lib.paths import project_path
 
@@ -182,8 +182,7 @@ def run_is_complete(run_dir: Path) -> bool:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    with atomic_write(path, mode="w") as fh:
-        json.dump(obj, fh, indent=2, sort_keys=True, default=str)
+    write_json(path, obj, sort_keys=True, default=str)
 
 
 def execute_notebook(notebook: Path, run_dir: Path, parameters: dict[str, Any], threads: int | None = None,

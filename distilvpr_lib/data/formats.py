@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import json
 import math
 import os
 import pickle
@@ -171,6 +172,42 @@ def file_sha256(path: PathLike, chunk_size: int = 1 << 20) -> str:
         while chunk := handle.read(chunk_size):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` as strict-JSON values: mappings (keys as strings), lists (from lists / tuples / numpy arrays),
+    paths as strings, numpy scalars and one-element tensors as numbers, non-finite floats as ``None``."""
+    if isinstance(obj, Mapping):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return json_safe(obj.tolist())
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "item") and callable(obj.item) and not isinstance(obj, (str, bytes)):  # numpy / torch scalars
+        try:
+            return json_safe(obj.item())
+        except (TypeError, ValueError):
+            pass
+    return obj
+
+
+def write_json(path: PathLike, obj: Any, sort_keys: bool = False, default: Any = None) -> Path:
+    """Write ``obj`` as strict JSON (:func:`json_safe`: NaN/inf become null), indented, atomically; returns the path.
+
+    Args:
+        sort_keys: sort every mapping's keys (the notebooks' ``metrics.json``, batch status files).
+        default: ``json.dumps``'s fallback for other objects (``None``: they are an error).
+    """
+    path = Path(path)
+    text = json.dumps(json_safe(obj), indent=2, sort_keys=sort_keys, allow_nan=False, default=default)
+    with atomic_write(path, "w") as handle:
+        handle.write(text)
+        handle.write("\n")
+    return path
 
 
 def _require_file(path: Path, what: str) -> None:

@@ -38,9 +38,8 @@ import dataclasses
 import datetime
 import hashlib
 import json
-import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,7 +47,7 @@ import torch
 from torch import nn
 
 from distilvpr_lib.config import ExperimentConfig
-from distilvpr_lib.data.formats import atomic_write, file_sha256
+from distilvpr_lib.data.formats import file_sha256, write_json
 from distilvpr_lib.engine.checkpoint import LAST_CHECKPOINT_NAME, load_state_dict_checked, save_weights
 from distilvpr_lib.errors import CheckpointError, MissingCheckpointError, RunFolderError
 
@@ -68,37 +67,6 @@ STUDENT_WEIGHTS_FILE = "student.pt"
 TEST_RESULTS_FILE = "test_results.npz"
 #: Provenance file of an imported teacher, written next to ``teacher.pt`` (:func:`write_reference_teacher`).
 IMPORT_FILE = "import.json"
-
-
-# ---------------------------------------------------------------------------
-# Strict JSON
-# ---------------------------------------------------------------------------
-def write_json(path: PathLike, obj: Any) -> Path:
-    """Write strict JSON atomically (NaN/inf become null)."""
-    path = Path(path)
-    with atomic_write(path, "w") as handle:
-        handle.write(json.dumps(_json_safe(obj), indent=2, sort_keys=False, allow_nan=False))
-        handle.write("\n")
-    return path
-
-
-def _json_safe(obj: Any) -> Any:
-    if isinstance(obj, Mapping):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, torch.Tensor) and obj.numel() == 1:
-        return _json_safe(obj.item())
-    if hasattr(obj, "item") and callable(obj.item):  # numpy scalars
-        try:
-            return _json_safe(obj.item())
-        except (TypeError, ValueError):
-            pass
-    return obj
 
 
 # ---------------------------------------------------------------------------
@@ -294,4 +262,4 @@ def import_reference_teacher(path: PathLike, out_dir: PathLike, base_config: Exp
 
 __all__ = ["CONFIG_FILE", "IMPORT_FILE", "METRICS_FILE", "RUNTIME_FIELDS", "STUDENT_WEIGHTS_FILE", "TEACHER_WEIGHTS_FILE",
            "TEST_RESULTS_FILE", "check_resumable", "config_fingerprint", "load_model_from_dir", "load_run_config",
-           "import_reference_teacher", "load_teacher", "write_json", "write_reference_teacher"]
+           "import_reference_teacher", "load_teacher", "write_reference_teacher"]

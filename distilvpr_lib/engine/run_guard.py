@@ -113,7 +113,8 @@ def record_failure(out_dir: PathLike, kind: str, exc: BaseException) -> None:
 
     An existing ``metrics.json`` keeps its other fields; writing never raises (the original error matters).
     """
-    from distilvpr_lib.engine.run_folder import METRICS_FILE, write_json
+    from distilvpr_lib.data.formats import write_json
+    from distilvpr_lib.engine.run_folder import METRICS_FILE
 
     path = Path(out_dir) / METRICS_FILE
     metrics: dict = {}

@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from distilvpr_lib.config import ExperimentConfig
+from distilvpr_lib.data.formats import write_json
 from distilvpr_lib.engine.console import say
 from distilvpr_lib.engine.distributed import DistributedContext, init_distributed
 from distilvpr_lib.engine.loop import SELECTION_RULE, TrainingHistory
-from distilvpr_lib.engine.run_folder import CONFIG_FILE, check_resumable, write_json
+from distilvpr_lib.engine.run_folder import CONFIG_FILE, check_resumable
 from distilvpr_lib.engine.seeding import configure_determinism, seed_everything
 from distilvpr_lib.errors import MissingDataError
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 
 from distilvpr_lib.config import ExperimentConfig
+from distilvpr_lib.data.formats import write_json
 from distilvpr_lib.engine.checkpoint import load_weights, save_weights
 from distilvpr_lib.engine.console import say
 from distilvpr_lib.engine.distributed import shutdown_distributed
@@ -34,7 +35,6 @@ from distilvpr_lib.engine.run_folder import (
     STUDENT_WEIGHTS_FILE,
     TEST_RESULTS_FILE,
     config_fingerprint,
-    write_json,
 )
 from distilvpr_lib.engine.run_setup import (
     check_benchmark,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Mapping
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
@@ -60,6 +60,24 @@ class DistillLoss(nn.Module):
         if unknown:
             raise KeyError(f"{self.name}: unknown terms {sorted(unknown)}; known: {sorted(names)}")
         return set(terms)
+
+    def pair_terms(self, student: torch.Tensor, teacher: torch.Tensor, terms: Collection[str] | None,
+                   components: Mapping[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]
+                   ) -> dict[str, torch.Tensor]:
+        """The common body of the pairwise relational losses (RKD, RKD-G, RKD-G2).
+
+        Checks the (B, D_s) / (B, D_t) pair (dimensions may differ), detaches the teacher and computes
+        ``components[suffix](student, teacher)`` for every wanted term, in ``components`` order.
+        """
+        check_pair(student, teacher, self.name, same_dim=False)
+        wanted = self._wanted(terms)
+        teacher = teacher.detach()
+        out: dict[str, torch.Tensor] = {}
+        for suffix, term in components.items():
+            name = self.name if suffix == "" else f"{self.name}_{suffix}"
+            if name in wanted:
+                out[name] = term(student, teacher)
+        return out
 
     def forward(  # noqa: D102 - documented in the class
         self,

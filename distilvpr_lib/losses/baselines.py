@@ -69,15 +69,10 @@ class RKDLoss(DistillLoss):
         return cls(cfg.angle_method)
 
     def forward(self, student, teacher, positives_mask=None, negatives_mask=None, *, terms=None):
-        check_pair(student, teacher, "rkd", same_dim=False)
-        wanted = self._wanted(terms)
-        teacher = teacher.detach()
-        out: dict[str, torch.Tensor] = {}
-        if "rkd_distance" in wanted:
-            out["rkd_distance"] = rkd_distance_loss(student, teacher)
-        if "rkd_angle" in wanted:
-            out["rkd_angle"] = rkd_angle_loss(student, teacher, self.angle_method)
-        return out
+        return self.pair_terms(student, teacher, terms, {
+            "distance": rkd_distance_loss,
+            "angle": lambda s, t: rkd_angle_loss(s, t, self.angle_method),
+        })
 
 
 def _pkt_conditional(x: torch.Tensor, eps: float) -> torch.Tensor:

@@ -204,17 +204,11 @@ class RKDGLoss(DistillLoss):
         }
 
     def forward(self, student, teacher, positives_mask=None, negatives_mask=None, *, terms=None):
-        check_pair(student, teacher, "rkdg", same_dim=False)
-        wanted = self._wanted(terms)
-        teacher = teacher.detach()
-        out: dict[str, torch.Tensor] = {}
-        if "rkdg_distance" in wanted:
-            out["rkdg_distance"] = rkd_distance_loss(student, teacher)
-        if "rkdg_angle" in wanted:
-            out["rkdg_angle"] = rkd_angle_loss(student, teacher, self.angle_method)
-        if "rkdg_geodesic" in wanted:
-            out["rkdg_geodesic"] = geodesic_loss(student, teacher, self.curvature, self.artanh_backward)
-        return out
+        return self.pair_terms(student, teacher, terms, {
+            "distance": rkd_distance_loss,
+            "angle": lambda s, t: rkd_angle_loss(s, t, self.angle_method),
+            "geodesic": lambda s, t: geodesic_loss(s, t, self.curvature, self.artanh_backward),
+        })
 
 
 @register_loss("rkdg2")
@@ -232,18 +226,12 @@ class RKDG2Loss(RKDGLoss):
         return {term: 1.0 for term in cls.term_names()}
 
     def forward(self, student, teacher, positives_mask=None, negatives_mask=None, *, terms=None):
-        check_pair(student, teacher, "rkdg2", same_dim=False)
-        wanted = self._wanted(terms)
-        teacher = teacher.detach()
-        out: dict[str, torch.Tensor] = {}
-        if "rkdg2_distance" in wanted:
-            out["rkdg2_distance"] = rkd_distance_loss(student, teacher)
-        if "rkdg2_cosine" in wanted:
-            target = relations.cosine_similarity_matrix(teacher)
-            out["rkdg2_cosine"] = F.smooth_l1_loss(relations.cosine_similarity_matrix(student), target, beta=1.0)
-        if "rkdg2_geodesic" in wanted:
-            out["rkdg2_geodesic"] = geodesic_loss(student, teacher, self.curvature, self.artanh_backward)
-        return out
+        return self.pair_terms(student, teacher, terms, {
+            "distance": rkd_distance_loss,
+            "cosine": lambda s, t: F.smooth_l1_loss(relations.cosine_similarity_matrix(s),
+                                                    relations.cosine_similarity_matrix(t), beta=1.0),
+            "geodesic": lambda s, t: geodesic_loss(s, t, self.curvature, self.artanh_backward),
+        })
 
 
 # ---------------------------------------------------------------------------

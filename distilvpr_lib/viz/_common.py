@@ -9,8 +9,6 @@ making it the last expression of a cell or with ``display(fig)``.
 from __future__ import annotations
 
 import io
-import json
-import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -103,27 +101,9 @@ def save_figure(fig: Figure, path: str | Path, dpi: int | None = None) -> Path:
     return path
 
 
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
-
-
 def write_metrics(out: str | Path, metrics: Mapping[str, Any], name: str = "metrics.json") -> Path:
-    """Write ``metrics`` as strict JSON to ``<out>/<name>`` atomically (NaN -> null); returns the path."""
-    from distilvpr_lib.data.formats import atomic_write
+    """Write ``metrics`` as strict JSON to ``<out>/<name>`` atomically (NaN -> null, sorted keys); returns the path
+    (:func:`distilvpr_lib.data.formats.write_json`)."""
+    from distilvpr_lib.data.formats import write_json
 
-    path = Path(out) / name
-    with atomic_write(path, "w") as handle:
-        json.dump(_jsonable(metrics), handle, indent=2, sort_keys=True, allow_nan=False)
-    return path
+    return write_json(Path(out) / name, metrics, sort_keys=True)
