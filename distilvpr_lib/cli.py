@@ -22,6 +22,7 @@ from collections.abc import Sequence
 #: Subcommand modules, in the order shown by ``distilvpr --help``.
 COMMAND_MODULES: tuple[str, ...] = (
     "check_data",
+    "prepare_data",
     "synth",
     "pretrain_image",
     "train_teacher",

@@ -182,7 +182,7 @@ class Benchmark:
         if not training and "test" not in sets and "validation" not in sets:
             raise MissingDataError(
                 f"{dataset_dir}: no benchmark pickles ({files['training'][0]}, {files['test_database'][0]}); "
-                "build them with distilvpr_lib.data.splits.build_oxford_benchmark")
+                f"build them with distilvpr prepare-data {dataset_dir} (real data) or distilvpr synth (generated)")
 
         # Images.
         lidar2image_path: Path | None
@@ -240,7 +240,7 @@ class Benchmark:
         self._check_split(split)
         if split not in self._sets:
             names = LAYOUT_FILES[self.layout][f"{split}_database"]
-            hint = " (build it with distilvpr_lib.data.splits.build_oxford_benchmark)" if split == "validation" else ""
+            hint = f" (build it with distilvpr prepare-data {self.dataset_dir})" if split == "validation" else ""
             raise MissingDataError(f"{self.dataset_dir / names[-1]}: no {split} split in this benchmark{hint}")
         return self._sets[split]
 

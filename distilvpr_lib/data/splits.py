@@ -444,19 +444,26 @@ def build_oxford_benchmark(
         for name, obj in outputs:
             save_pickle(dataset_dir / name, obj)
             splits.written.append(dataset_dir / name)
-        squares_info = {
-            "validation_squares": [list(v) for v in validation_squares],
-            "validation_fraction": validation_fraction,
-            "validation_guard_m": validation_guard_m,
-            "validation_runs": list(validation_runs),
-            "test_squares": [list(s) for s in squares],
-            "train_runs": list(train_runs),
-            "eval_runs": list(eval_runs),
-        }
-        with atomic_write(dataset_dir / VALIDATION_SQUARES_JSON, "w") as f:
-            json.dump(squares_info, f, indent=2)
-        splits.written.append(dataset_dir / VALIDATION_SQUARES_JSON)
+        splits.written.append(write_validation_squares(dataset_dir, splits, validation_fraction, validation_guard_m))
     return splits
+
+
+def write_validation_squares(dataset_dir: PathLike, splits: BenchmarkSplits, validation_fraction: float,
+                             validation_guard_m: float = NON_NEGATIVE_RADIUS_M) -> Path:
+    """Write ``validation_squares.json`` (the squares, how they were chosen, the runs) atomically; returns its path."""
+    path = Path(dataset_dir) / VALIDATION_SQUARES_JSON
+    squares_info = {
+        "validation_squares": [list(v) for v in splits.validation_squares],
+        "validation_fraction": validation_fraction,
+        "validation_guard_m": validation_guard_m,
+        "validation_runs": list(splits.validation_runs),
+        "test_squares": [list(s) for s in splits.test_squares],
+        "train_runs": list(splits.train_runs),
+        "eval_runs": list(splits.eval_runs),
+    }
+    with atomic_write(path, "w") as f:
+        json.dump(squares_info, f, indent=2)
+    return path
 
 
 # ---------------------------------------------------------------------------

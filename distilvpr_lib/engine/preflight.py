@@ -147,12 +147,12 @@ def preflight_dataset(dataset_dir: PathLike, image_dir: PathLike | None = None, 
     if training and not benchmark.training_tuples:
         raise MissingDataError("no training tuples (training_queries_baseline.pickle); cannot train",
                                path=dataset_dir, hint="generate the dataset with distilvpr synth, or build its "
-                               "pickles with distilvpr_lib.data.splits.build_oxford_benchmark")
+                               f"pickles with distilvpr prepare-data {dataset_dir}")
     for split in splits:
         if not benchmark.has_split(split):
-            hint = ("build it with distilvpr_lib.data.splits.build_oxford_benchmark, or set "
+            hint = (f"build it with distilvpr prepare-data {dataset_dir}, or set "
                     "train.use_validation_split=false (then the last epoch is kept)") if split == "validation" else \
-                "build the evaluation pickles with distilvpr_lib.data.splits.build_oxford_benchmark"
+                f"build the evaluation pickles with distilvpr prepare-data {dataset_dir}"
             raise MissingDataError(f"no {split} split (evaluation pickles) in this benchmark", path=dataset_dir,
                                    hint=hint)
     if need_images and not benchmark.has_images:

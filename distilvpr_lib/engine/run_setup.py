@@ -49,7 +49,7 @@ def check_benchmark(benchmark: "Benchmark", cfg: ExperimentConfig, need_images: 
     if cfg.train.use_validation_split and not benchmark.has_split("validation"):
         raise MissingDataError(
             "no validation split for model selection (validation_evaluation_*.pickle)", path=where,
-            hint="build it with distilvpr_lib.data.splits.build_oxford_benchmark, or set "
+            hint=f"build it with distilvpr prepare-data {where}, or set "
                  "train.use_validation_split=false (then the last epoch is kept)")
 
 
