@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from viz_helpers import descriptor_results, make_smoke_dataset, train_smoke_student
+from viz_helpers import descriptor_results, train_smoke_student
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path(os.environ.get("DISTILVPR_CHROMIUM", "/usr/bin/chromium"))
@@ -88,11 +88,7 @@ def jupyter_lab(tmp_path: Path, request: pytest.FixtureRequest):
 
     root = tmp_path / "root"
     root.mkdir()
-    try:
-        dataset = Path(request.getfixturevalue("smoke_dataset"))
-    except pytest.FixtureLookupError:
-        dataset = make_smoke_dataset(tmp_path / "smoke")
-    _prepare_root(root, dataset, tmp_path)
+    _prepare_root(root, Path(request.getfixturevalue("smoke_dataset")), tmp_path)
 
     port, token = _free_port(), f"distilvpr-test-{os.getpid()}-{time.time_ns()}"
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",

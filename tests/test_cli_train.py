@@ -12,13 +12,6 @@ from distilvpr_lib.commands.train_teacher import apply_cli_overrides, parse_key_
 from distilvpr_lib.config import ExperimentConfig, profile_config
 
 
-@pytest.fixture(scope="module")
-def toy_dataset(tmp_path_factory):
-    from distilvpr_lib.data.toy import write_toy_oxford_dataset
-
-    return write_toy_oxford_dataset(tmp_path_factory.mktemp("toy") / "ds", n_runs=3, route_length_m=300.0)
-
-
 def test_set_overrides_fields_and_terms():
     cfg = apply_cli_overrides(profile_config("smoke"),
                               ["train.batch_size=8", "curvature=0.01", "train.milestones=3_5",
@@ -34,29 +27,29 @@ def test_set_overrides_fields_and_terms():
         parse_key_values(["train.epochs"])
 
 
-def test_bad_options_exit_2(toy_dataset, tmp_path, capsys):
-    assert main(["distill", "--dataset", str(toy_dataset), "--profile", "smoke", "--out", str(tmp_path / "x")]) == 2
+def test_bad_options_exit_2(smoke_dataset, tmp_path, capsys):
+    assert main(["distill", "--dataset", str(smoke_dataset), "--profile", "smoke", "--out", str(tmp_path / "x")]) == 2
     assert "--teacher is required" in capsys.readouterr().err
-    assert main(["train-teacher", "--dataset", str(toy_dataset), "--profile", "smoke", "--set", "train.nope=1",
+    assert main(["train-teacher", "--dataset", str(smoke_dataset), "--profile", "smoke", "--set", "train.nope=1",
                  "--out", str(tmp_path / "y")]) == 2
     assert "nope" in capsys.readouterr().err
-    assert main(["distill", "--dataset", str(toy_dataset), "--profile", "smoke", "--method", "no_such_method",
+    assert main(["distill", "--dataset", str(smoke_dataset), "--profile", "smoke", "--method", "no_such_method",
                  "--out", str(tmp_path / "z")]) == 2
     assert "no_such_method" in capsys.readouterr().err
     assert main(["evaluate", "--model", str(tmp_path / "missing")]) == 2
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 
-def test_distill_nokd_then_evaluate(toy_dataset, tmp_path, capsys):
+def test_distill_nokd_then_evaluate(smoke_dataset, tmp_path, capsys):
     out = tmp_path / "runs" / "nokd"
-    status = main(["distill", "--dataset", str(toy_dataset), "--profile", "smoke", "--method", "nokd",
+    status = main(["distill", "--dataset", str(smoke_dataset), "--profile", "smoke", "--method", "nokd",
                    "--epochs", "1", "--seed", "3", "--set", "train.batch_size=8", "--quiet", "--out", str(out)])
     assert status == 0
     printed = capsys.readouterr().out
     assert "student (nokd)" in printed and "test" in printed and "final losses" in printed
     cfg = ExperimentConfig.load(out / "config.json")
     assert (cfg.train.epochs, cfg.train.seed, cfg.train.batch_size, cfg.distill.method) == (1, 3, 8, "nokd")
-    assert cfg.data.dataset_dir == str(toy_dataset)
+    assert cfg.data.dataset_dir == str(smoke_dataset)
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics["final_losses"]) == {"triplet", "total"}
     assert metrics["validation"]["AR@1"] is not None and metrics["test"]["AR@1"] is not None
@@ -70,15 +63,15 @@ def test_distill_nokd_then_evaluate(toy_dataset, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_train_teacher_distill_evaluate(toy_dataset, tmp_path, capsys):
+def test_train_teacher_distill_evaluate(smoke_dataset, tmp_path, capsys):
     teacher = tmp_path / "teacher_weights" / "smoke"
-    assert main(["train-teacher", "--dataset", str(toy_dataset), "--profile", "smoke", "--backend", "torch",
+    assert main(["train-teacher", "--dataset", str(smoke_dataset), "--profile", "smoke", "--backend", "torch",
                  "--quiet", "--out", str(teacher)]) == 0
     assert "teacher: selected epoch" in capsys.readouterr().out
     for name in ("config.json", "teacher.pt", "metrics.json", "teacher_cache.pt", "test_results.npz"):
         assert (teacher / name).is_file(), name
     run = tmp_path / "runs" / "distilvpr"
-    assert main(["distill", "--dataset", str(toy_dataset), "--teacher", str(teacher), "--profile", "smoke",
+    assert main(["distill", "--dataset", str(smoke_dataset), "--teacher", str(teacher), "--profile", "smoke",
                  "--method", "distilvpr", "--set", "rkdg=1", "cross_spherical_st2ss=0", "--epochs", "1",
                  "--quiet", "--out", str(run)]) == 0
     metrics = json.loads((run / "metrics.json").read_text())

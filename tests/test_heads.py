@@ -14,15 +14,8 @@ from distilvpr_lib.engine.teacher_run import train_teacher
 
 
 @pytest.fixture(scope="module")
-def toy_dataset(tmp_path_factory):
-    from distilvpr_lib.data.toy import write_toy_oxford_dataset
-
-    return write_toy_oxford_dataset(tmp_path_factory.mktemp("toy") / "ds", n_runs=3, route_length_m=300.0)
-
-
-@pytest.fixture(scope="module")
-def smoke_teacher(toy_dataset, tmp_path_factory):
-    cfg = apply_overrides(profile_config("smoke"), {"data.dataset_dir": str(toy_dataset), "train.epochs": 1})
+def smoke_teacher(smoke_dataset, tmp_path_factory):
+    cfg = apply_overrides(profile_config("smoke"), {"data.dataset_dir": str(smoke_dataset), "train.epochs": 1})
     folder = tmp_path_factory.mktemp("teacher") / "teacher"
     metrics = train_teacher(cfg, folder, progress=False)
     return folder, metrics

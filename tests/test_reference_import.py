@@ -648,14 +648,7 @@ def smoke_reference_file(root: Path) -> Path:
     return save_reference(state, root, name=SMOKE_NAME, file="r1_best_ep1_50.00.pth")
 
 
-@pytest.fixture(scope="module")
-def toy_dataset(tmp_path_factory):
-    from distilvpr_lib.data.toy import write_toy_oxford_dataset
-
-    return write_toy_oxford_dataset(tmp_path_factory.mktemp("toy") / "ds", n_runs=3, route_length_m=300.0)
-
-
-def test_train_path_imports_and_the_cache_is_built_on_demand(toy_dataset, tmp_path):
+def test_train_path_imports_and_the_cache_is_built_on_demand(smoke_dataset, tmp_path):
     """What `distilvpr train --teacher_weights_path X.pth` does before training: import with its config, then
     distill_student's get_teacher_cache builds the cache from the imported folder."""
     import argparse
@@ -668,13 +661,13 @@ def test_train_path_imports_and_the_cache_is_built_on_demand(toy_dataset, tmp_pa
     parser = argparse.ArgumentParser()
     add_reference_options(parser)
     run = resolve_reference_options(parser.parse_args(
-        ["--teacher_weights_path", str(pth), "--dataset_folder", str(toy_dataset), "--rkdgloss_weight", "10"]),
+        ["--teacher_weights_path", str(pth), "--dataset_folder", str(smoke_dataset), "--rkdgloss_weight", "10"]),
         profile="smoke")
     cfg = run.config
     teacher_dir = import_reference_teacher(Path(run.teacher_weights_path), tmp_path / "run" / "teacher",
                                            base_config=cfg)
     teacher_cfg = json.loads((teacher_dir / "config.json").read_text())
-    assert teacher_cfg["data"]["dataset_dir"] == str(toy_dataset)
+    assert teacher_cfg["data"]["dataset_dir"] == str(smoke_dataset)
     assert teacher_cfg["model"]["cloud_planes"] == [8, 16, 16]
     assert json.loads((teacher_dir / IMPORT_FILE).read_text())["ignored_keys"][0] == "image_fe.imagenetvlad.centroids"
     benchmark = load_benchmark(cfg)
@@ -688,11 +681,11 @@ def test_train_path_imports_and_the_cache_is_built_on_demand(toy_dataset, tmp_pa
 
 @pytest.mark.parametrize("backend", ["torch", pytest.param("minkowski", marks=[pytest.mark.minkowski,
                                                                                  needs_minkowski])])
-def test_distilvpr_train_with_a_reference_pth(toy_dataset, tmp_path, capsys, backend):
+def test_distilvpr_train_with_a_reference_pth(smoke_dataset, tmp_path, capsys, backend):
     pth = smoke_reference_file(tmp_path)
     out = tmp_path / "runs" / "seed"
     status = main(["train", "--profile", "smoke", "--backend", backend, "--teacher_weights_path", str(pth),
-                   "--dataset_folder", str(toy_dataset), "--epochs", "1", "--train_batch_size", "8",
+                   "--dataset_folder", str(smoke_dataset), "--epochs", "1", "--train_batch_size", "8",
                    "--rkdgloss_weight", "10", "--crosslogitdistloss_weight_st2ss", "0.1",
                    "--crosslogitsimloss_weight_st2ss", "0.1", "--crosslogitgeodistloss_weight_st2ss", "0.1",
                    "--out", str(out)])

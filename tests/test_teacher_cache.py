@@ -21,12 +21,10 @@ from distilvpr_lib.engine.teacher_cache import (
 
 
 @pytest.fixture(scope="module")
-def toy_benchmark(tmp_path_factory):
+def toy_benchmark(smoke_dataset):
     from distilvpr_lib.data.benchmark import Benchmark
-    from distilvpr_lib.data.toy import write_toy_oxford_dataset
 
-    root = write_toy_oxford_dataset(tmp_path_factory.mktemp("toy") / "ds", n_runs=3, route_length_m=300.0)
-    return Benchmark.load(root)
+    return Benchmark.load(smoke_dataset)
 
 
 class FakeTeacher(nn.Module):

@@ -24,13 +24,6 @@ STUDENT_FILES = ("config.json", "student.pt", "metrics.json", "test_results.npz"
                  "checkpoints/best.pt", "tensorboard")
 
 
-@pytest.fixture(scope="module")
-def toy_dataset(tmp_path_factory):
-    from distilvpr_lib.data.toy import write_toy_oxford_dataset
-
-    return write_toy_oxford_dataset(tmp_path_factory.mktemp("toy") / "ds", n_runs=3, route_length_m=300.0)
-
-
 def _cfg(dataset, **overrides):
     return apply_overrides(profile_config("smoke"), {"data.dataset_dir": str(dataset), **overrides})
 
@@ -66,11 +59,11 @@ def _tensorboard_tags(folder):
     return set(accumulator.Tags()["scalars"])
 
 
-def test_nokd_student_selects_on_validation_only(toy_dataset, tmp_path, monkeypatch):
+def test_nokd_student_selects_on_validation_only(smoke_dataset, tmp_path, monkeypatch):
     calls = _spy_evaluations(monkeypatch)
     monkeypatch.setattr("distilvpr_lib.models.build_teacher",
                         lambda *a, **k: pytest.fail("nokd must not build a teacher"))
-    metrics = distill_student(_cfg(toy_dataset), None, tmp_path / "run", method="nokd", progress=False)
+    metrics = distill_student(_cfg(smoke_dataset), None, tmp_path / "run", method="nokd", progress=False)
     # training evaluates only the validation split; the test split is read once, after training
     assert calls == ["validation", "validation", "test"]
     for name in STUDENT_FILES:
@@ -95,11 +88,11 @@ def test_nokd_student_selects_on_validation_only(toy_dataset, tmp_path, monkeypa
     assert summary["kind"] == "student" and summary["AR@1"] == pytest.approx(metrics["test"]["AR@1"])
 
 
-def test_distilvpr_student_logs_every_named_term_without_teacher_forward(toy_dataset, tmp_path, monkeypatch):
-    teacher_dir = _fake_teacher_dir(toy_dataset, tmp_path / "teacher")
+def test_distilvpr_student_logs_every_named_term_without_teacher_forward(smoke_dataset, tmp_path, monkeypatch):
+    teacher_dir = _fake_teacher_dir(smoke_dataset, tmp_path / "teacher")
     monkeypatch.setattr("distilvpr_lib.models.build_teacher",
                         lambda *a, **k: pytest.fail("student training must not run the teacher"))
-    cfg = _cfg(toy_dataset, **{"train.epochs": 1})
+    cfg = _cfg(smoke_dataset, **{"train.epochs": 1})
     metrics = distill_student(cfg, teacher_dir, tmp_path / "run", progress=False)
     expected = set(Distiller(cfg.distill).term_names)
     assert {"rkdg_distance", "rkdg_angle", "rkdg_geodesic", "cross_euclidean_st2ss"} <= expected
@@ -116,19 +109,19 @@ def test_distilvpr_student_logs_every_named_term_without_teacher_forward(toy_dat
     assert {"lr/student", "val/AR@1", "train/active_fraction", "epoch/student_norm_max"} <= tags
 
 
-def test_term_override_and_dimension_mismatch(toy_dataset, tmp_path):
-    teacher_dir = _fake_teacher_dir(toy_dataset, tmp_path / "teacher", dim=40)
-    cfg = _cfg(toy_dataset, **{"train.epochs": 1})
+def test_term_override_and_dimension_mismatch(smoke_dataset, tmp_path):
+    teacher_dir = _fake_teacher_dir(smoke_dataset, tmp_path / "teacher", dim=40)
+    cfg = _cfg(smoke_dataset, **{"train.epochs": 1})
     with pytest.raises(ValueError, match="student_dim"):
         distill_student(cfg, teacher_dir, tmp_path / "run", progress=False)
     with pytest.raises(KeyError, match="unknown"):
-        distill_student(_cfg(toy_dataset, **{"distill.terms": {"not_a_term": 1.0}}), teacher_dir, tmp_path / "r2",
+        distill_student(_cfg(smoke_dataset, **{"distill.terms": {"not_a_term": 1.0}}), teacher_dir, tmp_path / "r2",
                         progress=False)
 
 
 @pytest.mark.slow
-def test_teacher_run_writes_everything_then_distils_and_resumes(toy_dataset, tmp_path, monkeypatch):
-    cfg = _cfg(toy_dataset, **{"train.deterministic": True})
+def test_teacher_run_writes_everything_then_distils_and_resumes(smoke_dataset, tmp_path, monkeypatch):
+    cfg = _cfg(smoke_dataset, **{"train.deterministic": True})
     calls = _spy_evaluations(monkeypatch)
     metrics = train_teacher(cfg, tmp_path / "teacher", progress=False)
     assert calls == ["validation", "validation", "test"]
@@ -139,7 +132,7 @@ def test_teacher_run_writes_everything_then_distils_and_resumes(toy_dataset, tmp
     assert metrics["epochs"][0]["lr"] == {"image": cfg.train.image_lr, "cloud": cfg.train.cloud_lr}
     from distilvpr_lib.data.benchmark import Benchmark
 
-    benchmark = Benchmark.load(toy_dataset)
+    benchmark = Benchmark.load(smoke_dataset)
     cache = TeacherCache.load(tmp_path / "teacher" / "teacher_cache.pt")
     assert len(cache) == len(benchmark.training_tuples) == metrics["teacher_cache"]["count"]
     assert cache.dim == cfg.model.cloud_dim + cfg.model.image_dim

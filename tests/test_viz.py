@@ -20,7 +20,7 @@ from distilvpr_lib.engine import retrieval_queries as Q
 from distilvpr_lib.engine import run_results as RR
 from distilvpr_lib.viz import browser as B
 from distilvpr_lib.viz import retrieval as R
-from viz_helpers import descriptor_results, make_smoke_dataset
+from viz_helpers import descriptor_results
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -29,12 +29,9 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # Fixtures
 # ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def dataset_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The session smoke dataset of conftest when there is one, else one made here."""
-    try:
-        return Path(request.getfixturevalue("smoke_dataset"))
-    except pytest.FixtureLookupError:
-        return make_smoke_dataset(tmp_path_factory.mktemp("viz") / "smoke")
+def dataset_dir(smoke_dataset: Path) -> Path:
+    """The session smoke dataset of conftest (read-only)."""
+    return smoke_dataset
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
-"""Inputs shared by tests/test_viz.py and tests/test_browser.py: a smoke dataset, retrieval results.
+"""Inputs shared by tests/test_viz.py and tests/test_browser.py: retrieval results (their dataset is the
+session's ``smoke_dataset`` fixture of conftest.py).
 
-* :func:`make_smoke_dataset` — the generator's smoke profile (``distilvpr synth --profile smoke``)
-  when the ``synth`` command exists, else the hand-made toy dataset of ``distilvpr_lib.data.toy``.
 * :func:`descriptor_results` — a TEST-ONLY stand-in for a model: real retrieval results (the real
   PointNetVLAD protocol, ``engine.evaluate.evaluate_retrieval``) of a non-learned descriptor, the
   grey thumbnail of each sub-map's image (plus optional noise for a worse "model"). Fast and
@@ -13,30 +12,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
-
-
-def synth_available() -> bool:
-    """Whether the ``distilvpr synth`` command exists yet."""
-    return importlib.util.find_spec("distilvpr_lib.commands.synth") is not None
-
-
-def make_smoke_dataset(root: Path) -> Path:
-    """Write a smoke dataset into ``root`` (generated when possible, else the toy dataset)."""
-    root = Path(root)
-    if synth_available():
-        from distilvpr_lib.cli import main
-
-        status = main(["synth", "--profile", "smoke", "--out", str(root), "--seed", "0"])
-        if status != 0:
-            raise RuntimeError(f"distilvpr synth --profile smoke --out {root} exited with {status}")
-        return root
-    from distilvpr_lib.data.toy import write_toy_oxford_dataset
-
-    return write_toy_oxford_dataset(root, n_runs=3, route_length_m=400.0, image_size=(32, 24))
 
 
 def descriptor_results(benchmark, split: str = "test", noise: float = 0.0, seed: int = 0, top_k: int = 5):
