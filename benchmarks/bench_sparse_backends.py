@@ -52,7 +52,9 @@ def street_cloud(rng: np.random.Generator, n: int = 4096) -> np.ndarray:
 
 
 def load_clouds(source: str, batch: int, seed: int) -> tuple[list[np.ndarray], str]:
-    real = Path(os.environ.get("DISTILVPR_REAL_DATA", REPO.parent / "shared" / "data" / "real")) / "oxford_dh3d"
+    from distilvpr_lib.paths import real_data_dir
+
+    real = real_data_dir() / "oxford_dh3d"
     files = sorted(real.glob("oxford/*/pointcloud_20m/*.bin"))
     if source in ("auto", "real") and len(files) >= batch:
         return [np.fromfile(f, dtype=np.float64).reshape(-1, 3) for f in files[:batch]], f"real Oxford ({real})"

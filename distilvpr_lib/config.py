@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import enum
 import json
 import os
 from collections.abc import Mapping
@@ -28,6 +29,22 @@ from pathlib import Path
 from typing import Any
 
 from distilvpr_lib.paths import project_path
+
+# ---------------------------------------------------------------------------
+# Dataset layouts
+# ---------------------------------------------------------------------------
+class Layout(str, enum.Enum):
+    """The on-disk dataset layouts (a ``str`` enum: ``Layout.BOREAS == "boreas"``; configs store the value)."""
+
+    OXFORD = "oxford"
+    BOREAS = "boreas"
+
+
+#: Every layout name, in order (command-line choices, error messages).
+LAYOUTS: tuple[str, ...] = tuple(layout.value for layout in Layout)
+#: ``layout=`` value that detects the layout from the folder's files.
+AUTO_LAYOUT: str = "auto"
+
 
 # ---------------------------------------------------------------------------
 # Oxford benchmark constants (PointNetVLAD rules, METHOD.md §4.1)
@@ -56,7 +73,7 @@ class DataConfig:
     dataset_dir: str = "data/cpu"
     #: Folder of images (+ ``lidar2image_ndx.pickle`` for Oxford); ``None`` = ``<dataset_dir>/images``.
     image_dir: str | None = None
-    layout: str = "oxford"  # "oxford" | "boreas"
+    layout: str = Layout.OXFORD.value  # a Layout value: "oxford" | "boreas"
     #: Voxel size used to quantise clouds (normalised units for Oxford, metres for Boreas).
     quantization_size: float = 0.01
     #: Number of nearest images to draw from during training (1 = nearest only, as DistilVPR).

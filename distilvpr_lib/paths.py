@@ -18,6 +18,9 @@ from pathlib import Path
 #: of the library used with notebooks kept elsewhere).
 PROJECT_ROOT_ENV = "DISTILVPR_PROJECT_ROOT"
 
+#: Environment variable naming the folder of the real fixtures (``oxford_dh3d/``, ``boreas_poses/``).
+REAL_DATA_ENV = "DISTILVPR_REAL_DATA"
+
 #: The source checkout holding this package (``<root>/distilvpr_lib/paths.py``).
 _SOURCE_ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,3 +61,12 @@ def project_path(path: str | os.PathLike[str] | None) -> Path | None:
     if path.is_absolute():
         return path
     return project_root() / path
+
+
+def real_data_dir() -> Path:
+    """The real fixtures folder: ``$DISTILVPR_REAL_DATA`` when set, else ``shared/data/real`` beside the
+    project root (``<project root>/../shared/data/real``). The folder may not exist (the caller checks)."""
+    explicit = os.environ.get(REAL_DATA_ENV)
+    if explicit:
+        return Path(explicit).expanduser()
+    return project_root().parent / "shared" / "data" / "real"

@@ -15,7 +15,7 @@ import argparse
 from dataclasses import dataclass, field
 from typing import Any
 
-from distilvpr_lib.config import ExperimentConfig, apply_overrides, profile_config
+from distilvpr_lib.config import ExperimentConfig, Layout, apply_overrides, profile_config
 
 #: Behaviours of the reference code that change numbers (METHOD.md §10), as config overrides.
 #: The project's defaults differ from them in ``clean_teacher_cache`` and ``use_validation_split``;
@@ -114,11 +114,11 @@ def resolve_reference_options(args: argparse.Namespace, profile: str = "paper",
     dataset = given.get("dataset", "oxford")
     if dataset not in ("oxford", "oxfordadafusion", "boreas"):
         raise ReferenceOptionError(f"--dataset: expected oxford, oxfordadafusion or boreas, got {dataset!r}")
-    o["data.layout"] = "boreas" if dataset == "boreas" else "oxford"
-    quant_option = "boreas_quantization_size" if dataset == "boreas" else "oxford_quantization_size"
+    o["data.layout"] = (Layout.BOREAS if dataset == Layout.BOREAS else Layout.OXFORD).value
+    quant_option = "boreas_quantization_size" if dataset == Layout.BOREAS else "oxford_quantization_size"
     if quant_option in given:
         o["data.quantization_size"] = given[quant_option]
-    elif dataset == "boreas":
+    elif dataset == Layout.BOREAS:
         o["data.quantization_size"] = 1.0
     simple = {"dataset_folder": "data.dataset_dir", "image_path": "data.image_dir", "num_workers": "data.num_workers",
               "image_lidar_k": "data.image_lidar_k", "bcs_aug_rate": "data.bcs_aug_rate",
@@ -211,7 +211,7 @@ def experiment_name(run: ReferenceRun) -> str:
     c = run.config
     planes = "_".join(map(str, c.model.cloud_planes))
     layers = "_".join(map(str, c.model.cloud_layers))
-    dataset = "boreas" if c.data.layout == "boreas" else "oxford"
+    dataset = (Layout.BOREAS if c.data.layout == Layout.BOREAS else Layout.OXFORD).value
     name = (f"{run.tryid}{dataset}__T-minklocmmcat__{c.model.image_backbone}__img{c.model.image_dim}"
             f"__pc{c.model.cloud_dim}__{planes}__{layers}__{c.model.cloud_topdown}__allstgF")
     if run.train_mode == "train_teacher":

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
+from distilvpr_lib.paths import real_data_dir as default_real_data_dir
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_REAL_DATA = REPO_ROOT.parent / "shared" / "data" / "real"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--real-data",
-        default=os.environ.get("DISTILVPR_REAL_DATA", str(DEFAULT_REAL_DATA)),
+        default=str(default_real_data_dir()),
         help="folder holding the real fixtures (oxford_dh3d/, boreas_poses/); env DISTILVPR_REAL_DATA",
     )
 

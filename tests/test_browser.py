@@ -78,10 +78,10 @@ def jupyter_lab(tmp_path: Path, request: pytest.FixtureRequest):
     if not CHROMIUM.is_file():
         pytest.skip(f"headless browser test needs Chromium at {CHROMIUM} (apt-get install chromium; "
                     "scripts/bootstrap.sh installs it)")
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        pytest.skip("playwright (Python) is not installed in the environment")
+    from distilvpr_lib.optional import install_hint, is_available
+
+    if not is_available("playwright"):
+        pytest.skip(f"playwright (Python) is not installed: {install_hint('playwright')}")
     jupyter = Path(sys.executable).parent / "jupyter"
     if not jupyter.is_file():
         pytest.skip(f"{jupyter} not found (install the 'notebooks' extra)")

@@ -13,12 +13,12 @@ from distilvpr_lib.cli import main as cli_main
 from distilvpr_lib.config import profile_config
 from distilvpr_lib.data.formats import load_pickle, read_locations_csv, read_npy_cloud
 from distilvpr_lib.data.synth import generate_dataset
-from distilvpr_lib.data.synth.boreas import (
+from distilvpr_lib.data.splits import (
     BOREAS_CLOUD_FOLDER,
     BOREAS_IMAGE_FOLDER,
-    LOCATIONS_CSV,
-    P0_FOLDER,
-    T_CAMERA_LIDAR_FOLDER,
+    BOREAS_LOCATIONS_CSV,
+    BOREAS_P0_FOLDER,
+    BOREAS_T_CAMERA_LIDAR_FOLDER,
 )
 from distilvpr_lib.data.synth.boreas_world import load_real_drives
 from distilvpr_lib.data.synth.skeleton import COMPLETE_FILE
@@ -63,7 +63,7 @@ def test_boreas_layout(boreas_dir: Path, boreas_poses: Path) -> None:
     ndx = load_pickle(boreas_dir / "boreas_lidar2image_ndx.pickle")
     drives = load_real_drives(boreas_poses)
     for run in runs:
-        frame = read_locations_csv(boreas_dir / run / LOCATIONS_CSV)
+        frame = read_locations_csv(boreas_dir / run / BOREAS_LOCATIONS_CSV)
         assert len(frame) >= 10
         step = np.median(np.hypot(np.diff(frame.northing), np.diff(frame.easting)))
         assert 8.0 < step < 12.0
@@ -73,8 +73,8 @@ def test_boreas_layout(boreas_dir: Path, boreas_poses: Path) -> None:
             cloud = read_npy_cloud(boreas_dir / run / BOREAS_CLOUD_FOLDER / f"{ts}.npy")
             assert cloud.dtype == np.float32 and cloud.shape == (4096, 3)
             assert 10.0 < np.abs(cloud[:, :2]).max() <= 50.0 + 1e-3  # metric, LiDAR frame
-            assert (boreas_dir / run / P0_FOLDER / f"{ts}.txt").is_file()
-            T = np.loadtxt(boreas_dir / run / T_CAMERA_LIDAR_FOLDER / f"{ts}.txt")
+            assert (boreas_dir / run / BOREAS_P0_FOLDER / f"{ts}.txt").is_file()
+            T = np.loadtxt(boreas_dir / run / BOREAS_T_CAMERA_LIDAR_FOLDER / f"{ts}.txt")
             assert T.shape == (4, 4) and np.allclose(T[:3, :3] @ T[:3, :3].T, np.eye(3), atol=1e-9)
             image = boreas_dir / run / BOREAS_IMAGE_FOLDER / f"{ndx[ts][0]}.png"
             with Image.open(image) as im:
@@ -87,7 +87,7 @@ def test_boreas_layout(boreas_dir: Path, boreas_poses: Path) -> None:
     for info in manifest["runs"]:
         drive = by_name[info["source_drive"]]
         shift = info["time_shift_us"]
-        frame = read_locations_csv(boreas_dir / info["name"] / LOCATIONS_CSV)
+        frame = read_locations_csv(boreas_dir / info["name"] / BOREAS_LOCATIONS_CSV)
         lidar_real = frame.timestamp.to_numpy() - shift
         assert np.isin(lidar_real, drive.lidar_t).all()
         image_real = np.array([ndx[int(t)][0] for t in frame.timestamp]) - shift

@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from distilvpr_lib.config import AUTO_LAYOUT, LAYOUTS
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``check-data`` subcommand."""
@@ -19,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("dataset_dir", help="the dataset folder")
     parser.add_argument("--image-dir", default=None,
                         help="image folder (default: <dataset_dir>/images for Oxford, next to the clouds for Boreas)")
-    parser.add_argument("--layout", default="auto", choices=("auto", "oxford", "boreas"))
+    parser.add_argument("--layout", default="auto", choices=(AUTO_LAYOUT, *LAYOUTS))
     parser.add_argument("--deep", action="store_true",
                         help="decode every image completely (default: read each image's header)")
     parser.set_defaults(func=run)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from distilvpr_lib.config import LAYOUTS
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``prepare-data`` subcommand."""
@@ -20,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "is written beside them as <name>.rebuilt.pickle) unless --force.",
     )
     parser.add_argument("dataset_dir", help="the dataset folder (holding oxford/<run>/...)")
-    parser.add_argument("--layout", default="oxford", choices=("oxford", "boreas"))
+    parser.add_argument("--layout", default="oxford", choices=LAYOUTS)
     parser.add_argument("--force", action="store_true",
                         help="replace existing benchmark pickles that differ from the rebuilt ones")
     parser.add_argument("--validation-fraction", type=float, default=None,

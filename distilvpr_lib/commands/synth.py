@@ -11,6 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from distilvpr_lib.config import LAYOUTS, Layout
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``synth`` subcommand."""
@@ -26,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--profile", default="cpu", choices=sorted(PROFILES), help="size profile (default: cpu)")
     parser.add_argument("--out", default=None, help="output folder (default: the profile's data.dataset_dir)")
     parser.add_argument("--seed", type=int, default=None, help="generator seed (default: the profile's synth.seed)")
-    parser.add_argument("--layout", default="oxford", choices=("oxford", "boreas"),
+    parser.add_argument("--layout", default="oxford", choices=LAYOUTS,
                         help="on-disk layout (default: oxford; boreas drives the real Boreas trajectories)")
     parser.add_argument("--boreas-poses", default=None,
                         help="folder of real Boreas poses for --layout boreas (default: $DISTILVPR_REAL_DATA/boreas_poses)")
@@ -41,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from distilvpr_lib.data.synth.generate import generate_dataset
 
     cfg = profile_config(args.profile)
-    out = args.out or (cfg.data.dataset_dir + ("_boreas" if args.layout == "boreas" else ""))
+    out = args.out or (cfg.data.dataset_dir + ("_boreas" if args.layout == Layout.BOREAS else ""))
     try:
         report = generate_dataset(out, cfg.synth, seed=args.seed, layout=args.layout, workers=args.workers,
                                   progress=not args.no_progress, boreas_poses_dir=args.boreas_poses)

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
-from distilvpr_lib.config import IMAGENET_MEAN, IMAGENET_STD, DataConfig
+from distilvpr_lib.config import IMAGENET_MEAN, IMAGENET_STD, DataConfig, Layout
 
 # Reference constants (METHOD.md §4.4).
 ROTATION_MAX_DEGREES = 5.0
@@ -149,8 +149,8 @@ CLOUD_AUGMENTATIONS: dict[str, Callable[[], Callable[[torch.Tensor], torch.Tenso
 }
 #: Which augmentations each layout uses by default (METHOD.md §4.4: Boreas has no geometric ones).
 LAYOUT_CLOUD_AUGMENTATIONS: dict[str, tuple[str, ...]] = {
-    "oxford": ("rotation", "flip", "jitter", "remove_points", "translation", "remove_block"),
-    "boreas": ("jitter", "remove_points", "remove_block"),
+    Layout.OXFORD.value: ("rotation", "flip", "jitter", "remove_points", "translation", "remove_block"),
+    Layout.BOREAS.value: ("jitter", "remove_points", "remove_block"),
 }
 
 
@@ -169,7 +169,7 @@ class Compose:
         return f"Compose({self.names or self.steps})"
 
 
-def build_cloud_augmentation(layout: str = "oxford", enabled: Iterable[str] | None = None) -> Compose:
+def build_cloud_augmentation(layout: str = Layout.OXFORD.value, enabled: Iterable[str] | None = None) -> Compose:
     """The training cloud augmentation of a layout.
 
     Args:

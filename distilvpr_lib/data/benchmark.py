@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from distilvpr_lib.config import AUTO_LAYOUT, LAYOUTS, Layout
 from distilvpr_lib.data.formats import (
     DataFormatError,
     MissingDataError,
@@ -44,6 +45,13 @@ from distilvpr_lib.data.formats import (
     timestamp_from_path,
 )
 from distilvpr_lib.data.splits import (
+    BOREAS_IMAGE_FOLDER,
+    BOREAS_LIDAR2IMAGE_PICKLE,
+    BOREAS_TEST_DATABASE_PICKLE,
+    BOREAS_TEST_QUERY_PICKLE,
+    BOREAS_TRAINING_PICKLE,
+    BOREAS_VALIDATION_DATABASE_PICKLE,
+    BOREAS_VALIDATION_QUERY_PICKLE,
     LIDAR2IMAGE_PICKLE,
     OXFORD_RUNS_FOLDER,
     TEST_DATABASE_PICKLE,
@@ -54,12 +62,11 @@ from distilvpr_lib.data.splits import (
     VALIDATION_SQUARES_JSON,
 )
 
-LAYOUTS: tuple[str, ...] = ("oxford", "boreas")
 SPLITS: tuple[str, ...] = ("test", "validation")
 
 #: File names per layout.
 LAYOUT_FILES: dict[str, dict[str, tuple[str, ...]]] = {
-    "oxford": {
+    Layout.OXFORD.value: {
         "training": (TRAINING_PICKLE,),
         "test_database": (TEST_DATABASE_PICKLE,),
         "test_query": (TEST_QUERY_PICKLE,),
@@ -67,17 +74,15 @@ LAYOUT_FILES: dict[str, dict[str, tuple[str, ...]]] = {
         "validation_query": (VALIDATION_QUERY_PICKLE,),
         "lidar2image": (LIDAR2IMAGE_PICKLE,),
     },
-    "boreas": {
-        "training": ("boreas_training_queries_baseline.pickle",),
-        "test_database": ("boreas_evaluation_database.pickle",),
-        "test_query": ("boreas_evaluation_query.pickle",),
-        "validation_database": ("boreas_validation_evaluation_database.pickle", VALIDATION_DATABASE_PICKLE),
-        "validation_query": ("boreas_validation_evaluation_query.pickle", VALIDATION_QUERY_PICKLE),
-        "lidar2image": ("boreas_lidar2image_ndx.pickle",),
+    Layout.BOREAS.value: {
+        "training": (BOREAS_TRAINING_PICKLE,),
+        "test_database": (BOREAS_TEST_DATABASE_PICKLE,),
+        "test_query": (BOREAS_TEST_QUERY_PICKLE,),
+        "validation_database": (BOREAS_VALIDATION_DATABASE_PICKLE, VALIDATION_DATABASE_PICKLE),
+        "validation_query": (BOREAS_VALIDATION_QUERY_PICKLE, VALIDATION_QUERY_PICKLE),
+        "lidar2image": (BOREAS_LIDAR2IMAGE_PICKLE,),
     },
 }
-BOREAS_IMAGE_FOLDER = "camera_lidar_interval10"
-BOREAS_CLOUD_FOLDER = "lidar_1_4096_interval10"
 
 
 def detect_layout(dataset_dir: PathLike) -> str:
@@ -90,14 +95,14 @@ def detect_layout(dataset_dir: PathLike) -> str:
     dataset_dir = Path(dataset_dir)
     if not dataset_dir.is_dir():
         raise MissingDataError(f"{dataset_dir}: dataset folder not found")
-    boreas = LAYOUT_FILES["boreas"]
+    boreas = LAYOUT_FILES[Layout.BOREAS.value]
     if any((dataset_dir / name).is_file() for key in ("training", "test_database", "test_query")
            for name in boreas[key]):
-        return "boreas"
-    oxford = LAYOUT_FILES["oxford"]
+        return Layout.BOREAS.value
+    oxford = LAYOUT_FILES[Layout.OXFORD.value]
     if (dataset_dir / OXFORD_RUNS_FOLDER).is_dir() or any(
             (dataset_dir / name).is_file() for key in ("training", "test_database", "test_query") for name in oxford[key]):
-        return "oxford"
+        return Layout.OXFORD.value
     raise DataFormatError(
         f"{dataset_dir}: not a benchmark folder: expected an 'oxford/' folder with "
         f"{TEST_DATABASE_PICKLE} / {TRAINING_PICKLE} (Oxford layout) or boreas_*.pickle files (Boreas layout)"
@@ -155,7 +160,7 @@ class Benchmark:
             raise DataFormatError(f"{dataset_dir}: is a file, not a dataset folder")
         if not dataset_dir.is_dir():
             raise MissingDataError(f"{dataset_dir}: dataset folder not found")
-        if layout == "auto":
+        if layout == AUTO_LAYOUT:
             layout = detect_layout(dataset_dir)
         if layout not in LAYOUTS:
             raise KeyError(f"unknown layout {layout!r}; known layouts: {list(LAYOUTS)}")
@@ -186,7 +191,7 @@ class Benchmark:
 
         # Images.
         lidar2image_path: Path | None
-        if layout == "oxford":
+        if layout == Layout.OXFORD:
             resolved_image_dir: Path | None = Path(image_dir) if image_dir is not None else dataset_dir / "images"
             lidar2image_path = resolved_image_dir / files["lidar2image"][0]
         else:
@@ -285,7 +290,7 @@ class Benchmark:
                 the image file is missing (the message names the sub-map and the image).
         """
         if self.lidar2image is None:
-            expected = (self.image_dir / LIDAR2IMAGE_PICKLE) if self.layout == "oxford" and self.image_dir else \
+            expected = (self.image_dir / LIDAR2IMAGE_PICKLE) if self.layout == Layout.OXFORD and self.image_dir else \
                 self.dataset_dir / LAYOUT_FILES[self.layout]["lidar2image"][0]
             raise MissingDataError(f"{expected}: no image index, so no image for sub-map {rel_scan_filepath}")
         lidar_ts = timestamp_from_path(rel_scan_filepath)
@@ -296,7 +301,7 @@ class Benchmark:
         if not 0 <= k < len(images):
             raise IndexError(f"{self.lidar2image_path}: sub-map {rel_scan_filepath} has {len(images)} images, asked for k={k}")
         run = run_from_path(rel_scan_filepath)
-        if self.layout == "oxford":
+        if self.layout == Layout.OXFORD:
             assert self.image_dir is not None
             path = self.image_dir / run / f"{images[k]}.png"
         else:

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from distilvpr_lib.config import TRUE_NEIGHBOUR_RADIUS_M
-from distilvpr_lib.data.benchmark import BOREAS_CLOUD_FOLDER, Benchmark
+from distilvpr_lib.config import AUTO_LAYOUT, TRUE_NEIGHBOUR_RADIUS_M, Layout
+from distilvpr_lib.data.benchmark import Benchmark
 from distilvpr_lib.data.formats import (
     DataFormatError,
     PathLike,
@@ -27,6 +27,7 @@ from distilvpr_lib.data.formats import (
     timestamp_from_path,
 )
 from distilvpr_lib.data.splits import (
+    BOREAS_CLOUD_FOLDER,
     EVALUATION_CLOUD_FOLDER,
     EVALUATION_LOCATIONS_CSV,
     OXFORD_RUNS_FOLDER,
@@ -110,7 +111,7 @@ def _scan_cloud_files(benchmark: Benchmark, report: DatasetReport) -> dict[str, 
     """Cloud files per kind found in the run folders (Oxford: per cloud folder; Boreas: lidar folder)."""
     root = benchmark.dataset_dir
     kinds: dict[str, list[Path]] = {}
-    if benchmark.layout == "oxford":
+    if benchmark.layout == Layout.OXFORD:
         runs_dir = root / OXFORD_RUNS_FOLDER
         if not runs_dir.is_dir():
             return kinds
@@ -172,7 +173,7 @@ def check_images(benchmark: Benchmark, rel_paths: list[str], report: DatasetRepo
     return good, total
 
 
-def check_dataset(dataset_dir: PathLike, image_dir: PathLike | None = None, layout: str = "auto",
+def check_dataset(dataset_dir: PathLike, image_dir: PathLike | None = None, layout: str = AUTO_LAYOUT,
                   deep: bool = False) -> DatasetReport:
     """Validate a dataset folder and build its summary (never raises on data problems).
 
@@ -272,7 +273,7 @@ def check_dataset(dataset_dir: PathLike, image_dir: PathLike | None = None, layo
             j, key, i = mismatches[0]
             message = (f"{query_path}: {len(mismatches)} true-neighbour list(s) disagree with the positions at "
                        f"{TRUE_NEIGHBOUR_RADIUS_M:g} m (first: query run {j} entry {key} vs database run {i})")
-            if benchmark.layout == "oxford":
+            if benchmark.layout == Layout.OXFORD:
                 report.add_problem(message)
             else:  # the Boreas radius is not known for sure (METHOD.md §4.2)
                 report.warnings.append(message)

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from distilvpr_lib.config import NON_NEGATIVE_RADIUS_M, DataConfig
+from distilvpr_lib.config import LAYOUTS, NON_NEGATIVE_RADIUS_M, DataConfig, Layout
 from distilvpr_lib.data.formats import (
     DataFormatError,
     MissingDataError,
@@ -57,7 +57,6 @@ from distilvpr_lib.data.splits import (
 
 #: Suffix of a rebuilt benchmark file written beside an existing one that differs from it.
 REBUILT_SUFFIX = ".rebuilt.pickle"
-LAYOUTS = ("oxford", "boreas")
 
 
 @dataclass
@@ -155,7 +154,7 @@ def prepare_benchmark(dataset_dir: PathLike, layout: str = "oxford", force: bool
     dataset_dir = Path(dataset_dir)
     if layout not in LAYOUTS:
         raise KeyError(f"unknown layout {layout!r}; known layouts: {list(LAYOUTS)}")
-    if layout == "boreas":
+    if layout == Layout.BOREAS:
         raise DataFormatError(
             f"{dataset_dir}: prepare-data builds Oxford-layout folders only; the Boreas benchmark's split is not "
             "published (METHOD.md §4.2), so use the authors' boreas_*.pickle files as they are "

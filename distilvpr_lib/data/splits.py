@@ -77,6 +77,20 @@ VALIDATION_QUERY_PICKLE = "validation_evaluation_query.pickle"
 VALIDATION_SQUARES_JSON = "validation_squares.json"
 LIDAR2IMAGE_PICKLE = "lidar2image_ndx.pickle"
 
+#: Boreas layout (METHOD.md §4.2): per-run folders and files, and the benchmark files at the dataset root.
+BOREAS_CLOUD_FOLDER = "lidar_1_4096_interval10"
+BOREAS_IMAGE_FOLDER = "camera_lidar_interval10"
+BOREAS_P0_FOLDER = "P0_camera_interval10"
+BOREAS_T_CAMERA_LIDAR_FOLDER = "T_camera_lidar_basedon_pose_interval10"
+BOREAS_LOCATIONS_CSV = "lidar_locations_interval10.csv"
+BOREAS_TRAINING_PICKLE = "boreas_training_queries_baseline.pickle"
+BOREAS_TEST_DATABASE_PICKLE = "boreas_evaluation_database.pickle"
+BOREAS_TEST_QUERY_PICKLE = "boreas_evaluation_query.pickle"
+BOREAS_VALIDATION_DATABASE_PICKLE = "boreas_validation_evaluation_database.pickle"
+BOREAS_VALIDATION_QUERY_PICKLE = "boreas_validation_evaluation_query.pickle"
+BOREAS_LIDAR2IMAGE_PICKLE = "boreas_lidar2image_ndx.pickle"
+BOREAS_SQUARES_JSON = "boreas_squares.json"
+
 #: A square region: (northing centre, easting centre, half-width in metres).
 Square = tuple[float, float, float]
 

@@ -181,13 +181,13 @@ def compute_split_embeddings(
     Raises:
         ValueError: Boreas query sets that do not align with the database sets.
     """
-    from distilvpr_lib.config import DataConfig, TrainConfig
+    from distilvpr_lib.config import DataConfig, Layout, TrainConfig
 
     data_cfg = DataConfig() if data_cfg is None else data_cfg
     batch_size = TrainConfig().eval_batch_size if batch_size is None else batch_size
     database_sets = benchmark.database_sets(split)
     query_sets = benchmark.query_sets(split)
-    boreas = getattr(benchmark, "layout", "oxford") == "boreas"
+    boreas = getattr(benchmark, "layout", Layout.OXFORD) == Layout.BOREAS
 
     db_paths = [_set_paths(s, f"{split} database set {i}") for i, s in enumerate(database_sets)]
     if boreas:

@@ -39,6 +39,8 @@ from typing import Callable, Protocol
 
 import numpy as np
 
+from distilvpr_lib.optional import require
+
 METRICS: tuple[str, ...] = ("cosine", "euclidean")
 
 #: Float32 working-set budget (elements) of one chunk of the brute-force score matrix.
@@ -104,15 +106,7 @@ def _sklearn_candidates(database: np.ndarray, queries: np.ndarray, k: int, metri
 
 
 def _import_faiss():  # pragma: no cover - trivial
-    try:
-        import faiss  # type: ignore[import-not-found]
-    except ImportError as exc:
-        raise ImportError(
-            "search backend 'faiss' needs the faiss library, which is not installed: "
-            "run `pip install faiss-cpu` (or install this package with the `faiss` extra: "
-            "`pip install -e .[faiss]`), or use search='torch' / 'sklearn'."
-        ) from exc
-    return faiss
+    return require("faiss", "search backend 'faiss'")
 
 
 def _faiss_candidates(database: np.ndarray, queries: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:

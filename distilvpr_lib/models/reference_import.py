@@ -56,7 +56,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
-from ..config import ExperimentConfig, ModelConfig, profile_config
+from ..config import ExperimentConfig, Layout, ModelConfig, profile_config
 from ..data.formats import file_sha256
 from ..errors import CheckpointError, MissingCheckpointError, describe_torch_load_error
 from .teacher import REFERENCE_UNUSED_PREFIXES
@@ -511,7 +511,7 @@ def prepare_reference_teacher(path: PathLike, base_config: ExperimentConfig | No
                 notes.append(f"base config has model.{key}={getattr(config.model, key)}; the checkpoint has "
                              f"{architecture[key]} (used)")
         if name is not None and name.dataset in ("oxford", "oxfordadafusion", "boreas"):
-            layout = "boreas" if name.dataset == "boreas" else "oxford"
+            layout = Layout.BOREAS if name.dataset == Layout.BOREAS else Layout.OXFORD
             if layout != config.data.layout:
                 notes.append(f"the teacher was trained on {name.dataset!r} (experiment name) but the config's "
                              f"data.layout is {config.data.layout!r}")

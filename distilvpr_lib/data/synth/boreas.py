@@ -40,10 +40,23 @@ from distilvpr_lib.config import (
     NON_NEGATIVE_RADIUS_M,
     OXFORD_TEST_SQUARE_HALF_WIDTH_M,
     DataConfig,
+    Layout,
     SynthConfig,
 )
 from distilvpr_lib.data.formats import PathLike, atomic_write, save_pickle, write_locations_csv, write_npy_cloud
 from distilvpr_lib.data.splits import (
+    BOREAS_CLOUD_FOLDER,
+    BOREAS_IMAGE_FOLDER,
+    BOREAS_LIDAR2IMAGE_PICKLE,
+    BOREAS_LOCATIONS_CSV,
+    BOREAS_P0_FOLDER,
+    BOREAS_SQUARES_JSON,
+    BOREAS_T_CAMERA_LIDAR_FOLDER,
+    BOREAS_TEST_DATABASE_PICKLE,
+    BOREAS_TEST_QUERY_PICKLE,
+    BOREAS_TRAINING_PICKLE,
+    BOREAS_VALIDATION_DATABASE_PICKLE,
+    BOREAS_VALIDATION_QUERY_PICKLE,
     RunLocations,
     choose_validation_squares,
     distance_to_squares,
@@ -80,18 +93,6 @@ from distilvpr_lib.data.synth.skeleton import (
 )
 from distilvpr_lib.data.synth.world import Primitives, World, apply_season
 
-BOREAS_CLOUD_FOLDER = "lidar_1_4096_interval10"
-BOREAS_IMAGE_FOLDER = "camera_lidar_interval10"
-P0_FOLDER = "P0_camera_interval10"
-T_CAMERA_LIDAR_FOLDER = "T_camera_lidar_basedon_pose_interval10"
-LOCATIONS_CSV = "lidar_locations_interval10.csv"
-TRAINING_PICKLE = "boreas_training_queries_baseline.pickle"
-TEST_DATABASE_PICKLE = "boreas_evaluation_database.pickle"
-TEST_QUERY_PICKLE = "boreas_evaluation_query.pickle"
-VALIDATION_DATABASE_PICKLE = "boreas_validation_evaluation_database.pickle"
-VALIDATION_QUERY_PICKLE = "boreas_validation_evaluation_query.pickle"
-LIDAR2IMAGE_PICKLE = "boreas_lidar2image_ndx.pickle"
-SQUARES_JSON = "boreas_squares.json"
 #: Submap spacing along each drive (m) and horizontal range of a submap (m).
 SUBMAP_SPACING_M = 10.0
 CLOUD_RANGE_M = 50.0
@@ -310,7 +311,7 @@ def _boreas_job(job: tuple[int, list[int], str]) -> JobResult:
         if not cloud_path.is_file():
             write_npy_cloud(cloud_path, render_boreas_cloud(state, run, sp))
             clouds += 1
-        for folder, text in ((P0_FOLDER, p0_text), (T_CAMERA_LIDAR_FOLDER, t_text)):
+        for folder, text in ((BOREAS_P0_FOLDER, p0_text), (BOREAS_T_CAMERA_LIDAR_FOLDER, t_text)):
             path = out / folder / f"{sp.timestamp}.txt"
             if not path.is_file():
                 with atomic_write(path, "w") as f:
@@ -404,12 +405,12 @@ def build_boreas_benchmark(dataset_dir: PathLike, plan: BoreasPlan) -> dict[str,
     outside = [~in_squares(loc.positions, squares) for loc in eval_locs]
     val_db, val_q = make_evaluation_sets(eval_locs, outside, database_masks=outside)
     _keep_neighbours_only_for(val_q, [in_squares(loc.positions[o], validation) for loc, o in zip(eval_locs, outside)])
-    for name, obj in ((TRAINING_PICKLE, tuples), (TEST_DATABASE_PICKLE, test_db), (TEST_QUERY_PICKLE, test_q),
-                      (VALIDATION_DATABASE_PICKLE, val_db), (VALIDATION_QUERY_PICKLE, val_q)):
+    for name, obj in ((BOREAS_TRAINING_PICKLE, tuples), (BOREAS_TEST_DATABASE_PICKLE, test_db), (BOREAS_TEST_QUERY_PICKLE, test_q),
+                      (BOREAS_VALIDATION_DATABASE_PICKLE, val_db), (BOREAS_VALIDATION_QUERY_PICKLE, val_q)):
         save_pickle(out / name, obj)
     info = {"test_squares": [list(s) for s in squares], "validation_squares": [list(v) for v in validation],
             "train_runs": [loc.run for loc in train], "eval_runs": eval_names}
-    with atomic_write(out / SQUARES_JSON, "w") as f:
+    with atomic_write(out / BOREAS_SQUARES_JSON, "w") as f:
         json.dump(info, f, indent=2)
     return {"training_tuples": len(tuples), "test_query": _count_queries(test_q),
             "validation_query": _count_queries(val_q), "test_squares": squares, "validation_squares": validation}
@@ -431,7 +432,7 @@ class BoreasWriter(LayoutWriter):
             ``../shared/data/real/boreas_poses``).
     """
 
-    layout = "boreas"
+    layout = Layout.BOREAS.value
     progress_desc = "synth {name} (boreas)"
     progress_unit = "submap"
     ordered_results = True
@@ -443,7 +444,7 @@ class BoreasWriter(LayoutWriter):
         return plan_boreas(cfg, self.poses, seed)
 
     def manifest(self, plan: BoreasPlan) -> dict[str, Any]:
-        return {"generator_version": GENERATOR_VERSION, "seed": plan.seed, "layout": "boreas",
+        return {"generator_version": GENERATOR_VERSION, "seed": plan.seed, "layout": self.layout,
                 "world": plan.world.summary,
                 "runs": [{**r.condition.to_dict(), "name": r.name, "oxford_style_name": r.condition.name,
                           "index": r.index, "source_drive": plan.tracks[r.drive_index].drive.name,
@@ -452,7 +453,7 @@ class BoreasWriter(LayoutWriter):
 
     def write_locations(self, plan: BoreasPlan, out: Path) -> None:
         for run in plan.runs:
-            write_locations_csv(out / run.name / LOCATIONS_CSV, [sp.timestamp for sp in run.submaps],
+            write_locations_csv(out / run.name / BOREAS_LOCATIONS_CSV, [sp.timestamp for sp in run.submaps],
                                 [sp.northing for sp in run.submaps], [sp.easting for sp in run.submaps])
 
     def jobs(self, plan: BoreasPlan, out: Path) -> tuple[list[tuple[int, list[int], str]], int]:
@@ -465,7 +466,7 @@ class BoreasWriter(LayoutWriter):
                 missing |= any(not (out / run.name / BOREAS_IMAGE_FOLDER / f"{t}.png").is_file()
                                for t in sp.image_timestamps)
                 missing |= any(not (out / run.name / f / f"{sp.timestamp}.txt").is_file()
-                               for f in (P0_FOLDER, T_CAMERA_LIDAR_FOLDER))
+                               for f in (BOREAS_P0_FOLDER, BOREAS_T_CAMERA_LIDAR_FOLDER))
                 if missing:
                     todo.append(i)
             for chunk in range(0, len(todo), 12):
@@ -492,7 +493,7 @@ class BoreasWriter(LayoutWriter):
 
     def finish(self, plan: BoreasPlan, out: Path, report: GenerationReport) -> None:
         ndx = {sp.timestamp: list(sp.image_timestamps) for r in plan.runs for sp in r.submaps}
-        write_lidar2image_ndx(out / LIDAR2IMAGE_PICKLE, dict(sorted(ndx.items())))
+        write_lidar2image_ndx(out / BOREAS_LIDAR2IMAGE_PICKLE, dict(sorted(ndx.items())))
         report.splits_summary = build_boreas_benchmark(out, plan)
 
 
@@ -503,9 +504,6 @@ def generate_boreas_dataset(out_dir: PathLike, cfg: SynthConfig, seed: int | Non
 
 
 __all__ = [
-    "BOREAS_CLOUD_FOLDER", "BOREAS_IMAGE_FOLDER", "BoreasPlan", "BoreasRun", "BoreasSubmap", "BoreasWriter",
-    "LIDAR2IMAGE_PICKLE", "LOCATIONS_CSV", "P0_FOLDER", "SQUARES_JSON", "T_CAMERA_LIDAR_FOLDER",
-    "TEST_DATABASE_PICKLE", "TEST_QUERY_PICKLE", "TRAINING_PICKLE", "VALIDATION_DATABASE_PICKLE",
-    "VALIDATION_QUERY_PICKLE", "build_boreas_benchmark", "calibration_texts", "choose_test_squares",
+    "BoreasPlan", "BoreasRun", "BoreasSubmap", "BoreasWriter", "build_boreas_benchmark", "calibration_texts", "choose_test_squares",
     "generate_boreas_dataset", "plan_boreas", "render_boreas_cloud", "render_boreas_image",
 ]

@@ -6,7 +6,6 @@ front yards, boulevard trees, lamps), plus each run's parked cars and pedestrian
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from distilvpr_lib.data.formats import PathLike
+from distilvpr_lib.paths import real_data_dir
 from distilvpr_lib.data.synth.world import (
     CAR_PALETTE,
     CLOTHES_PALETTE,
@@ -40,9 +40,7 @@ _TAG_BOREAS_WORLD = 700
 
 def default_boreas_poses_dir() -> Path:
     """``$DISTILVPR_REAL_DATA/boreas_poses``, else ``../shared/data/real/boreas_poses`` beside the repository."""
-    env = os.environ.get("DISTILVPR_REAL_DATA")
-    base = Path(env) if env else Path(__file__).resolve().parents[4] / "shared" / "data" / "real"
-    return base / "boreas_poses"
+    return real_data_dir() / "boreas_poses"
 
 
 @dataclass

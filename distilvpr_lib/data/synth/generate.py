@@ -8,7 +8,7 @@ and settings -> identical bytes; re-running completes an interrupted generation.
 
 from __future__ import annotations
 
-from distilvpr_lib.config import SynthConfig
+from distilvpr_lib.config import LAYOUTS, Layout, SynthConfig
 from distilvpr_lib.data.formats import PathLike
 from distilvpr_lib.data.synth.boreas import BoreasWriter
 from distilvpr_lib.data.synth.oxford import OxfordWriter
@@ -39,10 +39,9 @@ def generate_dataset(out_dir: PathLike, cfg: SynthConfig, seed: int | None = Non
         KeyError: unknown layout.
         ValueError: ``out_dir`` holds a dataset generated with other settings.
     """
-    layouts = {"oxford", "boreas"}
-    if layout not in layouts:
-        raise KeyError(f"unknown layout {layout!r}; known layouts: {sorted(layouts)}")
-    writer: LayoutWriter = (BoreasWriter(boreas_poses_dir) if layout == "boreas"
+    if layout not in LAYOUTS:
+        raise KeyError(f"unknown layout {layout!r}; known layouts: {sorted(LAYOUTS)}")
+    writer: LayoutWriter = (BoreasWriter(boreas_poses_dir) if layout == Layout.BOREAS
                             else OxfordWriter(build_pickles=build_pickles))
     return run_generation(writer, out_dir, cfg, seed=seed, workers=workers, progress=progress)
 

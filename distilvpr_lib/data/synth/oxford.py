@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from distilvpr_lib.config import SynthConfig
+from distilvpr_lib.config import Layout, SynthConfig
 from distilvpr_lib.data.formats import atomic_write, write_bin, write_locations_csv
 from distilvpr_lib.data.splits import (
     EVALUATION_CLOUD_FOLDER,
@@ -380,7 +380,7 @@ class OxfordWriter(LayoutWriter):
         build_pickles: write the benchmark pickles with :func:`data.splits.build_oxford_benchmark`.
     """
 
-    layout = "oxford"
+    layout = Layout.OXFORD.value
     progress_desc = "synth {name}"
     progress_unit = "file"
     ordered_results = False

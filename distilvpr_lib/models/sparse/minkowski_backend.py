@@ -7,27 +7,17 @@ Per-cloud reductions (ECA's channel descriptor, GeM) are done by the shared netw
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from ...optional import require
 from .base import SparseBackend
 
-BUILD_HINT = (
-    "MinkowskiEngine is not importable. Build and install it (CPU-only, a few minutes) with:\n"
-    "    .venv/bin/python scripts/build_minkowski.py\n"
-    "or use the pure-PyTorch backend: ModelConfig.sparse_backend = 'torch'."
-)
-
-
 def import_minkowski() -> Any:
-    """Import MinkowskiEngine or raise ImportError with the build instruction."""
-    try:
-        return importlib.import_module("MinkowskiEngine")
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError(f"{BUILD_HINT}\n(import error: {exc})") from exc
+    """Import MinkowskiEngine or raise ImportError with the build instruction (:mod:`distilvpr_lib.optional`)."""
+    return require("MinkowskiEngine", "the 'minkowski' sparse backend")
 
 
 class MinkowskiBackend(SparseBackend):
@@ -46,7 +36,7 @@ class MinkowskiBackend(SparseBackend):
     @classmethod
     def is_available(cls) -> bool:
         try:
-            importlib.import_module("MinkowskiEngine")
+            import_minkowski()
         except ImportError:
             return False
         return True
