@@ -258,7 +258,7 @@ def test_every_notebook_runs_from_the_notebooks_folder_with_relative_paths(smoke
         summary = run_batch(grid, out_root=root, progress=False)  # the batch runner also starts kernels in notebooks/
         assert [o.status for o in summary.outcomes] == ["ok", "ok"], [o.error for o in summary.outcomes]
         _papermill_in_notebooks_folder("04_ablation_analysis", tmp_path, {"batch": str(rel / "batch"),
-                                                                          "out": str(rel / "04")})
+                                                                          "teacher": teacher, "out": str(rel / "04")})
         _papermill_in_notebooks_folder("05_retrieval_browser", tmp_path, {
             "dataset": dataset, "models": {"no-KD": str(rel / "batch" / "nokd__seed0")},
             "results": {"teacher": str(rel / "teacher" / "test_results.npz")},
@@ -289,6 +289,14 @@ def test_every_notebook_runs_from_the_notebooks_folder_with_relative_paths(smoke
         assert Path(teacher_config["data"]["dataset_dir"]) == root / "data"
         assert teacher_config["train"]["seed"] == profile_config("smoke").train.seed  # the default: the profile's
         assert json.loads((root / "04" / "metrics.json").read_text())["n_ok"] == 2
+        # 04: the study outputs (per-run CSV, paired table, relation AUC of the teacher heads and the students)
+        import pandas as pd
+
+        per_run = pd.read_csv(root / "04" / "study_runs.csv")
+        assert set(per_run["variation"]) == {"nokd", "distilvpr"} and "test_AR@1" in per_run
+        relations = pd.read_csv(root / "04" / "relation_auc.csv", index_col=0)
+        assert {"teacher fused", "teacher cloud-only", "teacher image-only", "nokd", "distilvpr"} <= set(relations.index)
+        assert relations[["euclidean", "cosine", "hyperbolic"]].stack().between(0, 1).all()
     finally:
         shutil.rmtree(root, ignore_errors=True)
     after = _tree(NOTEBOOK_DIR)

@@ -152,7 +152,7 @@ def test_epoch_and_diagnostics_tables(tmp_path) -> None:
 def test_study_runs_table_columns() -> None:
     from distilvpr_lib.engine.report import STUDY_CSV_COLUMNS, study_runs_table
 
-    runs = pd.DataFrame([{"variation": "nokd", "status": "ok", "param.seed": 1, "best_epoch": 7,
+    runs = pd.DataFrame([{"variation": "nokd", "status": "ok", "param.seed": 1, "seed": 1, "best_epoch": 7,
                           "validation.AR@1": 40.0, "test.AR@1": 38.0, "test.AR@5": 60.0, "test.AR@1%": 38.0,
                           "loss_weights.triplet": 0.5, "embedding_norms.student.mean": 3.0},
                          {"variation": "nokd", "status": "failed", "param.seed": 2}])

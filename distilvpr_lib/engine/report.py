@@ -343,7 +343,8 @@ def study_runs_table(runs: pd.DataFrame) -> pd.DataFrame:
     rename = {"param.seed": "seed", "validation.AR@1": "val_AR@1", "test.AR@1": "test_AR@1",
               "test.AR@5": "test_AR@5", "test.AR@1%": "test_AR@1%",
               "embedding_norms.student.mean": "student_norm", "embedding_norms.teacher.mean": "teacher_norm"}
-    table = ok.rename(columns=rename)
+    present = [new for old, new in rename.items() if old in ok]
+    table = ok.drop(columns=[c for c in present if c in ok]).rename(columns=rename)  # param.seed wins over seed
     extra = ["wall_time_s", "student_norm", "teacher_norm", *sorted(c for c in ok.columns if c.startswith("loss_weights."))]
     cols = [c for c in (*STUDY_CSV_COLUMNS, *extra) if c in table]
     table = table[cols].rename(columns=lambda c: c.replace("loss_weights.", "w."))
