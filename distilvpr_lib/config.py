@@ -336,7 +336,8 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     # prior for both image networks, a teacher trained with losses on all three heads, bfloat16 autocast on
     # the CPU; sized so that one converged student run takes ≤ 10 min on 2 cores.
     "study": {
-        "data": {"dataset_dir": "data/study", "image_cache": True},
+        # 0.02 (not 0.01) voxels: the sparse branch costs 3.1x less on 2 cores (measured, README "Study")
+        "data": {"dataset_dir": "data/study", "image_cache": True, "quantization_size": 0.02},
         "model": {"pretrained_image_weights": "teacher_weights/study-prior/image_prior.pth"},
         "train": {"epochs": 16, "batch_size": 32, "image_lr": 3e-4, "cloud_lr": 1e-3, "milestones": (12,),
                   "teacher_loss_weights": (1.0, 0.5, 0.5), "mixed_precision": True, "amp_dtype": "bfloat16"},

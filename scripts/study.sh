@@ -16,7 +16,9 @@ for stage in "${stages[@]}"; do
     setup)
       log "dataset";  $CLI synth --profile study --out data/study --no-progress
       log "visual prior"; $CLI pretrain-image --profile study --quiet
-      log "teacher";  $CLI train-teacher --dataset data/study --profile study --out teacher_weights/study --quiet ;;
+      # the teacher: 10 epochs, LR step after 8 (the students get the profile's 16)
+      log "teacher";  $CLI train-teacher --dataset data/study --profile study --epochs 10 --set train.milestones=8 \
+                        --out teacher_weights/study --quiet ;;
     main)   # no-KD and the Oxford preset, paired by seed, seed by seed
       for s in 0 1 2 3 4; do batch "nokd__seed$s" "distilvpr__seed$s"; done ;;
     sweep)  # the weight sweep (3 seeds), read on validation by notebook 04
