@@ -2,13 +2,14 @@
 #   make demo   bootstrap if needed, generate the cpu dataset, run the notebooks headless (papermill) into runs/
 #   make test   bootstrap if needed, run the whole test suite
 # SMOKE=1 make demo runs the smoke profile (minutes).
+#   make study  the distillation study (README "Study"; hours, resumable): data, visual prior, teacher, students, report
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 SMOKE ?= 0
 PROFILE := $(if $(filter 1,$(SMOKE)),smoke,cpu)
 
-.PHONY: venv test test-fast demo data clean-runs bench
+.PHONY: venv test test-fast demo data clean-runs bench study study-setup
 
 venv:
 	@bash scripts/bootstrap.sh
@@ -24,6 +25,12 @@ data: venv
 
 demo: venv
 	$(PY) -m distilvpr_lib.demo --profile $(PROFILE)
+
+study-setup: venv
+	PY=$(PY) bash scripts/study.sh setup
+
+study: venv
+	PY=$(PY) bash scripts/study.sh
 
 bench: venv
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
