@@ -120,6 +120,15 @@ def write_report(demo_dir: Path, teacher: Path, nokd_dir: Path, distil_dir: Path
 
         lines += ["## No-KD vs DistilVPR students, mean ± std over seeds (test split)", "",
                   pd.read_csv(ablation_csv, index_col=0).to_markdown(), ""]
+    study_csv = demo_dir / "04_ablation_analysis" / "study_table.csv"
+    if study_csv.is_file():
+        import pandas as pd
+
+        lines += ["## The same, paired by seed (Δ to no-KD, 95 % bootstrap interval, t and Wilcoxon p)", "",
+                  pd.read_csv(study_csv, index_col=0).fillna("").to_markdown(), "",
+                  "This is a reduced run of the question (few seeds, a small undertrained setting). The full "
+                  "study — profile `study`, a visual prior, a stronger teacher, >= 5 seeds, diagnostics — is "
+                  "`make study` (README, section \"Study\").", ""]
     executed = step_seconds(demo_dir)
     lines += ["## Timings", "", "Wall time of this invocation of the demo (steps already done were skipped):", "",
               *[f"- {k}: {v:.0f} s" for k, v in timings.items()], "",
