@@ -31,7 +31,11 @@ for stage in "${stages[@]}"; do
     report)
       log "notebook 04"; mkdir -p runs/study-report
       $PY -m papermill notebooks/04_ablation_analysis.ipynb runs/study-report/notebook.ipynb \
-        -p batch runs/study -p teacher teacher_weights/study -p out runs/study-report --log-level WARNING ;;
+        -p batch runs/study -p teacher teacher_weights/study -p out runs/study-report --log-level WARNING
+      mkdir -p docs/study
+      cp runs/study-report/study_runs.csv runs/study-report/study_table.csv docs/study/
+      [ -f runs/study-report/relation_auc.csv ] && cp runs/study-report/relation_auc.csv docs/study/
+      log "docs/study/: study_runs.csv, study_table.csv (commit them with the README table)" ;;
     *) echo "unknown stage $stage (setup main sweep rest report)" >&2; exit 2 ;;
   esac
 done
