@@ -231,9 +231,28 @@ def test_amp_dtype_resolution():
 
     assert resolve_amp_dtype("float16", "cpu") is torch.float16
     assert resolve_amp_dtype("bfloat16", "cpu") is torch.bfloat16
-    assert resolve_amp_dtype("auto", "cpu") is torch.float16  # bf16 only where a GPU supports it
+    assert resolve_amp_dtype("auto", "cpu") is torch.bfloat16  # CPU autocast runs bfloat16 (AVX-512 BF16 / AMX)
     with pytest.raises(KeyError, match="amp_dtype"):
         resolve_amp_dtype("float8", "cpu")
+
+
+def test_cpu_autocast_only_in_bfloat16():
+    """Mixed precision on the CPU means bfloat16 autocast; float16 autocast is left off there."""
+    from distilvpr_lib.config import TrainConfig
+    from distilvpr_lib.engine.loop import Trainer
+
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, 1)
+
+    def trainer(**train):
+        return Trainer(model, None, optimizer, scheduler, [], TrainConfig(**train), "unused", device="cpu",
+                       tensorboard=False, progress=False)
+
+    assert trainer(mixed_precision=True, amp_dtype="bfloat16").use_amp
+    assert trainer(mixed_precision=True, amp_dtype="auto").use_amp
+    assert not trainer(mixed_precision=True, amp_dtype="float16").use_amp
+    assert not trainer(mixed_precision=False, amp_dtype="bfloat16").use_amp
 
 
 def test_loader_settings(toy_dataset):
