@@ -37,7 +37,7 @@ import torch
 
 from distilvpr_lib.config import IMAGENET_MEAN, IMAGENET_STD
 from distilvpr_lib.data.augment import ERASING_PROBABILITY, ERASING_RATIO, ERASING_SCALE
-from distilvpr_lib.data.formats import DataFormatError, atomic_output_path, atomic_write
+from distilvpr_lib.data.formats import DataFormatError, atomic_output_path, atomic_write, file_sha256
 
 CACHE_VERSION = 1
 DEFAULT_CACHE_FOLDER = ".cache"
@@ -45,14 +45,6 @@ DEFAULT_CACHE_FOLDER = ".cache"
 
 class ImageCacheError(DataFormatError):
     """A corrupt or unusable image cache (the message names the file and what to do)."""
-
-
-def _sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def images_fingerprint(paths: Sequence[Path]) -> str:
@@ -135,7 +127,7 @@ def _load_checked(npy: Path, meta: dict[str, Any], meta_path: Path) -> ImageCach
     if pixels.dtype != np.uint8 or tuple(pixels.shape) != shape or len(meta.get("keys", [])) != shape[0]:
         raise ImageCacheError(f"{npy}: corrupt image cache (array {pixels.dtype} {tuple(pixels.shape)}, recorded "
                               f"uint8 {shape}); delete it (and {meta_path.name}) to rebuild")
-    digest = _sha256_file(npy)
+    digest = file_sha256(npy)
     if digest != meta.get("sha256"):
         raise ImageCacheError(f"{npy}: corrupt image cache (sha256 {digest[:12]}… differs from the recorded "
                               f"{str(meta.get('sha256'))[:12]}…); delete it (and {meta_path.name}) to rebuild")
@@ -186,7 +178,7 @@ def open_training_image_cache(benchmark: Any, cache_dir: str | Path | None = Non
         out.flush()
         del out
     meta = {"version": CACHE_VERSION, "shape": [len(keys), height, width, 3], "keys": keys,
-            "fingerprint": fingerprint, "sha256": _sha256_file(npy), "dataset_dir": str(benchmark.dataset_dir)}
+            "fingerprint": fingerprint, "sha256": file_sha256(npy), "dataset_dir": str(benchmark.dataset_dir)}
     with atomic_write(meta_path, "w") as f:
         json.dump(meta, f)
     return _load_checked(npy, meta, meta_path)
