@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from distilvpr_lib.engine.evaluate import RetrievalResults, evaluate_retrieval, one_percent_k
+from distilvpr_lib.engine.evaluate import evaluate_retrieval
+from distilvpr_lib.engine.results import RetrievalResults, one_percent_k
 
 
 def unit(angles_deg) -> np.ndarray:

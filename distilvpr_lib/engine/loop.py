@@ -54,14 +54,14 @@ from distilvpr_lib.engine.distributed import (
     rank_epoch_seed,
     single_process_context,
 )
-from distilvpr_lib.engine.evaluate import retrieval_summary
+from distilvpr_lib.engine.results import retrieval_summary
 from distilvpr_lib.engine.objectives import LossOutput, Objective
 from distilvpr_lib.engine.seeding import capture_rng_state, preserved_rng_state, restore_rng_state, seed_everything
 from distilvpr_lib.engine.tensorboard_log import ScalarLog
 
 if TYPE_CHECKING:  # pragma: no cover
     from distilvpr_lib.config import TrainConfig
-    from distilvpr_lib.engine.evaluate import RetrievalResults
+    from distilvpr_lib.engine.results import RetrievalResults
 
 log = logging.getLogger(__name__)
 

@@ -19,14 +19,14 @@ from torch import nn
 
 from distilvpr_lib.config import ExperimentConfig
 from distilvpr_lib.engine.devices import resolve_device
-from distilvpr_lib.engine.evaluate import retrieval_summary
+from distilvpr_lib.engine.results import retrieval_summary
 from distilvpr_lib.engine.run_folder import load_model_from_dir
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
     from distilvpr_lib.data.benchmark import Benchmark
-    from distilvpr_lib.engine.evaluate import RetrievalResults
+    from distilvpr_lib.engine.results import RetrievalResults
 
 PathLike = str | os.PathLike
 

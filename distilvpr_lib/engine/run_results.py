@@ -1,6 +1,6 @@
 """The retrieval results of finished runs, for the retrieval pictures and the browser (notebook 05).
 
-:func:`load_results` reads :class:`~distilvpr_lib.engine.evaluate.RetrievalResults` files;
+:func:`load_results` reads :class:`~distilvpr_lib.engine.results.RetrievalResults` files;
 :func:`gather_results` takes files and/or model folders (a folder's ``test_results.npz`` when it was
 computed on this benchmark, else the model is evaluated with
 :func:`~distilvpr_lib.engine.run_evaluation.evaluate_run`); :func:`check_results` refuses results of
@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from distilvpr_lib.engine.evaluate import RetrievalResults
+from distilvpr_lib.engine.results import RetrievalResults
 from distilvpr_lib.engine.run_evaluation import evaluate_run
 from distilvpr_lib.engine.run_folder import TEST_RESULTS_FILE
 

@@ -24,7 +24,7 @@ from distilvpr_lib.data.formats import write_json
 from distilvpr_lib.engine.checkpoint import load_weights, save_weights
 from distilvpr_lib.engine.console import say
 from distilvpr_lib.engine.distributed import shutdown_distributed
-from distilvpr_lib.engine.evaluate import retrieval_summary
+from distilvpr_lib.engine.results import retrieval_summary
 from distilvpr_lib.engine.loop import Trainer, TrainingHistory
 from distilvpr_lib.engine.objectives import STUDENT_TASK_TERM, StudentObjective
 from distilvpr_lib.engine.optim import build_optimizer, build_scheduler, student_parameter_groups
@@ -50,7 +50,7 @@ from distilvpr_lib.engine.teacher_cache import cache_file_name
 from distilvpr_lib.errors import OptionError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from distilvpr_lib.engine.evaluate import RetrievalResults
+    from distilvpr_lib.engine.results import RetrievalResults
 
 PathLike = str | os.PathLike
 

@@ -25,7 +25,7 @@ from distilvpr_lib.data.formats import file_sha256, write_json
 from distilvpr_lib.engine.checkpoint import load_weights, save_weights
 from distilvpr_lib.engine.console import say
 from distilvpr_lib.engine.distributed import broadcast_module_state, shutdown_distributed
-from distilvpr_lib.engine.evaluate import retrieval_summary
+from distilvpr_lib.engine.results import retrieval_summary
 from distilvpr_lib.engine.loop import Trainer
 from distilvpr_lib.engine.objectives import TeacherObjective
 from distilvpr_lib.engine.optim import build_optimizer, build_scheduler, teacher_parameter_groups
@@ -48,7 +48,7 @@ from distilvpr_lib.engine.run_setup import (
 from distilvpr_lib.engine.teacher_cache import build_teacher_cache, cache_file_name, model_config_hash
 
 if TYPE_CHECKING:  # pragma: no cover
-    from distilvpr_lib.engine.evaluate import RetrievalResults
+    from distilvpr_lib.engine.results import RetrievalResults
 
 PathLike = str | os.PathLike
 

@@ -7,7 +7,7 @@ return new Figures).
 * :func:`draw_retrieval_map` — both runs on the map, the query, its true neighbours (with the 25 m
   circle) and the retrieved places of one or several models.
 * :func:`render_query` / :func:`render_queries` — the above for queries of a benchmark and one or
-  several :class:`~distilvpr_lib.engine.evaluate.RetrievalResults`, to Figures / PNG files.
+  several :class:`~distilvpr_lib.engine.results.RetrievalResults`, to Figures / PNG files.
 * :class:`ImageSource` — the sub-map images the pictures show (camera image, or a bird's-eye view).
 
 The results come from :mod:`distilvpr_lib.engine.run_results` (files, model folders), the queries and
