@@ -88,7 +88,6 @@ LONG_MODULES: dict[str, str] = {
     "distilvpr_lib/data/synth/world.py": "the procedural city (streets, blocks, buildings, trees, seasons)",
     "distilvpr_lib/data/synth/camera.py": "the software camera renderer (ray casting, shading, sky, noise)",
     "distilvpr_lib/models/sparse/torch_backend.py": "the pure-PyTorch sparse convolution backend",
-    "distilvpr_lib/models/reference_import.py": "reading and converting the authors' teacher checkpoints",
     "distilvpr_lib/engine/distributed.py": "torch.distributed support (contexts, gathers, global batch norm)",
 }
 

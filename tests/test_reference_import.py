@@ -29,14 +29,8 @@ from distilvpr_lib.cli import main
 from distilvpr_lib.config import ModelConfig, profile_config
 from distilvpr_lib.engine.run_folder import IMPORT_FILE, import_reference_teacher, load_model_from_dir
 from distilvpr_lib.models import build_teacher
-from distilvpr_lib.models.reference_import import (
-    ReferenceCheckpointError,
-    experiment_name_from_path,
-    infer_architecture,
-    parse_checkpoint_name,
-    parse_experiment_name,
-    prepare_reference_teacher,
-)
+from distilvpr_lib.models.reference_import import ReferenceCheckpointError, infer_architecture, prepare_reference_teacher
+from distilvpr_lib.models.reference_names import experiment_name_from_path, parse_checkpoint_name, parse_experiment_name
 from distilvpr_lib.models.teacher import REFERENCE_UNUSED_PREFIXES
 
 TSV = Path(__file__).resolve().parents[2] / "shared" / "spec" / "reference_teacher_state_dict.tsv"

@@ -26,7 +26,7 @@ Architecture inference (shapes win)
 * ``cloud_conv0_kernel_size``: cube root of ``conv0``'s kernel volume;
 * ``image_backbone``: blocks in ResNet ``layer1..3`` (2/2/2 = resnet18, 3/4/6 = resnet34).
 
-The experiment name (``0oxford__T-minklocmmcat__resnet18__img256__pc128__32_64_64__1_1_1__1__allstgF__b128
+The experiment name (parsed by :mod:`.reference_names`; ``0oxford__T-minklocmmcat__resnet18__img256__pc128__32_64_64__1_1_1__1__allstgF__b128
 __trainteacher``, or the first release's ``T:`` form), found in the path or given, supplies the dataset and
 training batch size and is cross-checked against the shapes: a disagreement is a warning, the shapes are used.
 
@@ -46,7 +46,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
-import re
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -59,6 +58,12 @@ from torch import Tensor
 from ..config import ExperimentConfig, Layout, ModelConfig, profile_config
 from ..data.formats import file_sha256
 from ..errors import CheckpointError, MissingCheckpointError, describe_torch_load_error
+from .reference_names import (
+    ReferenceExperimentName,
+    experiment_name_from_path,
+    parse_checkpoint_name,
+    parse_experiment_name,
+)
 from .teacher import REFERENCE_UNUSED_PREFIXES
 
 PathLike = str | os.PathLike
@@ -74,84 +79,9 @@ REFERENCE_PROFILE = "paper"
 KERNEL_LAYOUT_NOTE = ("MinkowskiEngine (kernel volume, C_in, C_out) in MinkowskiEngine's kernel-offset order; "
                       "identical to both sparse backends' layout, copied without permutation")
 
-_CHECKPOINT_NAME = re.compile(r"r1_best_ep(?P<epoch>\d+)_(?P<ar1>\d+(?:\.\d+)?)\.pth?$")
-_EXPERIMENT_NAME = re.compile(
-    r"(?P<tryid>\d*)(?P<dataset>[A-Za-z]+)__T(?P<sep>[-:])(?P<model>[A-Za-z0-9]+)"
-    r"__(?P<image_fe>[A-Za-z0-9_]+?)__img(?P<image_dim>\d+)__pc(?P<cloud_dim>\d+)"
-    r"__(?P<planes>\d+(?:_\d+)*)__(?P<layers>\d+(?:_\d+)*)__(?P<topdown>\d+)__allstg(?P<allstages>[FT])"
-    r"(?:__S[-:](?P<student>[A-Za-z0-9_]+?)__(?P<student_dim>\d+))?__b(?P<batch>\d+)(?P<rest>(?:__.*)?)$"
-)
-
 
 class ReferenceCheckpointError(CheckpointError, ValueError):
     """A reference checkpoint cannot be imported; the message names the file and the offending key."""
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Names
-# ---------------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ReferenceExperimentName:
-    """The fields of a reference experiment name (METHOD.md §6.3 item 6)."""
-
-    raw: str
-    separator: str  # "-" (current) or ":" (first release)
-    tryid: int | None
-    dataset: str
-    model: str
-    image_backbone: str
-    image_dim: int
-    cloud_dim: int
-    cloud_planes: tuple[int, ...]
-    cloud_layers: tuple[int, ...]
-    cloud_topdown: int
-    image_useallstages: bool
-    batch_size: int
-    train_teacher: bool
-    student_backbone: str | None = None
-    student_dim: int | None = None
-
-    def architecture(self) -> dict[str, Any]:
-        """The ModelConfig fields the name encodes."""
-        return {"cloud_planes": self.cloud_planes, "cloud_layers": self.cloud_layers,
-                "cloud_topdown": self.cloud_topdown, "cloud_dim": self.cloud_dim, "image_dim": self.image_dim,
-                "image_backbone": self.image_backbone}
-
-
-def parse_experiment_name(text: str) -> ReferenceExperimentName | None:
-    """Parse a reference experiment name (``T-`` or ``T:`` form); ``None`` when ``text`` is not one.
-
-    ``text`` may carry a prefix before the ``<tryid><dataset>__T-`` part (it is skipped).
-    """
-    match = _EXPERIMENT_NAME.search(text)
-    if match is None:
-        return None
-    g = match.groupdict()
-    return ReferenceExperimentName(
-        raw=match.group(0), separator=g["sep"], tryid=int(g["tryid"]) if g["tryid"] else None,
-        dataset=g["dataset"], model=g["model"], image_backbone=g["image_fe"], image_dim=int(g["image_dim"]),
-        cloud_dim=int(g["cloud_dim"]), cloud_planes=tuple(int(v) for v in g["planes"].split("_")),
-        cloud_layers=tuple(int(v) for v in g["layers"].split("_")), cloud_topdown=int(g["topdown"]),
-        image_useallstages=g["allstages"] == "T", batch_size=int(g["batch"]),
-        train_teacher="__trainteacher" in g["rest"], student_backbone=g["student"],
-        student_dim=int(g["student_dim"]) if g["student_dim"] else None)
-
-
-def experiment_name_from_path(path: PathLike) -> ReferenceExperimentName | None:
-    """The experiment name in the nearest path component that holds one (``<name>/models/r1_best_...pth``)."""
-    for part in reversed(Path(path).parts):
-        parsed = parse_experiment_name(part)
-        if parsed is not None:
-            return parsed
-    return None
-
-
-def parse_checkpoint_name(path: PathLike) -> tuple[int, float] | None:
-    """``(epoch, AR@1)`` from ``r1_best_ep<E>_<AR@1>.pth``; ``None`` for other names."""
-    match = _CHECKPOINT_NAME.search(Path(path).name)
-    if match is None:
-        return None
-    return int(match.group("epoch")), float(match.group("ar1"))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -555,8 +485,6 @@ def describe_import(imported: ReferenceTeacherImport) -> str:
 
 
 __all__ = [
-    "ARCHITECTURE_FIELDS", "ReferenceCheckpointError", "ReferenceExperimentName",
-    "ReferenceTeacherImport", "parse_experiment_name", "experiment_name_from_path", "parse_checkpoint_name",
-    "read_reference_state_dict", "infer_architecture", "convert_reference_state_dict",
+    "ARCHITECTURE_FIELDS", "ReferenceCheckpointError", "ReferenceTeacherImport", "read_reference_state_dict", "infer_architecture", "convert_reference_state_dict",
     "prepare_reference_teacher", "describe_import",
 ]
