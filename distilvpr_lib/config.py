@@ -47,7 +47,7 @@ AUTO_LAYOUT: str = "auto"
 
 
 # ---------------------------------------------------------------------------
-# Oxford benchmark constants (PointNetVLAD rules, METHOD.md §4.1)
+# Oxford benchmark constants (PointNetVLAD rules, docs/METHOD.md §2.3)
 # ---------------------------------------------------------------------------
 #: Centres (northing, easting) of the four Oxford test squares P1..P4.
 OXFORD_TEST_SQUARE_CENTRES: tuple[tuple[float, float], ...] = (
@@ -130,7 +130,7 @@ class TrainConfig:
     margin: float = 0.2
     #: Triplet weights on (fused embedding, cloud embedding, image embedding) of the teacher.
     teacher_loss_weights: tuple[float, float, float] = (0.5, 0.5, 0.0)
-    #: Factor on the student triplet loss (the reference's x0.5, METHOD.md §10.7).
+    #: Factor on the student triplet loss (the reference's x0.5, docs/METHOD.md §8.7).
     student_task_weight: float = 0.5
     #: Student task loss on L2-normalised embeddings (the margin then acts on the unit sphere, where
     #: evaluation ranks) instead of the raw ones (reference). Tests the norm-collapse lead of the study.
@@ -192,7 +192,7 @@ class DistillConfig:
     artanh_backward: str = "straight_through"
     #: RKD angle computation: "gram" (O(B^2 D + B^3), default) | "broadcast" (reference's O(B^3 D)).
     angle_method: str = "gram"
-    # --- baselines (METHOD.md §5.6) ---
+    # --- baselines (docs/METHOD.md §4.6) ---
     kd_temperature: float = 1.0
     pkt_eps: float = 1e-7
     cc_gamma: float = 0.4

@@ -1,4 +1,4 @@
-"""The reference DistilVPR command line (``tools/options.py``, METHOD.md §12) mapped onto our config.
+"""The reference DistilVPR command line (``tools/options.py``, docs/METHOD.md §9.1) mapped onto our config.
 
 ``distilvpr train`` accepts the reference option names so that the commands of the DistilVPR
 README run as written (with ``python train.py`` replaced by ``distilvpr train``). Options the
@@ -17,15 +17,15 @@ from typing import Any
 
 from distilvpr_lib.config import ExperimentConfig, Layout, apply_overrides, profile_config
 
-#: Behaviours of the reference code that change numbers (METHOD.md §10), as config overrides.
+#: Behaviours of the reference code that change numbers (docs/METHOD.md §8), as config overrides.
 #: The project's defaults differ from them in ``clean_teacher_cache`` and ``use_validation_split``;
 #: the other three are already the project's defaults and are listed so the preset is complete.
 FAITHFUL_OVERRIDES: dict[str, Any] = {
-    "train.clean_teacher_cache": False,   # teacher cache from one augmented view of each sample (§10.1)
-    "train.use_validation_split": False,  # no validation split: epochs picked on the test split (§7)
-    "train.student_task_weight": 0.5,     # the x0.5 on the student's triplet loss (§10.7)
-    "train.eval_normalize": True,         # cosine on L2-normalised embeddings at evaluation (§10.9)
-    "data.image_lidar_k": 1,              # nearest image only (§10.8)
+    "train.clean_teacher_cache": False,   # teacher cache from one augmented view of each sample (§8.1)
+    "train.use_validation_split": False,  # no validation split: epochs picked on the test split (§8.3)
+    "train.student_task_weight": 0.5,     # the x0.5 on the student's triplet loss (§8.7)
+    "train.eval_normalize": True,         # cosine on L2-normalised embeddings at evaluation (§8.9)
+    "data.image_lidar_k": 1,              # nearest image only (§8.8)
 }
 
 #: Reference options that exist but have no effect in the released code (accepted with a note).
@@ -207,7 +207,7 @@ def resolve_reference_options(args: argparse.Namespace, profile: str = "paper",
 
 
 def experiment_name(run: ReferenceRun) -> str:
-    """The reference's experiment name (METHOD.md §6.3 item 6) for this configuration."""
+    """The reference's experiment name (docs/METHOD.md §9.2) for this configuration."""
     c = run.config
     planes = "_".join(map(str, c.model.cloud_planes))
     layers = "_".join(map(str, c.model.cloud_layers))

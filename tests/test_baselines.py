@@ -186,7 +186,7 @@ def test_every_registered_loss_zero_at_identity_where_expected_and_finite_gradie
     cls = LOSSES[name]
     loss = cls.from_config(DistillConfig())
     positives, negatives = _masks(8)
-    # ‖f‖ = 20 raw embeddings (the saturation regime of METHOD.md §10.5) and ordinary ones
+    # ‖f‖ = 20 raw embeddings (the saturation regime of docs/METHOD.md §8.5) and ordinary ones
     for scale in (1.0, 20.0 / math.sqrt(12)):
         s = _rand(8, 12, scale=scale, seed=5, dtype=torch.float32).requires_grad_(True)
         t = _rand(8, 12, scale=scale, seed=6, dtype=torch.float32).requires_grad_(True)

@@ -257,7 +257,7 @@ def test_teacher_never_receives_gradient_and_student_gradients_are_finite(method
 
 @pytest.mark.parametrize("artanh_backward", ["straight_through", "exact"])
 def test_full_objective_finite_for_saturated_raw_embeddings(artanh_backward):
-    # ‖f‖ = 20 at D = 384: the self-agent geodesic term sits at the artanh clamp (METHOD.md §10.5)
+    # ‖f‖ = 20 at D = 384: the self-agent geodesic term sits at the artanh clamp (docs/METHOD.md §8.5)
     g = torch.Generator().manual_seed(3)
     s = torch.nn.functional.normalize(torch.randn(32, 384, generator=g), dim=1) * 20
     s.requires_grad_(True)

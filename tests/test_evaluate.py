@@ -1,4 +1,4 @@
-"""The PointNetVLAD evaluation protocol against hand computations (METHOD.md §7)."""
+"""The PointNetVLAD evaluation protocol against hand computations (docs/METHOD.md §6)."""
 
 from __future__ import annotations
 

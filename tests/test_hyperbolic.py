@@ -54,7 +54,7 @@ def test_projected_norm_never_exceeds_max_radius(c):
 
 
 def test_radii_of_raw_norms_match_spec():
-    # METHOD.md §5.2: ‖u‖ = 1, 5, 10, 20 map to radii 0.968, 2.91, 3.15, 3.159
+    # docs/METHOD.md §4.2: ‖u‖ = 1, 5, 10, 20 map to radii 0.968, 2.91, 3.15, 3.159
     for raw, radius, tol in [(1, 0.968, 1e-3), (5, 2.91, 1e-2), (10, 3.15, 1e-2), (20, 3.159, 1e-3)]:
         u = torch.zeros(1, 3, dtype=torch.float64)
         u[0, 0] = raw
@@ -120,7 +120,7 @@ def test_gram_method_is_more_accurate_than_float32_broadcast_near_boundary():
 
 
 def test_unit_vector_distances_match_spec():
-    # METHOD.md §11: unit vectors at θ = π/2 -> 2.916, θ = π -> 4.000 at c = 0.1 (θ = 0.5 -> 1.05)
+    # docs/METHOD.md §4.2: unit vectors at θ = π/2 -> 2.916, θ = π -> 4.000 at c = 0.1 (θ = 0.5 -> 1.05)
     def pair(theta):
         a = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
         b = torch.tensor([[math.cos(theta), math.sin(theta)]], dtype=torch.float64)

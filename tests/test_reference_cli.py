@@ -35,7 +35,7 @@ def test_oxford_seed_command_is_the_full_distilvpr_objective() -> None:
     from distilvpr_lib.losses.distiller import resolve_term_weights
 
     assert resolve_term_weights(run.config.distill) == resolve_term_weights(DistillConfig(method="distilvpr"))
-    # the reference's experiment name, as in METHOD.md §6.3
+    # the reference's experiment name, as in docs/METHOD.md §9.2
     assert experiment_name(run) == (
         "0oxford__T-minklocmmcat__resnet18__img256__pc128__32_64_64__1_1_1__1__allstgF__S-resnet18__384__b128"
         "__+rkdg__w10.0__+crodist_st2ss0.1__+crosim_st2ss0.1__+crogdist_st2ss0.1")

@@ -356,7 +356,7 @@ def test_other_architectures_are_inferred():
 # a reference-structured model written with raw MinkowskiEngine layers
 # ---------------------------------------------------------------------------------------------------------
 def build_reference_me_model():
-    """MinkLocMultimodal of METHOD.md §3.1 from raw ME layers, with the reference attribute names."""
+    """MinkLocMultimodal of docs/METHOD.md §3.1 from raw ME layers, with the reference attribute names."""
     import MinkowskiEngine as ME
     import torchvision
 

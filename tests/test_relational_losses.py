@@ -1,4 +1,4 @@
-"""Self-agent RKD-G and cross-agent losses (METHOD.md §5.3–§5.4) against hand computations."""
+"""Self-agent RKD-G and cross-agent losses (docs/METHOD.md §4.3–§4.4) against hand computations."""
 
 from __future__ import annotations
 

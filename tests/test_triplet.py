@@ -1,4 +1,4 @@
-"""Batch-hard triplet loss against hand computations (METHOD.md §5.1)."""
+"""Batch-hard triplet loss against hand computations (docs/METHOD.md §4.1)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Training augmentations of clouds and images (METHOD.md §4.4), each switchable.
+"""Training augmentations of clouds and images (docs/METHOD.md §2.5), each switchable.
 
 Cloud augmentations act on a ``(P, 3)`` float32 tensor and draw from torch's global RNG (so a
 ``DataLoader`` seeds them per worker). The constants are the reference method's values.
@@ -20,7 +20,7 @@ import torch
 
 from distilvpr_lib.config import IMAGENET_MEAN, IMAGENET_STD, DataConfig, Layout
 
-# Reference constants (METHOD.md §4.4).
+# Reference constants (docs/METHOD.md §2.5).
 ROTATION_MAX_DEGREES = 5.0
 FLIP_PROBABILITIES = (0.25, 0.25, 0.0)
 JITTER_SIGMA = 0.001
@@ -147,7 +147,7 @@ CLOUD_AUGMENTATIONS: dict[str, Callable[[], Callable[[torch.Tensor], torch.Tenso
     "translation": RandomTranslation,
     "remove_block": RemoveRandomBlock,
 }
-#: Which augmentations each layout uses by default (METHOD.md §4.4: Boreas has no geometric ones).
+#: Which augmentations each layout uses by default (docs/METHOD.md §2.5: Boreas has no geometric ones).
 LAYOUT_CLOUD_AUGMENTATIONS: dict[str, tuple[str, ...]] = {
     Layout.OXFORD.value: ("rotation", "flip", "jitter", "remove_points", "translation", "remove_block"),
     Layout.BOREAS.value: ("jitter", "remove_points", "remove_block"),

@@ -1,6 +1,6 @@
 """A benchmark folder on disk (Oxford or Boreas layout), loaded and validated.
 
-Oxford layout (METHOD.md §4.1)::
+Oxford layout (docs/METHOD.md §2.1)::
 
     <dataset_dir>/oxford/<run>/pointcloud_20m[_10overlap]/<ts>.bin
     <dataset_dir>/oxford/<run>/pointcloud_locations_20m[_10overlap].csv
@@ -9,7 +9,7 @@ Oxford layout (METHOD.md §4.1)::
     <dataset_dir>/validation_evaluation_{database,query}.pickle     (optional, written by data.splits)
     <image_dir>/lidar2image_ndx.pickle, <image_dir>/<run>/<image_ts>.png   (image_dir default <dataset_dir>/images)
 
-Boreas layout (METHOD.md §4.2)::
+Boreas layout (docs/METHOD.md §2.2)::
 
     <dataset_dir>/<run>/lidar_1_4096_interval10/<ts>.npy
     <image_dir>/<run>/camera_lidar_interval10/<image_ts>.png          (image_dir default: the folder holding the runs)

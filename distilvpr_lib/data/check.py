@@ -275,7 +275,7 @@ def check_dataset(dataset_dir: PathLike, image_dir: PathLike | None = None, layo
                        f"{TRUE_NEIGHBOUR_RADIUS_M:g} m (first: query run {j} entry {key} vs database run {i})")
             if benchmark.layout == Layout.OXFORD:
                 report.add_problem(message)
-            else:  # the Boreas radius is not known for sure (METHOD.md §4.2)
+            else:  # the Boreas radius is not known for sure (docs/METHOD.md §2.2)
                 report.warnings.append(message)
     if benchmark.validation_squares:
         squares = "; ".join(f"N {n:.1f} E {e:.1f} ±{h:.1f} m" for n, e, h in benchmark.validation_squares)

@@ -1,4 +1,4 @@
-"""Collate: quantised sparse coordinates, stacked images, positive/negative masks (METHOD.md §4.5).
+"""Collate: quantised sparse coordinates, stacked images, positive/negative masks (docs/METHOD.md §2.6).
 
 Masks, for labels ``L`` (tuple ids) of a batch::
 

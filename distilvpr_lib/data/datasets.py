@@ -1,4 +1,4 @@
-"""Torch datasets over a :class:`~distilvpr_lib.data.benchmark.Benchmark` (METHOD.md §4.4, §4.6).
+"""Torch datasets over a :class:`~distilvpr_lib.data.benchmark.Benchmark` (docs/METHOD.md §2.5, §2.7).
 
 Items are dicts:
 
@@ -105,7 +105,7 @@ class EvaluationDataset(Dataset):
 
 
 def flatten_sets(sets: Sequence[dict[int, dict[Any, Any]]]) -> tuple[list[str], list[int]]:
-    """Merge per-run evaluation sets into one list of rel paths (METHOD.md §4.6).
+    """Merge per-run evaluation sets into one list of rel paths (docs/METHOD.md §2.7).
 
     Returns:
         ``(rel_paths, offsets)``: set ``r`` occupies ``rel_paths[offsets[r]:offsets[r + 1]]``

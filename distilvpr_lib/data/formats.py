@@ -1,4 +1,4 @@
-"""On-disk formats of the benchmark (METHOD.md §4.1, §4.2), read and written safely.
+"""On-disk formats of the benchmark (docs/METHOD.md §2.1, §2.2), read and written safely.
 
 * ``.bin`` point clouds: raw little-endian float64, 4096 x 3, C order (PointNetVLAD / Oxford).
 * ``.npy`` point clouds: a (4096, 3) numpy array (Boreas), loaded with ``allow_pickle=False``.
@@ -481,7 +481,7 @@ def write_locations_csv(path: PathLike, timestamps: Sequence[int], northing: Seq
 # Training tuples
 # ---------------------------------------------------------------------------
 class TrainingTuple:
-    """One training sub-map (MinkLoc format, METHOD.md §4.1).
+    """One training sub-map (MinkLoc format, docs/METHOD.md §2.1).
 
     Attributes:
         id: index 0..N-1 (the key in the training dict).

@@ -17,7 +17,7 @@ When a kept training pickle differs from the rebuilt one, its tuples may lie ins
 or their guard band; the report says how many, since validation recalls are then optimistic.
 
 Only the Oxford layout has per-run CSVs to build from (``oxford/<run>/pointcloud_locations_20m[_10overlap].csv``);
-a Boreas folder is refused with the reason (its benchmark split is not published, METHOD.md §4.2).
+a Boreas folder is refused with the reason (its benchmark split is not published, docs/METHOD.md §2.2).
 """
 
 from __future__ import annotations
@@ -157,7 +157,7 @@ def prepare_benchmark(dataset_dir: PathLike, layout: str = "oxford", force: bool
     if layout == Layout.BOREAS:
         raise DataFormatError(
             f"{dataset_dir}: prepare-data builds Oxford-layout folders only; the Boreas benchmark's split is not "
-            "published (METHOD.md §4.2), so use the authors' boreas_*.pickle files as they are "
+            "published (docs/METHOD.md §2.2), so use the authors' boreas_*.pickle files as they are "
             "(distilvpr check-data validates them)")
     if not dataset_dir.is_dir():
         raise MissingDataError(f"{dataset_dir}: dataset folder not found")

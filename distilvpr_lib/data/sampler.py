@@ -1,4 +1,4 @@
-"""MinkLoc positive-pair batch sampler (METHOD.md §4.5), seeded and epoch-aware.
+"""MinkLoc positive-pair batch sampler (docs/METHOD.md §2.6), seeded and epoch-aware.
 
 Per epoch, with a ``numpy.random.Generator`` seeded from ``(seed, epoch)``:
 

@@ -1,6 +1,6 @@
 """Build the benchmark sets from per-run CSVs by the PointNetVLAD rules, plus a validation split.
 
-Test split (METHOD.md §4.1, faithful to PointNetVLAD / MinkLoc):
+Test split (docs/METHOD.md §2.3, faithful to PointNetVLAD / MinkLoc):
 
 * A sub-map is in the *test region* when it lies strictly inside one of the four axis-aligned
   squares of half-width 150 m centred at P1..P4 (``config.OXFORD_TEST_SQUARE_CENTRES``).
@@ -77,7 +77,7 @@ VALIDATION_QUERY_PICKLE = "validation_evaluation_query.pickle"
 VALIDATION_SQUARES_JSON = "validation_squares.json"
 LIDAR2IMAGE_PICKLE = "lidar2image_ndx.pickle"
 
-#: Boreas layout (METHOD.md §4.2): per-run folders and files, and the benchmark files at the dataset root.
+#: Boreas layout (docs/METHOD.md §2.2): per-run folders and files, and the benchmark files at the dataset root.
 BOREAS_CLOUD_FOLDER = "lidar_1_4096_interval10"
 BOREAS_IMAGE_FOLDER = "camera_lidar_interval10"
 BOREAS_P0_FOLDER = "P0_camera_interval10"

@@ -1,4 +1,4 @@
-"""Embedding extraction and whole-split evaluation of a model (METHOD.md §4.6, §7).
+"""Embedding extraction and whole-split evaluation of a model (docs/METHOD.md §2.7, §6).
 
 :func:`compute_embeddings` runs a model over a dataset / loader in eval mode without gradients.
 :func:`compute_split_embeddings` embeds every database and query set of a split in **one pass**

@@ -1,4 +1,4 @@
-"""The PointNetVLAD place-recognition evaluation protocol (METHOD.md §7).
+"""The PointNetVLAD place-recognition evaluation protocol (docs/METHOD.md §6).
 
 :func:`evaluate_retrieval` takes per-run database and query embeddings plus the query sets of the
 evaluation pickles and returns a :class:`~distilvpr_lib.engine.results.RetrievalResults` that both the
@@ -20,7 +20,7 @@ Protocol, for every ordered pair (i = database run, j = query run) with i != j:
 Reported: ``AR@N`` = mean over pairs of Recall@N, ``AR@1%`` likewise, and the per-database-run
 ``AR@1`` = mean over j != i of Recall@1(i, j).
 
-Deliberate differences from the reference code (documented, METHOD.md §10):
+Deliberate differences from the reference code (documented, docs/METHOD.md §8):
 
 * **Recall@1% is exact.** The reference retrieves only the top 25 and so silently truncates
   ``T_i`` to 25 when ``|DB_i| > 2,500``. Here ``max(top_k, T_i)`` items are retrieved per query

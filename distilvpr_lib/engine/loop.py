@@ -1,4 +1,4 @@
-"""The training loop: one :class:`Trainer` for the teacher and the student (METHOD.md §6).
+"""The training loop: one :class:`Trainer` for the teacher and the student (docs/METHOD.md §5).
 
 :class:`Trainer` runs epochs: positive-pair batches (the sampler reseeded per epoch through
 ``set_epoch``), batches without a positive or a negative pair skipped, Adam steps,
@@ -14,7 +14,7 @@ config → data → model → objective → trainer → test evaluation → file
 Model selection (documented choice): the epoch with the highest validation AR@1 is kept; on a
 tie the **later** epoch wins (it has trained longer at an equal score). With
 ``train.use_validation_split = False`` no selection happens: the last epoch is kept. The test
-split is never read during training (the reference picked epochs on test, METHOD.md §10.3).
+split is never read during training (the reference picked epochs on test, docs/METHOD.md §8.3).
 
 Exact resume: the checkpoint written at the end of epoch e holds the model, optimiser,
 scheduler, AMP scaler and every global RNG state *after* the whole epoch; validation runs inside
@@ -263,7 +263,7 @@ class Trainer:
             sampler.set_epoch(epoch)
         if self.ctx.is_distributed:  # every rank its own augmentations; exact resume at a given world size
             seed_everything(rank_epoch_seed(self.train_cfg.seed, epoch, self.ctx.rank))
-        self.train_model.train()  # every epoch: evaluation leaves the model in eval mode (METHOD.md §10.2)
+        self.train_model.train()  # every epoch: evaluation leaves the model in eval mode (docs/METHOD.md §8.2)
         lrs = {name: float(g["lr"]) for name, g in zip(self.group_names, self.optimizer.param_groups)}
         sums: dict[str, float] = {}
         stat_sums: dict[str, float] = {}

@@ -1,5 +1,5 @@
 """Training objectives: a model's outputs on a batch -> the total loss, its weighted named terms
-and statistics (METHOD.md §5.1, §5.5).
+and statistics (docs/METHOD.md §4.1, §4.5).
 
 * :class:`TeacherObjective`: ``w0·triplet(fused) + w1·triplet(cloud) [+ w2·triplet(image)]``;
 * :class:`StudentObjective`: ``student_task_weight·triplet(s)`` plus the Distiller's weighted terms
@@ -70,7 +70,7 @@ def _make_triplet(margin: float) -> nn.Module:
 
 
 class TeacherObjective:
-    """``Σ_h w_h · triplet(outputs[h])`` over the teacher's heads (fused, cloud, image), METHOD.md §5.1.
+    """``Σ_h w_h · triplet(outputs[h])`` over the teacher's heads (fused, cloud, image), docs/METHOD.md §4.1.
 
     Delegates to :func:`distilvpr_lib.losses.triplet.teacher_task_loss`: heads with weight 0 are
     not computed (the reference computed the image head and multiplied it by 0). Term names:
@@ -108,14 +108,14 @@ class TeacherObjective:
 
 
 class StudentObjective:
-    """``student_task_weight · triplet(s)`` + the Distiller's weighted named terms (METHOD.md §5.5).
+    """``student_task_weight · triplet(s)`` + the Distiller's weighted named terms (docs/METHOD.md §4.5).
 
     The teacher embeddings ``t`` come from a :class:`TeacherCache`, looked up by the batch's
     ``rel_paths``; the teacher never runs. With ``distiller=None`` (method ``nokd``) only the task
     term is used. ``train_cfg.task_normalize`` computes the task triplet on L2-normalised embeddings.
     Stats: ``active_fraction`` / ``num_triplets`` of the task triplet and
     ``{student,teacher}_norm_{mean,max}`` (raw norms; the self-agent hyperbolic term saturates
-    for large raw norms, METHOD.md §10.5). With ``train_cfg.loss_diagnostics`` also, per term,
+    for large raw norms, docs/METHOD.md §8.5). With ``train_cfg.loss_diagnostics`` also, per term,
     ``grad_norm/<term>`` = ‖∂term/∂s‖ (Frobenius norm over the (B, D) student embedding) and
     ``grad_ratio/<term>`` = that norm over the task term's, and ``hyperbolic_clamp_{student,teacher}``
     = the share of off-diagonal self-relation entries d_c(ToPoincare(x_i), ToPoincare(x_j)) at the artanh
@@ -195,7 +195,7 @@ def term_gradient_norms(terms: Mapping[str, torch.Tensor], embedding: torch.Tens
 def hyperbolic_clamp_share(embeddings: torch.Tensor, curvature: float) -> float:
     """Share of off-diagonal entries of the self geodesic relation at the artanh clamp.
 
-    ``d_c(ToPoincare(x_i), ToPoincare(x_j))`` is computed as in the self-agent term (METHOD.md §5.3); an
+    ``d_c(ToPoincare(x_i), ToPoincare(x_j))`` is computed as in the self-agent term (docs/METHOD.md §4.3); an
     entry is *at the clamp* when ``√c·‖(−x_i) ⊕_c x_j‖ ≥ 1 − ARTANH_EPS``, i.e. the distance equals its
     saturation value ``(2/√c)·artanh(1 − ARTANH_EPS)`` and carries no relational information.
 

@@ -1,4 +1,4 @@
-"""Optimiser and learning-rate schedule of the teacher and the student (METHOD.md §6.1).
+"""Optimiser and learning-rate schedule of the teacher and the student (docs/METHOD.md §5.1).
 
 Adam with L2 weight decay over named parameter groups (the teacher's image branch at ``image_lr``
 and cloud branch at ``cloud_lr``; every student parameter at ``image_lr``), and ``MultiStepLR``

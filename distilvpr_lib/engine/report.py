@@ -51,7 +51,7 @@ def embedding_norm_table(metrics: Mapping[str, Any], curvature: float = 0.1) -> 
     """Student / teacher embedding norms and where they land in the Poincaré ball of curvature ``c``.
 
     For a raw vector of norm r, expmap0 gives radius tanh(√c·r)/√c; the ball's boundary is 1/√c.
-    ``ball_radius_fraction`` close to 1 means the hyperbolic self-agent term saturates (METHOD.md §10.5).
+    ``ball_radius_fraction`` close to 1 means the hyperbolic self-agent term saturates (docs/METHOD.md §8.5).
     """
     sqrt_c = math.sqrt(curvature)
     rows = {}
@@ -282,7 +282,7 @@ def relation_auc(embeddings: np.ndarray, positives: np.ndarray, negatives: np.nd
                  relations: tuple[str, ...] = ("euclidean", "cosine", "hyperbolic"), curvature: float = 0.1) -> dict[str, float]:
     """How much place information a self relation matrix carries: ROC AUC of positive vs negative pairs.
 
-    The relations are those the distillation terms hand down (METHOD.md §5.3-5.4): Euclidean distances
+    The relations are those the distillation terms hand down (docs/METHOD.md §4.3–§4.4): Euclidean distances
     ``‖x_i − x_j‖``, cosine similarities, and geodesic distances ``d_c`` in the Poincaré ball after
     ``ToPoincare``. A pair scores higher when it is more similar (distances are negated); AUC = 1 means
     every positive pair is closer than every negative pair, 0.5 means the relation says nothing about place.

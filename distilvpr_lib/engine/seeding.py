@@ -1,7 +1,7 @@
 """Seeding, determinism and random-number-generator state capture (for exact resume).
 
 Nothing here runs at import: the caller seeds explicitly with :func:`seed_everything`
-(METHOD.md §10.14 — the reference reseeded at every import, which we do not reproduce).
+(docs/METHOD.md §8.14 — the reference reseeded at every import, which we do not reproduce).
 
 The generators that a training run consumes are Python's ``random``, NumPy's global
 generator and torch's CPU and CUDA generators. :func:`capture_rng_state` /

@@ -1,6 +1,6 @@
 """The teacher embedding cache: one forward pass of the trained teacher over the training set.
 
-Student training (METHOD.md §6.3) never runs the teacher: it looks the teacher's embedding of
+Student training (docs/METHOD.md §5.3) never runs the teacher: it looks the teacher's embedding of
 each training sub-map up by ``rel_path`` in this cache. So distillation needs neither the
 teacher's forward pass nor the sparse-convolution backend, once the cache exists.
 
@@ -8,7 +8,7 @@ Two modes (``cfg.train.clean_teacher_cache``):
 
 * **clean** (default): clouds and images without augmentation, so each target is the
   teacher's embedding of the sub-map itself;
-* **reference** (``False``): the reference's quirk (METHOD.md §10.1) — the training pipeline
+* **reference** (``False``): the reference's quirk (docs/METHOD.md §8.1) — the training pipeline
   *with* its augmentations, visited once in sequential order after seeding with
   ``cfg.train.seed``, so each target is one frozen random view.
 

@@ -1,8 +1,8 @@
-"""Distillation baselines on (B, D) embeddings (METHOD.md §5.6 and the cited papers).
+"""Distillation baselines on (B, D) embeddings (docs/METHOD.md §4.6 and the cited papers).
 
 Every loss takes the student (B, D) and the (detached) teacher (B, D) embeddings and returns
 a dict of unweighted terms. The KD-style losses treat the metric embeddings as logits, as
-the authors' baselines do (METHOD.md §10.15).
+the authors' baselines do (docs/METHOD.md §8.15).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ class KDLoss(DistillLoss):
 
 @register_loss("rkd")
 class RKDLoss(DistillLoss):
-    """Relational KD: distance + angle terms exactly as in RKD-G (§5.3) without the geodesic term.
+    """Relational KD: distance + angle terms exactly as in RKD-G (§4.3) without the geodesic term.
 
     ``rkd_distance`` = SmoothL1(ψ(S)/μ_S, ψ(T)/μ_T), ψ_ij = ‖x_i − x_j‖, μ = mean of the
     positive entries; ``rkd_angle`` = SmoothL1(A(S), A(T)), A_ijk = cos∠(x_j − x_i, x_k − x_i)
@@ -173,14 +173,14 @@ class CCLoss(DistillLoss):
 
 @register_loss("csd")
 class CSDLoss(DistillLoss):
-    """Cross-sample similarity distillation (authors' baseline, §5.6).
+    """Cross-sample similarity distillation (authors' baseline, §4.6).
 
     ``ŝ, t̂`` L2-normalised; ``L = MSE(t̂ ŝᵀ, sg[t̂ t̂ᵀ])`` over all B² entries: the
     teacher–student cosine matrix is matched to the teacher's. With ``csd_use_kd`` the MSE is
     replaced by KD (rows as logits, temperature ``kd_temperature``). The TT matrix is always
     detached (the reference's ``detach`` option; the teacher is frozen here anyway).
 
-    Source: the DistilVPR authors' ``csd`` baseline (decompiled, METHOD.md §5.6); the paper it
+    Source: the DistilVPR authors' ``csd`` baseline (decompiled, docs/METHOD.md §4.6); the paper it
     stands for is not identified in the spec [UNVERIFIED].
     """
 
@@ -207,7 +207,7 @@ class CSDLoss(DistillLoss):
 
 @register_loss("afd")
 class AFDLoss(DistillLoss):
-    """Attention-weighted feature distance (authors' baseline "afd", §5.6).
+    """Attention-weighted feature distance (authors' baseline "afd", §4.6).
 
     ``att = softmax_j(s tᵀ)`` on the raw embeddings (rows); ``L = (1/B) Σ_i Σ_j att_ij M_ij``.
     Default (``afd_faithful_index_mismatch=False``): consistent indexing
@@ -215,7 +215,7 @@ class AFDLoss(DistillLoss):
     j weights the distance between the same two samples. ``True`` reproduces the reference's
     mismatch ``M_ij = ‖ŝ_j − t̂_i‖`` (attention indexed (s_i, t_j), distance (t_i, s_j)).
 
-    Source: the DistilVPR authors' ``afd`` baseline (decompiled, METHOD.md §5.6), an embedding-level
+    Source: the DistilVPR authors' ``afd`` baseline (decompiled, docs/METHOD.md §4.6), an embedding-level
     simplification of attention-based feature distillation (Ji, Heo, Park, "Show, Attend and
     Distill: Knowledge Distillation via Attention-based Feature Matching", AAAI 2021).
     """
@@ -298,7 +298,7 @@ class LSDNetLoss(DistillLoss):
     pairs is 0. ``loss`` = ``lsdnet_loss_type`` (mse | l1 | smoothl1). Group weight
     ``lsdnet`` × internal weights (1, 1, 1).
 
-    Source: the DistilVPR authors' ``lsdnet`` baseline (decompiled, METHOD.md §5.6); likely
+    Source: the DistilVPR authors' ``lsdnet`` baseline (decompiled, docs/METHOD.md §4.6); likely
     "LSDNet: A Lightweight Self-Attentional Distillation Network for Visual Place Recognition",
     IROS 2022 [citation UNVERIFIED].
     """

@@ -1,4 +1,4 @@
-"""The distiller: a preset of weighted loss terms turned into one module (METHOD.md §5.5, §9).
+"""The distiller: a preset of weighted loss terms turned into one module (docs/METHOD.md §4.5, §7).
 
 ``Distiller(distill_cfg)(student (B, D), teacher (B, D), positives_mask, negatives_mask)``
 returns a dict of WEIGHTED named terms; the engine logs each and adds them to the task loss
@@ -41,7 +41,7 @@ _GEOMETRIES = ("euclidean", "spherical", "hyperbolic")
 _ST2SS = {f"cross_{g}_st2ss": 0.1 for g in _GEOMETRIES}
 _TT2ST = {f"cross_{g}_tt2st": 0.1 for g in _GEOMETRIES}
 
-#: Preset name -> weight spec (see the module docstring). METHOD.md §5.5 and §9.
+#: Preset name -> weight spec (see the module docstring). docs/METHOD.md §4.5 and §7.
 PRESETS: dict[str, dict[str, float]] = {
     # B0: student without distillation
     "nokd": {},

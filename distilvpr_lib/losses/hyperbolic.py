@@ -1,4 +1,4 @@
-"""Poincaré-ball maths with curvature ``c`` (METHOD.md §5.2), numerically guarded.
+"""Poincaré-ball maths with curvature ``c`` (docs/METHOD.md §4.2), numerically guarded.
 
 The ball of curvature ``-c`` is ``{x : c·‖x‖² < 1}``. All functions act on the last
 dimension and broadcast over the leading ones.

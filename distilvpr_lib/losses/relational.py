@@ -1,4 +1,4 @@
-"""DistilVPR's relational losses: the self-agent RKD-G (§5.3) and the cross-agent losses (§5.4).
+"""DistilVPR's relational losses: the self-agent RKD-G (docs/METHOD.md §4.3) and the cross-agent losses (§4.4).
 
 Self-agent (teacher–teacher vs student–student, on RAW embeddings):
 
@@ -171,7 +171,7 @@ def geodesic_loss(
 # ---------------------------------------------------------------------------
 @register_loss("rkdg")
 class RKDGLoss(DistillLoss):
-    """Self-agent RKD-G (DistilVPR §5.3): ``w_D·L_D + w_A·L_A + w_G·L_G`` on raw embeddings.
+    """Self-agent RKD-G (docs/METHOD.md §4.3): ``w_D·L_D + w_A·L_A + w_G·L_G`` on raw embeddings.
 
     ``L_D``: RKD distance (SmoothL1 of mean-normalised distance matrices);
     ``L_A``: RKD angle over all B³ triples; ``L_G``: SmoothL1 of mean-normalised Poincaré
@@ -213,7 +213,7 @@ class RKDGLoss(DistillLoss):
 
 @register_loss("rkdg2")
 class RKDG2Loss(RKDGLoss):
-    """RKD-G variant "rkdg2" (authors' baseline file, METHOD.md §5.6): the angle term is replaced by
+    """RKD-G variant "rkdg2" (authors' baseline file, docs/METHOD.md §4.6): the angle term is replaced by
     ``SmoothL1(cos(S), cos(T))`` of the plain (B, B) cosine-similarity matrices.
 
     Terms ``rkdg2_distance``, ``rkdg2_cosine``, ``rkdg2_geodesic`` (group ``rkdg2``, internal 1/1/1).
@@ -238,7 +238,7 @@ class RKDG2Loss(RKDGLoss):
 # cross-agent losses
 # ---------------------------------------------------------------------------
 class CrossAgentLoss(DistillLoss):
-    """Cross-agent loss of one geometry (DistilVPR §5.4).
+    """Cross-agent loss of one geometry (docs/METHOD.md §4.4).
 
     ``st2ss = loss(SS, sg[ST])`` and ``tt2st = loss(ST, sg[TT])`` on normalised inputs
     (``norm_fn``), optionally after the Poincaré logit mapping. ``loss`` is the mean over

@@ -1,4 +1,4 @@
-"""Relation matrices between agents, per geometry (METHOD.md §5.3–§5.4).
+"""Relation matrices between agents, per geometry (docs/METHOD.md §4.3–§4.4).
 
 An *agent pairing* is a pair of embedding sets: SS (student, student), ST (student,
 teacher) and TT (teacher, teacher). A relation matrix ``R[i, j]`` relates row-sample ``i``
@@ -19,7 +19,7 @@ entry-wise means, the orientation of ST does not change any loss. Here ST is alw
 
 Self relations (``a is b``) get an exactly-zero diagonal for the distance geometries; the
 reference's diagonal is rounding noise (~1e-7) whose gradient is meaningless and which
-would otherwise count among the "positive entries" of the mean normaliser of §5.3.
+would otherwise count among the "positive entries" of the mean normaliser of §4.3.
 """
 
 from __future__ import annotations

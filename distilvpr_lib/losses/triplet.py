@@ -1,4 +1,4 @@
-"""Task loss: batch-hard triplet with masks (MinkLoc++ ``BatchHardTripletLossWithMasks``, METHOD.md §5.1).
+"""Task loss: batch-hard triplet with masks (MinkLoc++ ``BatchHardTripletLossWithMasks``, docs/METHOD.md §4.1).
 
 1. Mining on DETACHED embeddings, Euclidean distances ``D_ab = ‖x_a − x_b‖`` (no normalisation):
    hardest positive ``p(a) = argmax_b D_ab·P_ab`` (non-positives set to 0), hardest negative

@@ -1,6 +1,6 @@
 """Image branches: a torchvision ResNet truncated after ``layer3`` -> 1x1 conv -> learnable GeM.
 
-Used by the teacher (``ResNetFPNv2`` in the reference, 256-d; METHOD.md §3.1) and by the student
+Used by the teacher (``ResNetFPNv2`` in the reference, 256-d; docs/METHOD.md §3.1) and by the student
 (``GeneralImageFE``, 384-d; §3.2). ImageNet weights are optional and only ever read from a local file
 (:func:`load_image_backbone_weights`); nothing is downloaded.
 """

@@ -1,5 +1,5 @@
 """The authors' names: experiment names (``0oxford__T-minklocmmcat__resnet18__img256__pc128__32_64_64__1_1_1__1
-__allstgF__b128__trainteacher``, or the first release's ``T:`` form; METHOD.md §6.3 item 6) and checkpoint file
+__allstgF__b128__trainteacher``, or the first release's ``T:`` form; docs/METHOD.md §9.2) and checkpoint file
 names (``r1_best_ep<E>_<AR@1>.pth``), parsed into their fields."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ _EXPERIMENT_NAME = re.compile(
 
 @dataclass(frozen=True)
 class ReferenceExperimentName:
-    """The fields of a reference experiment name (METHOD.md §6.3 item 6)."""
+    """The fields of a reference experiment name (docs/METHOD.md §9.2)."""
 
     raw: str
     separator: str  # "-" (current) or ":" (first release)

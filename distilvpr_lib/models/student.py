@@ -1,4 +1,4 @@
-"""The image-only student (``GeneralImageFE``, METHOD.md §3.2): ResNet to layer3 -> 1x1 conv -> GeM (384-d)."""
+"""The image-only student (``GeneralImageFE``, docs/METHOD.md §3.2): ResNet to layer3 -> 1x1 conv -> GeM (384-d)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The multi-modal teacher ``MinkLocMultimodal`` (MinkLoc++ ``minklocmmcat``, METHOD.md §3.1).
+"""The multi-modal teacher ``MinkLocMultimodal`` (MinkLoc++ ``minklocmmcat``, docs/METHOD.md §3.1).
 
 cloud branch (MinkFPN + GeM, 128-d) ‖ image branch (ResNet18 to layer3 + 1x1 conv + GeM, 256-d), fused by
 concatenation, cloud first (384-d). State-dict keys follow the authors' checkpoints

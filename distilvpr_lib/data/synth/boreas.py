@@ -1,4 +1,4 @@
-"""Boreas layout: the generator driven along real Boreas trajectories (METHOD.md §4.2).
+"""Boreas layout: the generator driven along real Boreas trajectories (docs/METHOD.md §2.2).
 
 The world is built around the first real drive of ``boreas_poses/`` (a suburban arterial road
 along the driven path: detached houses and low commercial blocks turned to face the road, front
@@ -15,7 +15,7 @@ and camera timestamps, shifted to the run's date) under its own condition. Writt
     boreas_squares.json, synth_config.json, synth_manifest.json, synth_complete.json
 
 Run names are ``boreas-YYYY-MM-DD-HH-MM`` (23 characters). The Boreas benchmark's own split is
-not published (METHOD.md §4.2); here test squares of half-width 150 m are placed along the route
+not published (docs/METHOD.md §2.2); here test squares of half-width 150 m are placed along the route
 so that about ``test_fraction`` of the submaps are queries, with the Oxford radii (10/50/25 m)
 and a validation square chosen as in :mod:`distilvpr_lib.data.splits`.
 """
@@ -397,7 +397,7 @@ def build_boreas_benchmark(dataset_dir: PathLike, plan: BoreasPlan) -> dict[str,
     tuples = make_training_tuples([rel[i] for i in keep], ts[keep], pos[keep])
     eval_names = plan.eval_runs()
     eval_locs = [locations[names.index(n)] for n in eval_names]
-    # Boreas evaluation reuses the database embeddings as queries (METHOD.md §7), so every query set lists
+    # Boreas evaluation reuses the database embeddings as queries (docs/METHOD.md §6), so every query set lists
     # exactly its database entries, index for index; entries that are not queries get empty neighbour lists.
     everything = [np.ones(len(loc.rel_paths), bool) for loc in eval_locs]
     test_db, test_q = make_evaluation_sets(eval_locs, everything)

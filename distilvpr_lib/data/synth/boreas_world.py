@@ -1,6 +1,6 @@
 """The Boreas world: the real drives (``boreas_poses/<run>/applanix/*_poses.csv``) as smooth tracks, and a
 suburban road built along the first one (detached houses and low commercial blocks turned to face the road,
-front yards, boulevard trees, lamps), plus each run's parked cars and pedestrians (METHOD.md §4.2).
+front yards, boulevard trees, lamps), plus each run's parked cars and pedestrians (docs/METHOD.md §2.2).
 """
 
 from __future__ import annotations

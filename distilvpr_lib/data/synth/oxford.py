@@ -1,4 +1,4 @@
-"""The Oxford layout: a procedural loop around the PointNetVLAD test squares (METHOD.md §4.1).
+"""The Oxford layout: a procedural loop around the PointNetVLAD test squares (docs/METHOD.md §2.1).
 
 Written under ``out_dir`` by :class:`OxfordWriter` through :func:`~.skeleton.run_generation`::
 

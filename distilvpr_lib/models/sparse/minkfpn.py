@@ -1,6 +1,6 @@
 """The teacher's cloud branch (MinkLoc++ ``MinkLoc``): MinkFPN with ECA basic blocks + per-cloud GeM.
 
-Written once against :class:`~distilvpr_lib.models.sparse.base.SparseBackend` (METHOD.md §3.1):
+Written once against :class:`~distilvpr_lib.models.sparse.base.SparseBackend` (docs/METHOD.md §3.1):
 
 * ``conv0``: conv k (5) stride 1, 1 -> planes[0], BN, ReLU.
 * bottom-up level i = 0..L-1: conv k2 stride 2 (inplanes -> inplanes), BN, ReLU, then ``layers[i]``
