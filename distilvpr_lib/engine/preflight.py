@@ -280,8 +280,11 @@ def preflight_teacher_folder(teacher_dir: PathLike, cfg: "ExperimentConfig",
 # ---------------------------------------------------------------------------
 # The output folder
 # ---------------------------------------------------------------------------
-def preflight_out_dir(out_dir: PathLike) -> None:
+def preflight_out_dir(out_dir: PathLike, check_lock: bool | None = None) -> None:
     """The run folder can be created / written, and no other process holds it.
+
+    ``check_lock`` (default: only on the main process) looks for another writer; under ``torchrun`` the other
+    ranks skip it, since rank 0 of the same run may already hold the lock (only rank 0 locks and writes).
 
     Nothing is left behind: writability is probed with a temporary folder in the nearest existing
     ancestor, removed at once.
@@ -290,8 +293,11 @@ def preflight_out_dir(out_dir: PathLike) -> None:
         RunFolderError: a file stands there, or the place is not writable. RunFolderLockedError: another
             process is writing the folder.
     """
+    from distilvpr_lib.engine.distributed import is_main_process
     from distilvpr_lib.engine.run_guard import check_not_locked
 
+    if check_lock is None:
+        check_lock = is_main_process()
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise RunFolderError("is a file, not a run folder", path=out_dir, hint="choose another --out")
@@ -308,7 +314,8 @@ def preflight_out_dir(out_dir: PathLike) -> None:
     except OSError as exc:
         raise RunFolderError(f"not writable ({exc.strerror or exc})", path=ancestor,
                              hint="check its permissions, or choose another --out") from exc
-    check_not_locked(out_dir)
+    if check_lock:
+        check_not_locked(out_dir)
 
 
 def preflight_resume(cfg: "ExperimentConfig", out_dir: PathLike, kind: str, resume: bool,
