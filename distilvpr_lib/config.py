@@ -450,7 +450,10 @@ def _update_dataclass(obj: Any, values: dict[str, Any], section: str) -> None:
 
 #: Config fields holding paths to files or folders: :func:`notebook_config` resolves them against the
 #: project root (:func:`distilvpr_lib.paths.project_path`).
-PATH_FIELDS: tuple[str, ...] = ("data.dataset_dir", "data.image_dir")
+PATH_FIELDS: tuple[str, ...] = ("data.dataset_dir", "data.image_dir", "data.image_cache_dir",
+                                 "model.pretrained_image_weights")
+#: Value of ``ModelConfig.pretrained_image_weights`` meaning "the torch hub cache file" (not a path).
+HUB_WEIGHTS: str = "hub"
 
 
 def notebook_config(profile: str, settings: Mapping[str, Any] | None = None,
@@ -473,6 +476,6 @@ def notebook_config(profile: str, settings: Mapping[str, Any] | None = None,
     for name in PATH_FIELDS:
         section, field_name = name.split(".")
         value = getattr(getattr(cfg, section), field_name)
-        if value is not None:
+        if value is not None and value != HUB_WEIGHTS:
             setattr(getattr(cfg, section), field_name, str(project_path(value)))
     return cfg

@@ -64,3 +64,15 @@ def test_missing_or_mismatched_prior_names_the_file(tmp_path: Path) -> None:
     torch.save({"conv1.weight": torch.zeros(3, 3)}, wrong)
     with pytest.raises(ValueError, match=f"{wrong}: not a matching ResNet state_dict"):
         build_student(dataclasses.replace(cfg.model, pretrained_image_weights=str(wrong)))
+
+
+def test_notebook_config_resolves_the_prior_against_the_project_root(tmp_path: Path, monkeypatch) -> None:
+    """The study profile names its prior relatively; a kernel started in notebooks/ must still find it."""
+    from distilvpr_lib.config import notebook_config
+    from distilvpr_lib.paths import project_path
+
+    monkeypatch.chdir(tmp_path)
+    cfg = notebook_config("study")
+    assert Path(cfg.model.pretrained_image_weights) == project_path("teacher_weights/study-prior/image_prior.pth")
+    assert Path(cfg.model.pretrained_image_weights).is_absolute()
+    assert notebook_config("paper").model.pretrained_image_weights == "hub"  # the sentinel is not a path

@@ -14,13 +14,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from distilvpr_lib.config import HUB_WEIGHTS
+
 #: Torchvision's file names of the ImageNet (IMAGENET1K_V1) weights, as found in the torch hub cache.
 IMAGENET_WEIGHT_FILES: dict[str, str] = {
     "resnet18": "resnet18-f37072fd.pth",
     "resnet34": "resnet34-b627a593.pth",
 }
 #: Value of ``ModelConfig.pretrained_image_weights`` meaning "the torch hub cache file, if present".
-HUB_CACHE = "hub"
+HUB_CACHE = HUB_WEIGHTS
 
 
 def _resnet_factories() -> dict[str, Callable[..., nn.Module]]:
