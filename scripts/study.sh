@@ -9,14 +9,18 @@ PY=${PY:-.venv/bin/python}
 CLI="$PY -m distilvpr_lib.cli"
 stages=("$@"); [ ${#stages[@]} -gt 0 ] || stages=(setup main sweep rest report)
 log() { printf '[study %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
-batch() { log "batch: $*"; $CLI batch ablations/study.yaml --only "$@"; }
+# two runs side by side, one core each (the batch runner gives each worker cpu_count // workers threads)
+batch() { log "batch: $*"; $CLI batch ablations/study.yaml --workers 2 --only "$@"; }
 
 for stage in "${stages[@]}"; do
   case "$stage" in
     setup)
-      log "dataset";  $CLI synth --profile study --out data/study --no-progress
-      log "visual prior"; $CLI pretrain-image --profile study --quiet
-      # the teacher: 10 epochs, LR step after 8 (the students get the profile's 16)
+      # the study world and the prior world (generated, then trained on) side by side, one core each
+      log "dataset + visual prior"
+      $CLI synth --profile study --out data/study --no-progress --workers 1 & synth_pid=$!
+      $CLI pretrain-image --profile study --quiet --workers 1
+      wait "$synth_pid"
+      # the teacher: 10 epochs, LR step after 8 (the students get the profile's 6, LR step after 5)
       log "teacher";  $CLI train-teacher --dataset data/study --profile study --epochs 10 --set train.milestones=8 \
                         --out teacher_weights/study --quiet ;;
     main)   # no-KD and the Oxford preset, paired by seed, seed by seed
