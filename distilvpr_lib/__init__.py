@@ -1,6 +1,6 @@
 """DistilVPR workbench: cross-modal knowledge distillation for place recognition.
 
-Subpackages: ``data`` (formats, splits, generator, datasets), ``models`` (sparse backends,
+Subpackages: ``data`` (file formats, splits, generator, datasets), ``models`` (sparse backends,
 teacher, student), ``losses`` (triplet, hyperbolic maths, distillation catalogue), ``engine``
 (training, teacher cache, evaluation), ``viz`` (figures and the retrieval browser).
 Importing this package has no side effects.

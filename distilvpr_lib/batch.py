@@ -34,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from distilvpr_lib.data.formats import atomic_write, write_json
+from distilvpr_lib.data.files import atomic_write, write_json
 from distilvpr_lib.errors import MissingDataError
 from distilvpr_lib.paths import project_path
 

@@ -108,7 +108,7 @@ def run_demo(profile: str = "cpu", out_root: str | Path = "runs", data_root: str
 def write_report(demo_dir: Path, teacher: Path, nokd_dir: Path, distil_dir: Path, batch_dir: Path,
                  timings: dict[str, float]) -> Path:
     """Write ``report.md`` with the key tables and the paths of every figure."""
-    from distilvpr_lib.data.formats import atomic_write
+    from distilvpr_lib.data.files import atomic_write
     from distilvpr_lib.engine.report import comparison_table
 
     table = comparison_table({"teacher": teacher, "no-KD student": nokd_dir, "DistilVPR student": distil_dir})

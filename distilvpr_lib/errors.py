@@ -11,8 +11,8 @@ for any exception). No message of the project ever suggests ``torch.load(weights
 :func:`describe_torch_load_error` rewrites torch's advice into what the file's problem is.
 
 This module sits at the bottom of the layers (next to ``config``): ``data``, ``models``, ``engine``,
-``batch`` and ``commands`` all raise these types. ``data.formats.DataFormatError`` / ``MissingDataError``
-and ``engine.checkpoint.CheckpointError`` are the same classes, re-exported where they were first defined.
+``batch`` and ``commands`` all raise these types (import them from here). ``engine.checkpoint.CheckpointError``
+is the same class, re-exported where it was first defined.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from distilvpr_lib.cli import main
-from distilvpr_lib.data.formats import load_pickle, save_pickle
+from distilvpr_lib.data.pickles import load_pickle, save_pickle
 from distilvpr_lib.data.toy import write_toy_oxford_dataset
 
 

@@ -17,14 +17,10 @@ from distilvpr_lib.data import augment
 from distilvpr_lib.data.benchmark import Benchmark, detect_layout
 from distilvpr_lib.data.collate import batch_coordinates, make_collate_fn, make_masks, quantize
 from distilvpr_lib.data.datasets import EvaluationDataset, TrainingDataset, flatten_sets
-from distilvpr_lib.data.formats import (
-    DataFormatError,
-    MissingDataError,
-    read_bin,
-    read_locations_csv,
-    save_pickle,
-    write_npy_cloud,
-)
+from distilvpr_lib.data.clouds import read_bin, write_npy_cloud
+from distilvpr_lib.data.locations import read_locations_csv
+from distilvpr_lib.data.pickles import save_pickle
+from distilvpr_lib.errors import DataFormatError, MissingDataError
 from distilvpr_lib.data.sampler import PositivePairBatchSampler
 from distilvpr_lib.data.splits import make_training_tuples, write_lidar2image_ndx
 from distilvpr_lib.data.toy import write_toy_oxford_dataset

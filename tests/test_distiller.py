@@ -85,7 +85,7 @@ def compute_golden_values(dtype: torch.dtype = torch.float64) -> dict[str, float
 
 def write_golden(path: Path = GOLDEN_PATH) -> None:
     """Recompute and store the golden values (atomic write)."""
-    from distilvpr_lib.data.formats import atomic_write
+    from distilvpr_lib.data.files import atomic_write
 
     student, teacher, _, _ = golden_inputs()
     payload = {

@@ -301,7 +301,7 @@ def test_cloud_branch_stays_float32_under_autocast(dtype):
 
 def test_saved_model_loads_without_its_pretrained_file(tmp_path):
     from distilvpr_lib.engine.checkpoint import save_weights
-    from distilvpr_lib.data.formats import write_json
+    from distilvpr_lib.data.files import write_json
     from distilvpr_lib.engine.run_folder import load_model_from_dir
     from distilvpr_lib.models import build_student
 

@@ -138,7 +138,7 @@ def test_cli_unexpected_and_os_errors_are_one_line(monkeypatch, capsys, tmp_path
 def _tuple(**fields):
     import numpy as np
 
-    from distilvpr_lib.data.formats import TrainingTuple
+    from distilvpr_lib.data.pickles import TrainingTuple
 
     values = dict(id=0, timestamp=100, rel_scan_filepath="oxford/r/pointcloud_20m/100.bin",
                   positives=np.array([], dtype=np.int64), non_negatives=np.array([0]), position=np.array([1.0, 2.0]))
@@ -153,7 +153,8 @@ import pytest  # noqa: E402
                                           ("timestamp", 1.5), ("position", [float("nan"), 1.0]),
                                           ("rel_scan_filepath", 7)])
 def test_training_pickle_wrong_types_name_file_entry_and_field(tmp_path: Path, field: str, value) -> None:
-    from distilvpr_lib.data.formats import DataFormatError, load_training_tuples, save_pickle
+    from distilvpr_lib.data.pickles import load_training_tuples, save_pickle
+    from distilvpr_lib.errors import DataFormatError
 
     path = tmp_path / "training_queries_baseline.pickle"
     save_pickle(path, {0: _tuple(**{field: value})})
@@ -165,7 +166,8 @@ def test_training_pickle_wrong_types_name_file_entry_and_field(tmp_path: Path, f
 
 @pytest.mark.parametrize("field, value", [("northing", "5735000"), ("easting", None), ("northing", float("inf"))])
 def test_evaluation_pickle_wrong_coordinates_name_the_field(tmp_path: Path, field: str, value) -> None:
-    from distilvpr_lib.data.formats import DataFormatError, load_evaluation_sets, save_pickle
+    from distilvpr_lib.data.pickles import load_evaluation_sets, save_pickle
+    from distilvpr_lib.errors import DataFormatError
 
     path = tmp_path / "db.pickle"
     entry = {"query": "oxford/r/pointcloud_20m/1.bin", "northing": 1.0, "easting": 2.0}
@@ -176,7 +178,8 @@ def test_evaluation_pickle_wrong_coordinates_name_the_field(tmp_path: Path, fiel
 
 
 def test_lidar2image_string_timestamps_name_the_entry(tmp_path: Path) -> None:
-    from distilvpr_lib.data.formats import DataFormatError, load_lidar2image_ndx, save_pickle
+    from distilvpr_lib.data.pickles import load_lidar2image_ndx, save_pickle
+    from distilvpr_lib.errors import DataFormatError
 
     path = tmp_path / "lidar2image_ndx.pickle"
     save_pickle(path, {100: ["12a"]})
@@ -190,7 +193,8 @@ def test_lidar2image_string_timestamps_name_the_entry(tmp_path: Path) -> None:
 def test_bin_cut_to_half_is_reported_truncated_not_float32(tmp_path: Path) -> None:
     import numpy as np
 
-    from distilvpr_lib.data.formats import DataFormatError, read_bin, write_bin
+    from distilvpr_lib.data.clouds import read_bin, write_bin
+    from distilvpr_lib.errors import DataFormatError
 
     path = tmp_path / "cut.bin"
     write_bin(path, np.random.default_rng(0).uniform(-50, 50, (4096, 3)))
@@ -205,7 +209,8 @@ def test_bin_cut_to_half_is_reported_truncated_not_float32(tmp_path: Path) -> No
 def test_image_header_and_deep_decode(tmp_path: Path) -> None:
     from PIL import Image
 
-    from distilvpr_lib.data.formats import DataFormatError, check_image_file
+    from distilvpr_lib.data.images import check_image_file
+    from distilvpr_lib.errors import DataFormatError
 
     good = tmp_path / "good.png"
     Image.new("RGB", (64, 48), (10, 20, 30)).save(good)
@@ -229,7 +234,7 @@ def test_image_header_and_deep_decode(tmp_path: Path) -> None:
 def test_atomic_write_follows_the_umask_not_mkstemp(tmp_path: Path, umask: int, mode: int) -> None:
     import os
 
-    from distilvpr_lib.data.formats import atomic_output_path, atomic_write
+    from distilvpr_lib.data.files import atomic_output_path, atomic_write
 
     old = os.umask(umask)
     try:
@@ -244,7 +249,7 @@ def test_atomic_write_follows_the_umask_not_mkstemp(tmp_path: Path, umask: int, 
 
 
 def test_guarded_run_locks_cleans_stale_temp_files_and_records_failure(tmp_path: Path) -> None:
-    from distilvpr_lib.data.formats import is_temp_file
+    from distilvpr_lib.data.files import is_temp_file
     from distilvpr_lib.engine.run_guard import RunFolderLock, check_not_locked, guarded_run
     from distilvpr_lib.errors import DataFormatError, RunFolderLockedError
 

@@ -324,7 +324,7 @@ def test_position_oracle_on_real_oxford_pickles(oxford_real_dir) -> None:
     """Embedding = (northing, easting), Euclidean on raw: the nearest database sub-map of a query
     with any true neighbour (within 25 m) is within 25 m, so AR@1 = 100 exactly; 38 / 37 queries
     have a true neighbour (fixture README)."""
-    from distilvpr_lib.data.formats import load_pickle
+    from distilvpr_lib.data.pickles import load_pickle
 
     database_sets = load_pickle(oxford_real_dir / "oxford_evaluation_database.pickle")
     query_sets = load_pickle(oxford_real_dir / "oxford_evaluation_query.pickle")

@@ -65,14 +65,14 @@ def _first_cloud(root: Path) -> Path:
 
 
 def _training_cloud(root: Path) -> Path:
-    from distilvpr_lib.data.formats import load_training_tuples
+    from distilvpr_lib.data.pickles import load_training_tuples
 
     tuples = load_training_tuples(root / "training_queries_baseline.pickle")
     return root / tuples[0].rel_scan_filepath
 
 
 def _evaluation_cloud(root: Path, split: str) -> Path:
-    from distilvpr_lib.data.formats import load_evaluation_sets
+    from distilvpr_lib.data.pickles import load_evaluation_sets
 
     name = "oxford_evaluation_database.pickle" if split == "test" else "validation_evaluation_database.pickle"
     sets = load_evaluation_sets(root / name, "database")
@@ -80,7 +80,7 @@ def _evaluation_cloud(root: Path, split: str) -> Path:
 
 
 def _rewrite_training(root: Path, change: Callable) -> Path:
-    from distilvpr_lib.data.formats import load_pickle, save_pickle
+    from distilvpr_lib.data.pickles import load_pickle, save_pickle
 
     path = root / "training_queries_baseline.pickle"
     tuples = load_pickle(path)
@@ -90,7 +90,7 @@ def _rewrite_training(root: Path, change: Callable) -> Path:
 
 
 def _rewrite_sets(root: Path, name: str, change: Callable) -> Path:
-    from distilvpr_lib.data.formats import load_pickle, save_pickle
+    from distilvpr_lib.data.pickles import load_pickle, save_pickle
 
     path = root / name
     sets = load_pickle(path)
@@ -173,7 +173,7 @@ def _empty_pickle(root: Path, sentinel: Path) -> Path:
 
 
 def _nan_points(root: Path, sentinel: Path) -> Path:
-    from distilvpr_lib.data.formats import BIN_CLOUD_BYTES
+    from distilvpr_lib.data.clouds import BIN_CLOUD_BYTES
 
     victim = _training_cloud(root)
     points = np.fromfile(victim, dtype="<f8").reshape(-1, 3)
@@ -184,7 +184,7 @@ def _nan_points(root: Path, sentinel: Path) -> Path:
 
 
 def _lidar2image_strings(root: Path, sentinel: Path) -> Path:
-    from distilvpr_lib.data.formats import load_pickle, save_pickle
+    from distilvpr_lib.data.pickles import load_pickle, save_pickle
 
     path = root / "images" / "lidar2image_ndx.pickle"
     index = load_pickle(path)
@@ -276,7 +276,7 @@ def reference_teacher(smoke_dataset: Path, tmp_path_factory: pytest.TempPathFact
 
 
 def test_reference_run_files_follow_the_umask_and_leave_no_temp_files(reference_teacher: Path) -> None:
-    from distilvpr_lib.data.formats import current_umask, is_temp_file
+    from distilvpr_lib.data.files import current_umask, is_temp_file
 
     expected = 0o666 & ~current_umask()
     files = [p for p in reference_teacher.rglob("*") if p.is_file()]
@@ -385,7 +385,7 @@ def _resume_until_complete(dataset: Path, out: Path) -> None:
                          ids=["during-epoch-2", "during-last.pt-write", "during-best.pt-write"])
 def test_kill_9_then_rerun_gives_byte_identical_teacher(reference_teacher: Path, smoke_dataset: Path,
                                                         tmp_path: Path, fault: str) -> None:
-    from distilvpr_lib.data.formats import is_temp_file
+    from distilvpr_lib.data.files import is_temp_file
 
     out = tmp_path / "teacher"
     killed = distilvpr("train-teacher", "--dataset", str(smoke_dataset), "--out", str(out), *TEACHER_ARGS,

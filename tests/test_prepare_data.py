@@ -12,7 +12,7 @@ import pytest
 from distilvpr_lib.cli import main
 from distilvpr_lib.config import OXFORD_TEST_SQUARE_CENTRES, OXFORD_TEST_SQUARE_HALF_WIDTH_M, TRUE_NEIGHBOUR_RADIUS_M
 from distilvpr_lib.data.benchmark import Benchmark
-from distilvpr_lib.data.formats import load_evaluation_sets, load_training_tuples, save_pickle
+from distilvpr_lib.data.pickles import load_evaluation_sets, load_training_tuples, save_pickle
 from distilvpr_lib.data.prepare import REBUILT_SUFFIX, comparable_content
 from distilvpr_lib.data.splits import (
     TEST_DATABASE_PICKLE,

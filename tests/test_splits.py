@@ -14,7 +14,8 @@ from distilvpr_lib.config import (
     TRUE_NEIGHBOUR_RADIUS_M,
 )
 from distilvpr_lib.data.benchmark import Benchmark
-from distilvpr_lib.data.formats import DataFormatError, MissingDataError, write_locations_csv
+from distilvpr_lib.data.locations import write_locations_csv
+from distilvpr_lib.errors import DataFormatError, MissingDataError
 from distilvpr_lib.data.splits import (
     EVALUATION_LOCATIONS_CSV,
     TRAINING_LOCATIONS_CSV,

@@ -15,7 +15,9 @@ from PIL import Image
 
 from distilvpr_lib.cli import main as cli_main
 from distilvpr_lib.config import OXFORD_TEST_SQUARE_CENTRES, OXFORD_TEST_SQUARE_HALF_WIDTH_M, profile_config
-from distilvpr_lib.data.formats import load_pickle, read_bin, read_locations_csv
+from distilvpr_lib.data.clouds import read_bin
+from distilvpr_lib.data.locations import read_locations_csv
+from distilvpr_lib.data.pickles import load_pickle
 from distilvpr_lib.data.synth import (
     SynthRenderer,
     build_world,

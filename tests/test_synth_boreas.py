@@ -11,7 +11,9 @@ from PIL import Image
 
 from distilvpr_lib.cli import main as cli_main
 from distilvpr_lib.config import profile_config
-from distilvpr_lib.data.formats import load_pickle, read_locations_csv, read_npy_cloud
+from distilvpr_lib.data.clouds import read_npy_cloud
+from distilvpr_lib.data.locations import read_locations_csv
+from distilvpr_lib.data.pickles import load_pickle
 from distilvpr_lib.data.synth import generate_dataset
 from distilvpr_lib.data.splits import (
     BOREAS_CLOUD_FOLDER,

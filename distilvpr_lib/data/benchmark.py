@@ -31,18 +31,14 @@ from typing import Any
 import numpy as np
 
 from distilvpr_lib.config import AUTO_LAYOUT, LAYOUTS, Layout
-from distilvpr_lib.data.formats import (
-    DataFormatError,
-    MissingDataError,
-    PathLike,
+from distilvpr_lib.data.clouds import read_cloud_file, run_from_path, timestamp_from_path
+from distilvpr_lib.data.files import PathLike
+from distilvpr_lib.data.pickles import (
     TrainingTuple,
     check_query_against_database,
     load_evaluation_sets,
     load_lidar2image_ndx,
     load_training_tuples,
-    read_cloud_file,
-    run_from_path,
-    timestamp_from_path,
 )
 from distilvpr_lib.data.splits import (
     BOREAS_IMAGE_FOLDER,
@@ -61,6 +57,7 @@ from distilvpr_lib.data.splits import (
     VALIDATION_QUERY_PICKLE,
     VALIDATION_SQUARES_JSON,
 )
+from distilvpr_lib.errors import DataFormatError, MissingDataError
 
 SPLITS: tuple[str, ...] = ("test", "validation")
 

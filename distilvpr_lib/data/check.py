@@ -18,14 +18,10 @@ import numpy as np
 
 from distilvpr_lib.config import AUTO_LAYOUT, TRUE_NEIGHBOUR_RADIUS_M, Layout
 from distilvpr_lib.data.benchmark import Benchmark
-from distilvpr_lib.data.formats import (
-    DataFormatError,
-    PathLike,
-    check_image_file,
-    read_cloud_file,
-    read_locations_csv,
-    timestamp_from_path,
-)
+from distilvpr_lib.data.clouds import read_cloud_file, timestamp_from_path
+from distilvpr_lib.data.files import PathLike
+from distilvpr_lib.data.images import check_image_file
+from distilvpr_lib.data.locations import read_locations_csv
 from distilvpr_lib.data.splits import (
     BOREAS_CLOUD_FOLDER,
     EVALUATION_CLOUD_FOLDER,
@@ -34,6 +30,7 @@ from distilvpr_lib.data.splits import (
     TRAINING_CLOUD_FOLDER,
     TRAINING_LOCATIONS_CSV,
 )
+from distilvpr_lib.errors import DataFormatError
 
 #: (cloud folder, its locations CSV) of an Oxford run.
 OXFORD_KINDS: tuple[tuple[str, str], ...] = (

@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 from distilvpr_lib.config import DataConfig
 from distilvpr_lib.data.augment import build_cloud_augmentation, build_image_transform
 from distilvpr_lib.data.benchmark import Benchmark
-from distilvpr_lib.data.formats import MissingDataError
+from distilvpr_lib.errors import MissingDataError
 
 
 class TrainingDataset(Dataset):

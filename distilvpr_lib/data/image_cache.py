@@ -37,7 +37,8 @@ import torch
 
 from distilvpr_lib.config import IMAGENET_MEAN, IMAGENET_STD
 from distilvpr_lib.data.augment import ERASING_PROBABILITY, ERASING_RATIO, ERASING_SCALE
-from distilvpr_lib.data.formats import DataFormatError, atomic_output_path, atomic_write, file_sha256
+from distilvpr_lib.data.files import atomic_output_path, atomic_write, file_sha256
+from distilvpr_lib.errors import DataFormatError
 
 CACHE_VERSION = 1
 DEFAULT_CACHE_FOLDER = ".cache"

@@ -29,14 +29,8 @@ from typing import Any
 import numpy as np
 
 from distilvpr_lib.config import LAYOUTS, NON_NEGATIVE_RADIUS_M, DataConfig, Layout
-from distilvpr_lib.data.formats import (
-    DataFormatError,
-    MissingDataError,
-    PathLike,
-    load_evaluation_sets,
-    load_training_tuples,
-    save_pickle,
-)
+from distilvpr_lib.data.files import PathLike
+from distilvpr_lib.data.pickles import load_evaluation_sets, load_training_tuples, save_pickle
 from distilvpr_lib.data.splits import (
     EVALUATION_LOCATIONS_CSV,
     OXFORD_RUNS_FOLDER,
@@ -54,6 +48,7 @@ from distilvpr_lib.data.splits import (
     list_oxford_runs,
     write_validation_squares,
 )
+from distilvpr_lib.errors import DataFormatError, MissingDataError
 
 #: Suffix of a rebuilt benchmark file written beside an existing one that differs from it.
 REBUILT_SUFFIX = ".rebuilt.pickle"

@@ -51,16 +51,10 @@ from distilvpr_lib.config import (
     TRUE_NEIGHBOUR_RADIUS_M,
     DataConfig,
 )
-from distilvpr_lib.data.formats import (
-    DataFormatError,
-    MissingDataError,
-    PathLike,
-    TrainingTuple,
-    atomic_write,
-    load_lidar2image_ndx,
-    read_locations_csv,
-    save_pickle,
-)
+from distilvpr_lib.data.files import PathLike, atomic_write
+from distilvpr_lib.data.locations import read_locations_csv
+from distilvpr_lib.data.pickles import TrainingTuple, load_lidar2image_ndx, save_pickle
+from distilvpr_lib.errors import DataFormatError, MissingDataError
 
 #: Sub-folder of a dataset holding the Oxford runs.
 OXFORD_RUNS_FOLDER = "oxford"

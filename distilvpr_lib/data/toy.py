@@ -14,7 +14,9 @@ from typing import Any
 import numpy as np
 
 from distilvpr_lib.config import OXFORD_TEST_SQUARE_CENTRES, POINTS_PER_CLOUD
-from distilvpr_lib.data.formats import PathLike, atomic_write, write_bin, write_locations_csv
+from distilvpr_lib.data.clouds import write_bin
+from distilvpr_lib.data.files import PathLike, atomic_write
+from distilvpr_lib.data.locations import write_locations_csv
 from distilvpr_lib.data.splits import (
     EVALUATION_CLOUD_FOLDER,
     EVALUATION_LOCATIONS_CSV,

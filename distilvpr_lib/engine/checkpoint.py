@@ -4,7 +4,7 @@ A *training checkpoint* (``checkpoints/last.pt``) holds everything needed to con
 exactly: model, optimiser and scheduler states, the RNG states of Python / NumPy / torch
 (:mod:`distilvpr_lib.engine.seeding`), the batch sampler's state, the epoch just finished,
 the best validation metric so far and the history of per-epoch metrics. It is written after
-every epoch through :func:`distilvpr_lib.data.formats.atomic_write`, so a crash while writing
+every epoch through :func:`distilvpr_lib.data.files.atomic_write`, so a crash while writing
 leaves the previous checkpoint intact.
 
 A *weights file* (``teacher.pt`` / ``student.pt``, ``checkpoints/best.pt``) is a bare
@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from distilvpr_lib.data.formats import atomic_write
+from distilvpr_lib.data.files import atomic_write
 from distilvpr_lib.errors import (  # noqa: F401 - CheckpointError / MissingCheckpointError re-exported
     CheckpointError,
     MissingCheckpointError,

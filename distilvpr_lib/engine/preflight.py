@@ -33,7 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from distilvpr_lib.data.formats import BIN_CLOUD_BYTES, check_image_file, describe_bad_bin_size
+from distilvpr_lib.data.clouds import BIN_CLOUD_BYTES, describe_bad_bin_size
+from distilvpr_lib.data.images import check_image_file
 from distilvpr_lib.errors import (
     CheckpointError,
     DataFormatError,

@@ -115,7 +115,7 @@ def pretrain_image_prior(cfg: ExperimentConfig, prior_dataset: str | Path, out_d
         ValueError: the prior world shares a building with the study world, or the seeds are equal.
     """
     from distilvpr_lib.data.synth.generate import generate_dataset
-    from distilvpr_lib.data.formats import file_sha256, write_json
+    from distilvpr_lib.data.files import file_sha256, write_json
     from distilvpr_lib.engine.checkpoint import load_weights
     from distilvpr_lib.engine.student_run import distill_student
     from distilvpr_lib.models import build_student

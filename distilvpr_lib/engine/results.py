@@ -353,8 +353,8 @@ def _fmt(value: float) -> str:
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (the project's :func:`distilvpr_lib.data.formats.atomic_write`)."""
-    from distilvpr_lib.data.formats import atomic_write
+    """Write ``data`` to ``path`` atomically (the project's :func:`distilvpr_lib.data.files.atomic_write`)."""
+    from distilvpr_lib.data.files import atomic_write
 
     with atomic_write(path, "wb") as handle:
         handle.write(data)

@@ -47,7 +47,7 @@ import torch
 from torch import nn
 
 from distilvpr_lib.config import ExperimentConfig
-from distilvpr_lib.data.formats import file_sha256, write_json
+from distilvpr_lib.data.files import file_sha256, write_json
 from distilvpr_lib.engine.checkpoint import LAST_CHECKPOINT_NAME, load_state_dict_checked, save_weights
 from distilvpr_lib.errors import CheckpointError, MissingCheckpointError, RunFolderError
 

@@ -6,7 +6,7 @@
   process ends, even by ``kill -9``), so a second process writing the same ``--out`` gets a one-line
   :class:`~distilvpr_lib.errors.RunFolderLockedError` naming the holder instead of interleaved checkpoints;
 * holding it, it removes the temporary files an interrupted atomic write left behind
-  (:func:`distilvpr_lib.data.formats.remove_stale_temp_files`);
+  (:func:`distilvpr_lib.data.files.remove_stale_temp_files`);
 * when the pipeline raises, ``metrics.json`` records ``status: failed`` and the one-line error
   (:func:`distilvpr_lib.errors.format_error`), then the error propagates.
 
@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from distilvpr_lib.data.formats import remove_stale_temp_files
+from distilvpr_lib.data.files import remove_stale_temp_files
 from distilvpr_lib.errors import RunFolderLockedError, format_error
 
 try:  # POSIX; elsewhere the folder is not locked
@@ -113,7 +113,7 @@ def record_failure(out_dir: PathLike, kind: str, exc: BaseException) -> None:
 
     An existing ``metrics.json`` keeps its other fields; writing never raises (the original error matters).
     """
-    from distilvpr_lib.data.formats import write_json
+    from distilvpr_lib.data.files import write_json
     from distilvpr_lib.engine.run_folder import METRICS_FILE
 
     path = Path(out_dir) / METRICS_FILE

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from distilvpr_lib.config import ExperimentConfig
-from distilvpr_lib.data.formats import write_json
+from distilvpr_lib.data.files import write_json
 from distilvpr_lib.engine.console import say
 from distilvpr_lib.engine.distributed import DistributedContext, init_distributed
 from distilvpr_lib.engine.loop import SELECTION_RULE, TrainingHistory

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from distilvpr_lib.config import ExperimentConfig
-from distilvpr_lib.data.formats import file_sha256
+from distilvpr_lib.data.files import file_sha256
 from distilvpr_lib.engine.console import say
 from distilvpr_lib.engine.run_folder import TEACHER_WEIGHTS_FILE, load_teacher
 from distilvpr_lib.engine.teacher_cache import (HeadAsEmbedding, TeacherCache, build_teacher_cache, cache_file_name,

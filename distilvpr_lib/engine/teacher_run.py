@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 
 from distilvpr_lib.config import ExperimentConfig
-from distilvpr_lib.data.formats import file_sha256, write_json
+from distilvpr_lib.data.files import file_sha256, write_json
 from distilvpr_lib.engine.checkpoint import load_weights, save_weights
 from distilvpr_lib.engine.console import say
 from distilvpr_lib.engine.distributed import broadcast_module_state, shutdown_distributed

@@ -56,7 +56,7 @@ import torch
 from torch import Tensor
 
 from ..config import ExperimentConfig, Layout, ModelConfig, profile_config
-from ..data.formats import file_sha256
+from ..data.files import file_sha256
 from ..errors import CheckpointError, MissingCheckpointError, describe_torch_load_error
 from .reference_names import (
     ReferenceExperimentName,

@@ -92,7 +92,7 @@ def figure_png(fig: Figure, dpi: int | None = None) -> bytes:
 
 def save_figure(fig: Figure, path: str | Path, dpi: int | None = None) -> Path:
     """Save a Figure as PNG atomically (parents created); returns the path."""
-    from distilvpr_lib.data.formats import atomic_write
+    from distilvpr_lib.data.files import atomic_write
 
     path = Path(path)
     data = figure_png(fig, dpi)
@@ -103,7 +103,7 @@ def save_figure(fig: Figure, path: str | Path, dpi: int | None = None) -> Path:
 
 def write_metrics(out: str | Path, metrics: Mapping[str, Any], name: str = "metrics.json") -> Path:
     """Write ``metrics`` as strict JSON to ``<out>/<name>`` atomically (NaN -> null, sorted keys); returns the path
-    (:func:`distilvpr_lib.data.formats.write_json`)."""
-    from distilvpr_lib.data.formats import write_json
+    (:func:`distilvpr_lib.data.files.write_json`)."""
+    from distilvpr_lib.data.files import write_json
 
     return write_json(Path(out) / name, metrics, sort_keys=True)

@@ -43,7 +43,10 @@ from distilvpr_lib.config import (
     Layout,
     SynthConfig,
 )
-from distilvpr_lib.data.formats import PathLike, atomic_write, save_pickle, write_locations_csv, write_npy_cloud
+from distilvpr_lib.data.clouds import write_npy_cloud
+from distilvpr_lib.data.files import PathLike, atomic_write
+from distilvpr_lib.data.locations import write_locations_csv
+from distilvpr_lib.data.pickles import save_pickle
 from distilvpr_lib.data.splits import (
     BOREAS_CLOUD_FOLDER,
     BOREAS_IMAGE_FOLDER,

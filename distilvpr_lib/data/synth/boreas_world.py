@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from distilvpr_lib.data.formats import PathLike
+from distilvpr_lib.data.files import PathLike
 from distilvpr_lib.paths import real_data_dir
 from distilvpr_lib.data.synth.world import (
     CAR_PALETTE,

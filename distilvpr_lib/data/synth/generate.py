@@ -9,7 +9,7 @@ and settings -> identical bytes; re-running completes an interrupted generation.
 from __future__ import annotations
 
 from distilvpr_lib.config import LAYOUTS, Layout, SynthConfig
-from distilvpr_lib.data.formats import PathLike
+from distilvpr_lib.data.files import PathLike
 from distilvpr_lib.data.synth.boreas import BoreasWriter
 from distilvpr_lib.data.synth.oxford import OxfordWriter
 from distilvpr_lib.data.synth.skeleton import GenerationReport, LayoutWriter, Progress, run_generation

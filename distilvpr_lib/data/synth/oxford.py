@@ -32,7 +32,9 @@ from typing import Any
 import numpy as np
 
 from distilvpr_lib.config import Layout, SynthConfig
-from distilvpr_lib.data.formats import atomic_write, write_bin, write_locations_csv
+from distilvpr_lib.data.clouds import write_bin
+from distilvpr_lib.data.files import atomic_write
+from distilvpr_lib.data.locations import write_locations_csv
 from distilvpr_lib.data.splits import (
     EVALUATION_CLOUD_FOLDER,
     EVALUATION_LOCATIONS_CSV,

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from distilvpr_lib.data.formats import PathLike, read_bin
+from distilvpr_lib.data.clouds import read_bin
+from distilvpr_lib.data.files import PathLike
 
 #: Statistics compared by :func:`realism_table`, with the median of the real Oxford fixture
 #: (``oxford_dh3d``, 100 submaps) for reference.
@@ -176,7 +177,8 @@ def premise_table(dataset_dir: PathLike, reference_run: str | None = None, same_
     import pandas as pd
     from PIL import Image
 
-    from distilvpr_lib.data.formats import load_lidar2image_ndx, read_locations_csv
+    from distilvpr_lib.data.locations import read_locations_csv
+    from distilvpr_lib.data.pickles import load_lidar2image_ndx
 
     dataset_dir = Path(dataset_dir)
     manifest_path = dataset_dir / "synth_manifest.json"

@@ -27,7 +27,7 @@ def benchmark_places(benchmark: Any) -> pd.DataFrame:
         ``"validation database"``, ``"test query"`` or ``"test database"``. A sub-map appears once
         per role it plays (a test query is also in the test database).
     """
-    from distilvpr_lib.data.formats import run_from_path
+    from distilvpr_lib.data.clouds import run_from_path
 
     rows: list[tuple[str, str, float, float, str]] = []
     for t in benchmark.training_tuples.values():
