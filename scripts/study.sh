@@ -38,8 +38,11 @@ for stage in "${stages[@]}"; do
         -p batch runs/study -p teacher teacher_weights/study -p out runs/study-report --log-level WARNING
       mkdir -p docs/study
       cp runs/study-report/study_runs.csv runs/study-report/study_table.csv docs/study/
-      [ -f runs/study-report/relation_auc.csv ] && cp runs/study-report/relation_auc.csv docs/study/
-      log "docs/study/: study_runs.csv, study_table.csv (commit them with the README table)" ;;
+      if [ -f runs/study-report/relation_auc.csv ]; then cp runs/study-report/relation_auc.csv docs/study/; fi
+      # the README's table, as markdown (tabulate)
+      $PY -c "import pandas as pd; print(pd.read_csv('docs/study/study_table.csv', index_col=0, dtype=str, keep_default_na=False).to_markdown())" \
+        > docs/study/study_table.md
+      log "docs/study/: study_runs.csv, study_table.csv, study_table.md (commit them with the README table)" ;;
     *) echo "unknown stage $stage (setup main sweep rest report)" >&2; exit 2 ;;
   esac
 done
