@@ -2,15 +2,27 @@
 # The distillation study, end to end and resumable (README "Study"). Every step skips what is done:
 #   data/study (generator), teacher_weights/study-prior (visual prior), teacher_weights/study (teacher),
 #   runs/study/<variation>__seed<k> (students, in the order below), runs/study-report (notebook 04).
-# Usage: bash scripts/study.sh [stage ...]   stages: setup main sweep rest report (default: all)
+# Usage: bash scripts/study.sh [stage ...]   stages: setup main short sweep rest report (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 CLI="$PY -m distilvpr_lib.cli"
-stages=("$@"); [ ${#stages[@]} -gt 0 ] || stages=(setup main sweep rest report)
+stages=("$@"); [ ${#stages[@]} -gt 0 ] || stages=(setup main short sweep rest report)
 log() { printf '[study %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 # two runs side by side, one core each (the batch runner gives each worker cpu_count // workers threads)
 batch() { log "batch: $*"; $CLI batch ablations/study.yaml --workers 2 --only "$@"; }
+# report BATCH REPORT_DIR DOCS_DIR: notebook 04 over a batch; the per-run CSV and the tables go to DOCS_DIR
+report() {
+  log "notebook 04 on $1"; mkdir -p "$2" "$3"
+  $PY -m papermill notebooks/04_ablation_analysis.ipynb "$2/notebook.ipynb" \
+    -p batch "$1" -p teacher teacher_weights/study -p out "$2" --log-level WARNING
+  cp "$2/study_runs.csv" "$2/study_table.csv" "$3/"
+  if [ -f "$2/relation_auc.csv" ]; then cp "$2/relation_auc.csv" "$3/"; fi
+  # the README's table, as markdown (tabulate)
+  $PY -c "import sys, pandas as pd; print(pd.read_csv(sys.argv[1], index_col=0, dtype=str, keep_default_na=False).to_markdown())" \
+    "$3/study_table.csv" > "$3/study_table.md"
+  log "$3/: study_runs.csv, study_table.csv, study_table.md (commit them with the README table)"
+}
 
 for stage in "${stages[@]}"; do
   case "$stage" in
@@ -20,7 +32,7 @@ for stage in "${stages[@]}"; do
       $CLI synth --profile study --out data/study --no-progress --workers 1 & synth_pid=$!
       $CLI pretrain-image --profile study --quiet --workers 1
       wait "$synth_pid"
-      # the teacher: 10 epochs, LR step after 8 (the students get the profile's 6, LR step after 5)
+      # the teacher: 10 epochs, LR step after 8 (the students get the profile's 16, LR step after 12)
       log "teacher";  $CLI train-teacher --dataset data/study --profile study --epochs 10 --set train.milestones=8 \
                         --out teacher_weights/study --quiet ;;
     main)   # no-KD and the Oxford preset, paired by seed, seed by seed
@@ -32,17 +44,11 @@ for stage in "${stages[@]}"; do
       for s in 0 1 2; do batch "nokd_norm__seed$s" "distilvpr_norm__seed$s" "self_only__seed$s" "distilvpr_cloud_self__seed$s" "cross_only__seed$s" \
                                "cross_E__seed$s" "cross_S__seed$s" "cross_H__seed$s" "kd__seed$s" "rkd__seed$s" \
                                "pkt__seed$s" "nokd_fp32__seed$s"; done ;;
+    short)  # the control: the main rows at 6 epochs (ablations/study_short.yaml -> runs/study-short)
+      log "batch: study_short"; $CLI batch ablations/study_short.yaml --workers 2 ;;
     report)
-      log "notebook 04"; mkdir -p runs/study-report
-      $PY -m papermill notebooks/04_ablation_analysis.ipynb runs/study-report/notebook.ipynb \
-        -p batch runs/study -p teacher teacher_weights/study -p out runs/study-report --log-level WARNING
-      mkdir -p docs/study
-      cp runs/study-report/study_runs.csv runs/study-report/study_table.csv docs/study/
-      if [ -f runs/study-report/relation_auc.csv ]; then cp runs/study-report/relation_auc.csv docs/study/; fi
-      # the README's table, as markdown (tabulate)
-      $PY -c "import pandas as pd; print(pd.read_csv('docs/study/study_table.csv', index_col=0, dtype=str, keep_default_na=False).to_markdown())" \
-        > docs/study/study_table.md
-      log "docs/study/: study_runs.csv, study_table.csv, study_table.md (commit them with the README table)" ;;
-    *) echo "unknown stage $stage (setup main sweep rest report)" >&2; exit 2 ;;
+      report runs/study runs/study-report docs/study
+      if [ -d runs/study-short ]; then report runs/study-short runs/study-short-report docs/study/short; fi ;;
+    *) echo "unknown stage $stage (setup main short sweep rest report)" >&2; exit 2 ;;
   esac
 done
