@@ -69,7 +69,9 @@ def test_distance_of_point_to_itself_is_zero():
     assert hyp.dist(x, x, C).abs().max() < 1e-6
     for method in hyp.PAIRWISE_METHODS:
         d = hyp.pairwise_dist(x, x, C, method=method)
-        assert torch.diagonal(d).abs().max() < 1e-6
+        # pairwise methods that expand ||x - y||^2 lose sqrt(eps)-scale precision near the boundary (these
+        # points are ~35 apart): tolerance relative to the distance scale (measured 6.5e-6 on one BLAS build)
+        assert torch.diagonal(d).abs().max() < 1e-6 * max(1.0, float(d.max()))
 
 
 def test_distance_is_symmetric():
