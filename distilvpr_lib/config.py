@@ -339,9 +339,9 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         # 0.02 (not 0.01) voxels: the sparse branch costs 3.1x less on 2 cores (measured, README "Study")
         "data": {"dataset_dir": "data/study", "image_cache": True, "quantization_size": 0.02},
         "model": {"pretrained_image_weights": "teacher_weights/study-prior/image_prior.pth"},
-        # 16 student epochs, LR step after 12: 25-32 s an epoch on one core, so one student run takes ≈ 8 min
-        # and two run side by side on the two cores (scripts/study.sh). At 6 epochs every student still
-        # selected its last epoch (ablations/study_short.yaml; README "Study").
+        # 16 student epochs, LR step after 12: two runs side by side, one core each (scripts/study.sh), take
+        # ≈ 15 min a pair here (README "Study"). At 6 epochs every student still selected its last epoch
+        # (ablations/study_short.yaml).
         "train": {"epochs": 16, "batch_size": 32, "image_lr": 3e-4, "cloud_lr": 1e-3, "milestones": (12,),
                   "teacher_loss_weights": (1.0, 0.5, 0.5), "mixed_precision": True, "amp_dtype": "bfloat16"},
         "synth": {
