@@ -31,9 +31,18 @@ def test_smoke_demo_runs_every_notebook_and_reports(tmp_path: Path, monkeypatch:
         errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
         assert not errors, f"{path}: {errors[0].get('ename')}: {errors[0].get('evalue')}"
 
-    # metrics written by the notebooks are real recalls, not placeholders
-    teacher = json.loads((tmp_path / "teacher_weights" / "smoke" / "metrics.json").read_text())
-    assert 0.0 <= teacher["test"]["AR@1"] <= 100.0 and teacher["best_epoch"] is not None
+    # metrics written by the notebooks are real recalls, not placeholders: the demo's smoke teacher (its own
+    # 5-run world, 30 epochs: distilvpr_lib.demo.DEMO_SETTINGS) beats a random ranking of each database by far.
+    # Fixed seed 7: AR@1 40.71 vs chance 14.70 (measured; seeds 1, 2, 3: 30.00, 31.43, 38.57, all > 2x chance).
+    from distilvpr_lib.data.benchmark import Benchmark
+    from distilvpr_lib.engine.evaluate import chance_recall_at_n
+
+    teacher = json.loads((tmp_path / "teacher_weights" / "smoke-demo" / "metrics.json").read_text())
+    assert teacher["best_epoch"] == 30
+    benchmark = Benchmark.load(tmp_path / "data" / "smoke-demo")
+    chance = chance_recall_at_n(benchmark.database_sets("test"), benchmark.query_sets("test"), n=1)
+    assert 0.0 < chance < 20.0
+    assert teacher["test"]["AR@1"] > 1.5 * chance, (teacher["test"]["AR@1"], chance)
     students = sorted((demo / "ablations-smoke").glob("*__seed*/metrics.json"))
     assert {p.parent.name for p in students} == {"nokd__seed0", "nokd__seed1", "distilvpr__seed0", "distilvpr__seed1"}
     distil = json.loads((demo / "ablations-smoke" / "distilvpr__seed0" / "metrics.json").read_text())
