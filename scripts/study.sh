@@ -17,7 +17,7 @@ report() {
   $PY -m papermill notebooks/04_ablation_analysis.ipynb "$2/notebook.ipynb" \
     -p batch "$1" -p teacher teacher_weights/study -p out "$2" --log-level WARNING
   cp "$2/study_runs.csv" "$2/study_table.csv" "$3/"
-  if [ -f "$2/relation_auc.csv" ]; then cp "$2/relation_auc.csv" "$3/"; fi
+  for f in relation_auc.csv validation_choice.csv; do if [ -f "$2/$f" ]; then cp "$2/$f" "$3/"; fi; done
   # the README's table, as markdown (tabulate)
   $PY -c "import sys, pandas as pd; print(pd.read_csv(sys.argv[1], index_col=0, dtype=str, keep_default_na=False).to_markdown())" \
     "$3/study_table.csv" > "$3/study_table.md"

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 import torch
 
-from distilvpr_lib.engine.report import bootstrap_mean_ci, paired_statistics, relation_auc, study_table
+from distilvpr_lib.engine.report import (bootstrap_mean_ci, choose_on_validation, paired_statistics, relation_auc,
+                                         study_table)
 from distilvpr_lib.engine.objectives import STUDENT_TASK_TERM, hyperbolic_clamp_share, term_gradient_norms
 
 NOKD = [30.0, 32.0, 31.0, 29.0, 33.0]
@@ -73,6 +74,29 @@ def test_study_table_strings() -> None:
     assert table.loc["distilvpr", "ΔAR@1"] == "+3.00"
     assert table.loc["distilvpr", "seeds"] == 5
     assert table.loc["nokd", "ΔAR@1"] == ""
+
+
+def test_choose_on_validation_compares_common_seeds_and_ignores_test() -> None:
+    # distilvpr has 5 seeds, the sweep rows 3: the choice compares seeds 0-2 only. On all 5 seeds distilvpr's
+    # validation mean is (40 + 44 + 42 + 80 + 80) / 5 = 57.2, but on the common seeds it is 42 < x10's 44; x10's
+    # test recall is the worst of all, and the choice must not look at it.
+    rows = []
+    for variation, vals, test in (("distilvpr", [40, 44, 42, 80, 80], 50.0), ("distilvpr_x10", [43, 45, 44], 10.0),
+                                  ("distilvpr_x0.1", [41, 41, 41], 90.0), ("nokd", [99, 99, 99, 99, 99], 1.0)):
+        rows += [{"variation": variation, "param.seed": s, "status": "ok", "validation.AR@1": float(v),
+                  "test.AR@1": test} for s, v in enumerate(vals)]
+    rows.append({"variation": "distilvpr_x0.1", "param.seed": 3, "status": "failed", "validation.AR@1": 100.0})
+    table = choose_on_validation(pd.DataFrame(rows))
+    assert list(table.index) == ["distilvpr_x10", "distilvpr", "distilvpr_x0.1"]  # nokd is not a candidate
+    assert table.loc["distilvpr", "val_AR@1 (common seeds)"] == pytest.approx(42.0)
+    assert table.loc["distilvpr", "val_AR@1 (all seeds)"] == pytest.approx(57.2)
+    assert table.loc["distilvpr_x0.1", "seeds"] == 3  # the failed run is ignored
+    assert table["chosen"].tolist() == [True, False, False]
+    assert table.attrs["common_seeds"] == [0, 1, 2]
+    # the study CSV's column name works too, and no candidate gives an empty table
+    csv = pd.DataFrame(rows).rename(columns={"param.seed": "seed", "validation.AR@1": "val_AR@1"})
+    assert choose_on_validation(csv).index[0] == "distilvpr_x10"
+    assert choose_on_validation(csv, prefix="kd").empty
 
 
 def test_relation_auc_by_hand() -> None:

@@ -238,6 +238,48 @@ def paired_statistics(runs: pd.DataFrame, baseline: str = "nokd", metric: str = 
     return table.sort_values("delta", ascending=False)
 
 
+def choose_on_validation(runs: pd.DataFrame, prefix: str = "distilvpr",
+                         metric: str = "validation.AR@1") -> pd.DataFrame:
+    """Choose one of the variations named ``prefix...`` (e.g. the weight sweep) on the **validation** split.
+
+    The candidates are compared on the seeds that every one of them has finished (so a row with more seeds
+    is not favoured or penalised by its extra seeds); the chosen one has the highest mean ``metric`` there
+    (ties: the first name in sort order). Test metrics are not read. Report the chosen variation's test
+    result with :func:`study_table` / :func:`paired_statistics` over all its seeds.
+
+    Args:
+        runs: :func:`distilvpr_lib.batch.collect_batch` output or the study CSV (``seed``/``val_AR@1``
+            columns are accepted for ``param.seed``/``validation.AR@1``); runs not ``ok`` are ignored.
+        prefix: candidates are the variations whose name starts with it.
+        metric: the validation column compared.
+
+    Returns:
+        DataFrame indexed by candidate, best first: ``seeds`` (finished seeds), ``val_AR@1 (all seeds)``,
+        ``val_AR@1 (common seeds)`` and ``chosen`` (True for one row); ``attrs["common_seeds"]`` lists the
+        seeds compared. Empty when there is no candidate or no seed common to all.
+    """
+    columns = ["seeds", "val_AR@1 (all seeds)", "val_AR@1 (common seeds)", "chosen"]
+    ok = _ok(runs)
+    seed_col = "param.seed" if "param.seed" in ok else "seed"
+    if metric not in ok and metric == "validation.AR@1" and "val_AR@1" in ok:
+        metric = "val_AR@1"
+    if ok.empty or seed_col not in ok or metric not in ok:
+        return pd.DataFrame(columns=columns)
+    candidates = ok[ok["variation"].astype(str).str.startswith(prefix)]
+    per_seed = candidates.groupby(["variation", seed_col])[metric].mean().unstack(seed_col)
+    common = [s for s in per_seed.columns if per_seed[s].notna().all()]
+    if per_seed.empty or not common:
+        return pd.DataFrame(columns=columns)
+    table = pd.DataFrame({"seeds": per_seed.notna().sum(axis=1).astype(int),
+                          "val_AR@1 (all seeds)": per_seed.mean(axis=1),
+                          "val_AR@1 (common seeds)": per_seed[common].mean(axis=1)})
+    table = table.sort_index().sort_values("val_AR@1 (common seeds)", ascending=False, kind="stable")
+    table["chosen"] = [i == 0 for i in range(len(table))]
+    table.index.name = None
+    table.attrs["common_seeds"] = [int(s) for s in common]
+    return table
+
+
 def study_table(runs: pd.DataFrame, baseline: str = "nokd", metrics: tuple[str, ...] = TABLE_METRICS,
                 **kwargs: Any) -> pd.DataFrame:
     """The README's study table: per variation mean ± std of each test metric, and Δ AR@1 to ``baseline``
@@ -248,17 +290,19 @@ def study_table(runs: pd.DataFrame, baseline: str = "nokd", metrics: tuple[str, 
         kwargs: passed to :func:`paired_statistics` (``confidence``, ``n_resamples``, ``method``, ``seed``).
 
     Returns:
-        DataFrame indexed by variation: ``seeds``, ``<metric>`` as ``"m ± s"`` strings, ``ΔAR@1``,
+        DataFrame indexed by variation: ``seeds``, ``<metric>`` (test) and ``val AR@1`` (validation, when
+        present) as ``"m ± s"`` strings, ``ΔAR@1``,
         ``95% CI``, ``p (t)``, ``p (Wilcoxon)``; the baseline first, then by Δ.
     """
     ok = _ok(runs)
     seed_col = "param.seed" if "param.seed" in ok else "seed"
     cols = [m for m in metrics if f"test.{m}" in ok]
+    val_col = next((c for c in ("validation.AR@1", "val_AR@1") if c in ok), None)
     rows: dict[str, dict[str, Any]] = {}
     for variation, group in ok.groupby("variation"):
         row: dict[str, Any] = {"seeds": int(group[seed_col].nunique())}
-        for m in cols:
-            x = group[f"test.{m}"].to_numpy(float)
+        for m, col in [(m, f"test.{m}") for m in cols] + ([("val AR@1", val_col)] if val_col else []):
+            x = group[col].to_numpy(float)
             row[m] = f"{x.mean():.2f} ± {x.std(ddof=1):.2f}" if len(x) > 1 else f"{x.mean():.2f}"
         rows[str(variation)] = row
     table = pd.DataFrame.from_dict(rows, orient="index")
