@@ -54,9 +54,14 @@ def run(args: argparse.Namespace) -> int:
     if args.teacher is not None and not Path(args.teacher).is_dir():
         return fail(f"--teacher {args.teacher}: no such folder")
     out = Path(args.out or Path("runs") / f"{cfg.distill.method}_{args.profile}_seed{cfg.train.seed}")
+    # the inputs first, before torch is imported: bad input fails in about a second, nothing written
+    from distilvpr_lib.engine.preflight import preflight_distill
+
+    preflight_distill(cfg, args.teacher, out, resume=not args.no_resume)
     from distilvpr_lib.engine.student_run import distill_student
 
-    metrics = distill_student(cfg, args.teacher, out, resume=not args.no_resume, progress=not args.quiet)
+    metrics = distill_student(cfg, args.teacher, out, resume=not args.no_resume, progress=not args.quiet,
+                              preflight=False)
     from distilvpr_lib.engine.distributed import is_main_process
 
     if is_main_process():  # under torchrun every rank returns the same metrics; print once

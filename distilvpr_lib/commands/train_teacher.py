@@ -162,9 +162,13 @@ def run(args: argparse.Namespace) -> int:
     except (KeyError, ValueError) as exc:
         return fail(str(exc.args[0]) if exc.args else str(exc))
     out = Path(args.out or Path("teacher_weights") / args.profile)
+    # the inputs first, before torch is imported: bad input fails in about a second, nothing written
+    from distilvpr_lib.engine.preflight import preflight_train_teacher
+
+    preflight_train_teacher(cfg, out, resume=not args.no_resume)
     from distilvpr_lib.engine.teacher_run import train_teacher
 
-    metrics = train_teacher(cfg, out, resume=not args.no_resume, progress=not args.quiet)
+    metrics = train_teacher(cfg, out, resume=not args.no_resume, progress=not args.quiet, preflight=False)
     from distilvpr_lib.engine.distributed import is_main_process
 
     if is_main_process():  # under torchrun every rank returns the same metrics; print once

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import tempfile
 import time
 from collections.abc import Iterable
@@ -281,6 +282,16 @@ def preflight_teacher_folder(teacher_dir: PathLike, cfg: "ExperimentConfig",
 # ---------------------------------------------------------------------------
 # The output folder
 # ---------------------------------------------------------------------------
+def _is_main_process() -> bool:
+    """Rank 0, without importing torch when it is not loaded yet (the CLI preflights before it loads torch):
+    then no process group can exist, and the rank is the one ``torchrun`` put in the environment."""
+    if "torch" not in sys.modules:
+        return int(os.environ.get("RANK", "0") or 0) == 0
+    from distilvpr_lib.engine.distributed import is_main_process
+
+    return is_main_process()
+
+
 def preflight_out_dir(out_dir: PathLike, check_lock: bool | None = None) -> None:
     """The run folder can be created / written, and no other process holds it.
 
@@ -294,11 +305,10 @@ def preflight_out_dir(out_dir: PathLike, check_lock: bool | None = None) -> None
         RunFolderError: a file stands there, or the place is not writable. RunFolderLockedError: another
             process is writing the folder.
     """
-    from distilvpr_lib.engine.distributed import is_main_process
     from distilvpr_lib.engine.run_guard import check_not_locked
 
     if check_lock is None:
-        check_lock = is_main_process()
+        check_lock = _is_main_process()
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise RunFolderError("is a file, not a run folder", path=out_dir, hint="choose another --out")
@@ -322,12 +332,14 @@ def preflight_out_dir(out_dir: PathLike, check_lock: bool | None = None) -> None
 def preflight_resume(cfg: "ExperimentConfig", out_dir: PathLike, kind: str, resume: bool,
                      report: PreflightReport | None = None) -> None:
     """Resuming: the folder's run has this configuration and its ``checkpoints/last.pt`` fits the model."""
+    out_dir = Path(out_dir)
+    if not resume or not (out_dir / "checkpoints").is_dir():  # a fresh run: nothing to load (nor torch to import)
+        return
     from distilvpr_lib.engine.checkpoint import LAST_CHECKPOINT_NAME, check_state_dict, load_checkpoint
     from distilvpr_lib.engine.run_folder import check_resumable
 
-    out_dir = Path(out_dir)
     last = out_dir / "checkpoints" / LAST_CHECKPOINT_NAME
-    if not resume or not last.is_file():
+    if not last.is_file():
         return
     check_resumable(cfg, out_dir, resume)
     hint = "delete it, or run with --no-resume to start over"

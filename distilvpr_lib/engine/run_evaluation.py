@@ -50,7 +50,8 @@ def evaluate_split(model: nn.Module, benchmark: "Benchmark", split: str, cfg: Ex
 
 def evaluate_run(model_dir: PathLike, dataset_dir: PathLike | None = None, split: str = "test",
                  device: str = "auto", image_dir: PathLike | None = None, progress: bool = True,
-                 results_path: PathLike | None = None) -> tuple[dict[str, Any], "RetrievalResults"]:
+                 results_path: PathLike | None = None,
+                 preflight: bool = True) -> tuple[dict[str, Any], "RetrievalResults"]:
     """Evaluate a teacher folder or student run on a split of a benchmark.
 
     Args:
@@ -60,13 +61,16 @@ def evaluate_run(model_dir: PathLike, dataset_dir: PathLike | None = None, split
         device: ``"auto"``, ``"cpu"``, ``"cuda"``...
         image_dir: image root override.
         results_path: where to save the RetrievalResults (``.npz``/``.json``), optional.
+        preflight: check the folder and the split first (:func:`~distilvpr_lib.engine.preflight.preflight_evaluate`);
+            ``False`` only when the caller has just run that check (the CLI does, before torch is imported).
 
     Returns:
         ``(summary dict, RetrievalResults)``; the summary has AR@1/5/10/1% and per-run AR@1.
     """
     from distilvpr_lib.engine.preflight import preflight_evaluate
 
-    preflight_evaluate(model_dir, dataset_dir=dataset_dir, split=split, image_dir=image_dir)
+    if preflight:
+        preflight_evaluate(model_dir, dataset_dir=dataset_dir, split=split, image_dir=image_dir)
     torch_device = resolve_device(device)
     model, cfg, kind = load_model_from_dir(model_dir, torch_device)
     overrides = {}

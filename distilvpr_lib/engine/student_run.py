@@ -64,7 +64,7 @@ def _last_stat(history: TrainingHistory, name: str) -> float | None:
 
 
 def distill_student(cfg: ExperimentConfig, teacher_dir: PathLike | None, out_dir: PathLike, resume: bool = True,
-                    method: str | None = None, progress: bool = True) -> dict[str, Any]:
+                    method: str | None = None, progress: bool = True, preflight: bool = True) -> dict[str, Any]:
     """Train the image-only student with the task loss plus the distillation terms of ``cfg.distill``.
 
     Args:
@@ -75,6 +75,8 @@ def distill_student(cfg: ExperimentConfig, teacher_dir: PathLike | None, out_dir
         resume: continue from ``checkpoints/last.pt`` when present.
         method: shorthand that overrides ``cfg.distill.method``.
         progress: tqdm bars and per-epoch lines.
+        preflight: check every input first (:func:`~distilvpr_lib.engine.preflight.preflight_distill`);
+            ``False`` only when the caller has just run that check (the CLI does, before torch is imported).
 
     Returns:
         The metrics dict written to ``metrics.json`` (schema in the module docstring).
@@ -89,7 +91,8 @@ def distill_student(cfg: ExperimentConfig, teacher_dir: PathLike | None, out_dir
     if Distiller(cfg.distill).weights and teacher_dir is None:  # option errors first (unknown names: KeyError)
         raise OptionError(f"distillation method {cfg.distill.method!r} needs a teacher folder",
                           hint="pass --teacher, or use --method nokd")
-    preflight_distill(cfg, teacher_dir, out_dir, resume=resume)  # every input checked before anything is written
+    if preflight:
+        preflight_distill(cfg, teacher_dir, out_dir, resume=resume)  # every input checked before anything is written
     with guarded_run(out_dir, "student", enabled=is_main_process()):
         return _distill_student(cfg, teacher_dir, out_dir, resume=resume, progress=progress)
 

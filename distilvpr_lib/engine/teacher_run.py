@@ -54,7 +54,7 @@ PathLike = str | os.PathLike
 
 
 def train_teacher(cfg: ExperimentConfig, out_dir: PathLike, resume: bool = True,
-                  progress: bool = True) -> dict[str, Any]:
+                  progress: bool = True, preflight: bool = True) -> dict[str, Any]:
     """Train the multi-modal teacher, select it on validation, report it on test, cache its embeddings.
 
     Args:
@@ -62,6 +62,8 @@ def train_teacher(cfg: ExperimentConfig, out_dir: PathLike, resume: bool = True,
         out_dir: the teacher folder (``teacher_weights/<name>``), created.
         resume: continue from ``checkpoints/last.pt`` when present (``False`` starts over).
         progress: tqdm bars and per-epoch lines.
+        preflight: check every input first (:func:`~distilvpr_lib.engine.preflight.preflight_train_teacher`);
+            ``False`` only when the caller has just run that check (the CLI does, before torch is imported).
 
     Returns:
         The metrics dict written to ``metrics.json`` (schema in the module docstring).
@@ -70,7 +72,8 @@ def train_teacher(cfg: ExperimentConfig, out_dir: PathLike, resume: bool = True,
     from distilvpr_lib.engine.preflight import preflight_train_teacher
     from distilvpr_lib.engine.run_guard import guarded_run
 
-    preflight_train_teacher(cfg, out_dir, resume=resume)  # every input checked before anything is written
+    if preflight:
+        preflight_train_teacher(cfg, out_dir, resume=resume)  # every input checked before anything is written
     with guarded_run(out_dir, "teacher", enabled=is_main_process()):
         return _train_teacher(cfg, out_dir, resume=resume, progress=progress)
 
