@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -64,7 +65,10 @@ def _run_notebook(name: str, run_dir: Path, parameters: dict[str, Any]) -> None:
     if run_is_complete(run_dir):
         print(f"    already done: {run_dir}")
         return
-    outcome = execute_notebook(project_path(f"notebooks/{name}.ipynb"), run_dir, parameters)
+    # one thread per core whatever the caller's OMP_NUM_THREADS: the recalls depend on the thread count (float
+    # sums split over threads round differently), so the demo fixes it, as run_batch does for the students
+    outcome = execute_notebook(project_path(f"notebooks/{name}.ipynb"), run_dir, parameters,
+                               threads=os.cpu_count() or 1)
     if outcome.status != "ok":
         raise SystemExit(f"demo step {name} failed: {outcome.error}\n  executed notebook: "
                          f"{run_dir / 'notebook.ipynb'}\n  status: {run_dir / 'status.json'}")

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import nn
 
 from distilvpr_lib.config import ExperimentConfig
@@ -165,6 +166,8 @@ def _distill_student(cfg: ExperimentConfig, teacher_dir: PathLike | None, out_di
         "profile": cfg.profile,
         "seed": cfg.train.seed,
         "device": str(device),
+        # results depend on it: float sums split over threads round differently (README "Reproducibility")
+        "cpu_threads": torch.get_num_threads(),
         "dataset_dir": str(cfg.data.dataset_dir),
         "teacher_dir": None if teacher_dir is None else str(teacher_dir),
         "status": "complete",

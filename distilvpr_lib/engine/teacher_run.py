@@ -18,6 +18,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import nn
 
 from distilvpr_lib.config import ExperimentConfig
@@ -133,6 +134,8 @@ def _train_teacher(cfg: ExperimentConfig, out_dir: PathLike, resume: bool = True
         "profile": cfg.profile,
         "seed": cfg.train.seed,
         "device": str(device),
+        # results depend on it: float sums split over threads round differently (README "Reproducibility")
+        "cpu_threads": torch.get_num_threads(),
         "dataset_dir": str(cfg.data.dataset_dir),
         "status": "complete",
         **history_metrics(history),
