@@ -2,12 +2,12 @@
 # The distillation study, end to end and resumable (README "Study"). Every step skips what is done:
 #   data/study (generator), teacher_weights/study-prior (visual prior), teacher_weights/study (teacher),
 #   runs/study/<variation>__seed<k> (students, in the order below), runs/study-report (notebook 04).
-# Usage: bash scripts/study.sh [stage ...]   stages: setup main short sweep rest report (default: all)
+# Usage: bash scripts/study.sh [stage ...]   stages: setup main short sweep rest long report (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 CLI="$PY -m distilvpr_lib.cli"
-stages=("$@"); [ ${#stages[@]} -gt 0 ] || stages=(setup main short sweep rest report)
+stages=("$@"); [ ${#stages[@]} -gt 0 ] || stages=(setup main short sweep rest long report)
 log() { printf '[study %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 # two runs side by side, one core each (the batch runner gives each worker cpu_count // workers threads)
 batch() { log "batch: $*"; $CLI batch ablations/study.yaml --workers 2 --only "$@"; }
@@ -46,9 +46,13 @@ for stage in "${stages[@]}"; do
                                "pkt__seed$s" "nokd_fp32__seed$s"; done ;;
     short)  # the control: the main rows at 6 epochs (ablations/study_short.yaml -> runs/study-short)
       log "batch: study_short"; $CLI batch ablations/study_short.yaml --workers 2 ;;
+    long)   # the convergence check: no-KD and distilvpr_norm for 32 epochs (ablations/study_long.yaml -> runs/study-long)
+      for s in 0 1 2 3 4; do log "batch: study_long seed $s"
+        $CLI batch ablations/study_long.yaml --workers 2 --only "nokd__seed$s" "distilvpr_norm__seed$s"; done ;;
     report)
       report runs/study runs/study-report docs/study
-      if [ -d runs/study-short ]; then report runs/study-short runs/study-short-report docs/study/short; fi ;;
-    *) echo "unknown stage $stage (setup main short sweep rest report)" >&2; exit 2 ;;
+      if [ -d runs/study-short ]; then report runs/study-short runs/study-short-report docs/study/short; fi
+      if [ -d runs/study-long ]; then report runs/study-long runs/study-long-report docs/study/long; fi ;;
+    *) echo "unknown stage $stage (setup main short sweep rest long report)" >&2; exit 2 ;;
   esac
 done
