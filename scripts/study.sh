@@ -15,7 +15,8 @@ batch() { log "batch: $*"; $CLI batch ablations/study.yaml --workers 2 --only "$
 report() {
   log "notebook 04 on $1"; mkdir -p "$2" "$3"
   $PY -m papermill notebooks/04_ablation_analysis.ipynb "$2/notebook.ipynb" \
-    -p batch "$1" -p teacher teacher_weights/study -p out "$2" --log-level WARNING
+    -p batch "$1" -p teacher teacher_weights/study -p out "$2" --log-level WARNING \
+    -y "relation_variations: [nokd, distilvpr, nokd_norm, distilvpr_norm]"
   cp "$2/study_runs.csv" "$2/study_table.csv" "$3/"
   for f in relation_auc.csv validation_choice.csv; do if [ -f "$2/$f" ]; then cp "$2/$f" "$3/"; fi; done
   # the README's table, as markdown (tabulate)
