@@ -42,9 +42,11 @@ for stage in "${stages[@]}"; do
       for s in 0 1 2; do batch "distilvpr_x0.1__seed$s" "distilvpr_x10__seed$s" "distilvpr_self0.1__seed$s" \
                                "distilvpr_cross10__seed$s"; done ;;
     rest)
-      for s in 0 1 2; do batch "nokd_norm__seed$s" "distilvpr_norm__seed$s" "self_only__seed$s" "distilvpr_cloud_self__seed$s" "cross_only__seed$s" \
+      for s in 0 1 2; do batch "self_only_norm__seed$s" "cross_only_norm__seed$s" "nokd_fp32__seed$s" "cloud_self_norm__seed$s"; done
+      for s in 0 1 2 3 4; do batch "nokd_norm__seed$s" "distilvpr_norm__seed$s"; done
+      for s in 0 1 2; do batch "self_only__seed$s" "distilvpr_cloud_self__seed$s" "cross_only__seed$s" \
                                "cross_E__seed$s" "cross_S__seed$s" "cross_H__seed$s" "kd__seed$s" "rkd__seed$s" \
-                               "pkt__seed$s" "nokd_fp32__seed$s"; done ;;
+                               "pkt__seed$s"; done ;;
     short)  # the control: the main rows at 6 epochs (ablations/study_short.yaml -> runs/study-short)
       log "batch: study_short"; $CLI batch ablations/study_short.yaml --workers 2 ;;
     long)   # the convergence check: no-KD and distilvpr_norm for 32 epochs (ablations/study_long.yaml -> runs/study-long)
