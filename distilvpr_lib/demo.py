@@ -6,7 +6,8 @@ Steps (profile ``cpu`` by default, ``smoke`` with ``SMOKE=1``):
    ``smoke-demo`` at ``smoke``: see :data:`DEMO_SETTINGS`);
 2. notebook 01 (data exploration);
 3. notebook 02 (teacher training) into ``teacher_weights/<world>``;
-4. notebook 03 as a papermill batch (``ablations/demo.yaml``): no-KD and full DistilVPR students x 3 seeds;
+4. notebook 03 as a papermill batch (``ablations/demo.yaml``): no-KD, full DistilVPR and DistilVPR with the task
+   loss on normalised embeddings (the study's choice), students x 3 seeds;
 5. notebook 04 (ablation analysis) on that batch;
 6. notebook 05 (retrieval browser) rendering a fixed list of queries for teacher / no-KD / DistilVPR;
 7. ``runs/demo-<profile>/report.md`` listing the key tables and figure paths.
@@ -163,7 +164,7 @@ def write_report(demo_dir: Path, teacher: Path, nokd_dir: Path, distil_dir: Path
                   pd.read_csv(study_csv, index_col=0, dtype=str, keep_default_na=False).to_markdown(), "",
                   "This is a reduced run of the question (few seeds, a small undertrained setting). The full "
                   "study — profile `study`, a visual prior, a stronger teacher, >= 5 seeds, diagnostics — is "
-                  "`make study` (README, section \"Study\").", ""]
+                  "`make study` (README, section \"Study\", where distilvpr_norm was chosen on validation).", ""]
     executed = step_seconds(demo_dir)
     lines += ["## Timings", "", "Wall time of this invocation of the demo (steps already done were skipped):", "",
               *[f"- {k}: {v:.0f} s" for k, v in timings.items()], "",

@@ -25,7 +25,7 @@ def test_smoke_demo_runs_every_notebook_and_reports(tmp_path: Path, monkeypatch:
 
     # every executed notebook ran without an error output
     executed = sorted(demo.rglob("notebook.ipynb"))
-    assert len(executed) == 8  # 01, 02, 4 students, 04, 05
+    assert len(executed) == 10  # 01, 02, 6 students, 04, 05
     for path in executed:
         nb = nbformat.read(path, as_version=4)
         errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
@@ -44,9 +44,12 @@ def test_smoke_demo_runs_every_notebook_and_reports(tmp_path: Path, monkeypatch:
     assert 0.0 < chance < 20.0
     assert teacher["test"]["AR@1"] > 1.5 * chance, (teacher["test"]["AR@1"], chance)
     students = sorted((demo / "ablations-smoke").glob("*__seed*/metrics.json"))
-    assert {p.parent.name for p in students} == {"nokd__seed0", "nokd__seed1", "distilvpr__seed0", "distilvpr__seed1"}
+    assert {p.parent.name for p in students} == {f"{v}__seed{s}" for v in ("nokd", "distilvpr", "distilvpr_norm")
+                                                 for s in (0, 1)}
     distil = json.loads((demo / "ablations-smoke" / "distilvpr__seed0" / "metrics.json").read_text())
     assert {"rkdg_distance", "rkdg_angle", "rkdg_geodesic", "cross_euclidean_st2ss"} <= set(distil["final_losses"])
+    norm_config = json.loads((demo / "ablations-smoke" / "distilvpr_norm__seed0" / "config.json").read_text())
+    assert norm_config["train"]["task_normalize"] is True and distil["method"] == "distilvpr"
     assert (demo / "04_ablation_analysis" / "ablation_bars.png").stat().st_size > 1000
     assert list((demo / "05_retrieval_browser").glob("retrieval_*.png"))
 
