@@ -178,6 +178,9 @@ class DistillConfig:
     teacher_head: str = "embedding"
     #: Explicit term weights; override the preset's (``{"rkdg": 10.0, ...}``).
     terms: dict[str, float] = field(default_factory=dict)
+    #: The distillation terms act in epochs 1..until_epoch only; later epochs train on the task term alone
+    #: (distillation as a warm start). 0 = every epoch (the paper).
+    until_epoch: int = 0
     curvature: float = 0.1
     #: Internal weights of the self-agent RKD-G term (distance, angle, geodesic).
     rkdg_distance_weight: float = 1.0

@@ -293,6 +293,37 @@ def test_student_objective_adds_distiller_terms_and_looks_up_cache():
                                            "rel_paths": ["q", "x", "w", "y"]})
 
 
+def test_student_objective_distils_until_the_given_epoch_only():
+    cfg = profile_config("smoke")
+    positives, negatives = _pair_masks(4)
+    cache = TeacherCache(["w", "x", "y", "z"], torch.arange(24, dtype=torch.float32).reshape(4, 6))
+    calls = []
+
+    def distiller(student, teacher, p, n):
+        calls.append(1)
+        return {"mse": ((student - teacher) ** 2).mean()}
+
+    objective = StudentObjective(cfg.train, cache, distiller, distill_until=2)
+    batch = {"positives_mask": positives, "negatives_mask": negatives, "rel_paths": ["w", "x", "y", "z"]}
+    seen = {}
+    for epoch in (1, 2, 3, 4):
+        objective.set_epoch(epoch)
+        student = torch.randn(4, 6, generator=torch.Generator().manual_seed(epoch), requires_grad=True)
+        result = objective({"embedding": student}, batch)
+        seen[epoch] = (set(result.terms), result.stats["distill_active"])
+        if epoch > 2:  # the task term alone: the total is the triplet term, its gradient the triplet's
+            assert float(result.total.detach()) == pytest.approx(float(result.terms["triplet"].detach()))
+            assert "grad_norm/mse" not in result.stats
+    assert seen == {1: ({"triplet", "mse"}, 1.0), 2: ({"triplet", "mse"}, 1.0),
+                    3: ({"triplet"}, 0.0), 4: ({"triplet"}, 0.0)}
+    assert len(calls) == 2
+    always = StudentObjective(cfg.train, cache, distiller)  # 0 = every epoch (the paper)
+    always.set_epoch(1000)
+    assert "mse" in always({"embedding": torch.zeros(4, 6, requires_grad=True)}, batch).terms
+    with pytest.raises(ValueError, match="until_epoch must be >= 0"):
+        StudentObjective(cfg.train, cache, distiller, distill_until=-1)
+
+
 def test_parameter_groups_and_adam():
     cfg = profile_config("smoke")
 

@@ -16,6 +16,7 @@ from distilvpr_lib.engine.student_run import distill_student
 from distilvpr_lib.engine.student_cache import get_teacher_cache
 from distilvpr_lib.engine.teacher_run import train_teacher
 from distilvpr_lib.engine.teacher_cache import TeacherCache
+from distilvpr_lib.errors import OptionError
 from distilvpr_lib.losses.distiller import Distiller
 
 TEACHER_FILES = ("config.json", "teacher.pt", "metrics.json", "test_results.npz", "teacher_cache.pt",
@@ -107,6 +108,19 @@ def test_distilvpr_student_logs_every_named_term_without_teacher_forward(smoke_d
     for term in expected | {"triplet", "total"}:
         assert f"train/loss/{term}" in tags and f"epoch/loss/{term}" in tags
     assert {"lr/student", "val/AR@1", "train/active_fraction", "epoch/student_norm_max"} <= tags
+
+
+def test_distillation_until_epoch_then_task_alone(smoke_dataset, tmp_path):
+    teacher_dir = _fake_teacher_dir(smoke_dataset, tmp_path / "teacher")
+    bad = _cfg(smoke_dataset, **{"train.epochs": 2, "distill.until_epoch": -1})
+    with pytest.raises(OptionError, match="until_epoch must be >= 0"):
+        distill_student(bad, teacher_dir, tmp_path / "bad", progress=False)
+    assert not (tmp_path / "bad").exists()  # refused before anything is written
+    cfg = _cfg(smoke_dataset, **{"train.epochs": 2, "distill.until_epoch": 1})
+    metrics = distill_student(cfg, teacher_dir, tmp_path / "run", progress=False)
+    first, second = (set(e["losses"]) for e in metrics["epochs"])
+    assert {"rkdg_distance", "cross_euclidean_st2ss"} <= first
+    assert second == {"triplet", "total"}
 
 
 def test_term_override_and_dimension_mismatch(smoke_dataset, tmp_path):

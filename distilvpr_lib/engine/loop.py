@@ -263,6 +263,8 @@ class Trainer:
             sampler.set_epoch(epoch)
         if self.ctx.is_distributed:  # every rank its own augmentations; exact resume at a given world size
             seed_everything(rank_epoch_seed(self.train_cfg.seed, epoch, self.ctx.rank))
+        if hasattr(self.objective, "set_epoch"):  # objectives whose terms depend on the epoch
+            self.objective.set_epoch(epoch)
         self.train_model.train()  # every epoch: evaluation leaves the model in eval mode (docs/METHOD.md §8.2)
         lrs = {name: float(g["lr"]) for name, g in zip(self.group_names, self.optimizer.param_groups)}
         sums: dict[str, float] = {}

@@ -120,13 +120,21 @@ class StudentObjective:
     ``grad_ratio/<term>`` = that norm over the task term's, and ``hyperbolic_clamp_{student,teacher}``
     = the share of off-diagonal self-relation entries d_c(ToPoincare(x_i), ToPoincare(x_j)) at the artanh
     clamp (``distill_cfg.curvature``; only when a distiller is present).
+
+    ``distill_until`` > 0 switches the distiller off after that epoch (the trainer calls
+    :meth:`set_epoch` at the start of every epoch): later batches carry the task term only and the
+    stat ``distill_active`` = 0 (1 while the distiller acts).
     """
 
     kind = "student"
 
     def __init__(self, train_cfg: "TrainConfig", teacher_cache: TeacherCache | None,
                  distiller: nn.Module | None = None, triplet: nn.Module | None = None,
-                 curvature: float | None = None) -> None:
+                 curvature: float | None = None, distill_until: int = 0) -> None:
+        if int(distill_until) < 0:
+            raise ValueError(f"distill.until_epoch must be >= 0 (0 = every epoch), got {distill_until}")
+        self.distill_until = int(distill_until)
+        self.distill_active = True
         self.task_weight = float(train_cfg.student_task_weight)
         self.task_normalize = bool(getattr(train_cfg, "task_normalize", False))
         self.diagnostics = bool(getattr(train_cfg, "loss_diagnostics", False))
@@ -136,6 +144,10 @@ class StudentObjective:
         self.teacher_cache = teacher_cache
         if distiller is not None and teacher_cache is None:
             raise ValueError("student objective: a distiller needs a teacher cache")
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by the trainer before epoch ``epoch`` (1-based): the distiller acts iff ``epoch <= distill_until``."""
+        self.distill_active = self.distill_until == 0 or int(epoch) <= self.distill_until
 
     def __call__(self, outputs: Mapping[str, torch.Tensor], batch: Mapping[str, Any]) -> LossOutput:
         from distilvpr_lib.losses.relations import l2_normalize
@@ -152,6 +164,8 @@ class StudentObjective:
             teacher = self.teacher_cache.lookup(batch["rel_paths"], device=student.device)
             stats.update(_norm_stats("teacher", teacher))
             if self.distiller is not None:
+                stats["distill_active"] = float(self.distill_active)
+            if self.distiller is not None and self.distill_active:
                 distill_terms = self.distiller(student, teacher, positives, negatives)
                 for name, value in distill_terms.items():
                     if name in terms:
@@ -159,7 +173,8 @@ class StudentObjective:
                     terms[name] = value
         if self.diagnostics and student.requires_grad:
             stats.update(term_gradient_norms(terms, student))
-            if self.distiller is not None and teacher is not None and self.curvature is not None:
+            if self.distiller is not None and teacher is not None and self.curvature is not None \
+                    and self.distill_active:
                 stats["hyperbolic_clamp_student"] = hyperbolic_clamp_share(student, self.curvature)
                 stats["hyperbolic_clamp_teacher"] = hyperbolic_clamp_share(teacher, self.curvature)
         return LossOutput(_sum_terms(terms, student), terms, stats)

@@ -92,6 +92,8 @@ def distill_student(cfg: ExperimentConfig, teacher_dir: PathLike | None, out_dir
     if Distiller(cfg.distill).weights and teacher_dir is None:  # option errors first (unknown names: KeyError)
         raise OptionError(f"distillation method {cfg.distill.method!r} needs a teacher folder",
                           hint="pass --teacher, or use --method nokd")
+    if int(cfg.distill.until_epoch) < 0:
+        raise OptionError(f"distill.until_epoch must be >= 0 (0 = distil in every epoch), got {cfg.distill.until_epoch}")
     if preflight:
         preflight_distill(cfg, teacher_dir, out_dir, resume=resume)  # every input checked before anything is written
     with guarded_run(out_dir, "student", enabled=is_main_process()):
@@ -133,7 +135,7 @@ def _distill_student(cfg: ExperimentConfig, teacher_dir: PathLike | None, out_di
     else:
         loader = make_training_loader(benchmark, cfg, ctx, data_cfg=dataclasses.replace(cfg.data, augment_clouds=False))
     objective = StudentObjective(cfg.train, cache, distiller.to(device) if use_distiller else None,
-                                 curvature=cfg.distill.curvature)
+                                 curvature=cfg.distill.curvature, distill_until=cfg.distill.until_epoch)
     validate = None
     if cfg.train.use_validation_split:
         def validate(m: nn.Module) -> "RetrievalResults":
