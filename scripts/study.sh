@@ -44,14 +44,21 @@ for stage in "${stages[@]}"; do
     rest)
       for s in 0 1 2; do batch "self_only_norm__seed$s" "cross_only_norm__seed$s" "nokd_fp32__seed$s" "cloud_self_norm__seed$s"; done
       for s in 0 1 2 3 4; do batch "nokd_norm__seed$s" "distilvpr_norm__seed$s"; done
+      for s in 0 1 2; do batch "kd_norm__seed$s" "rkd_norm__seed$s" "pkt_norm__seed$s"; done
       for s in 0 1 2; do batch "self_only__seed$s" "distilvpr_cloud_self__seed$s" "cross_only__seed$s" \
                                "cross_E__seed$s" "cross_S__seed$s" "cross_H__seed$s" "kd__seed$s" "rkd__seed$s" \
                                "pkt__seed$s"; done ;;
     short)  # the control: the main rows at 6 epochs (ablations/study_short.yaml -> runs/study-short)
       log "batch: study_short"; $CLI batch ablations/study_short.yaml --workers 2 ;;
-    long)   # the convergence check: no-KD and distilvpr_norm for 32 epochs (ablations/study_long.yaml -> runs/study-long)
+    long)   # the convergence check: 32 epochs (ablations/study_long.yaml -> runs/study-long): no-KD and distilvpr_norm,
+            # then distillation as a warm start (until epoch 12 / 24) and cross-agent only
       for s in 0 1 2 3 4; do log "batch: study_long seed $s"
-        $CLI batch ablations/study_long.yaml --workers 2 --only "nokd__seed$s" "distilvpr_norm__seed$s"; done ;;
+        $CLI batch ablations/study_long.yaml --workers 2 --only "nokd__seed$s" "distilvpr_norm__seed$s"; done
+      for s in 0 1 2 3 4; do log "batch: study_long warm start, seed $s"
+        $CLI batch ablations/study_long.yaml --workers 2 --only "distilvpr_norm_until12__seed$s" \
+          "distilvpr_norm_until24__seed$s"; done
+      $CLI batch ablations/study_long.yaml --workers 2 --only cross_only_norm__seed0 cross_only_norm__seed1 \
+        cross_only_norm__seed2 ;;
     report)
       report runs/study runs/study-report docs/study
       if [ -d runs/study-short ]; then report runs/study-short runs/study-short-report docs/study/short; fi
