@@ -51,14 +51,13 @@ for stage in "${stages[@]}"; do
     short)  # the control: the main rows at 6 epochs (ablations/study_short.yaml -> runs/study-short)
       log "batch: study_short"; $CLI batch ablations/study_short.yaml --workers 2 ;;
     long)   # the convergence check: 32 epochs (ablations/study_long.yaml -> runs/study-long): no-KD and distilvpr_norm,
-            # then distillation as a warm start (until epoch 12 / 24) and cross-agent only
+            # the raw-task preset and distillation as a warm start (until epoch 24), then single looks (seed 0)
       for s in 0 1 2 3 4; do log "batch: study_long seed $s"
         $CLI batch ablations/study_long.yaml --workers 2 --only "nokd__seed$s" "distilvpr_norm__seed$s"; done
-      for s in 0 1 2 3 4; do log "batch: study_long warm start, seed $s"
-        $CLI batch ablations/study_long.yaml --workers 2 --only "distilvpr_norm_until12__seed$s" \
-          "distilvpr_norm_until24__seed$s"; done
-      $CLI batch ablations/study_long.yaml --workers 2 --only cross_only_norm__seed0 cross_only_norm__seed1 \
-        cross_only_norm__seed2 ;;
+      for s in 0 1 2 3 4; do log "batch: study_long preset and warm start, seed $s"
+        $CLI batch ablations/study_long.yaml --workers 2 --only "distilvpr__seed$s" "distilvpr_norm_until24__seed$s"; done
+      $CLI batch ablations/study_long.yaml --workers 2 --only distilvpr_norm_until12__seed0 nokd_norm__seed0 \
+        cross_only_norm__seed0 ;;
     report)
       report runs/study runs/study-report docs/study
       if [ -d runs/study-short ]; then report runs/study-short runs/study-short-report docs/study/short; fi
