@@ -74,6 +74,11 @@ def test_study_table_strings() -> None:
     assert table.loc["distilvpr", "ΔAR@1"] == "+3.00"
     assert table.loc["distilvpr", "seeds"] == 5
     assert table.loc["nokd", "ΔAR@1"] == ""
+    one = study_table(pd.concat([_runs(), pd.DataFrame([{"variation": "single", "seed": 0, "status": "ok",
+                                                          "test.AR@1": 40.0, "test.AR@5": 0, "test.AR@1%": 0}])]),
+                      n_resamples=200)
+    assert one.loc["single", "ΔAR@1"] == "+10.00"  # 40 - NOKD[0]
+    assert (one.loc["single", "95% CI"], one.loc["single", "p (t)"], one.loc["single", "p (Wilcoxon)"]) == ("", "", "")
 
 
 def test_choose_on_validation_compares_common_seeds_and_ignores_test() -> None:

@@ -292,7 +292,8 @@ def study_table(runs: pd.DataFrame, baseline: str = "nokd", metrics: tuple[str, 
     Returns:
         DataFrame indexed by variation: ``seeds``, ``<metric>`` (test) and ``val AR@1`` (validation, when
         present) as ``"m ± s"`` strings, ``ΔAR@1``,
-        ``95% CI``, ``p (t)``, ``p (Wilcoxon)``; the baseline first, then by Δ.
+        ``95% CI``, ``p (t)``, ``p (Wilcoxon)`` (blank where undefined: a variation with one paired seed has a
+        difference but no interval and no test); the baseline first, then by Δ.
     """
     ok = _ok(runs)
     seed_col = "param.seed" if "param.seed" in ok else "seed"
@@ -314,7 +315,8 @@ def study_table(runs: pd.DataFrame, baseline: str = "nokd", metrics: tuple[str, 
     table["p (Wilcoxon)"] = ""
     for variation, p in paired.iterrows():
         table.loc[variation, "ΔAR@1"] = f"{p['delta']:+.2f}"
-        table.loc[variation, f"{level}% CI"] = f"[{p['ci_low']:+.2f}, {p['ci_high']:+.2f}]"
+        if not (math.isnan(p["ci_low"]) or math.isnan(p["ci_high"])):  # one pair: no interval
+            table.loc[variation, f"{level}% CI"] = f"[{p['ci_low']:+.2f}, {p['ci_high']:+.2f}]"
         table.loc[variation, "p (t)"] = "" if math.isnan(p["p_t"]) else f"{p['p_t']:.3f}"
         table.loc[variation, "p (Wilcoxon)"] = "" if math.isnan(p["p_wilcoxon"]) else f"{p['p_wilcoxon']:.3f}"
     order = ([baseline] if baseline in table.index else []) + [v for v in paired.index if v in table.index]
