@@ -45,6 +45,7 @@ for stage in "${stages[@]}"; do
       for s in 0 1 2; do batch "self_only_norm__seed$s" "cross_only_norm__seed$s" "nokd_fp32__seed$s" "cloud_self_norm__seed$s"; done
       for s in 0 1 2 3 4; do batch "nokd_norm__seed$s" "distilvpr_norm__seed$s"; done
       for s in 0 1 2; do batch "kd_norm__seed$s" "rkd_norm__seed$s" "pkt_norm__seed$s"; done
+      batch rkd_norm__seed3 rkd_norm__seed4   # the best baseline gets 5 seeds
       for s in 0 1 2; do batch "self_only__seed$s" "distilvpr_cloud_self__seed$s" "cross_only__seed$s" \
                                "cross_E__seed$s" "cross_S__seed$s" "cross_H__seed$s" "kd__seed$s" "rkd__seed$s" \
                                "pkt__seed$s"; done ;;
