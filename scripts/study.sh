@@ -57,7 +57,7 @@ for stage in "${stages[@]}"; do
         $CLI batch ablations/study_long.yaml --workers 2 --only "nokd__seed$s" "distilvpr_norm__seed$s"; done
       for s in 0 1 2 3 4; do log "batch: study_long preset and warm start, seed $s"
         $CLI batch ablations/study_long.yaml --workers 2 --only "distilvpr__seed$s" "distilvpr_norm_until24__seed$s"; done
-      $CLI batch ablations/study_long.yaml --workers 2 --only distilvpr_norm_until12__seed0 nokd_norm__seed0 \
+      $CLI batch ablations/study_long.yaml --workers 2 --only distilvpr_norm_until12__seed0 distilvpr_until4__seed0 nokd_norm__seed0 \
         cross_only_norm__seed0 ;;
     report)
       report runs/study runs/study-report docs/study
