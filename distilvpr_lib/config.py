@@ -181,6 +181,9 @@ class DistillConfig:
     #: The distillation terms act in epochs 1..until_epoch only; later epochs train on the task term alone
     #: (distillation as a warm start). 0 = every epoch (the paper).
     until_epoch: int = 0
+    #: The distillation terms start at this epoch (1-based); earlier epochs train on the task term alone
+    #: (distillation as a late fine-tuning stage). 1 = from the start (the paper).
+    from_epoch: int = 1
     curvature: float = 0.1
     #: Internal weights of the self-agent RKD-G term (distance, angle, geodesic).
     rkdg_distance_weight: float = 1.0

@@ -324,6 +324,34 @@ def test_student_objective_distils_until_the_given_epoch_only():
         StudentObjective(cfg.train, cache, distiller, distill_until=-1)
 
 
+def test_student_objective_distils_from_the_given_epoch_on():
+    cfg = profile_config("smoke")
+    positives, negatives = _pair_masks(4)
+    cache = TeacherCache(["w", "x", "y", "z"], torch.arange(24, dtype=torch.float32).reshape(4, 6))
+
+    def distiller(student, teacher, p, n):
+        return {"mse": ((student - teacher) ** 2).mean()}
+
+    batch = {"positives_mask": positives, "negatives_mask": negatives, "rel_paths": ["w", "x", "y", "z"]}
+    window = StudentObjective(cfg.train, cache, distiller, distill_from=3, distill_until=4)
+    seen = {}
+    for epoch in range(1, 7):
+        window.set_epoch(epoch)
+        result = window({"embedding": torch.zeros(4, 6, requires_grad=True)}, batch)
+        seen[epoch] = result.stats["distill_active"]
+        assert ("mse" in result.terms) == (3 <= epoch <= 4)
+    assert seen == {1: 0.0, 2: 0.0, 3: 1.0, 4: 1.0, 5: 0.0, 6: 0.0}
+    late = StudentObjective(cfg.train, cache, distiller, distill_from=5)  # until 0: to the end
+    late.set_epoch(4)
+    assert set(late({"embedding": torch.zeros(4, 6, requires_grad=True)}, batch).terms) == {"triplet"}
+    late.set_epoch(500)
+    assert "mse" in late({"embedding": torch.zeros(4, 6, requires_grad=True)}, batch).terms
+    with pytest.raises(ValueError, match="from_epoch must be >= 1"):
+        StudentObjective(cfg.train, cache, distiller, distill_from=0)
+    with pytest.raises(ValueError, match="from_epoch .* after until_epoch"):
+        StudentObjective(cfg.train, cache, distiller, distill_from=5, distill_until=4)
+
+
 def test_parameter_groups_and_adam():
     cfg = profile_config("smoke")
 

@@ -110,7 +110,7 @@ def test_distilvpr_student_logs_every_named_term_without_teacher_forward(smoke_d
     assert {"lr/student", "val/AR@1", "train/active_fraction", "epoch/student_norm_max"} <= tags
 
 
-def test_distillation_until_epoch_then_task_alone(smoke_dataset, tmp_path):
+def test_distillation_window_from_and_until_epoch(smoke_dataset, tmp_path):
     teacher_dir = _fake_teacher_dir(smoke_dataset, tmp_path / "teacher")
     bad = _cfg(smoke_dataset, **{"train.epochs": 2, "distill.until_epoch": -1})
     with pytest.raises(OptionError, match="until_epoch must be >= 0"):
@@ -121,6 +121,15 @@ def test_distillation_until_epoch_then_task_alone(smoke_dataset, tmp_path):
     first, second = (set(e["losses"]) for e in metrics["epochs"])
     assert {"rkdg_distance", "cross_euclidean_st2ss"} <= first
     assert second == {"triplet", "total"}
+    window = _cfg(smoke_dataset, **{"train.epochs": 2, "distill.from_epoch": 3, "distill.until_epoch": 2})
+    with pytest.raises(OptionError, match="from_epoch 3 is after until_epoch 2"):
+        distill_student(window, teacher_dir, tmp_path / "bad2", progress=False)
+    assert not (tmp_path / "bad2").exists()
+    late = _cfg(smoke_dataset, **{"train.epochs": 2, "distill.from_epoch": 2})  # task alone first, then both
+    metrics = distill_student(late, teacher_dir, tmp_path / "late", progress=False)
+    first, second = (set(e["losses"]) for e in metrics["epochs"])
+    assert first == {"triplet", "total"}
+    assert {"rkdg_distance", "cross_euclidean_st2ss"} <= second
 
 
 def test_term_override_and_dimension_mismatch(smoke_dataset, tmp_path):

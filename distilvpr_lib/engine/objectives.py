@@ -107,6 +107,20 @@ class TeacherObjective:
         return LossOutput(_sum_terms(terms, outputs32["embedding"]), terms, stats)
 
 
+def distill_window_problem(from_epoch: int, until_epoch: int) -> str | None:
+    """What is wrong with the epoch window ``distill.from_epoch`` .. ``distill.until_epoch``, or ``None``.
+
+    ``until_epoch`` = 0 means "to the last epoch"; both are 1-based and inclusive.
+    """
+    if int(until_epoch) < 0:
+        return f"distill.until_epoch must be >= 0 (0 = distil to the last epoch), got {until_epoch}"
+    if int(from_epoch) < 1:
+        return f"distill.from_epoch must be >= 1 (1 = distil from the start), got {from_epoch}"
+    if int(until_epoch) > 0 and int(from_epoch) > int(until_epoch):
+        return f"distill.from_epoch {from_epoch} is after until_epoch {until_epoch}: no epoch would distil"
+    return None
+
+
 class StudentObjective:
     """``student_task_weight · triplet(s)`` + the Distiller's weighted named terms (docs/METHOD.md §4.5).
 
@@ -121,19 +135,21 @@ class StudentObjective:
     = the share of off-diagonal self-relation entries d_c(ToPoincare(x_i), ToPoincare(x_j)) at the artanh
     clamp (``distill_cfg.curvature``; only when a distiller is present).
 
-    ``distill_until`` > 0 switches the distiller off after that epoch (the trainer calls
-    :meth:`set_epoch` at the start of every epoch): later batches carry the task term only and the
-    stat ``distill_active`` = 0 (1 while the distiller acts).
+    The distiller acts in epochs ``distill_from`` .. ``distill_until`` (1-based, inclusive;
+    ``distill_until`` = 0: to the end; the trainer calls :meth:`set_epoch` at the start of every
+    epoch): outside that window batches carry the task term only and the stat ``distill_active`` = 0
+    (1 while the distiller acts).
     """
 
     kind = "student"
 
     def __init__(self, train_cfg: "TrainConfig", teacher_cache: TeacherCache | None,
                  distiller: nn.Module | None = None, triplet: nn.Module | None = None,
-                 curvature: float | None = None, distill_until: int = 0) -> None:
-        if int(distill_until) < 0:
-            raise ValueError(f"distill.until_epoch must be >= 0 (0 = every epoch), got {distill_until}")
-        self.distill_until = int(distill_until)
+                 curvature: float | None = None, distill_until: int = 0, distill_from: int = 1) -> None:
+        problem = distill_window_problem(distill_from, distill_until)
+        if problem:
+            raise ValueError(problem)
+        self.distill_from, self.distill_until = int(distill_from), int(distill_until)
         self.distill_active = True
         self.task_weight = float(train_cfg.student_task_weight)
         self.task_normalize = bool(getattr(train_cfg, "task_normalize", False))
@@ -146,8 +162,9 @@ class StudentObjective:
             raise ValueError("student objective: a distiller needs a teacher cache")
 
     def set_epoch(self, epoch: int) -> None:
-        """Called by the trainer before epoch ``epoch`` (1-based): the distiller acts iff ``epoch <= distill_until``."""
-        self.distill_active = self.distill_until == 0 or int(epoch) <= self.distill_until
+        """Called by the trainer before epoch ``epoch`` (1-based): the distiller acts iff the epoch is in its window."""
+        epoch = int(epoch)
+        self.distill_active = epoch >= self.distill_from and (self.distill_until == 0 or epoch <= self.distill_until)
 
     def __call__(self, outputs: Mapping[str, torch.Tensor], batch: Mapping[str, Any]) -> LossOutput:
         from distilvpr_lib.losses.relations import l2_normalize

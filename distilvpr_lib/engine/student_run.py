@@ -27,7 +27,7 @@ from distilvpr_lib.engine.console import say
 from distilvpr_lib.engine.distributed import shutdown_distributed
 from distilvpr_lib.engine.results import retrieval_summary
 from distilvpr_lib.engine.loop import Trainer, TrainingHistory
-from distilvpr_lib.engine.objectives import STUDENT_TASK_TERM, StudentObjective
+from distilvpr_lib.engine.objectives import STUDENT_TASK_TERM, StudentObjective, distill_window_problem
 from distilvpr_lib.engine.optim import build_optimizer, build_scheduler, student_parameter_groups
 from distilvpr_lib.engine.run_evaluation import evaluate_split, load_benchmark
 from distilvpr_lib.engine.run_folder import (
@@ -92,8 +92,9 @@ def distill_student(cfg: ExperimentConfig, teacher_dir: PathLike | None, out_dir
     if Distiller(cfg.distill).weights and teacher_dir is None:  # option errors first (unknown names: KeyError)
         raise OptionError(f"distillation method {cfg.distill.method!r} needs a teacher folder",
                           hint="pass --teacher, or use --method nokd")
-    if int(cfg.distill.until_epoch) < 0:
-        raise OptionError(f"distill.until_epoch must be >= 0 (0 = distil in every epoch), got {cfg.distill.until_epoch}")
+    window_problem = distill_window_problem(cfg.distill.from_epoch, cfg.distill.until_epoch)
+    if window_problem:
+        raise OptionError(window_problem)
     if preflight:
         preflight_distill(cfg, teacher_dir, out_dir, resume=resume)  # every input checked before anything is written
     with guarded_run(out_dir, "student", enabled=is_main_process()):
@@ -135,7 +136,8 @@ def _distill_student(cfg: ExperimentConfig, teacher_dir: PathLike | None, out_di
     else:
         loader = make_training_loader(benchmark, cfg, ctx, data_cfg=dataclasses.replace(cfg.data, augment_clouds=False))
     objective = StudentObjective(cfg.train, cache, distiller.to(device) if use_distiller else None,
-                                 curvature=cfg.distill.curvature, distill_until=cfg.distill.until_epoch)
+                                 curvature=cfg.distill.curvature, distill_until=cfg.distill.until_epoch,
+                                 distill_from=cfg.distill.from_epoch)
     validate = None
     if cfg.train.use_validation_split:
         def validate(m: nn.Module) -> "RetrievalResults":
