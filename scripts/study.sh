@@ -16,7 +16,7 @@ report() {
   log "notebook 04 on $1"; mkdir -p "$2" "$3"
   $PY -m papermill notebooks/04_ablation_analysis.ipynb "$2/notebook.ipynb" \
     -p batch "$1" -p teacher teacher_weights/study -p out "$2" --log-level WARNING \
-    -y "relation_variations: [nokd, distilvpr, nokd_norm, distilvpr_norm]"
+    -y "relation_variations: [nokd, distilvpr, nokd_norm, distilvpr_norm, rkd_norm, distilvpr_from25]"
   cp "$2/study_runs.csv" "$2/study_table.csv" "$3/"
   for f in relation_auc.csv validation_choice.csv; do if [ -f "$2/$f" ]; then cp "$2/$f" "$3/"; fi; done
   # the README's table, as markdown (tabulate)
@@ -46,6 +46,8 @@ for stage in "${stages[@]}"; do
       for s in 0 1 2 3 4; do batch "nokd_norm__seed$s" "distilvpr_norm__seed$s"; done
       for s in 0 1 2; do batch "kd_norm__seed$s" "rkd_norm__seed$s" "pkt_norm__seed$s"; done
       batch rkd_norm__seed3 rkd_norm__seed4   # the best baseline gets 5 seeds
+      for s in 0 1 2; do batch "cross_E_norm__seed$s" "cross_S_norm__seed$s" "cross_H_norm__seed$s"; done
+      # the same rows with the reference's raw-distance task (not run for the README's tables)
       for s in 0 1 2; do batch "self_only__seed$s" "distilvpr_cloud_self__seed$s" "cross_only__seed$s" \
                                "cross_E__seed$s" "cross_S__seed$s" "cross_H__seed$s" "kd__seed$s" "rkd__seed$s" \
                                "pkt__seed$s"; done ;;
@@ -58,7 +60,9 @@ for stage in "${stages[@]}"; do
       for s in 0 1 2 3 4; do log "batch: study_long preset and warm start, seed $s"
         $CLI batch ablations/study_long.yaml --workers 2 --only "distilvpr__seed$s" "distilvpr_norm_until24__seed$s"; done
       $CLI batch ablations/study_long.yaml --workers 2 --only distilvpr_norm_until12__seed0 distilvpr_until4__seed0 nokd_norm__seed0 \
-        cross_only_norm__seed0 ;;
+        cross_only_norm__seed0
+      # the best 16-epoch baseline at convergence, and distillation as a late stage (after the LR step)
+      for s in 0 1 2; do $CLI batch ablations/study_long.yaml --workers 2 --only "rkd_norm__seed$s" "distilvpr_from25__seed$s"; done ;;
     report)
       report runs/study runs/study-report docs/study
       if [ -d runs/study-short ]; then report runs/study-short runs/study-short-report docs/study/short; fi

@@ -296,7 +296,7 @@ def test_every_notebook_runs_from_the_notebooks_folder_with_relative_paths(smoke
         assert set(per_run["variation"]) == {"nokd", "distilvpr"} and "test_AR@1" in per_run
         relations = pd.read_csv(root / "04" / "relation_auc.csv", index_col=0)
         assert {"teacher fused", "teacher cloud-only", "teacher image-only", "nokd", "distilvpr"} <= set(relations.index)
-        assert relations[["euclidean", "cosine", "hyperbolic"]].stack().between(0, 1).all()
+        assert relations[["euclidean", "cosine", "hyperbolic", "cosine_near"]].stack().between(0, 1).all()
     finally:
         shutil.rmtree(root, ignore_errors=True)
     after = _tree(NOTEBOOK_DIR)

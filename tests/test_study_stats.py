@@ -204,6 +204,9 @@ def test_split_pair_masks_by_hand() -> None:
     assert pos.tolist() == [[False, False, True, False], [False, False, False, False],
                             [True, False, False, False], [False, False, False, False]]
     assert neg[0].tolist() == [False, False, False, True] and neg[1, 3] and not neg[1, 2]
+    _, near = split_pair_masks(Bench(), "validation", negative_band=(25.0, 100.0))  # (25, 100] m apart
+    assert near.tolist() == [[False, True, False, True], [True, False, False, True],
+                             [False, False, False, True], [True, True, True, False]]
 
 
 def test_distill_from_one_head_dimension_free_terms_only() -> None:

@@ -7,6 +7,11 @@ module measures it: for the teacher's fused descriptor, its cloud-only and image
 student, the ROC AUC of positive (≤ ``POSITIVE_RADIUS_M``) vs negative (> ``NON_NEGATIVE_RADIUS_M``)
 pairs scored by each relation (:func:`distilvpr_lib.engine.report.relation_auc`), over every database
 entry of a split (all runs pooled: pairs within a run and across runs).
+
+That AUC is dominated by far-apart pairs, while top-1 retrieval is decided among *nearby* places: a match
+counts within ``TRUE_NEIGHBOUR_RADIUS_M`` (25 m), so the confusers are places just beyond it. The column
+``cosine_near`` scores the same positives against near negatives only (``NEAR_NEGATIVE_BAND_M``: 25 to
+100 m away), by the cosine relation that evaluation ranks by.
 """
 
 from __future__ import annotations
@@ -19,21 +24,28 @@ import numpy as np
 import pandas as pd
 import torch
 
-from distilvpr_lib.config import NON_NEGATIVE_RADIUS_M, POSITIVE_RADIUS_M
+from distilvpr_lib.config import NON_NEGATIVE_RADIUS_M, POSITIVE_RADIUS_M, TRUE_NEIGHBOUR_RADIUS_M
+
+#: Near negatives for ``cosine_near``: pairs more than 25 m (a retrieval miss) and at most 100 m apart.
+NEAR_NEGATIVE_BAND_M: tuple[float, float] = (TRUE_NEIGHBOUR_RADIUS_M, 100.0)
 
 
-def split_pair_masks(benchmark: Any, split: str = "validation") -> tuple[np.ndarray, np.ndarray]:
+def split_pair_masks(benchmark: Any, split: str = "validation",
+                     negative_band: tuple[float, float] = (NON_NEGATIVE_RADIUS_M, float("inf"))
+                     ) -> tuple[np.ndarray, np.ndarray]:
     """(N, N) positive and negative masks over the split's database entries (all runs, in set order).
 
-    Positive: UTM distance ≤ ``POSITIVE_RADIUS_M`` (10 m); negative: > ``NON_NEGATIVE_RADIUS_M`` (50 m);
-    pairs in between are neither (as in training). The diagonal is neither.
+    Positive: UTM distance ≤ ``POSITIVE_RADIUS_M`` (10 m); negative: distance in ``negative_band`` = (lo, hi]
+    (default > ``NON_NEGATIVE_RADIUS_M``, 50 m, as in training); other pairs are neither. The diagonal is
+    neither.
     """
     xy = np.array([[s[k]["northing"], s[k]["easting"]] for s in benchmark.database_sets(split) for k in sorted(s)],
                   dtype=np.float64)
     d = np.sqrt(((xy[:, None, :] - xy[None, :, :]) ** 2).sum(-1))
     positives = d <= POSITIVE_RADIUS_M
     np.fill_diagonal(positives, False)
-    return positives, d > NON_NEGATIVE_RADIUS_M
+    low, high = negative_band
+    return positives, (d > low) & (d <= high)
 
 
 def relation_auc_table(teacher_dir: str | Path | None, student_dirs: Mapping[str, str | Path],
@@ -50,7 +62,9 @@ def relation_auc_table(teacher_dir: str | Path | None, student_dirs: Mapping[str
 
     Returns:
         DataFrame indexed by descriptor (``teacher fused``, ``teacher cloud-only``, ``teacher image-only``,
-        then the student labels), columns ``euclidean``, ``cosine``, ``hyperbolic`` (AUC) and ``n_pairs+``.
+        then the student labels), columns ``euclidean``, ``cosine``, ``hyperbolic`` (AUC, positives vs
+        negatives beyond 50 m), ``cosine_near`` (AUC, positives vs near negatives, ``NEAR_NEGATIVE_BAND_M``) and
+        ``n_pairs+``.
     """
     from distilvpr_lib.engine import embed
     from distilvpr_lib.engine.report import relation_auc
@@ -85,9 +99,11 @@ def relation_auc_table(teacher_dir: str | Path | None, student_dirs: Mapping[str
     if benchmark is None:
         return pd.DataFrame()
     positives, negatives = split_pair_masks(benchmark, split)
+    _, near = split_pair_masks(benchmark, split, negative_band=NEAR_NEGATIVE_BAND_M)
     rows = {}
     for label, x in descriptors.items():
         row: dict[str, Any] = relation_auc(x, positives, negatives, curvature=curvature)
+        row["cosine_near"] = relation_auc(x, positives, near, relations=("cosine",))["cosine"]
         row["n_pairs+"] = int(np.triu(positives, 1).sum())
         rows[label] = row
     return pd.DataFrame.from_dict(rows, orient="index")
