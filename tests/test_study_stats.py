@@ -231,3 +231,24 @@ def test_distill_from_one_head_dimension_free_terms_only() -> None:
     assert cache_file_name(True, 7) == "teacher_cache.pt"
     with pytest.raises(KeyError, match="unknown teacher head"):
         cache_file_name(True, 7, "fused")
+
+
+def test_top1_by_run_pairs_by_hand() -> None:
+    from distilvpr_lib.engine.relation_information import top1_recall_by_run_pairs
+
+    # two runs over the same three places (0, 100, 200 m); run 1's descriptor of place 100 m looks like place 200 m
+    xy = np.array([[0.0, 0], [100, 0], [200, 0], [0, 0], [100, 0], [200, 0]])
+    runs = np.array([0, 0, 0, 1, 1, 1])
+    x = np.array([[1.0, 0, 0], [0, 1, 0], [0, 0, 1], [1, 0, 0], [0, 0.1, 1], [0, 0, 1]])
+    every = np.ones(6, bool)
+    # run 0 -> run 1: place 0 hits, place 100 retrieves run 1's "100" (cos 0.0995 vs 0 for the others): hit,
+    # place 200: cos 0.995 (run 1's "100") against 1.0 (run 1's 200 m entry): hit -> 3/3.
+    # run 1 -> run 0: place 0 hits, place 100 (0, 0.1, 1) is closest to run 0's place 200: miss, place 200 hits -> 2/3
+    assert top1_recall_by_run_pairs(x, xy, runs, every) == pytest.approx(100 * (3 / 3 + 2 / 3) / 2)
+    only_middle = np.array([False, True, False, False, True, False])
+    assert top1_recall_by_run_pairs(x, xy, runs, only_middle) == pytest.approx(100 * (1 + 0) / 2)
+    # a query with no true neighbour in the other run does not count; a run pair with no such query is skipped
+    lonely = np.array([[0.0, 0], [100, 0], [200, 0], [0, 0], [100, 0], [900, 0]])
+    assert math.isnan(top1_recall_by_run_pairs(x, lonely, runs, np.array([False, False, True, False, False, True])))
+    assert top1_recall_by_run_pairs(x, lonely, runs, np.array([False, True, True, False, True, True])) == \
+        pytest.approx(100 * (1 + 0) / 2)

@@ -12,6 +12,13 @@ That AUC is dominated by far-apart pairs, while top-1 retrieval is decided among
 counts within ``TRUE_NEIGHBOUR_RADIUS_M`` (25 m), so the confusers are places just beyond it. The column
 ``cosine_near`` scores the same positives against near negatives only (``NEAR_NEGATIVE_BAND_M``: 25 to
 100 m away), by the cosine relation that evaluation ranks by.
+
+Seen vs unseen places: a split's database holds every sub-map outside the test region, so most of the
+validation database lies in the *training* region (places the student was trained on, in other runs or the
+same), while its queries lie in the held-out validation squares. ``AR@1_unseen`` and ``AR@1_seen`` rank
+database entries against each other run by run (:func:`top1_recall_by_run_pairs`) with the split's query
+entries as queries, and with the entries farther than 50 m from every query (training places) as queries:
+a student that learnt the training places better but generalises worse shows it there.
 """
 
 from __future__ import annotations
@@ -48,6 +55,65 @@ def split_pair_masks(benchmark: Any, split: str = "validation",
     return positives, (d > low) & (d <= high)
 
 
+def top1_recall_by_run_pairs(embeddings: np.ndarray, positions: np.ndarray, runs: np.ndarray,
+                             query_mask: np.ndarray, radius_m: float = TRUE_NEIGHBOUR_RADIUS_M) -> float:
+    """Top-1 recall (%) of some entries against every other run, averaged over ordered run pairs.
+
+    For each ordered pair (query run ``a``, database run ``b ≠ a``), each entry of ``a`` selected by
+    ``query_mask`` that has at least one entry of ``b`` within ``radius_m`` retrieves the entry of ``b`` with
+    the highest cosine similarity; it is a hit if that entry is within ``radius_m``. The pair's recall is the
+    share of hits; the result is the mean over pairs with at least one such query (the PointNetVLAD average,
+    here over database entries instead of the query pickles).
+
+    Args:
+        embeddings: (N, D) descriptors.
+        positions: (N, 2) UTM northing, easting in metres.
+        runs: (N,) run index of each entry.
+        query_mask: (N,) bool, which entries act as queries (every entry stays in the databases).
+        radius_m: the true-neighbour radius (25 m).
+
+    Returns:
+        Recall@1 in percent, NaN if no query has a true neighbour in another run.
+    """
+    x = np.asarray(embeddings, dtype=np.float64)
+    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    xy, runs, query_mask = np.asarray(positions, np.float64), np.asarray(runs), np.asarray(query_mask, bool)
+    recalls = []
+    for a in np.unique(runs):
+        queries = np.nonzero((runs == a) & query_mask)[0]
+        if queries.size == 0:
+            continue
+        for b in np.unique(runs):
+            if b == a:
+                continue
+            database = np.nonzero(runs == b)[0]
+            dist = np.sqrt(((xy[queries, None, :] - xy[None, database, :]) ** 2).sum(-1))
+            counted = (dist <= radius_m).any(1)
+            if not counted.any():
+                continue
+            top = (x[queries] @ x[database].T).argmax(1)
+            hits = dist[np.arange(queries.size), top] <= radius_m
+            recalls.append(float(hits[counted].mean()))
+    return 100.0 * float(np.mean(recalls)) if recalls else float("nan")
+
+
+def _seen_unseen_entries(benchmark: Any, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Positions (N, 2), run indices (N,), and masks of the split's query entries and of the entries farther
+    than ``NON_NEGATIVE_RADIUS_M`` from every query, over its database entries in set order."""
+    database = [[s[k] for k in sorted(s)] for s in benchmark.database_sets(split)]
+    entries = [e for run in database for e in run]
+    positions = np.array([[e["northing"], e["easting"]] for e in entries], dtype=np.float64)
+    runs = np.concatenate([np.full(len(run), i) for i, run in enumerate(database)])
+    query_paths = {q["query"] for qs in benchmark.query_sets(split) for q in qs.values()}
+    unseen = np.array([e["query"] in query_paths for e in entries])
+    if unseen.any():
+        d = np.sqrt(((positions[:, None, :] - positions[None, unseen, :]) ** 2).sum(-1))
+        seen = (d > NON_NEGATIVE_RADIUS_M).all(1)
+    else:
+        seen = np.ones(len(entries), bool)
+    return positions, runs, unseen, seen
+
+
 def relation_auc_table(teacher_dir: str | Path | None, student_dirs: Mapping[str, str | Path],
                        dataset_dir: str | Path | None = None, split: str = "validation", curvature: float = 0.1,
                        device: str = "cpu") -> pd.DataFrame:
@@ -63,8 +129,9 @@ def relation_auc_table(teacher_dir: str | Path | None, student_dirs: Mapping[str
     Returns:
         DataFrame indexed by descriptor (``teacher fused``, ``teacher cloud-only``, ``teacher image-only``,
         then the student labels), columns ``euclidean``, ``cosine``, ``hyperbolic`` (AUC, positives vs
-        negatives beyond 50 m), ``cosine_near`` (AUC, positives vs near negatives, ``NEAR_NEGATIVE_BAND_M``) and
-        ``n_pairs+``.
+        negatives beyond 50 m), ``cosine_near`` (AUC, positives vs near negatives, ``NEAR_NEGATIVE_BAND_M``),
+        ``AR@1_unseen`` / ``AR@1_seen`` (top-1 recall with the split's queries / the training-region
+        entries as queries, :func:`top1_recall_by_run_pairs`) and ``n_pairs+``.
     """
     from distilvpr_lib.engine import embed
     from distilvpr_lib.engine.report import relation_auc
@@ -100,10 +167,13 @@ def relation_auc_table(teacher_dir: str | Path | None, student_dirs: Mapping[str
         return pd.DataFrame()
     positives, negatives = split_pair_masks(benchmark, split)
     _, near = split_pair_masks(benchmark, split, negative_band=NEAR_NEGATIVE_BAND_M)
+    positions, runs, unseen, seen = _seen_unseen_entries(benchmark, split)
     rows = {}
     for label, x in descriptors.items():
         row: dict[str, Any] = relation_auc(x, positives, negatives, curvature=curvature)
         row["cosine_near"] = relation_auc(x, positives, near, relations=("cosine",))["cosine"]
+        row["AR@1_unseen"] = top1_recall_by_run_pairs(x, positions, runs, unseen)
+        row["AR@1_seen"] = top1_recall_by_run_pairs(x, positions, runs, seen)
         row["n_pairs+"] = int(np.triu(positives, 1).sum())
         rows[label] = row
     return pd.DataFrame.from_dict(rows, orient="index")
