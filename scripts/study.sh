@@ -16,7 +16,7 @@ report() {
   log "notebook 04 on $1"; mkdir -p "$2" "$3"
   $PY -m papermill notebooks/04_ablation_analysis.ipynb "$2/notebook.ipynb" \
     -p batch "$1" -p teacher teacher_weights/study -p out "$2" --log-level WARNING \
-    -y "relation_variations: [nokd, distilvpr, nokd_norm, distilvpr_norm, rkd_norm, distilvpr_from25]"
+    -y "relation_variations: [nokd, distilvpr, distilvpr_norm, rkd_norm, cross_E_norm, distilvpr_norm_self1]"
   cp "$2/study_runs.csv" "$2/study_table.csv" "$3/"
   for f in relation_auc.csv validation_choice.csv; do if [ -f "$2/$f" ]; then cp "$2/$f" "$3/"; fi; done
   # the README's table, as markdown (tabulate)
@@ -61,8 +61,11 @@ for stage in "${stages[@]}"; do
         $CLI batch ablations/study_long.yaml --workers 2 --only "distilvpr__seed$s" "distilvpr_norm_until24__seed$s"; done
       $CLI batch ablations/study_long.yaml --workers 2 --only distilvpr_norm_until12__seed0 distilvpr_until4__seed0 nokd_norm__seed0 \
         cross_only_norm__seed0
-      # the best 16-epoch baseline at convergence, and distillation as a late stage (after the LR step)
-      for s in 0 1 2; do $CLI batch ablations/study_long.yaml --workers 2 --only "rkd_norm__seed$s" "distilvpr_from25__seed$s"; done ;;
+      # the best 16-epoch baseline at convergence (5 seeds), then single looks: distillation as a late stage
+      # (after the LR step), the preset's self-agent term at RKD's weight, the cross-agent Euclidean term alone
+      for s in 0 1 2 3 4; do $CLI batch ablations/study_long.yaml --workers 2 --only "rkd_norm__seed$s"; done
+      $CLI batch ablations/study_long.yaml --workers 2 --only distilvpr_from25__seed0 distilvpr_norm_self1__seed0 \
+        cross_E_norm__seed0 ;;
     report)
       report runs/study runs/study-report docs/study
       if [ -d runs/study-short ]; then report runs/study-short runs/study-short-report docs/study/short; fi
