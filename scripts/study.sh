@@ -16,9 +16,10 @@ report() {
   log "notebook 04 on $1"; mkdir -p "$2" "$3"
   $PY -m papermill notebooks/04_ablation_analysis.ipynb "$2/notebook.ipynb" \
     -p batch "$1" -p teacher teacher_weights/study -p out "$2" --log-level WARNING \
-    -y "relation_variations: [nokd, distilvpr, distilvpr_norm, rkd_norm, cross_E_norm, distilvpr_norm_self1]"
+    -y "relation_variations: [nokd, distilvpr, distilvpr_norm, rkd_norm, cross_E_norm, distilvpr_norm_self1]" \
+    -p relation_seeds 0
   cp "$2/study_runs.csv" "$2/study_table.csv" "$3/"
-  for f in relation_auc.csv validation_choice.csv; do if [ -f "$2/$f" ]; then cp "$2/$f" "$3/"; fi; done
+  for f in relation_auc.csv relation_auc_mean.csv validation_choice.csv; do if [ -f "$2/$f" ]; then cp "$2/$f" "$3/"; fi; done
   # the README's table, as markdown (tabulate)
   $PY -c "import sys, pandas as pd; print(pd.read_csv(sys.argv[1], index_col=0, dtype=str, keep_default_na=False).to_markdown())" \
     "$3/study_table.csv" > "$3/study_table.md"

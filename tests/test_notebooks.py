@@ -258,7 +258,8 @@ def test_every_notebook_runs_from_the_notebooks_folder_with_relative_paths(smoke
         summary = run_batch(grid, out_root=root, progress=False)  # the batch runner also starts kernels in notebooks/
         assert [o.status for o in summary.outcomes] == ["ok", "ok"], [o.error for o in summary.outcomes]
         _papermill_in_notebooks_folder("04_ablation_analysis", tmp_path, {"batch": str(rel / "batch"),
-                                                                          "teacher": teacher, "out": str(rel / "04")})
+                                                                          "teacher": teacher, "out": str(rel / "04"),
+                                                                          "relation_seeds": 0})
         _papermill_in_notebooks_folder("05_retrieval_browser", tmp_path, {
             "dataset": dataset, "models": {"no-KD": str(rel / "batch" / "nokd__seed0")},
             "results": {"teacher": str(rel / "teacher" / "test_results.npz")},
@@ -294,9 +295,13 @@ def test_every_notebook_runs_from_the_notebooks_folder_with_relative_paths(smoke
 
         per_run = pd.read_csv(root / "04" / "study_runs.csv")
         assert set(per_run["variation"]) == {"nokd", "distilvpr"} and "test_AR@1" in per_run
-        relations = pd.read_csv(root / "04" / "relation_auc.csv", index_col=0)
-        assert {"teacher fused", "teacher cloud-only", "teacher image-only", "nokd", "distilvpr"} <= set(relations.index)
+        relations = pd.read_csv(root / "04" / "relation_auc.csv", index_col=0)  # every seed (relation_seeds 0)
+        assert {"teacher fused", "teacher cloud-only", "teacher image-only", "nokd seed0",
+                "distilvpr seed0"} <= set(relations.index)
         assert relations[["euclidean", "cosine", "hyperbolic", "cosine_near"]].stack().between(0, 1).all()
+        assert relations[["AR@1_unseen", "AR@1_seen"]].stack().between(0, 100).all()
+        means = pd.read_csv(root / "04" / "relation_auc_mean.csv", index_col=0)
+        assert {"nokd", "distilvpr"} <= set(means.index) and (means.loc["nokd", "seeds"] == 1)
     finally:
         shutil.rmtree(root, ignore_errors=True)
     after = _tree(NOTEBOOK_DIR)

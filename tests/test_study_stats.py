@@ -252,3 +252,21 @@ def test_top1_by_run_pairs_by_hand() -> None:
     assert math.isnan(top1_recall_by_run_pairs(x, lonely, runs, np.array([False, False, True, False, False, True])))
     assert top1_recall_by_run_pairs(x, lonely, runs, np.array([False, True, True, False, True, True])) == \
         pytest.approx(100 * (1 + 0) / 2)
+
+
+def test_relation_runs_and_their_mean_over_seeds(tmp_path) -> None:
+    from distilvpr_lib.engine.relation_information import mean_over_seeds, relation_run_dirs
+
+    runs = pd.DataFrame({"variation": ["nokd", "nokd", "nokd", "kd"], "status": ["ok", "ok", "failed", "ok"],
+                         "param.seed": [1, 0, 2, 0], "run": ["n1", "n0", "n2", "k0"]})
+    assert relation_run_dirs(runs, tmp_path, ["nokd", "absent"]) == {"nokd": tmp_path / "n0"}
+    every = relation_run_dirs(runs, tmp_path, ["nokd", "kd"], seeds=0)
+    assert every == {"nokd seed0": tmp_path / "n0", "nokd seed1": tmp_path / "n1", "kd seed0": tmp_path / "k0"}
+    table = pd.DataFrame({"cosine": [0.9, 0.8, 0.6, 0.7], "AR@1_seen": [60.0, 70.0, 50.0, 40.0],
+                          "n_pairs+": [5, 5, 5, 5]},
+                         index=["teacher fused", "nokd seed0", "nokd seed1", "kd seed0"])
+    summary = mean_over_seeds(table)
+    assert list(summary.index) == ["teacher fused", "nokd", "kd"]
+    assert summary.loc["nokd", "cosine"] == pytest.approx(0.7) and summary.loc["nokd", "seeds"] == 2
+    assert summary.loc["nokd", "AR@1_seen std"] == pytest.approx(np.std([70.0, 50.0], ddof=1))
+    assert math.isnan(summary.loc["kd", "cosine std"]) and "n_pairs+" not in summary

@@ -177,3 +177,46 @@ def relation_auc_table(teacher_dir: str | Path | None, student_dirs: Mapping[str
         row["n_pairs+"] = int(np.triu(positives, 1).sum())
         rows[label] = row
     return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def relation_run_dirs(runs: pd.DataFrame, batch_dir: str | Path, variations: list[str],
+                      seeds: int = 1) -> dict[str, Path]:
+    """Student folders to score with :func:`relation_auc_table`: the first ``seeds`` seeds of each variation.
+
+    Args:
+        runs: a batch table (:func:`distilvpr_lib.batch.collect_batch`; columns ``variation``, ``status``,
+            ``param.seed``, ``run``).
+        batch_dir: the batch folder the ``run`` names are relative to.
+        variations: which variations (missing ones are skipped).
+        seeds: how many of each variation's finished seeds, lowest first (0 = all).
+
+    Returns:
+        label -> folder; the label is the variation name for ``seeds=1`` and ``"<variation> seed<k>"`` otherwise.
+    """
+    out: dict[str, Path] = {}
+    for variation in variations:
+        done = runs[(runs.variation == variation) & (runs.status == "ok")].sort_values("param.seed")
+        if seeds > 0:
+            done = done.head(seeds)
+        for _, row in done.iterrows():
+            label = variation if seeds == 1 else f"{variation} seed{int(row['param.seed'])}"
+            out[label] = Path(batch_dir) / str(row["run"])
+    return out
+
+
+def mean_over_seeds(table: pd.DataFrame) -> pd.DataFrame:
+    """Mean and std over seeds of a :func:`relation_auc_table` whose rows are ``"<variation> seed<k>"``.
+
+    Returns:
+        One row per variation (teacher rows and other labels pass through, std NaN), columns
+        ``<column>`` (mean) and ``<column> std`` for each numeric column, plus ``seeds``.
+    """
+    labels = table.index.to_series().str.replace(r" seed\d+$", "", regex=True)
+    numeric = table.select_dtypes("number").drop(columns=["n_pairs+"], errors="ignore")
+    grouped = numeric.groupby(labels.values, sort=False)
+    mean, std = grouped.mean(), grouped.std(ddof=1)
+    out = mean.copy()
+    for column in numeric.columns:
+        out[f"{column} std"] = std[column]
+    out["seeds"] = grouped.size()
+    return out
