@@ -14,8 +14,11 @@ batch() { log "batch: $*"; $CLI batch ablations/study.yaml --workers 2 --only "$
 # report BATCH REPORT_DIR DOCS_DIR: notebook 04 over a batch; the per-run CSV and the tables go to DOCS_DIR
 report() {
   log "notebook 04 on $1"; mkdir -p "$2" "$3"
+  # the committed per-run CSV is the record: runs whose folders are gone (another machine, an earlier session)
+  # keep their rows; a run re-made in the batch folder replaces its row
+  local recorded=(); if [ -f "$3/study_runs.csv" ]; then recorded=(-p recorded_runs "$3/study_runs.csv"); fi
   $PY -m papermill notebooks/04_ablation_analysis.ipynb "$2/notebook.ipynb" \
-    -p batch "$1" -p teacher teacher_weights/study -p out "$2" --log-level WARNING \
+    -p batch "$1" -p teacher teacher_weights/study -p out "$2" --log-level WARNING "${recorded[@]}" \
     -y "relation_variations: [nokd, distilvpr, distilvpr_norm, rkd_norm, cross_E_norm, distilvpr_norm_self1]" \
     -p relation_seeds 0
   cp "$2/study_runs.csv" "$2/study_table.csv" "$3/"
@@ -68,7 +71,7 @@ for stage in "${stages[@]}"; do
       $CLI batch ablations/study_long.yaml --workers 2 --only distilvpr_from25__seed0 distilvpr_norm_self1__seed0 \
         cross_E_norm__seed0 ;;
     report)
-      report runs/study runs/study-report docs/study
+      if [ -d runs/study ]; then report runs/study runs/study-report docs/study; fi
       if [ -d runs/study-short ]; then report runs/study-short runs/study-short-report docs/study/short; fi
       if [ -d runs/study-long ]; then report runs/study-long runs/study-long-report docs/study/long; fi ;;
     *) echo "unknown stage $stage (setup main short sweep rest long report)" >&2; exit 2 ;;

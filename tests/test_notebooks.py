@@ -257,9 +257,13 @@ def test_every_notebook_runs_from_the_notebooks_folder_with_relative_paths(smoke
                     variations=[{"name": "nokd", "method": "nokd"}, {"name": "distilvpr", "method": "distilvpr"}])
         summary = run_batch(grid, out_root=root, progress=False)  # the batch runner also starts kernels in notebooks/
         assert [o.status for o in summary.outcomes] == ["ok", "ok"], [o.error for o in summary.outcomes]
+        # a per-run record of seed 1, made elsewhere (no folder here): its rows join the tables
+        (root / "recorded.csv").write_text("variation,seed,best_epoch,val_AR@1,test_AR@1,test_AR@5,test_AR@1%\n"
+                                           "nokd,1,1,10.0,9.0,30.0,20.0\ndistilvpr,1,1,12.0,11.0,31.0,21.0\n")
         _papermill_in_notebooks_folder("04_ablation_analysis", tmp_path, {"batch": str(rel / "batch"),
                                                                           "teacher": teacher, "out": str(rel / "04"),
-                                                                          "relation_seeds": 0})
+                                                                          "relation_seeds": 0,
+                                                                          "recorded_runs": str(rel / "recorded.csv")})
         _papermill_in_notebooks_folder("05_retrieval_browser", tmp_path, {
             "dataset": dataset, "models": {"no-KD": str(rel / "batch" / "nokd__seed0")},
             "results": {"teacher": str(rel / "teacher" / "test_results.npz")},
@@ -289,12 +293,16 @@ def test_every_notebook_runs_from_the_notebooks_folder_with_relative_paths(smoke
         assert teacher_config["profile"] == "smoke" and teacher_config["train"]["epochs"] == 1
         assert Path(teacher_config["data"]["dataset_dir"]) == root / "data"
         assert teacher_config["train"]["seed"] == profile_config("smoke").train.seed  # the default: the profile's
-        assert json.loads((root / "04" / "metrics.json").read_text())["n_ok"] == 2
+        assert json.loads((root / "04" / "metrics.json").read_text())["n_ok"] == 4  # 2 run here + 2 recorded
         # 04: the study outputs (per-run CSV, paired table, relation AUC of the teacher heads and the students)
         import pandas as pd
 
         per_run = pd.read_csv(root / "04" / "study_runs.csv")
         assert set(per_run["variation"]) == {"nokd", "distilvpr"} and "test_AR@1" in per_run
+        assert sorted(per_run["seed"]) == [0, 0, 1, 1]  # the recorded seed 1 rows kept in the new record
+        assert per_run.set_index(["variation", "seed"]).loc[("distilvpr", 1), "test_AR@1"] == 11.0
+        study = pd.read_csv(root / "04" / "study_table.csv", index_col=0)
+        assert study.loc["distilvpr", "seeds"] == 2 and study.loc["nokd", "seeds"] == 2  # paired over both seeds
         relations = pd.read_csv(root / "04" / "relation_auc.csv", index_col=0)  # every seed (relation_seeds 0)
         assert {"teacher fused", "teacher cloud-only", "teacher image-only", "nokd seed0",
                 "distilvpr seed0"} <= set(relations.index)

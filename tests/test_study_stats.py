@@ -257,8 +257,10 @@ def test_top1_by_run_pairs_by_hand() -> None:
 def test_relation_runs_and_their_mean_over_seeds(tmp_path) -> None:
     from distilvpr_lib.engine.relation_information import mean_over_seeds, relation_run_dirs
 
-    runs = pd.DataFrame({"variation": ["nokd", "nokd", "nokd", "kd"], "status": ["ok", "ok", "failed", "ok"],
-                         "param.seed": [1, 0, 2, 0], "run": ["n1", "n0", "n2", "k0"]})
+    runs = pd.DataFrame({"variation": ["nokd", "nokd", "nokd", "kd", "kd"], "status": ["ok", "ok", "failed", "ok", "ok"],
+                         "param.seed": [1, 0, 2, 0, 3], "run": ["n1", "n0", "n2", "k0", "k3"]})
+    for run in ("n1", "n0", "n2", "k0"):  # k3 is known only from a recorded CSV: no folder, not scored
+        (tmp_path / run).mkdir()
     assert relation_run_dirs(runs, tmp_path, ["nokd", "absent"]) == {"nokd": tmp_path / "n0"}
     every = relation_run_dirs(runs, tmp_path, ["nokd", "kd"], seeds=0)
     assert every == {"nokd seed0": tmp_path / "n0", "nokd seed1": tmp_path / "n1", "kd seed0": tmp_path / "k0"}
@@ -270,3 +272,37 @@ def test_relation_runs_and_their_mean_over_seeds(tmp_path) -> None:
     assert summary.loc["nokd", "cosine"] == pytest.approx(0.7) and summary.loc["nokd", "seeds"] == 2
     assert summary.loc["nokd", "AR@1_seen std"] == pytest.approx(np.std([70.0, 50.0], ddof=1))
     assert math.isnan(summary.loc["kd", "cosine std"]) and "n_pairs+" not in summary
+
+
+def test_recorded_runs_round_trip_and_merge(tmp_path) -> None:
+    from distilvpr_lib.engine.report import read_recorded_runs, study_runs_table, with_recorded_runs
+    from distilvpr_lib.errors import DataFormatError, MissingDataError
+
+    def row(variation: str, seed: int, test: float) -> dict:
+        return {"run": f"{variation}__seed{seed}", "variation": variation, "status": "ok", "param.seed": seed,
+                "best_epoch": 32, "validation.AR@1": test + 1, "test.AR@1": test, "test.AR@5": test + 10,
+                "test.AR@1%": test + 5, "loss_weights.triplet": 1.0}
+
+    # the record: nokd seeds 0, 1 and distilvpr seed 0 (an old number for it)
+    recorded = pd.DataFrame([row("nokd", 0, 30.0), row("nokd", 1, 32.0), row("distilvpr", 0, 1.0)])
+    csv = tmp_path / "study_runs.csv"
+    study_runs_table(recorded).to_csv(csv, index=False)
+    back = read_recorded_runs(csv)
+    assert list(back["run"]) == ["distilvpr__seed0", "nokd__seed0", "nokd__seed1"]
+    assert back.loc[1, "test.AR@1"] == 30.0 and back.loc[1, "validation.AR@1"] == 31.0
+    assert back.loc[1, "loss_weights.triplet"] == 1.0 and (back.status == "ok").all()
+    # the batch folder re-made distilvpr seeds 0 and 1: its seed 0 wins over the record, the nokd rows are kept
+    here = pd.DataFrame([row("distilvpr", 0, 33.0), row("distilvpr", 1, 34.0)])
+    merged = with_recorded_runs(here, back)
+    assert sorted(merged["run"]) == ["distilvpr__seed0", "distilvpr__seed1", "nokd__seed0", "nokd__seed1"]
+    assert list(merged.loc[merged.run == "distilvpr__seed0", "test.AR@1"]) == [33.0]
+    assert list(merged.source == "batch") == [True, True, False, False]
+    pair = paired_statistics(merged, baseline="nokd", n_resamples=200).loc["distilvpr"]
+    assert pair["n_pairs"] == 2 and pair["delta"] == pytest.approx(((33 - 30) + (34 - 32)) / 2)
+
+    with pytest.raises(MissingDataError, match="absent.csv"):
+        read_recorded_runs(tmp_path / "absent.csv")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("variation,seed\nnokd,0\n")
+    with pytest.raises(DataFormatError, match=r"bad\.csv.*missing column"):
+        read_recorded_runs(bad)

@@ -188,7 +188,8 @@ def relation_run_dirs(runs: pd.DataFrame, batch_dir: str | Path, variations: lis
             ``param.seed``, ``run``).
         batch_dir: the batch folder the ``run`` names are relative to.
         variations: which variations (missing ones are skipped).
-        seeds: how many of each variation's finished seeds, lowest first (0 = all).
+        seeds: how many of each variation's finished seeds with a folder, lowest first (0 = all); runs known
+            only from a recorded CSV (:func:`distilvpr_lib.engine.report.with_recorded_runs`) are skipped.
 
     Returns:
         label -> folder; the label is the variation name for ``seeds=1`` and ``"<variation> seed<k>"`` otherwise.
@@ -196,6 +197,7 @@ def relation_run_dirs(runs: pd.DataFrame, batch_dir: str | Path, variations: lis
     out: dict[str, Path] = {}
     for variation in variations:
         done = runs[(runs.variation == variation) & (runs.status == "ok")].sort_values("param.seed")
+        done = done[[(Path(batch_dir) / str(r)).is_dir() for r in done["run"]]]  # recorded-only runs: no folder
         if seeds > 0:
             done = done.head(seeds)
         for _, row in done.iterrows():
