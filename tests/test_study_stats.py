@@ -179,7 +179,7 @@ def test_epoch_and_diagnostics_tables(tmp_path) -> None:
 
 
 def test_study_runs_table_columns() -> None:
-    from distilvpr_lib.engine.report import STUDY_CSV_COLUMNS, study_runs_table
+    from distilvpr_lib.engine.run_records import STUDY_CSV_COLUMNS, study_runs_table
 
     runs = pd.DataFrame([{"variation": "nokd", "status": "ok", "param.seed": 1, "seed": 1, "best_epoch": 7,
                           "validation.AR@1": 40.0, "test.AR@1": 38.0, "test.AR@5": 60.0, "test.AR@1%": 38.0,
@@ -275,7 +275,7 @@ def test_relation_runs_and_their_mean_over_seeds(tmp_path) -> None:
 
 
 def test_recorded_runs_round_trip_and_merge(tmp_path) -> None:
-    from distilvpr_lib.engine.report import read_recorded_runs, study_runs_table, with_recorded_runs
+    from distilvpr_lib.engine.run_records import read_recorded_runs, study_runs_table, with_recorded_runs
     from distilvpr_lib.errors import DataFormatError, MissingDataError
 
     def row(variation: str, seed: int, test: float) -> dict:

@@ -189,7 +189,7 @@ def relation_run_dirs(runs: pd.DataFrame, batch_dir: str | Path, variations: lis
         batch_dir: the batch folder the ``run`` names are relative to.
         variations: which variations (missing ones are skipped).
         seeds: how many of each variation's finished seeds with a folder, lowest first (0 = all); runs known
-            only from a recorded CSV (:func:`distilvpr_lib.engine.report.with_recorded_runs`) are skipped.
+            only from a recorded CSV (:func:`distilvpr_lib.engine.run_records.with_recorded_runs`) are skipped.
 
     Returns:
         label -> folder; the label is the variation name for ``seeds=1`` and ``"<variation> seed<k>"`` otherwise.
