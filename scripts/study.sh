@@ -3,9 +3,13 @@
 #   data/study (generator), teacher_weights/study-prior (visual prior), teacher_weights/study (teacher),
 #   runs/study/<variation>__seed<k> (students, in the order below), runs/study-report (notebook 04).
 # Usage: bash scripts/study.sh [stage ...]   stages: setup main short sweep rest long report (default: all)
+# LONG_DOCS (default docs/study/long): where the 32-epoch report goes. Its study_runs.csv, when there, is merged
+# as the record of runs whose folders are gone; it must come from the same setup (data, prior, teacher): a record
+# made with another teacher is refused. A re-made setup (another machine or session) reports to a folder of its own.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
+LONG_DOCS=${LONG_DOCS:-docs/study/long}
 CLI="$PY -m distilvpr_lib.cli"
 stages=("$@"); [ ${#stages[@]} -gt 0 ] || stages=(setup main short sweep rest long report)
 log() { printf '[study %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
@@ -73,7 +77,7 @@ for stage in "${stages[@]}"; do
     report)
       if [ -d runs/study ]; then report runs/study runs/study-report docs/study; fi
       if [ -d runs/study-short ]; then report runs/study-short runs/study-short-report docs/study/short; fi
-      if [ -d runs/study-long ]; then report runs/study-long runs/study-long-report docs/study/long; fi ;;
+      if [ -d runs/study-long ]; then report runs/study-long runs/study-long-report "$LONG_DOCS"; fi ;;
     *) echo "unknown stage $stage (setup main short sweep rest long report)" >&2; exit 2 ;;
   esac
 done

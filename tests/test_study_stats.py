@@ -306,3 +306,23 @@ def test_recorded_runs_round_trip_and_merge(tmp_path) -> None:
     bad.write_text("variation,seed\nnokd,0\n")
     with pytest.raises(DataFormatError, match=r"bad\.csv.*missing column"):
         read_recorded_runs(bad)
+
+
+def test_recorded_runs_from_another_teacher_are_refused(tmp_path) -> None:
+    """Seeds pair only within one setup: a record made with another teacher (its embedding norm, a fingerprint
+    of the teacher, differs) must not be merged with the batch's runs."""
+    from distilvpr_lib.engine.run_records import read_recorded_runs, study_runs_table, with_recorded_runs
+    from distilvpr_lib.errors import DataFormatError
+
+    def row(variation: str, seed: int, teacher_norm: float) -> dict:
+        return {"run": f"{variation}__seed{seed}", "variation": variation, "status": "ok", "param.seed": seed,
+                "best_epoch": 32, "validation.AR@1": 40.0, "test.AR@1": 39.0, "test.AR@5": 50.0,
+                "test.AR@1%": 45.0, "embedding_norms.teacher.mean": teacher_norm}
+
+    csv = tmp_path / "study_runs.csv"
+    study_runs_table(pd.DataFrame([row("nokd", 0, 11.508722305297852)])).to_csv(csv, index=False)
+    recorded = read_recorded_runs(csv)
+    same = with_recorded_runs(pd.DataFrame([row("rkd", 0, 11.508722305297852)]), recorded)
+    assert sorted(same["run"]) == ["nokd__seed0", "rkd__seed0"]
+    with pytest.raises(DataFormatError, match=r"study_runs\.csv.*another teacher.*11\.5087.*11\.4"):
+        with_recorded_runs(pd.DataFrame([row("rkd", 0, 11.4)]), recorded)

@@ -88,9 +88,34 @@ def with_recorded_runs(runs: pd.DataFrame, recorded: pd.DataFrame) -> pd.DataFra
     Args:
         runs: :func:`distilvpr_lib.batch.collect_batch` output (may be empty).
         recorded: :func:`read_recorded_runs` output.
+
+    Raises:
+        DataFormatError: the recorded runs were made with another teacher than the batch's (their teacher
+            embedding norms, a fingerprint of the teacher, differ), so their seeds cannot be paired.
     """
     here = runs.assign(source="batch") if "source" not in runs else runs
     ok = here[here["status"] == "ok"] if "status" in here else here
+    _check_same_teacher(ok, recorded)
     have = set(zip(ok["variation"], ok["param.seed"].astype(int))) if len(ok) and "param.seed" in ok else set()
     keep = [(v, int(s)) not in have for v, s in zip(recorded["variation"], recorded["param.seed"])]
     return pd.concat([here, recorded[keep]], ignore_index=True, sort=False)
+
+
+_TEACHER_NORM = "embedding_norms.teacher.mean"
+
+
+def _check_same_teacher(runs: pd.DataFrame, recorded: pd.DataFrame, rtol: float = 1e-5) -> None:
+    """Refuse to merge rows whose teacher (its mean embedding norm, identical in every run of one setup) differs."""
+    if _TEACHER_NORM not in runs or _TEACHER_NORM not in recorded:
+        return
+    ours, theirs = runs[_TEACHER_NORM].dropna(), recorded[_TEACHER_NORM].dropna()
+    if not len(ours) or not len(theirs):
+        return
+    reference = float(ours.iloc[0])
+    off = theirs[(theirs - reference).abs() > rtol * abs(reference)]
+    if len(off):
+        source = recorded["source"].iloc[0] if "source" in recorded else "the recorded runs"
+        raise DataFormatError(
+            f"recorded with another teacher (teacher_norm {float(off.iloc[0]):.6g}; the batch's runs have "
+            f"{reference:.6g}): runs of different setups cannot be paired by seed", path=source,
+            hint="report this batch on its own (no recorded_runs), or re-make the recorded runs with this teacher")
