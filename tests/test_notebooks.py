@@ -78,6 +78,17 @@ def test_first_code_cell_is_the_only_parameters_cell_and_has_out(name: str) -> N
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
+def test_papermill_reads_every_parameter(name: str) -> None:
+    """papermill's own parser (``papermill --help-notebook``, its type checks) must see every parameter: a comment
+    it cannot parse (an ``=`` in it) drops that parameter and every run warns "Passed unknown parameter"."""
+    from papermill.translators import PythonTranslator
+
+    nb = _notebook(name)
+    seen = {p.name for p in PythonTranslator.inspect({"source": _code_cells(nb)[0].source})}
+    assert set(_parameters(nb)) <= seen, f"{name}: papermill cannot parse {sorted(set(_parameters(nb)) - seen)}"
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
 def test_every_parameter_is_used(name: str) -> None:
     nb = _notebook(name)
     used = {node.id for cell in _code_cells(nb)[1:] for node in ast.walk(ast.parse(_python(cell.source)))
