@@ -2,7 +2,7 @@
 # The distillation study, end to end and resumable (README "Study"). Every step skips what is done:
 #   data/study (generator), teacher_weights/study-prior (visual prior), teacher_weights/study (teacher),
 #   runs/study/<variation>__seed<k> (students, in the order below), runs/study-report (notebook 04).
-# Usage: bash scripts/study.sh [stage ...]   stages: setup main short sweep rest long report (default: all)
+# Usage: bash scripts/study.sh [stage ...]   stages: setup main short sweep rest long converge report (default: all)
 # LONG_DOCS (default docs/study/long): where the 32-epoch report goes. Its study_runs.csv, when there, is merged
 # as the record of runs whose folders are gone; it must come from the same setup (data, prior, teacher): a record
 # made with another teacher is refused. A re-made setup (another machine or session) reports to a folder of its own.
@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 LONG_DOCS=${LONG_DOCS:-docs/study/long}
 CLI="$PY -m distilvpr_lib.cli"
-stages=("$@"); [ ${#stages[@]} -gt 0 ] || stages=(setup main short sweep rest long report)
+stages=("$@"); [ ${#stages[@]} -gt 0 ] || stages=(setup main short sweep rest long converge report)
 log() { printf '[study %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 # two runs side by side, one core each (the batch runner gives each worker cpu_count // workers threads)
 batch() { log "batch: $*"; $CLI batch ablations/study.yaml --workers 2 --only "$@"; }
@@ -74,10 +74,20 @@ for stage in "${stages[@]}"; do
       for s in 0 1 2 3 4; do $CLI batch ablations/study_long.yaml --workers 2 --only "rkd_norm__seed$s"; done
       $CLI batch ablations/study_long.yaml --workers 2 --only distilvpr_from25__seed0 distilvpr_norm_self1__seed0 \
         cross_E_norm__seed0 ;;
+    converge)  # Result 5 (a re-made setup reports with LONG_DOCS=docs/study/long-b): no-KD, RKD and DistilVPR with
+               # RKD-G at weight 1, 32 epochs, paired by seed; the pairs in the order they were run, so that every
+               # row has 3 seeds first
+      for pair in "nokd__seed0 rkd_norm__seed0" "nokd__seed1 distilvpr_norm_self1__seed0" "nokd__seed2 rkd_norm__seed1" \
+                  "distilvpr_norm_self1__seed1 rkd_norm__seed2" "distilvpr_norm_self1__seed2 nokd__seed3" \
+                  "rkd_norm__seed3 nokd__seed4" "rkd_norm__seed4 distilvpr_norm_self1__seed3" "distilvpr_norm_self1__seed4"; do
+        log "batch: study_long $pair"
+        # shellcheck disable=SC2086  # the pair splits into run names
+        $CLI batch ablations/study_long.yaml --workers 2 --only $pair
+      done ;;
     report)
       if [ -d runs/study ]; then report runs/study runs/study-report docs/study; fi
       if [ -d runs/study-short ]; then report runs/study-short runs/study-short-report docs/study/short; fi
       if [ -d runs/study-long ]; then report runs/study-long runs/study-long-report "$LONG_DOCS"; fi ;;
-    *) echo "unknown stage $stage (setup main short sweep rest long report)" >&2; exit 2 ;;
+    *) echo "unknown stage $stage (setup main short sweep rest long converge report)" >&2; exit 2 ;;
   esac
 done
