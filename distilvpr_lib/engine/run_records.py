@@ -14,6 +14,10 @@ import pandas as pd
 
 from distilvpr_lib.errors import DataFormatError, MissingDataError
 
+def _finished(runs: pd.DataFrame) -> pd.DataFrame:
+    return runs[runs["status"] == "ok"] if "status" in runs else runs
+
+
 #: Columns of the per-run study CSV (``study_runs_table``), in order; diagnostics follow when present.
 STUDY_CSV_COLUMNS: tuple[str, ...] = ("variation", "seed", "best_epoch", "val_AR@1", "test_AR@1", "test_AR@5",
                                       "test_AR@1%")
@@ -28,7 +32,7 @@ def study_runs_table(runs: pd.DataFrame) -> pd.DataFrame:
     Args:
         runs: :func:`distilvpr_lib.batch.collect_batch` output.
     """
-    ok = runs[runs["status"] == "ok"] if "status" in runs else runs
+    ok = _finished(runs)
     rename = _CSV_NAMES
     present = [new for old, new in rename.items() if old in ok]
     table = ok.drop(columns=[c for c in present if c in ok]).rename(columns=rename)  # param.seed wins over seed
@@ -94,7 +98,7 @@ def with_recorded_runs(runs: pd.DataFrame, recorded: pd.DataFrame) -> pd.DataFra
             embedding norms, a fingerprint of the teacher, differ), so their seeds cannot be paired.
     """
     here = runs.assign(source="batch") if "source" not in runs else runs
-    ok = here[here["status"] == "ok"] if "status" in here else here
+    ok = _finished(here)
     _check_same_teacher(ok, recorded)
     have = set(zip(ok["variation"], ok["param.seed"].astype(int))) if len(ok) and "param.seed" in ok else set()
     keep = [(v, int(s)) not in have for v, s in zip(recorded["variation"], recorded["param.seed"])]
