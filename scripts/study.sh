@@ -2,7 +2,9 @@
 # The distillation study, end to end and resumable (README "Study"). Every step skips what is done:
 #   data/study (generator), teacher_weights/study-prior (visual prior), teacher_weights/study (teacher),
 #   runs/study/<variation>__seed<k> (students, in the order below), runs/study-report (notebook 04).
-# Usage: bash scripts/study.sh [stage ...]   stages: setup main short sweep rest long converge report (default: all)
+# Usage: bash scripts/study.sh [stage ...]   stages: setup main short sweep rest long converge ablate report
+#   (default: setup main short sweep rest long converge report; `ablate` is the re-made setup's ablation table)
+# STUDY_DOCS (default docs/study): where the 16-epoch report (runs/study) goes, under the same rule as LONG_DOCS.
 # LONG_DOCS (default docs/study/long): where the 32-epoch report goes. Its study_runs.csv, when there, is merged
 # as the record of runs whose folders are gone; it must come from the same setup (data, prior, teacher): a record
 # made with another teacher is refused. A re-made setup (another machine or session) reports to a folder of its own.
@@ -10,6 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 LONG_DOCS=${LONG_DOCS:-docs/study/long}
+STUDY_DOCS=${STUDY_DOCS:-docs/study}
 CLI="$PY -m distilvpr_lib.cli"
 stages=("$@"); [ ${#stages[@]} -gt 0 ] || stages=(setup main short sweep rest long converge report)
 log() { printf '[study %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
@@ -59,6 +62,13 @@ for stage in "${stages[@]}"; do
       for s in 0 1 2; do batch "self_only__seed$s" "distilvpr_cloud_self__seed$s" "cross_only__seed$s" \
                                "cross_E__seed$s" "cross_S__seed$s" "cross_H__seed$s" "kd__seed$s" "rkd__seed$s" \
                                "pkt__seed$s"; done ;;
+    ablate)  # the ablation rows with >= 3 seeds in a re-made setup (reported with STUDY_DOCS=docs/study/ablation-b):
+             # no-KD and DistilVPR's parts and the baselines, all but no-KD on the normalised task; seed by seed, so
+             # that a stopped batch leaves every row with the same number of seeds
+      for s in 0 1 2; do
+        batch "nokd__seed$s" "self_only_norm__seed$s"; batch "cross_only_norm__seed$s" "cross_E_norm__seed$s"
+        batch "cross_S_norm__seed$s" "cross_H_norm__seed$s"; batch "kd_norm__seed$s" "pkt_norm__seed$s"
+      done ;;
     short)  # the control: the main rows at 6 epochs (ablations/study_short.yaml -> runs/study-short)
       log "batch: study_short"; $CLI batch ablations/study_short.yaml --workers 2 ;;
     long)   # the convergence check: 32 epochs (ablations/study_long.yaml -> runs/study-long): no-KD and distilvpr_norm,
@@ -85,9 +95,9 @@ for stage in "${stages[@]}"; do
         $CLI batch ablations/study_long.yaml --workers 2 --only $pair
       done ;;
     report)
-      if [ -d runs/study ]; then report runs/study runs/study-report docs/study; fi
+      if [ -d runs/study ]; then report runs/study runs/study-report "$STUDY_DOCS"; fi
       if [ -d runs/study-short ]; then report runs/study-short runs/study-short-report docs/study/short; fi
       if [ -d runs/study-long ]; then report runs/study-long runs/study-long-report "$LONG_DOCS"; fi ;;
-    *) echo "unknown stage $stage (setup main short sweep rest long converge report)" >&2; exit 2 ;;
+    *) echo "unknown stage $stage (setup main short sweep rest long converge ablate report)" >&2; exit 2 ;;
   esac
 done
