@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from distilvpr_lib.errors import DataFormatError, MissingDataError
@@ -109,17 +110,35 @@ _TEACHER_NORM = "embedding_norms.teacher.mean"
 
 
 def _check_same_teacher(runs: pd.DataFrame, recorded: pd.DataFrame, rtol: float = 1e-5) -> None:
-    """Refuse to merge rows whose teacher (its mean embedding norm, identical in every run of one setup) differs."""
+    """Refuse to merge rows made with another teacher.
+
+    The teacher's mean embedding norm is identical in every run of one setup *for one teacher descriptor*; a
+    variation that distils from another head (``distill.teacher_head``, e.g. the cloud head) records that
+    head's norm. A variation's name fixes its head, so the norms are compared variation by variation; when the
+    two sides share no variation, they must share at least one norm.
+    """
     if _TEACHER_NORM not in runs or _TEACHER_NORM not in recorded:
         return
-    ours, theirs = runs[_TEACHER_NORM].dropna(), recorded[_TEACHER_NORM].dropna()
+    ours = runs.dropna(subset=[_TEACHER_NORM]).groupby("variation")[_TEACHER_NORM].first()
+    theirs = recorded.dropna(subset=[_TEACHER_NORM])
     if not len(ours) or not len(theirs):
         return
-    reference = float(ours.iloc[0])
-    off = theirs[(theirs - reference).abs() > rtol * abs(reference)]
-    if len(off):
-        source = recorded["source"].iloc[0] if "source" in recorded else "the recorded runs"
-        raise DataFormatError(
-            f"recorded with another teacher (teacher_norm {float(off.iloc[0]):.6g}; the batch's runs have "
-            f"{reference:.6g}): runs of different setups cannot be paired by seed", path=source,
-            hint="report this batch on its own (no recorded_runs), or re-make the recorded runs with this teacher")
+    values = theirs[_TEACHER_NORM].to_numpy(float)
+    common = theirs["variation"].isin(ours.index).to_numpy()
+    if common.any():
+        reference = ours.loc[theirs["variation"][common]].to_numpy(float)
+        off = np.flatnonzero(np.abs(values[common] - reference) > rtol * np.abs(reference))
+        if not len(off):
+            return
+        found, expected = values[common][off[0]], reference[off[0]]
+        where = f" for {theirs['variation'][common].iloc[off[0]]}"
+    else:
+        close = np.abs(values[:, None] - ours.to_numpy(float)[None, :]) <= rtol * np.abs(values[:, None])
+        if close.any():
+            return
+        found, expected, where = values[0], float(ours.iloc[0]), ""
+    source = recorded["source"].iloc[0] if "source" in recorded else "the recorded runs"
+    raise DataFormatError(
+        f"recorded with another teacher (teacher_norm {found:.6g}{where}; the batch's runs have {expected:.6g}): "
+        "runs of different setups cannot be paired by seed", path=source,
+        hint="report this batch on its own (no recorded_runs), or re-make the recorded runs with this teacher")

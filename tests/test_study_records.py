@@ -1,0 +1,64 @@
+"""The committed study records: every README table must recompute from its per-run CSV.
+
+``docs/study/**/study_runs.csv`` is the study's record (the run folders are not committed). These tests read
+the committed files: each has the columns and names the study promises, holds one setup (one teacher), and
+its ``study_table.csv`` (the README's table) is what :func:`distilvpr_lib.engine.report.study_table` makes
+from it today — so a change to the statistics that would silently change a published number fails here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from distilvpr_lib.engine.report import study_table
+from distilvpr_lib.engine.run_records import STUDY_CSV_COLUMNS, read_recorded_runs
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "study"
+RECORDS = sorted(DOCS.glob("**/study_runs.csv"))
+
+
+def test_the_study_records_are_committed() -> None:
+    assert DOCS / "study_runs.csv" in RECORDS, "the 16-epoch study's per-run CSV is missing"
+    assert len(RECORDS) >= 2
+
+
+@pytest.mark.parametrize("csv", RECORDS, ids=lambda p: str(p.relative_to(DOCS)))
+def test_a_record_has_the_promised_columns_and_names(csv: Path) -> None:
+    runs = pd.read_csv(csv)
+    assert list(runs.columns[: len(STUDY_CSV_COLUMNS)]) == list(STUDY_CSV_COLUMNS)
+    assert not runs.duplicated(["variation", "seed"]).any(), "one row per (variation, seed)"
+    assert "nokd" in set(runs["variation"]), "every study batch has its no-distillation baseline"
+    distilled_with_norms = runs["variation"].str.startswith("distilvpr")
+    assert runs.loc[distilled_with_norms, "variation"].str.match(r"^distilvpr[\w.]*$").all()
+    for col in ("val_AR@1", "test_AR@1", "test_AR@5", "test_AR@1%"):
+        assert runs[col].between(0, 100).all(), col
+    # recall@5 can only add to recall@1 (same queries, same ranking)
+    assert (runs["test_AR@5"] >= runs["test_AR@1"]).all()
+
+
+@pytest.mark.parametrize("csv", RECORDS, ids=lambda p: str(p.relative_to(DOCS)))
+def test_a_record_holds_one_setup(csv: Path) -> None:
+    """Seeds pair only within one setup (data, prior, teacher); the teacher's embedding norm identifies it.
+
+    Every variation records one teacher norm; all share the no-KD rows' (the fused descriptor's) except those
+    distilling from the cloud head (``distill.teacher_head``), which record that head's.
+    """
+    runs = pd.read_csv(csv)
+    per_variation = runs.groupby("variation")["teacher_norm"]
+    assert (per_variation.max() - per_variation.min() <= 1e-5 * per_variation.max()).all()
+    fused = per_variation.first().drop([v for v in per_variation.groups if "cloud" in v])
+    assert np.allclose(fused, fused["nokd"], rtol=1e-5), fused.to_dict()
+
+
+@pytest.mark.parametrize("csv", RECORDS, ids=lambda p: str(p.relative_to(DOCS)))
+def test_the_committed_table_recomputes_from_its_record(csv: Path) -> None:
+    committed = pd.read_csv(csv.with_name("study_table.csv"), index_col=0, dtype=str, keep_default_na=False)
+    made = study_table(read_recorded_runs(csv)).astype(str)
+    assert list(made.index) == list(committed.index)
+    columns = list(committed.columns)  # an older table may lack a column added since (the 6-epoch one: val AR@1)
+    assert set(columns) <= set(made.columns)
+    pd.testing.assert_frame_equal(made[columns], committed, check_names=False)
