@@ -63,12 +63,15 @@ for stage in "${stages[@]}"; do
                                "cross_E__seed$s" "cross_S__seed$s" "cross_H__seed$s" "kd__seed$s" "rkd__seed$s" \
                                "pkt__seed$s"; done ;;
     ablate)  # the ablation rows with >= 3 seeds in a re-made setup (reported with STUDY_DOCS=docs/study/ablation-b):
-             # no-KD and DistilVPR's parts and the baselines, all but no-KD on the normalised task; seed by seed, so
-             # that a stopped batch leaves every row with the same number of seeds
+             # no-KD and DistilVPR's parts and the baselines, all but no-KD on the normalised task, and no-KD on the
+             # normalised task (their matching baseline); seed by seed, in the order run, so that a stopped batch
+             # leaves every row with the same number of seeds
       for s in 0 1 2; do
         batch "nokd__seed$s" "self_only_norm__seed$s"; batch "cross_only_norm__seed$s" "cross_E_norm__seed$s"
         batch "cross_S_norm__seed$s" "cross_H_norm__seed$s"; batch "kd_norm__seed$s" "pkt_norm__seed$s"
-      done ;;
+        if [ "$s" = 0 ]; then batch nokd_norm__seed0 nokd_norm__seed1; fi
+      done
+      batch nokd_norm__seed2 ;;
     short)  # the control: the main rows at 6 epochs (ablations/study_short.yaml -> runs/study-short)
       log "batch: study_short"; $CLI batch ablations/study_short.yaml --workers 2 ;;
     long)   # the convergence check: 32 epochs (ablations/study_long.yaml -> runs/study-long): no-KD and distilvpr_norm,
