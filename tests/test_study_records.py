@@ -62,3 +62,40 @@ def test_the_committed_table_recomputes_from_its_record(csv: Path) -> None:
     columns = list(committed.columns)  # an older table may lack a column added since (the 6-epoch one: val AR@1)
     assert set(columns) <= set(made.columns)
     pd.testing.assert_frame_equal(made[columns], committed, check_names=False)
+
+
+def test_study_table_command_recomputes_a_committed_table(tmp_path, capsys) -> None:
+    from distilvpr_lib.cli import main
+
+    csv = DOCS / "long-b" / "study_runs.csv"
+    out = tmp_path / "table.csv"
+    assert main(["study-table", str(csv), "--csv", str(out)]) == 0
+    committed = pd.read_csv(csv.with_name("study_table.csv"), index_col=0, dtype=str, keep_default_na=False)
+    pd.testing.assert_frame_equal(pd.read_csv(out, index_col=0, dtype=str, keep_default_na=False), committed)
+    printed = capsys.readouterr().out
+    assert printed.splitlines()[2].startswith("| nokd ") and "[+4.28, +9.00]" in printed
+
+
+def test_study_table_command_against_another_baseline(tmp_path, capsys) -> None:
+    """Any variation of the record can be the baseline: the 16-epoch study's rows against nokd_norm."""
+    from distilvpr_lib.cli import main
+
+    assert main(["study-table", str(DOCS / "study_runs.csv"), "--baseline", "nokd_norm"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2].startswith("| nokd_norm ")
+    # distilvpr_norm minus nokd_norm, per seed: +8.97, +12.37, +18.97, +8.41, +15.95 (README, Result 2)
+    assert any(line.startswith("| distilvpr_norm ") and "12.93" in line for line in lines)
+
+
+@pytest.mark.parametrize("case", ["missing baseline", "not a CSV", "absent"])
+def test_study_table_command_errors_are_one_line(tmp_path, capsys, case: str) -> None:
+    from distilvpr_lib.cli import main
+
+    args = {"missing baseline": [str(DOCS / "study_runs.csv"), "--baseline", "nope"],
+            "not a CSV": [str(DOCS / "study_table.md")],
+            "absent": [str(tmp_path / "none.csv")]}[case]
+    out = tmp_path / "never.csv"
+    assert main(["study-table", *args, "--csv", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {args[0]}: ")
+    assert not out.exists()
