@@ -5,6 +5,7 @@
 # Usage: bash scripts/study.sh [stage ...]   stages: setup main short sweep rest long converge ablate report
 #   (default: setup main short sweep rest long converge report; `ablate` is the re-made setup's ablation table)
 # STUDY_DOCS (default docs/study): where the 16-epoch report (runs/study) goes, under the same rule as LONG_DOCS.
+# REPORTS (default "study short long"): which batches the `report` stage reports (those whose folder exists).
 # LONG_DOCS (default docs/study/long): where the 32-epoch report goes. Its study_runs.csv, when there, is merged
 # as the record of runs whose folders are gone; it must come from the same setup (data, prior, teacher): a record
 # made with another teacher is refused. A re-made setup (another machine or session) reports to a folder of its own.
@@ -13,6 +14,7 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 LONG_DOCS=${LONG_DOCS:-docs/study/long}
 STUDY_DOCS=${STUDY_DOCS:-docs/study}
+REPORTS=${REPORTS:-study short long}
 CLI="$PY -m distilvpr_lib.cli"
 stages=("$@"); [ ${#stages[@]} -gt 0 ] || stages=(setup main short sweep rest long converge report)
 log() { printf '[study %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
@@ -30,9 +32,13 @@ report() {
     -p relation_seeds 0
   cp "$2/study_runs.csv" "$2/study_table.csv" "$3/"
   for f in relation_auc.csv relation_auc_mean.csv validation_choice.csv; do if [ -f "$2/$f" ]; then cp "$2/$f" "$3/"; fi; done
-  # the README's table, as markdown (tabulate)
-  $PY -c "import sys, pandas as pd; print(pd.read_csv(sys.argv[1], index_col=0, dtype=str, keep_default_na=False).to_markdown())" \
-    "$3/study_table.csv" > "$3/study_table.md"
+  # the README's tables, as markdown, recomputed from the per-run CSV (anyone can: `distilvpr study-table`);
+  # the rows trained with the normalised task also against their matching baseline, when the batch has it
+  $CLI study-table "$3/study_runs.csv" > "$3/study_table.md"
+  if grep -q '^nokd_norm,' "$3/study_runs.csv"; then
+    $CLI study-table "$3/study_runs.csv" --baseline nokd_norm --csv "$3/study_table_vs_nokd_norm.csv" \
+      > "$3/study_table_vs_nokd_norm.md"
+  fi
   log "$3/: study_runs.csv, study_table.csv, study_table.md (commit them with the README table)"
 }
 
@@ -98,9 +104,14 @@ for stage in "${stages[@]}"; do
         $CLI batch ablations/study_long.yaml --workers 2 --only $pair
       done ;;
     report)
-      if [ -d runs/study ]; then report runs/study runs/study-report "$STUDY_DOCS"; fi
-      if [ -d runs/study-short ]; then report runs/study-short runs/study-short-report docs/study/short; fi
-      if [ -d runs/study-long ]; then report runs/study-long runs/study-long-report "$LONG_DOCS"; fi ;;
+      for which in $REPORTS; do
+        case "$which" in
+          study) if [ -d runs/study ]; then report runs/study runs/study-report "$STUDY_DOCS"; fi ;;
+          short) if [ -d runs/study-short ]; then report runs/study-short runs/study-short-report docs/study/short; fi ;;
+          long)  if [ -d runs/study-long ]; then report runs/study-long runs/study-long-report "$LONG_DOCS"; fi ;;
+          *) echo "unknown report $which (study short long)" >&2; exit 2 ;;
+        esac
+      done ;;
     *) echo "unknown stage $stage (setup main short sweep rest long converge ablate report)" >&2; exit 2 ;;
   esac
 done
