@@ -32,8 +32,6 @@ def test_a_record_has_the_promised_columns_and_names(csv: Path) -> None:
     assert list(runs.columns[: len(STUDY_CSV_COLUMNS)]) == list(STUDY_CSV_COLUMNS)
     assert not runs.duplicated(["variation", "seed"]).any(), "one row per (variation, seed)"
     assert "nokd" in set(runs["variation"]), "every study batch has its no-distillation baseline"
-    distilled_with_norms = runs["variation"].str.startswith("distilvpr")
-    assert runs.loc[distilled_with_norms, "variation"].str.match(r"^distilvpr[\w.]*$").all()
     for col in ("val_AR@1", "test_AR@1", "test_AR@5", "test_AR@1%"):
         assert runs[col].between(0, 100).all(), col
     # recall@5 can only add to recall@1 (same queries, same ranking)

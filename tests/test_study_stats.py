@@ -308,24 +308,26 @@ def test_recorded_runs_round_trip_and_merge(tmp_path) -> None:
         read_recorded_runs(bad)
 
 
+def _teacher_row(variation: str, seed: int, teacher_norm: float) -> dict:
+    """A finished batch row whose teacher embedding norm (the setup's fingerprint) is ``teacher_norm``."""
+    return {"run": f"{variation}__seed{seed}", "variation": variation, "status": "ok", "param.seed": seed,
+            "best_epoch": 16, "validation.AR@1": 40.0, "test.AR@1": 39.0, "test.AR@5": 50.0,
+            "test.AR@1%": 45.0, "embedding_norms.teacher.mean": teacher_norm}
+
+
 def test_recorded_runs_from_another_teacher_are_refused(tmp_path) -> None:
     """Seeds pair only within one setup: a record made with another teacher (its embedding norm, a fingerprint
     of the teacher, differs) must not be merged with the batch's runs."""
     from distilvpr_lib.engine.run_records import read_recorded_runs, study_runs_table, with_recorded_runs
     from distilvpr_lib.errors import DataFormatError
 
-    def row(variation: str, seed: int, teacher_norm: float) -> dict:
-        return {"run": f"{variation}__seed{seed}", "variation": variation, "status": "ok", "param.seed": seed,
-                "best_epoch": 32, "validation.AR@1": 40.0, "test.AR@1": 39.0, "test.AR@5": 50.0,
-                "test.AR@1%": 45.0, "embedding_norms.teacher.mean": teacher_norm}
-
     csv = tmp_path / "study_runs.csv"
-    study_runs_table(pd.DataFrame([row("nokd", 0, 11.508722305297852)])).to_csv(csv, index=False)
+    study_runs_table(pd.DataFrame([_teacher_row("nokd", 0, 11.508722305297852)])).to_csv(csv, index=False)
     recorded = read_recorded_runs(csv)
-    same = with_recorded_runs(pd.DataFrame([row("rkd", 0, 11.508722305297852)]), recorded)
+    same = with_recorded_runs(pd.DataFrame([_teacher_row("rkd", 0, 11.508722305297852)]), recorded)
     assert sorted(same["run"]) == ["nokd__seed0", "rkd__seed0"]
     with pytest.raises(DataFormatError, match=r"study_runs\.csv.*another teacher.*11\.5087.*11\.4"):
-        with_recorded_runs(pd.DataFrame([row("rkd", 0, 11.4)]), recorded)
+        with_recorded_runs(pd.DataFrame([_teacher_row("rkd", 0, 11.4)]), recorded)
 
 
 def test_recorded_runs_distilling_from_another_head_are_not_refused(tmp_path) -> None:
@@ -334,21 +336,16 @@ def test_recorded_runs_distilling_from_another_head_are_not_refused(tmp_path) ->
     from distilvpr_lib.engine.run_records import read_recorded_runs, study_runs_table, with_recorded_runs
     from distilvpr_lib.errors import DataFormatError
 
-    def row(variation: str, seed: int, teacher_norm: float) -> dict:
-        return {"run": f"{variation}__seed{seed}", "variation": variation, "status": "ok", "param.seed": seed,
-                "best_epoch": 16, "validation.AR@1": 40.0, "test.AR@1": 39.0, "test.AR@5": 50.0,
-                "test.AR@1%": 45.0, "embedding_norms.teacher.mean": teacher_norm}
-
     csv = tmp_path / "study_runs.csv"
-    study_runs_table(pd.DataFrame([row("nokd", 0, 11.5087), row("cloud_self_norm", 0, 8.0575)])).to_csv(
+    study_runs_table(pd.DataFrame([_teacher_row("nokd", 0, 11.5087), _teacher_row("cloud_self_norm", 0, 8.0575)])).to_csv(
         csv, index=False)
     recorded = read_recorded_runs(csv)
     # the batch re-makes the cloud-head run first, then only fused-teacher runs: both merge
-    for batch in ([row("cloud_self_norm", 1, 8.0575), row("nokd", 1, 11.5087)], [row("rkd_norm", 0, 11.5087)]):
+    for batch in ([_teacher_row("cloud_self_norm", 1, 8.0575), _teacher_row("nokd", 1, 11.5087)], [_teacher_row("rkd_norm", 0, 11.5087)]):
         merged = with_recorded_runs(pd.DataFrame(batch), recorded)
         assert {"nokd__seed0", "cloud_self_norm__seed0"} <= set(merged["run"])
     # another setup: refused whether or not a variation is on both sides, naming the variation when it is
     with pytest.raises(DataFormatError, match=r"another teacher \(teacher_norm 8\.0575 for cloud_self_norm.*8\.5"):
-        with_recorded_runs(pd.DataFrame([row("cloud_self_norm", 1, 8.5), row("nokd", 1, 12.17)]), recorded)
+        with_recorded_runs(pd.DataFrame([_teacher_row("cloud_self_norm", 1, 8.5), _teacher_row("nokd", 1, 12.17)]), recorded)
     with pytest.raises(DataFormatError, match=r"another teacher \(teacher_norm 8\.0575; .*12\.17"):
-        with_recorded_runs(pd.DataFrame([row("rkd_norm", 0, 12.17)]), recorded)
+        with_recorded_runs(pd.DataFrame([_teacher_row("rkd_norm", 0, 12.17)]), recorded)
