@@ -135,6 +135,11 @@ class TrainConfig:
     #: Student task loss on L2-normalised embeddings (the margin then acts on the unit sphere, where
     #: evaluation ranks) instead of the raw ones (reference). Tests the norm-collapse lead of the study.
     task_normalize: bool = False
+    #: Ring loss on the student embedding, ``ring_weight · mean_i (‖s_i‖ − ring_radius)²`` (Zheng et al., CVPR
+    #: 2018; distilvpr_lib.losses.ring): holds the embedding's scale without a teacher. 0 = off. The study's
+    #: control for the scale that distillation terms hold (README, "Study").
+    ring_weight: float = 0.0
+    ring_radius: float = 1.0
     #: Log, per epoch, the norm of each loss term's gradient on the student embedding (cheap: the
     #: gradient stops at the embedding) and the share of hyperbolic relation entries at the artanh clamp.
     loss_diagnostics: bool = True

@@ -2,8 +2,9 @@
 # The distillation study, end to end and resumable (README "Study"). Every step skips what is done:
 #   data/study (generator), teacher_weights/study-prior (visual prior), teacher_weights/study (teacher),
 #   runs/study/<variation>__seed<k> (students, in the order below), runs/study-report (notebook 04).
-# Usage: bash scripts/study.sh [stage ...]   stages: setup main short sweep rest long converge ablate report
-#   (default: setup main short sweep rest long converge report; `ablate` is the re-made setup's ablation table)
+# Usage: bash scripts/study.sh [stage ...]   stages: setup main short sweep rest long converge ablate control report
+#   (default: setup main short sweep rest long converge report; `ablate` is the re-made setup's ablation table,
+#   `control` its scale control)
 # STUDY_DOCS (default docs/study): where the 16-epoch report (runs/study) goes, under the same rule as LONG_DOCS.
 # REPORTS (default "study short long"): which batches the `report` stage reports (those whose folder exists).
 # LONG_DOCS (default docs/study/long): where the 32-epoch report goes. Its study_runs.csv, when there, is merged
@@ -78,6 +79,9 @@ for stage in "${stages[@]}"; do
         if [ "$s" = 0 ]; then batch nokd_norm__seed0 nokd_norm__seed1; fi
       done
       batch nokd_norm__seed2 ;;
+    control)  # Result 7, reported with `ablate` (STUDY_DOCS=docs/study/ablation-b): no teacher, the normalised task,
+              # the embedding norm held by a ring loss at cross_E_norm's training scale (4) and at KD's (12)
+      for s in 0 1 2; do batch "nokd_ring4_norm__seed$s" "nokd_ring12_norm__seed$s"; done ;;
     short)  # the control: the main rows at 6 epochs (ablations/study_short.yaml -> runs/study-short)
       log "batch: study_short"; $CLI batch ablations/study_short.yaml --workers 2 ;;
     long)   # the convergence check: 32 epochs (ablations/study_long.yaml -> runs/study-long): no-KD and distilvpr_norm,
@@ -112,6 +116,6 @@ for stage in "${stages[@]}"; do
           *) echo "unknown report $which (study short long)" >&2; exit 2 ;;
         esac
       done ;;
-    *) echo "unknown stage $stage (setup main short sweep rest long converge ablate report)" >&2; exit 2 ;;
+    *) echo "unknown stage $stage (setup main short sweep rest long converge ablate control report)" >&2; exit 2 ;;
   esac
 done

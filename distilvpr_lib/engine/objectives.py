@@ -25,6 +25,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 #: Name of the student's task term.
 STUDENT_TASK_TERM: str = "triplet"
+#: Name of the student's ring term (``train.ring_weight`` > 0).
+RING_TERM: str = "ring"
 
 
 @dataclass
@@ -121,12 +123,24 @@ def distill_window_problem(from_epoch: int, until_epoch: int) -> str | None:
     return None
 
 
+def ring_problem(weight: float, radius: float) -> str | None:
+    """What is wrong with ``train.ring_weight`` / ``train.ring_radius``, or ``None``."""
+    if not (math.isfinite(float(weight)) and float(weight) >= 0):
+        return f"train.ring_weight must be >= 0 and finite (0 = no ring term), got {weight}"
+    if not (math.isfinite(float(radius)) and float(radius) > 0):
+        return f"train.ring_radius must be > 0 and finite, got {radius}"
+    return None
+
+
 class StudentObjective:
-    """``student_task_weight · triplet(s)`` + the Distiller's weighted named terms (docs/METHOD.md §4.5).
+    """``student_task_weight · triplet(s)`` [+ ``ring_weight · ring(s)``] + the Distiller's weighted named terms
+    (docs/METHOD.md §4.5).
 
     The teacher embeddings ``t`` come from a :class:`TeacherCache`, looked up by the batch's
     ``rel_paths``; the teacher never runs. With ``distiller=None`` (method ``nokd``) only the task
-    term is used. ``train_cfg.task_normalize`` computes the task triplet on L2-normalised embeddings.
+    term is used. ``train_cfg.task_normalize`` computes the task triplet on L2-normalised embeddings;
+    ``train_cfg.ring_weight`` > 0 adds the term :data:`RING_TERM` (:func:`distilvpr_lib.losses.ring.ring_loss`
+    on the raw embeddings, radius ``train_cfg.ring_radius``) in every epoch, distiller or not.
     Stats: ``active_fraction`` / ``num_triplets`` of the task triplet and
     ``{student,teacher}_norm_{mean,max}`` (raw norms; the self-agent hyperbolic term saturates
     for large raw norms, docs/METHOD.md §8.5). With ``train_cfg.loss_diagnostics`` also, per term,
@@ -146,13 +160,16 @@ class StudentObjective:
     def __init__(self, train_cfg: "TrainConfig", teacher_cache: TeacherCache | None,
                  distiller: nn.Module | None = None, triplet: nn.Module | None = None,
                  curvature: float | None = None, distill_until: int = 0, distill_from: int = 1) -> None:
-        problem = distill_window_problem(distill_from, distill_until)
+        problem = distill_window_problem(distill_from, distill_until) or ring_problem(
+            getattr(train_cfg, "ring_weight", 0.0), getattr(train_cfg, "ring_radius", 1.0))
         if problem:
             raise ValueError(problem)
         self.distill_from, self.distill_until = int(distill_from), int(distill_until)
         self.distill_active = True
         self.task_weight = float(train_cfg.student_task_weight)
         self.task_normalize = bool(getattr(train_cfg, "task_normalize", False))
+        self.ring_weight = float(getattr(train_cfg, "ring_weight", 0.0))
+        self.ring_radius = float(getattr(train_cfg, "ring_radius", 1.0))
         self.diagnostics = bool(getattr(train_cfg, "loss_diagnostics", False))
         self.curvature = curvature
         self.triplet = triplet if triplet is not None else _make_triplet(train_cfg.margin)
@@ -174,6 +191,10 @@ class StudentObjective:
         task_input = l2_normalize(student) if self.task_normalize else student
         task, task_stats = self.triplet(task_input, positives, negatives)
         terms: dict[str, torch.Tensor] = {STUDENT_TASK_TERM: self.task_weight * task}
+        if self.ring_weight > 0:
+            from distilvpr_lib.losses.ring import ring_loss
+
+            terms[RING_TERM] = self.ring_weight * ring_loss(student, self.ring_radius)
         stats = {k: float(v) for k, v in task_stats.items() if isinstance(v, (int, float))}
         stats.update(_norm_stats("student", student))
         teacher = None
@@ -186,7 +207,7 @@ class StudentObjective:
                 distill_terms = self.distiller(student, teacher, positives, negatives)
                 for name, value in distill_terms.items():
                     if name in terms:
-                        raise ValueError(f"distiller term {name!r} collides with the task term")
+                        raise ValueError(f"distiller term {name!r} collides with the student's own term")
                     terms[name] = value
         if self.diagnostics and student.requires_grad:
             stats.update(term_gradient_norms(terms, student))

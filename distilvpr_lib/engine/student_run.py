@@ -27,7 +27,13 @@ from distilvpr_lib.engine.console import say
 from distilvpr_lib.engine.distributed import shutdown_distributed
 from distilvpr_lib.engine.results import retrieval_summary
 from distilvpr_lib.engine.loop import Trainer, TrainingHistory
-from distilvpr_lib.engine.objectives import STUDENT_TASK_TERM, StudentObjective, distill_window_problem
+from distilvpr_lib.engine.objectives import (
+    RING_TERM,
+    STUDENT_TASK_TERM,
+    StudentObjective,
+    distill_window_problem,
+    ring_problem,
+)
 from distilvpr_lib.engine.optim import build_optimizer, build_scheduler, student_parameter_groups
 from distilvpr_lib.engine.run_evaluation import evaluate_split, load_benchmark
 from distilvpr_lib.engine.run_folder import (
@@ -92,9 +98,10 @@ def distill_student(cfg: ExperimentConfig, teacher_dir: PathLike | None, out_dir
     if Distiller(cfg.distill).weights and teacher_dir is None:  # option errors first (unknown names: KeyError)
         raise OptionError(f"distillation method {cfg.distill.method!r} needs a teacher folder",
                           hint="pass --teacher, or use --method nokd")
-    window_problem = distill_window_problem(cfg.distill.from_epoch, cfg.distill.until_epoch)
-    if window_problem:
-        raise OptionError(window_problem)
+    option_problem = distill_window_problem(cfg.distill.from_epoch, cfg.distill.until_epoch) or ring_problem(
+        cfg.train.ring_weight, cfg.train.ring_radius)
+    if option_problem:
+        raise OptionError(option_problem)
     if preflight:
         preflight_distill(cfg, teacher_dir, out_dir, resume=resume)  # every input checked before anything is written
     with guarded_run(out_dir, "student", enabled=is_main_process()):
@@ -143,6 +150,8 @@ def _distill_student(cfg: ExperimentConfig, teacher_dir: PathLike | None, out_di
         def validate(m: nn.Module) -> "RetrievalResults":
             return evaluate_split(m, benchmark, "validation", cfg, device)
     terms = ", ".join(f"{k}={v:g}" for k, v in distiller.weights.items()) or "none"
+    if cfg.train.ring_weight:
+        terms += f"; ring term {cfg.train.ring_weight:g} at radius {cfg.train.ring_radius:g}"
     say(f"student ({cfg.distill.method}): distillation terms {terms}; {len(benchmark.training_tuples)} training "
         f"sub-maps, {len(loader)} batches/epoch, {cfg.train.epochs} epochs on {device}{describe_world(ctx)} "
         f"-> {out_dir}", progress)
@@ -177,7 +186,9 @@ def _distill_student(cfg: ExperimentConfig, teacher_dir: PathLike | None, out_di
         "status": "complete",
         **history_metrics(history),
         "test": retrieval_summary(test_results),
-        "loss_weights": {STUDENT_TASK_TERM: float(cfg.train.student_task_weight), **distiller.weights},
+        "loss_weights": {STUDENT_TASK_TERM: float(cfg.train.student_task_weight),
+                         **({RING_TERM: float(cfg.train.ring_weight)} if cfg.train.ring_weight else {}),
+                         **distiller.weights},
         "embedding_norms": norms,
         "wall_time_s": round(time.time() - started, 3),
         "files": {"config": CONFIG_FILE, "weights": STUDENT_WEIGHTS_FILE, "test_results": TEST_RESULTS_FILE,
