@@ -80,8 +80,10 @@ for stage in "${stages[@]}"; do
       done
       batch nokd_norm__seed2 ;;
     control)  # Result 7, reported with `ablate` (STUDY_DOCS=docs/study/ablation-b): no teacher, the normalised task,
-              # the embedding norm held by a ring loss at cross_E_norm's training scale (4) and at KD's (12)
-      for s in 0 1 2; do batch "nokd_ring4_norm__seed$s" "nokd_ring12_norm__seed$s"; done ;;
+              # the embedding norm held by a ring loss at cross_E_norm's training scale (4; weight 1 and 0.1) and
+              # at KD's (12)
+      for s in 0 1 2; do batch "nokd_ring4_norm__seed$s" "nokd_ring4_w0.1_norm__seed$s"; done
+      batch nokd_ring12_norm__seed0 nokd_ring12_norm__seed1; batch nokd_ring12_norm__seed2 ;;
     short)  # the control: the main rows at 6 epochs (ablations/study_short.yaml -> runs/study-short)
       log "batch: study_short"; $CLI batch ablations/study_short.yaml --workers 2 ;;
     long)   # the convergence check: 32 epochs (ablations/study_long.yaml -> runs/study-long): no-KD and distilvpr_norm,
