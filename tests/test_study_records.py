@@ -71,7 +71,7 @@ def test_study_table_command_recomputes_a_committed_table(tmp_path, capsys) -> N
     committed = pd.read_csv(csv.with_name("study_table.csv"), index_col=0, dtype=str, keep_default_na=False)
     pd.testing.assert_frame_equal(pd.read_csv(out, index_col=0, dtype=str, keep_default_na=False), committed)
     printed = capsys.readouterr().out
-    assert printed.splitlines()[2].startswith("| nokd ") and "[+4.28, +9.00]" in printed
+    assert printed.splitlines()[2].startswith("| nokd ") and "[+4.80, +8.63]" in printed  # README Result 5, rkd_norm
 
 
 def test_study_table_command_against_another_baseline(tmp_path, capsys) -> None:
