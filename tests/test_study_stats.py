@@ -154,7 +154,8 @@ def _write_run(folder, seed: int, curve: list[float], norm: float) -> None:
 
     folder.mkdir(parents=True)
     epochs = [{"epoch": e + 1, "losses": {"triplet": 0.1}, "validation": {"AR@1": v},
-               "stats": {"student_norm_mean": norm, "grad_ratio/rkdg_distance": 2.0 * (e + 1)}}
+               "stats": {"student_norm_mean": norm, "grad_ratio/rkdg_distance": 2.0 * (e + 1),
+                         "mean_pos_dist": 0.1 * (e + 1), "mean_neg_dist": 0.2 * (e + 1), "active_fraction": 1.0}}
               for e, v in enumerate(curve)]
     (folder / "metrics.json").write_text(json.dumps({"seed": seed, "epochs": epochs}))
 
@@ -176,6 +177,9 @@ def test_epoch_and_diagnostics_tables(tmp_path) -> None:
     assert diag.loc["nokd", "student_norm_mean"] == pytest.approx(5.0)
     assert diag.loc["distilvpr", "grad_ratio/rkdg_distance"] == pytest.approx(7.0)  # mean of 6 and 8
     assert diag.loc["nokd", "epochs averaged"] == "3-4"
+    # the triplet's spread: mined distances of epochs 3-4, the task term's loss
+    assert diag.loc["nokd", "mean_pos_dist"] == pytest.approx(0.35) and diag.loc["nokd", "mean_neg_dist"] == pytest.approx(0.7)
+    assert diag.loc["nokd", "loss.triplet"] == pytest.approx(0.1) and diag.loc["nokd", "active_fraction"] == 1.0
 
 
 def test_study_runs_table_columns() -> None:

@@ -413,15 +413,22 @@ def diagnostics_table(epochs: pd.DataFrame, last_fraction: float = 0.25) -> pd.D
 
     Columns: ``val_AR@1`` (and its change over that window, ``val_AR@1 slope/epoch``: ≈ 0 when converged),
     the student and teacher norms, every ``grad_ratio/<term>`` (how hard each distillation term pulls on the
-    student embedding relative to the task term) and the hyperbolic clamp shares.
+    student embedding relative to the task term), the hyperbolic clamp shares, and the task triplet's spread:
+    its mined distances ``mean_pos_dist`` / ``mean_neg_dist`` (each anchor's hardest positive / negative, on
+    the embeddings the task sees), ``active_fraction`` and its weighted loss ``loss.<task term>`` — equal
+    distances with the loss at ``weight × margin`` is the degenerate point where the triplet no longer
+    separates positives from negatives (README, Study, Result 7).
 
     Args:
         epochs: :func:`epoch_table` output.
     """
     if epochs.empty:
         return pd.DataFrame()
+    from distilvpr_lib.engine.objectives import STUDENT_TASK_TERM
+
     keep = ["val_AR@1", "student_norm_mean", "teacher_norm_mean", "hyperbolic_clamp_student",
-            "hyperbolic_clamp_teacher", *sorted(c for c in epochs.columns if c.startswith("grad_ratio/"))]
+            "hyperbolic_clamp_teacher", *sorted(c for c in epochs.columns if c.startswith("grad_ratio/")),
+            "mean_pos_dist", "mean_neg_dist", "active_fraction", f"loss.{STUDENT_TASK_TERM}"]
     keep = [c for c in keep if c in epochs]
     rows = {}
     for variation, group in epochs.groupby("variation"):
