@@ -1,4 +1,4 @@
-"""``distilvpr synth --profile {smoke,cpu,paper} --out DIR [--seed N] [--layout {oxford,boreas}]``.
+"""``distilvpr synth --profile {smoke,cpu,study,paper} --out DIR [--seed N] [--layout {oxford,boreas}]``.
 
 Generates the procedural multi-modal dataset (clouds, images, CSVs, pickles) into ``DIR``;
 re-running completes an interrupted generation (only missing files are rendered).

@@ -1,4 +1,4 @@
-"""``distilvpr train-teacher --dataset DIR [--profile smoke|cpu|paper] [--set section.field=value ...]
+"""``distilvpr train-teacher --dataset DIR [--profile smoke|cpu|study|paper] [--set section.field=value ...]
 [--seed N] [--epochs N] [--out teacher_weights/NAME] [--backend torch|minkowski] [--device auto|cpu|cuda]``.
 
 Trains the multi-modal teacher (engine.teacher_run.train_teacher): the epoch is selected on the validation
@@ -19,7 +19,7 @@ import sys
 from collections.abc import Iterable
 from typing import Any
 
-from distilvpr_lib.config import ExperimentConfig
+from distilvpr_lib.config import PROFILES, ExperimentConfig
 
 
 # ---------------------------------------------------------------------------
@@ -29,7 +29,7 @@ def add_common_training_options(parser: argparse.ArgumentParser, default_profile
     """Options every training subcommand takes (dataset, profile, overrides, seed, epochs, device, resume)."""
     parser.add_argument("--dataset", required=True, help="benchmark folder (Oxford or Boreas layout)")
     parser.add_argument("--image-dir", default=None, help="image folder (default: <dataset>/images for Oxford)")
-    parser.add_argument("--profile", default=default_profile, help="smoke | cpu | paper (default %(default)s)")
+    parser.add_argument("--profile", default=default_profile, help=f"{' | '.join(PROFILES)} (default %(default)s)")
     parser.add_argument("--set", dest="overrides", action="append", nargs="+", default=[], metavar="KEY=VALUE",
                         help="config override section.field=value (repeatable), e.g. train.batch_size=64")
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: the profile's train.seed)")
