@@ -15,6 +15,8 @@ import argparse
 import sys
 import warnings
 
+from distilvpr_lib.config import PROFILES
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``import-teacher`` subcommand."""
@@ -25,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("path", help="the reference .pth file")
     parser.add_argument("--out", required=True, help="teacher folder to write (teacher_weights/NAME)")
     parser.add_argument("--profile", default=None,
-                        help="settings other than the architecture (smoke | cpu | study | paper); default: the reference "
+                        help=f"settings other than the architecture ({' | '.join(PROFILES)}); default: the reference "
                              "defaults (paper) with the dataset and batch size of the experiment name")
     parser.add_argument("--set", dest="overrides", action="append", nargs="+", default=[], metavar="KEY=VALUE",
                         help="config override section.field=value (repeatable), e.g. data.dataset_dir=data/oxford")

@@ -15,13 +15,15 @@ import argparse
 import sys
 from pathlib import Path
 
+from distilvpr_lib.config import PROFILES
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "train", help="train with the reference DistilVPR option names (train.py compatible)",
         description="Accepts the option names of the reference tools/options.py; values not given come from "
                     "--profile (default paper = the reference defaults).")
-    p.add_argument("--profile", default="paper", help="defaults for options not given (smoke | cpu | study | paper)")
+    p.add_argument("--profile", default="paper", help=f"defaults for options not given ({' | '.join(PROFILES)})")
     p.add_argument("--faithful", action="store_true",
                    help="reproduce the reference's number-changing quirks (see distilvpr_lib.reference)")
     p.add_argument("--out", default=None, help="output folder (default: runs/<reference experiment name>)")
