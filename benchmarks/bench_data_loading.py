@@ -127,8 +127,8 @@ def time_teacher_steps(batches: list, profile: str) -> float:
     import torch
 
     from distilvpr_lib.config import profile_config
-    from distilvpr_lib.engine.objectives import TeacherObjective
-    from distilvpr_lib.engine.optim import build_optimizer, teacher_parameter_groups
+    from distilvpr_lib.engine.train.objectives import TeacherObjective
+    from distilvpr_lib.engine.train.optim import build_optimizer, teacher_parameter_groups
     from distilvpr_lib.models import build_teacher
 
     cfg = profile_config(profile)

@@ -2,7 +2,7 @@
 
 Each configuration runs the real engine (``run_setup.make_training_loader`` -> ``Trainer.fit``: data loading and
 augmentation in the process, forward, global-batch loss, backward, DDP gradient average, Adam) for a few
-epochs of a generated dataset, in fresh processes started like torchrun would (``engine.distributed.
+epochs of a generated dataset, in fresh processes started like torchrun would (``engine.train.distributed.
 spawn_local`` sets RANK / WORLD_SIZE / MASTER_*; with 1 process the ordinary single-process engine runs).
 Validation, test evaluation and checkpoint time are not counted: samples/s = samples trained in an
 epoch / the epoch's training seconds, the median over the epochs after the first (warm-up).
@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from distilvpr_lib.config import apply_overrides, profile_config  # noqa: E402
-from distilvpr_lib.engine.distributed import spawn_local  # noqa: E402
+from distilvpr_lib.engine.train.distributed import spawn_local  # noqa: E402
 
 
 def _worker(kind: str, profile: str, dataset: str, epochs: int, threads: int, result_path: str,
@@ -49,13 +49,13 @@ def _worker(kind: str, profile: str, dataset: str, epochs: int, threads: int, re
     """One rank of a configuration: train ``epochs`` epochs, rank 0 writes the per-epoch records."""
     torch.set_num_threads(threads)
     from distilvpr_lib.data.benchmark import Benchmark
-    from distilvpr_lib.engine.run_setup import make_training_loader
-    from distilvpr_lib.engine.distributed import init_distributed, shutdown_distributed
-    from distilvpr_lib.engine.seeding import seed_everything
-    from distilvpr_lib.engine.teacher_cache import TeacherCache
-    from distilvpr_lib.engine.loop import Trainer
-    from distilvpr_lib.engine.objectives import StudentObjective, TeacherObjective
-    from distilvpr_lib.engine.optim import (
+    from distilvpr_lib.engine.runs.run_setup import make_training_loader
+    from distilvpr_lib.engine.train.distributed import init_distributed, shutdown_distributed
+    from distilvpr_lib.engine.train.seeding import seed_everything
+    from distilvpr_lib.engine.runs.teacher_cache import TeacherCache
+    from distilvpr_lib.engine.train.loop import Trainer
+    from distilvpr_lib.engine.train.objectives import StudentObjective, TeacherObjective
+    from distilvpr_lib.engine.train.optim import (
         build_optimizer,
         build_scheduler,
         student_parameter_groups,

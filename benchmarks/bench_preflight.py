@@ -2,7 +2,7 @@
 
 Measures, on an existing dataset (default: the ``cpu`` profile's ``data/cpu``), the dataset part of the
 preflight (pickles loaded and validated, every referenced cloud ``stat``-ed, every image header read;
-``engine.preflight.preflight_dataset``), the same with every image decoded (what ``check-data --deep``
+``engine.runs.preflight.preflight_dataset``), the same with every image decoded (what ``check-data --deep``
 adds), and the weights part (a state_dict checked against the config's model built on the meta device).
 
 It never generates data: when the dataset folder does not exist it says so and exits 0 (make one with
@@ -43,8 +43,8 @@ def main() -> int:
     args = parser.parse_args()
 
     from distilvpr_lib.config import profile_config
-    from distilvpr_lib.engine.checkpoint import save_weights
-    from distilvpr_lib.engine.preflight import PreflightReport, preflight_dataset, preflight_weights
+    from distilvpr_lib.engine.train.checkpoint import save_weights
+    from distilvpr_lib.engine.runs.preflight import PreflightReport, preflight_dataset, preflight_weights
     from distilvpr_lib.models import build_teacher
 
     cfg = profile_config(args.profile)

@@ -1,4 +1,4 @@
-"""Time the exact search backends of ``distilvpr_lib.engine.search`` on a retrieval of
+"""Time the exact search backends of ``distilvpr_lib.engine.evaluation.search`` on a retrieval of
 3,000 queries x 25,000 database items x 384 dimensions (the student embedding size), k = 25.
 
 Queries are noisy copies of random database items (a place-recognition-like set-up). For every
@@ -35,7 +35,7 @@ def main() -> None:
 
     import torch
 
-    from distilvpr_lib.engine.search import SEARCH_BACKENDS, search
+    from distilvpr_lib.engine.evaluation.search import SEARCH_BACKENDS, search
 
     torch.set_num_threads(args.threads)
     backends = args.backends or ["torch", "sklearn"] + (["faiss"] if importlib.util.find_spec("faiss") else [])

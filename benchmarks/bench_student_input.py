@@ -33,10 +33,10 @@ def main() -> None:
 
     from distilvpr_lib.config import apply_overrides, profile_config
     from distilvpr_lib.data.benchmark import Benchmark
-    from distilvpr_lib.engine.run_setup import make_cached_student_loader, make_training_loader
-    from distilvpr_lib.engine.distributed import single_process_context
-    from distilvpr_lib.engine.objectives import StudentObjective
-    from distilvpr_lib.engine.optim import build_optimizer, student_parameter_groups
+    from distilvpr_lib.engine.runs.run_setup import make_cached_student_loader, make_training_loader
+    from distilvpr_lib.engine.train.distributed import single_process_context
+    from distilvpr_lib.engine.train.objectives import StudentObjective
+    from distilvpr_lib.engine.train.optim import build_optimizer, student_parameter_groups
     from distilvpr_lib.models import build_student
 
     torch.set_num_threads(1)

@@ -78,9 +78,9 @@ def make_batch(coords: torch.Tensor, batch: int, height: int, width: int, seed: 
 def teacher_step_fn(model_cfg: ModelConfig, train_cfg: TrainConfig, bf16: bool = False):
     """A teacher train step; ``bf16``: bfloat16 autocast on the CPU with the sparse branch kept in float32,
     exactly as the trainer runs it (``train.mixed_precision``, ``amp_dtype="bfloat16"``)."""
-    from distilvpr_lib.engine.devices import keep_float32_under_autocast
-    from distilvpr_lib.engine.objectives import TeacherObjective
-    from distilvpr_lib.engine.optim import build_optimizer, teacher_parameter_groups
+    from distilvpr_lib.engine.train.devices import keep_float32_under_autocast
+    from distilvpr_lib.engine.train.objectives import TeacherObjective
+    from distilvpr_lib.engine.train.optim import build_optimizer, teacher_parameter_groups
 
     torch.manual_seed(0)
     model = build_teacher(model_cfg).train()
@@ -101,7 +101,7 @@ def teacher_step_fn(model_cfg: ModelConfig, train_cfg: TrainConfig, bf16: bool =
 
 def student_step_fn(model_cfg: ModelConfig, train_cfg: TrainConfig, bf16: bool = False):
     """A student train step (task triplet only); ``bf16``: bfloat16 autocast of the forward on the CPU."""
-    from distilvpr_lib.engine.optim import build_optimizer, student_parameter_groups
+    from distilvpr_lib.engine.train.optim import build_optimizer, student_parameter_groups
     from distilvpr_lib.losses.triplet import teacher_task_loss
 
     torch.manual_seed(0)

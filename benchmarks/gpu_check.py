@@ -188,10 +188,10 @@ def section_sparse(device: torch.device, batch_size: int, skip_cpu: bool, quick:
 
 
 def _step_runner(kind: str, device: torch.device, amp: str | None, batch: dict[str, Any], quick: bool) -> dict[str, Any]:
-    from distilvpr_lib.engine.teacher_cache import TeacherCache
-    from distilvpr_lib.engine.loop import Trainer
-    from distilvpr_lib.engine.objectives import StudentObjective, TeacherObjective
-    from distilvpr_lib.engine.optim import (
+    from distilvpr_lib.engine.runs.teacher_cache import TeacherCache
+    from distilvpr_lib.engine.train.loop import Trainer
+    from distilvpr_lib.engine.train.objectives import StudentObjective, TeacherObjective
+    from distilvpr_lib.engine.train.optim import (
         build_optimizer,
         build_scheduler,
         student_parameter_groups,
@@ -269,7 +269,7 @@ def section_training_steps(device: torch.device, batch_size: int, image_hw: tupl
 def section_ddp(device: torch.device, out_dir: Path) -> None:
     from distributed_helpers import gradient_worker
 
-    from distilvpr_lib.engine.distributed import spawn_local
+    from distilvpr_lib.engine.train.distributed import spawn_local
 
     backend = "nccl" if device.type == "cuda" and torch.cuda.device_count() >= 2 else "gloo"
     folder = out_dir / "ddp"
@@ -285,8 +285,8 @@ def section_ddp(device: torch.device, out_dir: Path) -> None:
 
 def section_engine(device: torch.device, out_dir: Path) -> None:
     from distilvpr_lib.data.toy import write_toy_oxford_dataset
-    from distilvpr_lib.engine.student_run import distill_student
-    from distilvpr_lib.engine.teacher_run import train_teacher
+    from distilvpr_lib.engine.runs.student_run import distill_student
+    from distilvpr_lib.engine.runs.teacher_run import train_teacher
 
     dataset = write_toy_oxford_dataset(out_dir / "toy", n_runs=3, route_length_m=300.0)
     cfg = apply_overrides(profile_config("smoke"), {"data.dataset_dir": str(dataset), "train.device": str(device),

@@ -231,7 +231,7 @@ def _last_error_line(stderr: str) -> str:
 
 def preflight_grid(grid: "Grid | str | Path", out_root: str | Path = "runs") -> "Grid":
     """What a batch reads, checked before ``OUT/<batch>/`` is created: the grid, its notebook, every distinct
-    ``dataset`` parameter (training set, test split, images; :mod:`distilvpr_lib.engine.preflight`) and every
+    ``dataset`` parameter (training set, test split, images; :mod:`distilvpr_lib.engine.runs.preflight`) and every
     ``teacher`` folder that exists. Per-run settings (a bad method) are left to the runs, which fail alone.
 
     Raises:
@@ -239,7 +239,7 @@ def preflight_grid(grid: "Grid | str | Path", out_root: str | Path = "runs") -> 
             a dataset, teacher or the output folder is unusable (exit 1).
     """
     from distilvpr_lib.config import profile_config
-    from distilvpr_lib.engine.preflight import preflight_dataset, preflight_out_dir, preflight_teacher_folder
+    from distilvpr_lib.engine.runs.preflight import preflight_dataset, preflight_out_dir, preflight_teacher_folder
     from distilvpr_lib.paths import project_path
 
     if not isinstance(grid, Grid):

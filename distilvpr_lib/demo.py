@@ -145,7 +145,7 @@ def write_report(demo_dir: Path, teacher: Path, nokd_dir: Path, distil_dir: Path
                  timings: dict[str, float]) -> Path:
     """Write ``report.md`` with the key tables and the paths of every figure."""
     from distilvpr_lib.data.files import atomic_write
-    from distilvpr_lib.engine.report import comparison_table
+    from distilvpr_lib.analysis.report import comparison_table
 
     table = comparison_table({"teacher": teacher, "no-KD student": nokd_dir, "DistilVPR student": distil_dir})
     ablation_csv = demo_dir / "04_ablation_analysis" / "ablation_table.csv"

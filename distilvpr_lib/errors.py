@@ -11,7 +11,7 @@ for any exception). No message of the project ever suggests ``torch.load(weights
 :func:`describe_torch_load_error` rewrites torch's advice into what the file's problem is.
 
 This module sits at the bottom of the layers (next to ``config``): ``data``, ``models``, ``engine``,
-``batch`` and ``commands`` all raise these types (import them from here). ``engine.checkpoint.CheckpointError``
+``batch`` and ``commands`` all raise these types (import them from here). ``engine.train.checkpoint.CheckpointError``
 is the same class, re-exported where it was first defined.
 """
 

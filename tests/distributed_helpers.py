@@ -1,6 +1,6 @@
 """Worker functions for tests/test_distributed.py, run in spawned processes (importable by module name).
 
-Each worker reads torchrun's environment (set by ``engine.distributed.spawn_local``), asserts what it
+Each worker reads torchrun's environment (set by ``engine.train.distributed.spawn_local``), asserts what it
 can on its own, and leaves JSON/tensor files in the test's folder for the parent to check.
 """
 
@@ -43,11 +43,11 @@ def gradient_worker(out_dir: str, world_size: int, device: str = "cpu", backend:
     from distilvpr_lib.config import profile_config
     from distilvpr_lib.data.collate import make_masks
     from distilvpr_lib.data.sampler import DistributedPositivePairBatchSampler, PositivePairBatchSampler, split_pairs
-    from distilvpr_lib.engine.distributed import assemble_global_batch, init_distributed, shutdown_distributed
-    from distilvpr_lib.engine.teacher_cache import TeacherCache
-    from distilvpr_lib.engine.loop import Trainer
-    from distilvpr_lib.engine.objectives import StudentObjective, TeacherObjective
-    from distilvpr_lib.engine.optim import (
+    from distilvpr_lib.engine.train.distributed import assemble_global_batch, init_distributed, shutdown_distributed
+    from distilvpr_lib.engine.runs.teacher_cache import TeacherCache
+    from distilvpr_lib.engine.train.loop import Trainer
+    from distilvpr_lib.engine.train.objectives import StudentObjective, TeacherObjective
+    from distilvpr_lib.engine.train.optim import (
         build_optimizer,
         build_scheduler,
         student_parameter_groups,
@@ -119,7 +119,7 @@ def gradient_worker(out_dir: str, world_size: int, device: str = "cpu", backend:
         if kind == "student":  # control: per-rank batch-norm statistics change the loss measurably
             plain = copy.deepcopy(reference)
             with torch.no_grad():
-                from distilvpr_lib.engine.distributed import gather_outputs, gather_sizes
+                from distilvpr_lib.engine.train.distributed import gather_outputs, gather_sizes
 
                 local = plain(batch_of(local_ids, True))
                 gathered = gather_outputs(ctx, local, gather_sizes(ctx, len(local_ids)))
@@ -133,10 +133,11 @@ def gradient_worker(out_dir: str, world_size: int, device: str = "cpu", backend:
 
 
 def teacher_run_worker(out_dir: str, dataset: str, epochs: int) -> None:
-    """``engine.teacher_run.train_teacher`` on this rank, recording which rank writes which file."""
+    """``engine.runs.teacher_run.train_teacher`` on this rank, recording which rank writes which file."""
     torch.set_num_threads(1)
     from distilvpr_lib.config import apply_overrides, profile_config
-    from distilvpr_lib.engine import checkpoint, loop, teacher_cache, teacher_run
+    from distilvpr_lib.engine.runs import teacher_cache, teacher_run
+    from distilvpr_lib.engine.train import checkpoint, loop
 
     rank = int(os.environ["RANK"])
     log_path = Path(out_dir) / f"writes_rank{rank}.txt"

@@ -86,7 +86,7 @@ LONG_MODULES: dict[str, str] = {
     "distilvpr_lib/data/synth/world.py": "the procedural city (streets, blocks, buildings, trees, seasons)",
     "distilvpr_lib/data/synth/camera.py": "the software camera renderer (ray casting, shading, sky, noise)",
     "distilvpr_lib/models/sparse/torch_backend.py": "the pure-PyTorch sparse convolution backend",
-    "distilvpr_lib/engine/distributed.py": "torch.distributed support (contexts, gathers, global batch norm)",
+    "distilvpr_lib/engine/train/distributed.py": "torch.distributed support (contexts, gathers, global batch norm)",
 }
 
 

@@ -35,7 +35,7 @@ def test_smoke_demo_runs_every_notebook_and_reports(tmp_path: Path, monkeypatch:
     # 5-run world, 30 epochs: distilvpr_lib.demo.DEMO_SETTINGS) beats a random ranking of each database by far.
     # Fixed seed 7: AR@1 40.71 vs chance 14.70 (measured; seeds 1, 2, 3: 30.00, 31.43, 38.57, all > 2x chance).
     from distilvpr_lib.data.benchmark import Benchmark
-    from distilvpr_lib.engine.evaluate import chance_recall_at_n
+    from distilvpr_lib.engine.evaluation.evaluate import chance_recall_at_n
 
     teacher = json.loads((tmp_path / "teacher_weights" / "smoke-demo" / "metrics.json").read_text())
     assert teacher["best_epoch"] == 30

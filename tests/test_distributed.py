@@ -1,4 +1,4 @@
-"""Distributed data-parallel training (engine.distributed, DistributedPositivePairBatchSampler, torchrun).
+"""Distributed data-parallel training (engine.train.distributed, DistributedPositivePairBatchSampler, torchrun).
 
 Unit tests run in-process. The ``distributed`` tests start 2 gloo processes on the CPU:
 * one DDP step of the smoke student (DistilVPR objective) and teacher equals the single-process step on the
@@ -24,8 +24,8 @@ from distributed_helpers import gradient_worker, synthetic_tuples, teacher_run_w
 
 from distilvpr_lib.config import apply_overrides, profile_config
 from distilvpr_lib.data.sampler import DistributedPositivePairBatchSampler, PositivePairBatchSampler, split_pairs
-from distilvpr_lib.engine import distributed as dist_engine
-from distilvpr_lib.engine.distributed import DistributedBatchNorm, convert_batchnorm, spawn_local
+from distilvpr_lib.engine.train import distributed as dist_engine
+from distilvpr_lib.engine.train.distributed import DistributedBatchNorm, convert_batchnorm, spawn_local
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -191,7 +191,7 @@ def test_single_process_context_without_torchrun(monkeypatch):
 
 
 def test_runtime_fields_leave_the_fingerprint_alone():
-    from distilvpr_lib.engine.run_folder import RUNTIME_FIELDS, config_fingerprint
+    from distilvpr_lib.engine.runs.run_folder import RUNTIME_FIELDS, config_fingerprint
 
     base = profile_config("smoke")
     changed = apply_overrides(base, {"train.amp_dtype": "bfloat16", "train.channels_last": False,
@@ -207,7 +207,7 @@ def test_runtime_fields_leave_the_fingerprint_alone():
 def test_fingerprint_ignores_fields_at_their_default():
     """A field added in a later version (at its default) leaves older run folders resumable."""
     from distilvpr_lib.config import DistillConfig
-    from distilvpr_lib.engine.run_folder import config_fingerprint
+    from distilvpr_lib.engine.runs.run_folder import config_fingerprint
 
     base = profile_config("smoke")
     assert config_fingerprint(apply_overrides(base, {"distill.teacher_head": DistillConfig().teacher_head})) == \
@@ -227,7 +227,7 @@ def test_paper_profile_has_the_reference_settings():
 
 
 def test_amp_dtype_resolution():
-    from distilvpr_lib.engine.devices import resolve_amp_dtype
+    from distilvpr_lib.engine.train.devices import resolve_amp_dtype
 
     assert resolve_amp_dtype("float16", "cpu") is torch.float16
     assert resolve_amp_dtype("bfloat16", "cpu") is torch.bfloat16
@@ -239,7 +239,7 @@ def test_amp_dtype_resolution():
 def test_cpu_autocast_only_in_bfloat16():
     """Mixed precision on the CPU means bfloat16 autocast; float16 autocast is left off there."""
     from distilvpr_lib.config import TrainConfig
-    from distilvpr_lib.engine.loop import Trainer
+    from distilvpr_lib.engine.train.loop import Trainer
 
     model = torch.nn.Linear(2, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -257,7 +257,7 @@ def test_cpu_autocast_only_in_bfloat16():
 
 def test_loader_settings(toy_dataset):
     from distilvpr_lib.data.benchmark import Benchmark
-    from distilvpr_lib.engine.run_setup import make_training_loader
+    from distilvpr_lib.engine.runs.run_setup import make_training_loader
 
     benchmark = Benchmark.load(toy_dataset)
     cpu = dist_engine.single_process_context("cpu")
@@ -276,7 +276,7 @@ def test_loader_settings(toy_dataset):
 def test_cloud_branch_stays_float32_under_autocast(dtype):
     """The sparse backend cannot run under autocast; mixed precision keeps the cloud branch in float32."""
     from distilvpr_lib.data.collate import batch_coordinates, quantize
-    from distilvpr_lib.engine.devices import keep_float32_under_autocast
+    from distilvpr_lib.engine.train.devices import keep_float32_under_autocast
     from distilvpr_lib.models import build_student, build_teacher
 
     generator = torch.Generator().manual_seed(0)
@@ -300,9 +300,9 @@ def test_cloud_branch_stays_float32_under_autocast(dtype):
 
 
 def test_saved_model_loads_without_its_pretrained_file(tmp_path):
-    from distilvpr_lib.engine.checkpoint import save_weights
+    from distilvpr_lib.engine.train.checkpoint import save_weights
     from distilvpr_lib.data.files import write_json
-    from distilvpr_lib.engine.run_folder import load_model_from_dir
+    from distilvpr_lib.engine.runs.run_folder import load_model_from_dir
     from distilvpr_lib.models import build_student
 
     cfg = apply_overrides(profile_config("smoke"), {"model.pretrained_image_weights": str(tmp_path / "gone.pth")})
@@ -354,8 +354,8 @@ def ddp_teacher(toy_dataset, tmp_path_factory):
 @pytest.mark.distributed
 @pytest.mark.slow
 def test_two_process_teacher_run_then_single_process_resume(ddp_teacher, toy_dataset, tmp_path):
-    from distilvpr_lib.engine.checkpoint import load_checkpoint
-    from distilvpr_lib.engine.teacher_run import train_teacher
+    from distilvpr_lib.engine.train.checkpoint import load_checkpoint
+    from distilvpr_lib.engine.runs.teacher_run import train_teacher
 
     teacher = ddp_teacher / "teacher"
     # rank 0 alone wrote: config, checkpoints, weights, cache, metrics; rank 1 wrote nothing

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from distilvpr_lib.engine.embed import compute_embeddings, compute_split_embeddings, evaluate_model
-from distilvpr_lib.engine.evaluate import evaluate_retrieval
+from distilvpr_lib.engine.evaluation.embed import compute_embeddings, compute_split_embeddings, evaluate_model
+from distilvpr_lib.engine.evaluation.evaluate import evaluate_retrieval
 
 N_PLACES, N_RUNS = 12, 3
 RNG = np.random.default_rng(0)

@@ -40,7 +40,7 @@ def test_torch_load_errors_never_advise_weights_only_false(tmp_path: Path) -> No
 
     import torch
 
-    from distilvpr_lib.engine.checkpoint import CheckpointError, load_weights
+    from distilvpr_lib.engine.train.checkpoint import CheckpointError, load_weights
 
     evil = tmp_path / "evil.pt"
     torch.save({"x": datetime.date(2020, 1, 1)}, evil)  # any global outside torch's allow-list
@@ -63,7 +63,7 @@ def test_state_dict_mismatches_list_missing_shape_and_unexpected_keys(tmp_path: 
     import pytest
     import torch
 
-    from distilvpr_lib.engine.checkpoint import CheckpointError, check_state_dict, state_dict_mismatches
+    from distilvpr_lib.engine.train.checkpoint import CheckpointError, check_state_dict, state_dict_mismatches
 
     expected = {"a.weight": torch.zeros(8, 3), "b.bias": torch.zeros(8)}
     found = {"a.weight": torch.zeros(4, 3), "c": torch.zeros(1)}
@@ -250,7 +250,7 @@ def test_atomic_write_follows_the_umask_not_mkstemp(tmp_path: Path, umask: int, 
 
 def test_guarded_run_locks_cleans_stale_temp_files_and_records_failure(tmp_path: Path) -> None:
     from distilvpr_lib.data.files import is_temp_file
-    from distilvpr_lib.engine.run_guard import RunFolderLock, check_not_locked, guarded_run
+    from distilvpr_lib.engine.runs.run_guard import RunFolderLock, check_not_locked, guarded_run
     from distilvpr_lib.errors import DataFormatError, RunFolderLockedError
 
     out = tmp_path / "run"
@@ -277,7 +277,7 @@ def test_guarded_run_locks_cleans_stale_temp_files_and_records_failure(tmp_path:
 
 
 def test_preflight_out_dir_refuses_a_file_and_writes_nothing(tmp_path: Path) -> None:
-    from distilvpr_lib.engine.preflight import preflight_out_dir
+    from distilvpr_lib.engine.runs.preflight import preflight_out_dir
     from distilvpr_lib.errors import RunFolderError
 
     (tmp_path / "f").write_text("x")
@@ -302,7 +302,7 @@ def test_collect_batch_of_a_missing_or_empty_folder_is_one_clear_error(tmp_path:
 
 
 def test_chance_recall_from_database_sizes() -> None:
-    from distilvpr_lib.engine.evaluate import chance_recall_at_n
+    from distilvpr_lib.engine.evaluation.evaluate import chance_recall_at_n
 
     database = [{k: {} for k in range(10)}, {k: {} for k in range(4)}]
     query = [{0: {1: [0]}, 1: {1: []}}, {0: {0: [1, 2]}}]  # run 0 vs db 1: 1 of 4; run 1 vs db 0: 2 of 10

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from distilvpr_lib.engine.evaluate import evaluate_retrieval
-from distilvpr_lib.engine.results import RetrievalResults, one_percent_k
+from distilvpr_lib.engine.evaluation.evaluate import evaluate_retrieval
+from distilvpr_lib.engine.evaluation.results import RetrievalResults, one_percent_k
 
 
 def unit(angles_deg) -> np.ndarray:

@@ -416,7 +416,7 @@ def test_batch_with_a_broken_dataset_creates_no_batch_folder(smoke_dataset: Path
 
 
 def test_second_writer_of_the_same_out_is_refused(smoke_dataset: Path, tmp_path: Path) -> None:
-    from distilvpr_lib.engine.run_guard import RunFolderLock
+    from distilvpr_lib.engine.runs.run_guard import RunFolderLock
 
     out = tmp_path / "teacher"
     with RunFolderLock(out):  # this test process stands for a run in progress

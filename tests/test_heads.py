@@ -1,4 +1,4 @@
-"""Per-head evaluation of a teacher (engine.run_evaluation.evaluate_heads: the modality gap) and the PCA
+"""Per-head evaluation of a teacher (engine.runs.run_evaluation.evaluate_heads: the modality gap) and the PCA
 embedding projection figure, on a tiny smoke teacher trained for one epoch."""
 
 from __future__ import annotations
@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from distilvpr_lib.config import apply_overrides, profile_config
-from distilvpr_lib.engine import embed
-from distilvpr_lib.engine.run_evaluation import HEAD_COLUMNS, evaluate_heads, head_split_embeddings, load_benchmark
-from distilvpr_lib.engine.run_folder import load_model_from_dir
-from distilvpr_lib.engine.teacher_run import train_teacher
+from distilvpr_lib.engine.evaluation import embed
+from distilvpr_lib.engine.runs.run_evaluation import HEAD_COLUMNS, evaluate_heads, head_split_embeddings, load_benchmark
+from distilvpr_lib.engine.runs.run_folder import load_model_from_dir
+from distilvpr_lib.engine.runs.teacher_run import train_teacher
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +77,7 @@ def test_head_embeddings_split_the_fused_embedding(smoke_teacher):
 
 
 def test_a_student_folder_is_refused(tmp_path, monkeypatch):
-    import distilvpr_lib.engine.run_evaluation as runs
+    import distilvpr_lib.engine.runs.run_evaluation as runs
 
     monkeypatch.setattr(runs, "load_model_from_dir", lambda *a, **k: (None, None, "student"))
     with pytest.raises(ValueError, match="needs a teacher"):

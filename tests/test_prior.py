@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from distilvpr_lib.config import apply_overrides, profile_config
-from distilvpr_lib.engine.prior import prior_synth_config, shared_buildings
+from distilvpr_lib.engine.runs.prior import prior_synth_config, shared_buildings
 from distilvpr_lib.models import build_student, build_teacher
 
 

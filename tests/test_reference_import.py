@@ -27,7 +27,7 @@ from torch import nn
 
 from distilvpr_lib.cli import main
 from distilvpr_lib.config import ModelConfig, profile_config
-from distilvpr_lib.engine.run_folder import IMPORT_FILE, import_reference_teacher, load_model_from_dir
+from distilvpr_lib.engine.runs.run_folder import IMPORT_FILE, import_reference_teacher, load_model_from_dir
 from distilvpr_lib.models import build_teacher
 from distilvpr_lib.models.reference_import import ReferenceCheckpointError, infer_architecture, prepare_reference_teacher
 from distilvpr_lib.models.reference_names import experiment_name_from_path, parse_checkpoint_name, parse_experiment_name
@@ -647,8 +647,8 @@ def test_train_path_imports_and_the_cache_is_built_on_demand(smoke_dataset, tmp_
     distill_student's get_teacher_cache builds the cache from the imported folder."""
     import argparse
 
-    from distilvpr_lib.engine.run_evaluation import load_benchmark
-    from distilvpr_lib.engine.student_cache import get_teacher_cache
+    from distilvpr_lib.engine.runs.run_evaluation import load_benchmark
+    from distilvpr_lib.engine.runs.student_cache import get_teacher_cache
     from distilvpr_lib.reference import add_reference_options, resolve_reference_options
 
     pth = smoke_reference_file(tmp_path)

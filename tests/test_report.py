@@ -1,4 +1,4 @@
-"""Tables of engine.report on hand-made batch frames (numbers computed by hand)."""
+"""Tables of analysis.report on hand-made batch frames (numbers computed by hand)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from distilvpr_lib.engine.report import (ablation_table, comparison_table, curvature_sweep, embedding_norm_table,
+from distilvpr_lib.analysis.report import (ablation_table, comparison_table, curvature_sweep, embedding_norm_table,
                                          loss_magnitudes, paired_differences)
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from distilvpr_lib.config import profile_config
-from distilvpr_lib.engine.objectives import RING_TERM, StudentObjective, ring_problem
+from distilvpr_lib.engine.train.objectives import RING_TERM, StudentObjective, ring_problem
 from distilvpr_lib.losses.ring import ring_loss
 
 
@@ -73,7 +73,7 @@ def test_ring_options_are_checked(weight: float, radius: float, message: str) ->
 
 
 def test_distill_refuses_a_bad_ring_option_before_writing(tmp_path) -> None:
-    from distilvpr_lib.engine.student_run import distill_student
+    from distilvpr_lib.engine.runs.student_run import distill_student
     from distilvpr_lib.errors import OptionError
 
     cfg = profile_config("smoke")

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from distilvpr_lib.engine.search import SEARCH_BACKENDS, get_backend, search
+from distilvpr_lib.engine.evaluation.search import SEARCH_BACKENDS, get_backend, search
 
 HAVE_FAISS = importlib.util.find_spec("faiss") is not None
 BACKENDS = ["torch", "sklearn"] + (["faiss"] if HAVE_FAISS else [])

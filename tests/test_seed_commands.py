@@ -46,7 +46,7 @@ def _train_teacher(data: Path, out: Path, extra: list[str]) -> None:
 def _chance_ar1(data: Path) -> float:
     """AR@1 of a random ranking on the test split (from the database sizes and true-neighbour counts)."""
     from distilvpr_lib.data.benchmark import Benchmark
-    from distilvpr_lib.engine.evaluate import chance_recall_at_n
+    from distilvpr_lib.engine.evaluation.evaluate import chance_recall_at_n
 
     benchmark = Benchmark.load(data)
     return chance_recall_at_n(benchmark.database_sets("test"), benchmark.query_sets("test"), n=1)

@@ -2,7 +2,7 @@
 
 ``docs/study/**/study_runs.csv`` is the study's record (the run folders are not committed). These tests read
 the committed files: each has the columns and names the study promises, holds one setup (one teacher), and
-its ``study_table.csv`` (the README's table) is what :func:`distilvpr_lib.engine.report.study_table` makes
+its ``study_table.csv`` (the README's table) is what :func:`distilvpr_lib.analysis.report.study_table` makes
 from it today — so a change to the statistics that would silently change a published number fails here.
 """
 
@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from distilvpr_lib.engine.report import study_table
-from distilvpr_lib.engine.run_records import STUDY_CSV_COLUMNS, read_recorded_runs
+from distilvpr_lib.analysis.report import study_table
+from distilvpr_lib.analysis.run_records import STUDY_CSV_COLUMNS, read_recorded_runs
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "study"
 RECORDS = sorted(DOCS.glob("**/study_runs.csv"))

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from distilvpr_lib.config import profile_config
-from distilvpr_lib.engine.prior import export_backbone
+from distilvpr_lib.engine.runs.prior import export_backbone
 from distilvpr_lib.models import build_student
 
 pytestmark = pytest.mark.slow

@@ -1,4 +1,4 @@
-"""The study's statistics and diagnostics against hand-computed cases (engine.report, engine.trainer)."""
+"""The study's statistics and diagnostics against hand-computed cases (analysis.report, engine.trainer)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 import torch
 
-from distilvpr_lib.engine.report import (bootstrap_mean_ci, choose_on_validation, paired_statistics, relation_auc,
+from distilvpr_lib.analysis.report import (bootstrap_mean_ci, choose_on_validation, paired_statistics, relation_auc,
                                          study_table)
-from distilvpr_lib.engine.objectives import STUDENT_TASK_TERM, hyperbolic_clamp_share, term_gradient_norms
+from distilvpr_lib.engine.train.objectives import STUDENT_TASK_TERM, hyperbolic_clamp_share, term_gradient_norms
 
 NOKD = [30.0, 32.0, 31.0, 29.0, 33.0]
 DIFF = [3.0, 2.0, 4.0, 1.0, 5.0]  # no ties in |d|: the exact Wilcoxon distribution applies
@@ -161,7 +161,7 @@ def _write_run(folder, seed: int, curve: list[float], norm: float) -> None:
 
 
 def test_epoch_and_diagnostics_tables(tmp_path) -> None:
-    from distilvpr_lib.engine.report import diagnostics_table, epoch_table
+    from distilvpr_lib.analysis.report import diagnostics_table, epoch_table
 
     _write_run(tmp_path / "nokd__seed0", 0, [10.0, 20.0, 30.0, 30.0], 4.0)
     _write_run(tmp_path / "nokd__seed1", 1, [12.0, 22.0, 32.0, 32.0], 6.0)
@@ -183,7 +183,7 @@ def test_epoch_and_diagnostics_tables(tmp_path) -> None:
 
 
 def test_study_runs_table_columns() -> None:
-    from distilvpr_lib.engine.run_records import STUDY_CSV_COLUMNS, study_runs_table
+    from distilvpr_lib.analysis.run_records import STUDY_CSV_COLUMNS, study_runs_table
 
     runs = pd.DataFrame([{"variation": "nokd", "status": "ok", "param.seed": 1, "seed": 1, "best_epoch": 7,
                           "validation.AR@1": 40.0, "test.AR@1": 38.0, "test.AR@5": 60.0, "test.AR@1%": 38.0,
@@ -196,7 +196,7 @@ def test_study_runs_table_columns() -> None:
 
 
 def test_split_pair_masks_by_hand() -> None:
-    from distilvpr_lib.engine.relation_information import split_pair_masks
+    from distilvpr_lib.analysis.relation_information import split_pair_masks
 
     class Bench:
         def database_sets(self, split):
@@ -215,7 +215,7 @@ def test_split_pair_masks_by_hand() -> None:
 
 def test_distill_from_one_head_dimension_free_terms_only() -> None:
     from distilvpr_lib.config import DistillConfig
-    from distilvpr_lib.engine.teacher_cache import cache_file_name
+    from distilvpr_lib.engine.runs.teacher_cache import cache_file_name
     from distilvpr_lib.losses.distiller import Distiller
 
     torch.manual_seed(0)
@@ -238,7 +238,7 @@ def test_distill_from_one_head_dimension_free_terms_only() -> None:
 
 
 def test_top1_by_run_pairs_by_hand() -> None:
-    from distilvpr_lib.engine.relation_information import top1_recall_by_run_pairs
+    from distilvpr_lib.analysis.relation_information import top1_recall_by_run_pairs
 
     # two runs over the same three places (0, 100, 200 m); run 1's descriptor of place 100 m looks like place 200 m
     xy = np.array([[0.0, 0], [100, 0], [200, 0], [0, 0], [100, 0], [200, 0]])
@@ -259,7 +259,7 @@ def test_top1_by_run_pairs_by_hand() -> None:
 
 
 def test_relation_runs_and_their_mean_over_seeds(tmp_path) -> None:
-    from distilvpr_lib.engine.relation_information import mean_over_seeds, relation_run_dirs
+    from distilvpr_lib.analysis.relation_information import mean_over_seeds, relation_run_dirs
 
     runs = pd.DataFrame({"variation": ["nokd", "nokd", "nokd", "kd", "kd"], "status": ["ok", "ok", "failed", "ok", "ok"],
                          "param.seed": [1, 0, 2, 0, 3], "run": ["n1", "n0", "n2", "k0", "k3"]})
@@ -279,7 +279,7 @@ def test_relation_runs_and_their_mean_over_seeds(tmp_path) -> None:
 
 
 def test_recorded_runs_round_trip_and_merge(tmp_path) -> None:
-    from distilvpr_lib.engine.run_records import read_recorded_runs, study_runs_table, with_recorded_runs
+    from distilvpr_lib.analysis.run_records import read_recorded_runs, study_runs_table, with_recorded_runs
     from distilvpr_lib.errors import DataFormatError, MissingDataError
 
     def row(variation: str, seed: int, test: float) -> dict:
@@ -322,7 +322,7 @@ def _teacher_row(variation: str, seed: int, teacher_norm: float) -> dict:
 def test_recorded_runs_from_another_teacher_are_refused(tmp_path) -> None:
     """Seeds pair only within one setup: a record made with another teacher (its embedding norm, a fingerprint
     of the teacher, differs) must not be merged with the batch's runs."""
-    from distilvpr_lib.engine.run_records import read_recorded_runs, study_runs_table, with_recorded_runs
+    from distilvpr_lib.analysis.run_records import read_recorded_runs, study_runs_table, with_recorded_runs
     from distilvpr_lib.errors import DataFormatError
 
     csv = tmp_path / "study_runs.csv"
@@ -337,7 +337,7 @@ def test_recorded_runs_from_another_teacher_are_refused(tmp_path) -> None:
 def test_recorded_runs_distilling_from_another_head_are_not_refused(tmp_path) -> None:
     """A variation distilling from the cloud head records that head's norm (8.06 in the study where the fused
     descriptor's is 11.51): same setup, so it merges; the check compares norms variation by variation."""
-    from distilvpr_lib.engine.run_records import read_recorded_runs, study_runs_table, with_recorded_runs
+    from distilvpr_lib.analysis.run_records import read_recorded_runs, study_runs_table, with_recorded_runs
     from distilvpr_lib.errors import DataFormatError
 
     csv = tmp_path / "study_runs.csv"

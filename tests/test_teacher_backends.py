@@ -1,4 +1,4 @@
-"""The smoke profile trains a teacher end to end (engine.teacher_run.train_teacher, one epoch) with each
+"""The smoke profile trains a teacher end to end (engine.runs.teacher_run.train_teacher, one epoch) with each
 sparse backend: the pure-PyTorch one and MinkowskiEngine (``minkowski`` marker)."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from distilvpr_lib.config import apply_overrides, profile_config
-from distilvpr_lib.engine.checkpoint import load_weights
-from distilvpr_lib.engine.teacher_run import train_teacher
+from distilvpr_lib.engine.train.checkpoint import load_weights
+from distilvpr_lib.engine.runs.teacher_run import train_teacher
 
 HAS_MINKOWSKI = importlib.util.find_spec("MinkowskiEngine") is not None
 
@@ -44,7 +44,7 @@ def test_smoke_profile_trains_a_teacher_with_each_backend(backend, toy_dataset, 
     assert math.isfinite(losses["total"]) and losses["total"] > 0.0
     # a trained teacher beats a random ranking of each database by far (fixed seed; chance from the set sizes)
     from distilvpr_lib.data.benchmark import Benchmark
-    from distilvpr_lib.engine.evaluate import chance_recall_at_n
+    from distilvpr_lib.engine.evaluation.evaluate import chance_recall_at_n
 
     benchmark = Benchmark.load(toy_dataset)
     chance = chance_recall_at_n(benchmark.database_sets("test"), benchmark.query_sets("test"), n=1)
@@ -52,7 +52,7 @@ def test_smoke_profile_trains_a_teacher_with_each_backend(backend, toy_dataset, 
     assert metrics["test"]["AR@1"] > 2 * chance, (metrics["test"]["AR@1"], chance)
     # training moved the cloud branch away from its initialisation (gradients reached the sparse convs)
     weights = load_weights(folder / "teacher.pt")
-    from distilvpr_lib.engine.seeding import seed_everything
+    from distilvpr_lib.engine.train.seeding import seed_everything
     from distilvpr_lib.models import build_teacher
 
     seed_everything(cfg.train.seed)

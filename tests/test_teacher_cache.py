@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from distilvpr_lib.config import profile_config
-from distilvpr_lib.engine.teacher_cache import (
+from distilvpr_lib.engine.runs.teacher_cache import (
     CACHE_FORMAT,
     TeacherCache,
     build_teacher_cache,

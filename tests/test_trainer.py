@@ -12,14 +12,14 @@ import torch
 from torch import nn
 
 from distilvpr_lib.config import profile_config
-from distilvpr_lib.engine import checkpoint as checkpoint_module
-from distilvpr_lib.engine.checkpoint import load_checkpoint, load_weights
-from distilvpr_lib.engine.seeding import capture_rng_state, configure_determinism, restore_rng_state, seed_everything
-from distilvpr_lib.engine.teacher_cache import TeacherCache
-from distilvpr_lib.engine.devices import resolve_device
-from distilvpr_lib.engine.loop import Trainer
-from distilvpr_lib.engine.objectives import StudentObjective, TeacherObjective
-from distilvpr_lib.engine.optim import (
+from distilvpr_lib.engine.train import checkpoint as checkpoint_module
+from distilvpr_lib.engine.train.checkpoint import load_checkpoint, load_weights
+from distilvpr_lib.engine.train.seeding import capture_rng_state, configure_determinism, restore_rng_state, seed_everything
+from distilvpr_lib.engine.runs.teacher_cache import TeacherCache
+from distilvpr_lib.engine.train.devices import resolve_device
+from distilvpr_lib.engine.train.loop import Trainer
+from distilvpr_lib.engine.train.objectives import StudentObjective, TeacherObjective
+from distilvpr_lib.engine.train.optim import (
     build_optimizer,
     build_scheduler,
     student_parameter_groups,

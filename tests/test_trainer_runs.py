@@ -1,4 +1,4 @@
-"""End-to-end teacher and student runs at smoke size (engine.teacher_run, engine.student_run): files written, metrics,
+"""End-to-end teacher and student runs at smoke size (engine.runs.teacher_run, engine.runs.student_run): files written, metrics,
 validation-only selection, every named term logged, cache reuse, resume."""
 
 from __future__ import annotations
@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from distilvpr_lib.config import apply_overrides, profile_config
-from distilvpr_lib.engine import embed
-from distilvpr_lib.engine.checkpoint import load_checkpoint, load_weights
-from distilvpr_lib.engine.run_evaluation import evaluate_run
-from distilvpr_lib.engine.student_run import distill_student
-from distilvpr_lib.engine.student_cache import get_teacher_cache
-from distilvpr_lib.engine.teacher_run import train_teacher
-from distilvpr_lib.engine.teacher_cache import TeacherCache
+from distilvpr_lib.engine.evaluation import embed
+from distilvpr_lib.engine.train.checkpoint import load_checkpoint, load_weights
+from distilvpr_lib.engine.runs.run_evaluation import evaluate_run
+from distilvpr_lib.engine.runs.student_run import distill_student
+from distilvpr_lib.engine.runs.student_cache import get_teacher_cache
+from distilvpr_lib.engine.runs.teacher_run import train_teacher
+from distilvpr_lib.engine.runs.teacher_cache import TeacherCache
 from distilvpr_lib.errors import OptionError
 from distilvpr_lib.losses.distiller import Distiller
 

@@ -16,8 +16,8 @@ from matplotlib.patches import Rectangle
 from distilvpr_lib.data.benchmark import Benchmark
 from distilvpr_lib.viz import MATCH_COLOUR, MISS_COLOUR, figure_png, save_figure, write_metrics
 from distilvpr_lib.viz import figures as F
-from distilvpr_lib.engine import retrieval_queries as Q
-from distilvpr_lib.engine import run_results as RR
+from distilvpr_lib.analysis import retrieval_queries as Q
+from distilvpr_lib.analysis import run_results as RR
 from distilvpr_lib.viz import browser as B
 from distilvpr_lib.viz import retrieval as R
 from viz_helpers import descriptor_results
@@ -192,7 +192,7 @@ def test_ablation_bars_show_the_mean_over_seeds_with_sd_error_bars() -> None:
 
 
 def test_curvature_plot_reads_the_report_sweep() -> None:
-    from distilvpr_lib.engine.report import curvature_sweep
+    from distilvpr_lib.analysis.report import curvature_sweep
 
     runs = pd.DataFrame([{"status": "ok", "variation": f"c{c}", "param.method": "distilvpr", "param.curvature": c,
                           "test.AR@1": 50 + 10 * c + seed, "test.AR@5": 70.0 + seed}
@@ -321,7 +321,7 @@ def test_browser_state_follows_the_query_widgets(benchmark: Benchmark, results: 
 
 
 def test_browser_on_the_real_oxford_fixture_shows_clouds_when_there_are_no_images(oxford_real_dir: Path) -> None:
-    from distilvpr_lib.engine.evaluate import evaluate_retrieval
+    from distilvpr_lib.engine.evaluation.evaluate import evaluate_retrieval
 
     benchmark = Benchmark.load(oxford_real_dir)
     assert not benchmark.has_images

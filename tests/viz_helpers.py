@@ -2,11 +2,11 @@
 session's ``smoke_dataset`` fixture of conftest.py).
 
 * :func:`descriptor_results` — a TEST-ONLY stand-in for a model: real retrieval results (the real
-  PointNetVLAD protocol, ``engine.evaluate.evaluate_retrieval``) of a non-learned descriptor, the
+  PointNetVLAD protocol, ``engine.evaluation.evaluate.evaluate_retrieval``) of a non-learned descriptor, the
   grey thumbnail of each sub-map's image (plus optional noise for a worse "model"). Fast and
   deterministic, with both right and wrong retrievals, for unit tests of the pictures and widgets.
 * :func:`train_smoke_student` — a REAL model: a no-KD student trained one epoch at the smoke
-  profile by ``engine.student_run.distill_student``; its folder holds ``test_results.npz`` (notebook 05's
+  profile by ``engine.runs.student_run.distill_student``; its folder holds ``test_results.npz`` (notebook 05's
   input). Used by the slow notebook and browser tests.
 """
 
@@ -19,7 +19,7 @@ import numpy as np
 
 def descriptor_results(benchmark, split: str = "test", noise: float = 0.0, seed: int = 0, top_k: int = 5):
     """RetrievalResults of the grey-thumbnail descriptor (see the module docstring): test-only stand-in."""
-    from distilvpr_lib.engine.evaluate import evaluate_retrieval
+    from distilvpr_lib.engine.evaluation.evaluate import evaluate_retrieval
 
     rng = np.random.default_rng(seed)
 
@@ -40,7 +40,7 @@ def descriptor_results(benchmark, split: str = "test", noise: float = 0.0, seed:
 def train_smoke_student(dataset: Path, out: Path, epochs: int = 1, seed: int = 0) -> Path:
     """Train a no-KD student at the smoke profile (real model; writes ``out/test_results.npz``)."""
     from distilvpr_lib.config import apply_overrides, profile_config
-    from distilvpr_lib.engine.student_run import distill_student
+    from distilvpr_lib.engine.runs.student_run import distill_student
 
     cfg = apply_overrides(profile_config("smoke"), {"data.dataset_dir": str(dataset), "train.epochs": epochs,
                                                     "train.seed": seed})

@@ -1,7 +1,7 @@
 """``distilvpr distill --dataset DIR --teacher teacher_weights/NAME [--profile ...] [--method nokd|distilvpr|...]
 [--set term=weight | section.field=value ...] [--seed N] [--epochs N] [--out runs/NAME]``.
 
-Trains the image-only student (engine.student_run.distill_student) with the task loss plus the terms of the
+Trains the image-only student (engine.runs.student_run.distill_student) with the task loss plus the terms of the
 distillation preset ``--method`` (``--set rkdg=10`` overrides one term's weight), against the
 teacher's cached embeddings. Selection on validation, report on test. Writes ``config.json``,
 ``student.pt``, ``metrics.json`` (every named loss's final magnitude, validation and test
@@ -55,14 +55,14 @@ def run(args: argparse.Namespace) -> int:
         return fail(f"--teacher {args.teacher}: no such folder")
     out = Path(args.out or Path("runs") / f"{cfg.distill.method}_{args.profile}_seed{cfg.train.seed}")
     # the inputs first, before torch is imported: bad input fails in about a second, nothing written
-    from distilvpr_lib.engine.preflight import preflight_distill
+    from distilvpr_lib.engine.runs.preflight import preflight_distill
 
     preflight_distill(cfg, args.teacher, out, resume=not args.no_resume)
-    from distilvpr_lib.engine.student_run import distill_student
+    from distilvpr_lib.engine.runs.student_run import distill_student
 
     metrics = distill_student(cfg, args.teacher, out, resume=not args.no_resume, progress=not args.quiet,
                               preflight=False)
-    from distilvpr_lib.engine.distributed import is_main_process
+    from distilvpr_lib.engine.train.distributed import is_main_process
 
     if is_main_process():  # under torchrun every rank returns the same metrics; print once
         print(format_summary(f"student ({cfg.distill.method})", metrics))

@@ -35,14 +35,14 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from distilvpr_lib.commands.train_teacher import fail
-    from distilvpr_lib.engine.preflight import preflight_evaluate
+    from distilvpr_lib.engine.runs.preflight import preflight_evaluate
 
     if not Path(args.model).is_dir():
         return fail(f"--model {args.model}: no such folder")
     # Bad files (a missing cloud, a corrupt teacher.pt) propagate to the CLI boundary: one line, exit 1.
     # Checked before the evaluation code (and torch) is imported.
     preflight_evaluate(args.model, dataset_dir=args.dataset, split=args.split, image_dir=args.image_dir)
-    from distilvpr_lib.engine.run_evaluation import evaluate_run
+    from distilvpr_lib.engine.runs.run_evaluation import evaluate_run
 
     summary, _ = evaluate_run(args.model, dataset_dir=args.dataset, split=args.split, device=args.device,
                               image_dir=args.image_dir, progress=not args.quiet, results_path=args.save,

@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     """Import, print what was inferred and ignored; 0 on success, 1 on a bad file, 2 on bad options."""
     from distilvpr_lib.commands.train_teacher import apply_cli_overrides
     from distilvpr_lib.config import profile_config
-    from distilvpr_lib.engine.run_folder import write_reference_teacher
+    from distilvpr_lib.engine.runs.run_folder import write_reference_teacher
     from distilvpr_lib.models.reference_import import (
         ReferenceCheckpointError,
         describe_import,

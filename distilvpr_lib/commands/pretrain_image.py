@@ -1,6 +1,6 @@
 """``distilvpr pretrain-image [--profile study] [--dataset data/study-prior] [--out teacher_weights/study-prior]``.
 
-Makes the visual prior (engine.prior): generates a separately seeded world (``prior.seed``; checked to share
+Makes the visual prior (engine.runs.prior): generates a separately seeded world (``prior.seed``; checked to share
 no building with the study world), trains the image network on it as a no-distillation student and writes
 ``image_prior.pth`` (torchvision-style ResNet weights) and ``prior.json`` into ``--out``. Resumable.
 Point ``model.pretrained_image_weights`` at the file (the ``study`` profile does) to initialise both the
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
             return fail(f"profile {args.profile!r} uses no pretrained image weights; give --out")
         out = str(Path(cfg.model.pretrained_image_weights).parent)
     dataset = args.dataset or f"data/{args.profile}-prior"
-    from distilvpr_lib.engine.prior import pretrain_image_prior
+    from distilvpr_lib.engine.runs.prior import pretrain_image_prior
 
     try:
         record = pretrain_image_prior(cfg, dataset, out, resume=not args.no_resume, progress=not args.quiet,

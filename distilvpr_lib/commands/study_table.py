@@ -30,8 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Read the CSV (checked before anything is written), print the table; 0 on success."""
     from distilvpr_lib.data.files import atomic_write
-    from distilvpr_lib.engine.report import study_table
-    from distilvpr_lib.engine.run_records import read_recorded_runs
+    from distilvpr_lib.analysis.report import study_table
+    from distilvpr_lib.analysis.run_records import read_recorded_runs
     from distilvpr_lib.errors import DataFormatError
 
     runs = read_recorded_runs(args.runs_csv)

@@ -57,7 +57,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.dry_run:
         return 0
     if run.train_mode == "train_teacher":
-        from distilvpr_lib.engine.teacher_run import train_teacher
+        from distilvpr_lib.engine.runs.teacher_run import train_teacher
 
         train_teacher(cfg, out)
         return 0
@@ -65,8 +65,8 @@ def _run(args: argparse.Namespace) -> int:
         print("error: --teacher_weights_path is required to train a student (pass a teacher folder or a .pth)",
               file=sys.stderr)
         return 2
-    from distilvpr_lib.engine.preflight import preflight_dataset, preflight_out_dir
-    from distilvpr_lib.engine.student_run import distill_student
+    from distilvpr_lib.engine.runs.preflight import preflight_dataset, preflight_out_dir
+    from distilvpr_lib.engine.runs.student_run import distill_student
 
     teacher = Path(run.teacher_weights_path)
     if teacher.is_file():
@@ -74,7 +74,7 @@ def _run(args: argparse.Namespace) -> int:
         preflight_out_dir(out)
         preflight_dataset(cfg.data.dataset_dir, image_dir=cfg.data.image_dir, layout=cfg.data.layout,
                           splits=("test", "validation") if cfg.train.use_validation_split else ("test",))
-        from distilvpr_lib.engine.run_folder import import_reference_teacher
+        from distilvpr_lib.engine.runs.run_folder import import_reference_teacher
 
         teacher_dir = out / "teacher"
         import_reference_teacher(teacher, teacher_dir, base_config=cfg)

@@ -1,7 +1,7 @@
 """``distilvpr train-teacher --dataset DIR [--profile smoke|cpu|study|paper] [--set section.field=value ...]
 [--seed N] [--epochs N] [--out teacher_weights/NAME] [--backend torch|minkowski] [--device auto|cpu|cuda]``.
 
-Trains the multi-modal teacher (engine.teacher_run.train_teacher): the epoch is selected on the validation
+Trains the multi-modal teacher (engine.runs.teacher_run.train_teacher): the epoch is selected on the validation
 split, the selected teacher is evaluated on the test split and its training-set embeddings are
 cached. Writes ``config.json``, ``teacher.pt``, ``metrics.json``, ``test_results.npz``,
 ``teacher_cache.pt``, ``checkpoints/`` and ``tensorboard/`` into ``--out``; re-running resumes.
@@ -163,13 +163,13 @@ def run(args: argparse.Namespace) -> int:
         return fail(str(exc.args[0]) if exc.args else str(exc))
     out = Path(args.out or Path("teacher_weights") / args.profile)
     # the inputs first, before torch is imported: bad input fails in about a second, nothing written
-    from distilvpr_lib.engine.preflight import preflight_train_teacher
+    from distilvpr_lib.engine.runs.preflight import preflight_train_teacher
 
     preflight_train_teacher(cfg, out, resume=not args.no_resume)
-    from distilvpr_lib.engine.teacher_run import train_teacher
+    from distilvpr_lib.engine.runs.teacher_run import train_teacher
 
     metrics = train_teacher(cfg, out, resume=not args.no_resume, progress=not args.quiet, preflight=False)
-    from distilvpr_lib.engine.distributed import is_main_process
+    from distilvpr_lib.engine.train.distributed import is_main_process
 
     if is_main_process():  # under torchrun every rank returns the same metrics; print once
         print(format_summary("teacher", metrics))

@@ -5,16 +5,16 @@ The DistilVPR authors distribute their teachers as bare ``state_dict`` files of 
 ``teacher_weights/<experiment name>/models/r1_best_ep<E>_<AR@1>.pth``; the keys, shapes and dtypes are listed
 in ``../shared/spec/reference_teacher_state_dict.tsv``. :func:`prepare_reference_teacher` converts such a
 file (a :class:`ReferenceTeacherImport`: config, converted state_dict, provenance) and
-:func:`distilvpr_lib.engine.run_folder.import_reference_teacher` writes it as a teacher folder of this project::
+:func:`distilvpr_lib.engine.runs.run_folder.import_reference_teacher` writes it as a teacher folder of this project::
 
     <out_dir>/config.json    the ExperimentConfig; model architecture inferred from the tensor shapes
-    <out_dir>/teacher.pt     our teacher's state_dict (engine.checkpoint.save_weights)
+    <out_dir>/teacher.pt     our teacher's state_dict (engine.train.checkpoint.save_weights)
     <out_dir>/import.json    provenance: source path, sha256, epoch and AR@1 from the file name, experiment name,
                              inferred architecture, ignored keys, warnings
     <out_dir>/metrics.json   kind "teacher", status "imported", test null (evaluate it with ``distilvpr evaluate``)
 
-which :func:`distilvpr_lib.engine.run_folder.load_model_from_dir` and ``distill_student`` read like a trained
-teacher folder (the teacher-embedding cache is built on demand by ``engine.student_cache.get_teacher_cache``).
+which :func:`distilvpr_lib.engine.runs.run_folder.load_model_from_dir` and ``distill_student`` read like a trained
+teacher folder (the teacher-embedding cache is built on demand by ``engine.runs.student_cache.get_teacher_cache``).
 
 Architecture inference (shapes win)
 -----------------------------------

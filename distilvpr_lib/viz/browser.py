@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from distilvpr_lib.engine.retrieval_queries import QueryView, common_queries, default_student, wrong_queries
-from distilvpr_lib.engine.run_results import check_results
+from distilvpr_lib.analysis.retrieval_queries import QueryView, common_queries, default_student, wrong_queries
+from distilvpr_lib.analysis.run_results import check_results
 from distilvpr_lib.viz._common import MATCH_COLOUR, MISS_COLOUR, figure_png, new_figure
 from distilvpr_lib.viz.retrieval import ImageSource, render_query
 

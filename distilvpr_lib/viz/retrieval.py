@@ -7,11 +7,11 @@ return new Figures).
 * :func:`draw_retrieval_map` — both runs on the map, the query, its true neighbours (with the 25 m
   circle) and the retrieved places of one or several models.
 * :func:`render_query` / :func:`render_queries` — the above for queries of a benchmark and one or
-  several :class:`~distilvpr_lib.engine.results.RetrievalResults`, to Figures / PNG files.
+  several :class:`~distilvpr_lib.engine.evaluation.results.RetrievalResults`, to Figures / PNG files.
 * :class:`ImageSource` — the sub-map images the pictures show (camera image, or a bird's-eye view).
 
-The results come from :mod:`distilvpr_lib.engine.run_results` (files, model folders), the queries and
-their views from :mod:`distilvpr_lib.engine.retrieval_queries`; the interactive browser is
+The results come from :mod:`distilvpr_lib.analysis.run_results` (files, model folders), the queries and
+their views from :mod:`distilvpr_lib.analysis.retrieval_queries`; the interactive browser is
 :mod:`.browser`.
 """
 
@@ -28,7 +28,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Circle
 
 from distilvpr_lib.config import TRUE_NEIGHBOUR_RADIUS_M
-from distilvpr_lib.engine.retrieval_queries import QueryView, query_view
+from distilvpr_lib.analysis.retrieval_queries import QueryView, query_view
 from distilvpr_lib.viz._common import (
     MATCH_COLOUR,
     MISS_COLOUR,

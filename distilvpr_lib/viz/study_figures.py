@@ -1,6 +1,6 @@
 """Figures of the distillation study: forest plot of paired differences, recall and diagnostics per epoch.
 
-Drawing only: every function receives tables built by :mod:`distilvpr_lib.engine.report`.
+Drawing only: every function receives tables built by :mod:`distilvpr_lib.analysis.report`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ def forest_plot(paired: "pd.DataFrame", metric: str = "AR@1", baseline: str = "n
     """Δ to the baseline per variation with its bootstrap interval (one row each, zero line dashed).
 
     Args:
-        paired: :func:`~distilvpr_lib.engine.report.paired_statistics` output (``delta``, ``ci_low``,
+        paired: :func:`~distilvpr_lib.analysis.report.paired_statistics` output (``delta``, ``ci_low``,
             ``ci_high``, ``n_pairs``, ``p_t``).
     """
     import matplotlib.pyplot as plt
@@ -42,7 +42,7 @@ def epoch_curves(epochs: "pd.DataFrame", columns: Sequence[str] = ("val_AR@1", "
     """Mean over seeds (band: min-max) of per-epoch quantities, one panel per column, one line per variation.
 
     Args:
-        epochs: :func:`~distilvpr_lib.engine.report.epoch_table` output.
+        epochs: :func:`~distilvpr_lib.analysis.report.epoch_table` output.
         columns: what to draw (e.g. ``val_AR@1``, ``student_norm_mean``, ``grad_ratio/rkdg_distance``).
         variations: which variations (default all).
     """

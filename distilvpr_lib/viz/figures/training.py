@@ -222,13 +222,13 @@ def curvature_plot(sweep: pd.DataFrame, x: str | None = None, y: str | Sequence[
         sweep: either one row per run (a ``curvature`` column and raw metric columns, e.g. ``test.AR@1``;
             the mean ± sd over seeds is drawn) or one row per curvature with ``<metric> mean`` /
             ``<metric> std`` (or ``<metric>_mean`` / ``<metric>_std``) columns, or the
-            (metric, mean|std|count) column MultiIndex of :func:`distilvpr_lib.engine.report.curvature_sweep`
+            (metric, mean|std|count) column MultiIndex of :func:`distilvpr_lib.analysis.report.curvature_sweep`
             (indexed by curvature).
         x: the curvature column (default the first column whose name contains ``curvature``).
         y: metric column(s) (default every ``AR@`` column).
     """
     frame = sweep.copy()
-    if isinstance(frame.columns, pd.MultiIndex):  # e.g. engine.report.curvature_sweep: (metric, mean|std|count)
+    if isinstance(frame.columns, pd.MultiIndex):  # e.g. analysis.report.curvature_sweep: (metric, mean|std|count)
         frame.columns = [" ".join(str(p) for p in col if str(p) != "") for col in frame.columns]
     if x is None and not any("curvature" in str(c).lower() for c in frame.columns):
         frame = frame.reset_index()

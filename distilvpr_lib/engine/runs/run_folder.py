@@ -1,6 +1,6 @@
 """The run-folder format: file names, strict JSON, the config round trip, loading a folder's model.
 
-A teacher folder ``teacher_weights/<name>/`` (written by :func:`~distilvpr_lib.engine.teacher_run.train_teacher`, or by
+A teacher folder ``teacher_weights/<name>/`` (written by :func:`~distilvpr_lib.engine.runs.teacher_run.train_teacher`, or by
 :func:`import_reference_teacher` from an authors' checkpoint: then ``import.json`` instead of the cache,
 checkpoints and TensorBoard)::
 
@@ -8,11 +8,11 @@ checkpoints and TensorBoard)::
     teacher.pt          the selected weights (bare state_dict)
     metrics.json        per-epoch losses, validation summaries, best epoch, test summary, ...
     test_results.npz    the selected teacher's RetrievalResults on the test split (browser input)
-    teacher_cache.pt    teacher embeddings of every training sub-map (see engine.teacher_cache)
+    teacher_cache.pt    teacher embeddings of every training sub-map (see engine.runs.teacher_cache)
     checkpoints/        last.pt (exact resume) and best.pt
     tensorboard/        scalars
 
-A student run folder ``runs/<name>/`` (:func:`~distilvpr_lib.engine.student_run.distill_student`) holds the
+A student run folder ``runs/<name>/`` (:func:`~distilvpr_lib.engine.runs.student_run.distill_student`) holds the
 same files, ``student.pt`` instead of ``teacher.pt`` and no cache.
 
 ``metrics.json`` schema (all recalls in percent)::
@@ -48,7 +48,7 @@ from torch import nn
 
 from distilvpr_lib.config import ExperimentConfig
 from distilvpr_lib.data.files import file_sha256, write_json
-from distilvpr_lib.engine.checkpoint import LAST_CHECKPOINT_NAME, load_state_dict_checked, save_weights
+from distilvpr_lib.engine.train.checkpoint import LAST_CHECKPOINT_NAME, load_state_dict_checked, save_weights
 from distilvpr_lib.errors import CheckpointError, MissingCheckpointError, RunFolderError
 
 if TYPE_CHECKING:  # pragma: no cover

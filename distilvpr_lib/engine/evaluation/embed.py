@@ -20,8 +20,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from distilvpr_lib.engine.evaluate import evaluate_retrieval
-from distilvpr_lib.engine.results import RetrievalResults
+from distilvpr_lib.engine.evaluation.evaluate import evaluate_retrieval
+from distilvpr_lib.engine.evaluation.results import RetrievalResults
 
 if TYPE_CHECKING:  # pragma: no cover
     from distilvpr_lib.config import DataConfig

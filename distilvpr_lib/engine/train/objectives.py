@@ -6,7 +6,7 @@ and statistics (docs/METHOD.md §4.1, §4.5).
   against cached teacher embeddings.
 
 Both return a :class:`LossOutput`; any callable with the :class:`Objective` signature can drive
-the loop (:class:`~distilvpr_lib.engine.loop.Trainer`).
+the loop (:class:`~distilvpr_lib.engine.train.loop.Trainer`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from torch import nn
 
 if TYPE_CHECKING:  # pragma: no cover
     from distilvpr_lib.config import TrainConfig
-    from distilvpr_lib.engine.teacher_cache import TeacherCache
+    from distilvpr_lib.engine.runs.teacher_cache import TeacherCache
 
 #: Name of the student's task term.
 STUDENT_TASK_TERM: str = "triplet"

@@ -2,7 +2,7 @@
 the training loader, and the run-level parts of ``metrics.json``.
 
 Under ``torchrun`` (``WORLD_SIZE > 1``) :func:`start_run` initialises the process group from the
-environment (:mod:`distilvpr_lib.engine.distributed`) and :func:`make_training_loader` gives this
+environment (:mod:`distilvpr_lib.engine.train.distributed`) and :func:`make_training_loader` gives this
 rank's slices of every global batch.
 """
 
@@ -17,11 +17,11 @@ import torch
 
 from distilvpr_lib.config import ExperimentConfig
 from distilvpr_lib.data.files import write_json
-from distilvpr_lib.engine.console import say
-from distilvpr_lib.engine.distributed import DistributedContext, init_distributed
-from distilvpr_lib.engine.loop import SELECTION_RULE, TrainingHistory
-from distilvpr_lib.engine.run_folder import CONFIG_FILE, check_resumable
-from distilvpr_lib.engine.seeding import configure_determinism, seed_everything
+from distilvpr_lib.engine.train.console import say
+from distilvpr_lib.engine.train.distributed import DistributedContext, init_distributed
+from distilvpr_lib.engine.train.loop import SELECTION_RULE, TrainingHistory
+from distilvpr_lib.engine.runs.run_folder import CONFIG_FILE, check_resumable
+from distilvpr_lib.engine.train.seeding import configure_determinism, seed_everything
 from distilvpr_lib.errors import MissingDataError
 
 if TYPE_CHECKING:  # pragma: no cover

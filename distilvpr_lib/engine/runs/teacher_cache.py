@@ -19,7 +19,7 @@ File format (``teacher_cache.pt``, read with ``torch.load(weights_only=True)``):
      "metadata": {"teacher_config_hash", "teacher_weights_sha256", "dataset_dir", "count",
                   "dim", "clean", "seed", "created"}}
 
-A student run gets its cache through :func:`distilvpr_lib.engine.student_cache.get_teacher_cache`.
+A student run gets its cache through :func:`distilvpr_lib.engine.runs.student_cache.get_teacher_cache`.
 """
 
 from __future__ import annotations
@@ -37,14 +37,14 @@ import torch
 from torch import nn
 
 from distilvpr_lib.data.files import atomic_write
-from distilvpr_lib.engine.devices import move_to_device
-from distilvpr_lib.engine.seeding import preserved_rng_state, seed_everything
+from distilvpr_lib.engine.train.devices import move_to_device
+from distilvpr_lib.engine.train.seeding import preserved_rng_state, seed_everything
 from distilvpr_lib.errors import CheckpointError, MissingCheckpointError, describe_torch_load_error
 
 if TYPE_CHECKING:  # pragma: no cover
     from distilvpr_lib.config import DataConfig, ModelConfig
     from distilvpr_lib.data.benchmark import Benchmark
-    from distilvpr_lib.engine.distributed import DistributedContext
+    from distilvpr_lib.engine.train.distributed import DistributedContext
 
 PathLike = str | os.PathLike
 

@@ -1,7 +1,7 @@
 """The PointNetVLAD place-recognition evaluation protocol (docs/METHOD.md §6).
 
 :func:`evaluate_retrieval` takes per-run database and query embeddings plus the query sets of the
-evaluation pickles and returns a :class:`~distilvpr_lib.engine.results.RetrievalResults` that both the
+evaluation pickles and returns a :class:`~distilvpr_lib.engine.evaluation.results.RetrievalResults` that both the
 tables and the retrieval browser read.
 
 Protocol, for every ordered pair (i = database run, j = query run) with i != j:
@@ -42,9 +42,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from distilvpr_lib.engine.results import PairRetrieval, RetrievalResults, one_percent_k
-from distilvpr_lib.engine.search import get_backend
-from distilvpr_lib.engine.search import search as knn_search
+from distilvpr_lib.engine.evaluation.results import PairRetrieval, RetrievalResults, one_percent_k
+from distilvpr_lib.engine.evaluation.search import get_backend
+from distilvpr_lib.engine.evaluation.search import search as knn_search
 
 #: Per-pair table columns holding a recall, besides ``recall@1%``.
 _TABLE_RECALL_NS: tuple[int, ...] = (1, 5, 10)
@@ -74,7 +74,7 @@ def evaluate_retrieval(
         top_k: largest N of Recall@N.
         normalize: True = cosine on L2-normalised embeddings (DistilVPR); False = Euclidean on raw
             embeddings (original PointNetVLAD/MinkLoc KD-tree evaluation).
-        search: search backend name (:data:`distilvpr_lib.engine.search.SEARCH_BACKENDS`).
+        search: search backend name (:data:`distilvpr_lib.engine.evaluation.search.SEARCH_BACKENDS`).
         database_sets: optional database dicts, only used to check the sizes agree.
         run_names: optional names, one per run index (default "0", "1", ...).
         keep_retrievals: keep per-pair retrieved indices/distances/matches (for the browser).

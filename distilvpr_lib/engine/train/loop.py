@@ -5,10 +5,10 @@
 ``MultiStepLR`` stepped once per epoch, validation every ``eval_every`` epochs (always at the
 last), the best weights by **validation** AR@1 kept, an atomic checkpoint after every epoch
 and exact resume from it, tqdm progress and TensorBoard scalars
-(:mod:`~distilvpr_lib.engine.tensorboard_log`). What it minimises is an objective
-(:mod:`~distilvpr_lib.engine.objectives`); its optimiser and schedule come from
-:mod:`~distilvpr_lib.engine.optim`. The teacher and student pipelines
-(:mod:`~distilvpr_lib.engine.teacher_run`, :mod:`~distilvpr_lib.engine.student_run`) wire
+(:mod:`~distilvpr_lib.engine.train.tensorboard_log`). What it minimises is an objective
+(:mod:`~distilvpr_lib.engine.train.objectives`); its optimiser and schedule come from
+:mod:`~distilvpr_lib.engine.train.optim`. The teacher and student pipelines
+(:mod:`~distilvpr_lib.engine.runs.teacher_run`, :mod:`~distilvpr_lib.engine.runs.student_run`) wire
 config → data → model → objective → trainer → test evaluation → files.
 
 Model selection (documented choice): the epoch with the highest validation AR@1 is kept; on a
@@ -18,7 +18,7 @@ split is never read during training (the reference picked epochs on test, docs/M
 
 Exact resume: the checkpoint written at the end of epoch e holds the model, optimiser,
 scheduler, AMP scaler and every global RNG state *after* the whole epoch; validation runs inside
-:func:`~distilvpr_lib.engine.seeding.preserved_rng_state`, so evaluating never shifts the training
+:func:`~distilvpr_lib.engine.train.seeding.preserved_rng_state`, so evaluating never shifts the training
 stream. The sampler's batches depend only on ``(seed, epoch)``. A run stopped after epoch e and
 resumed therefore reaches bit-identical weights to an uninterrupted one in deterministic mode
 (``cfg.train.deterministic``).
@@ -38,15 +38,15 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from distilvpr_lib.engine.checkpoint import (
+from distilvpr_lib.engine.train.checkpoint import (
     BEST_WEIGHTS_NAME,
     LAST_CHECKPOINT_NAME,
     load_checkpoint,
     save_checkpoint,
     save_weights,
 )
-from distilvpr_lib.engine.devices import keep_float32_under_autocast, move_to_device, resolve_amp_dtype
-from distilvpr_lib.engine.distributed import (
+from distilvpr_lib.engine.train.devices import keep_float32_under_autocast, move_to_device, resolve_amp_dtype
+from distilvpr_lib.engine.train.distributed import (
     DistributedContext,
     assemble_global_batch,
     convert_batchnorm,
@@ -54,14 +54,14 @@ from distilvpr_lib.engine.distributed import (
     rank_epoch_seed,
     single_process_context,
 )
-from distilvpr_lib.engine.results import retrieval_summary
-from distilvpr_lib.engine.objectives import LossOutput, Objective
-from distilvpr_lib.engine.seeding import capture_rng_state, preserved_rng_state, restore_rng_state, seed_everything
-from distilvpr_lib.engine.tensorboard_log import ScalarLog
+from distilvpr_lib.engine.evaluation.results import retrieval_summary
+from distilvpr_lib.engine.train.objectives import LossOutput, Objective
+from distilvpr_lib.engine.train.seeding import capture_rng_state, preserved_rng_state, restore_rng_state, seed_everything
+from distilvpr_lib.engine.train.tensorboard_log import ScalarLog
 
 if TYPE_CHECKING:  # pragma: no cover
     from distilvpr_lib.config import TrainConfig
-    from distilvpr_lib.engine.results import RetrievalResults
+    from distilvpr_lib.engine.evaluation.results import RetrievalResults
 
 log = logging.getLogger(__name__)
 
@@ -120,11 +120,11 @@ class Trainer:
         fingerprint: config hash stored in the checkpoint; resuming with another one is refused.
         progress: tqdm bars and per-epoch lines.
         tensorboard: write TensorBoard scalars.
-        distributed: the :class:`~distilvpr_lib.engine.distributed.DistributedContext` of a torchrun run
+        distributed: the :class:`~distilvpr_lib.engine.train.distributed.DistributedContext` of a torchrun run
             (``None`` = single process). Then the model is DDP-wrapped (batch norm over the global batch
             with ``train_cfg.sync_batchnorm``), the loader's batch sampler must be a
             ``DistributedPositivePairBatchSampler``, the loss is computed on the gathered global batch,
-            and only rank 0 logs, validates and writes (see :mod:`distilvpr_lib.engine.distributed`).
+            and only rank 0 logs, validates and writes (see :mod:`distilvpr_lib.engine.train.distributed`).
 
     Mixed precision (``train_cfg.mixed_precision``; CUDA, or bfloat16 on the CPU) autocasts the forward pass to
     ``train_cfg.amp_dtype`` (float16 with a GradScaler, or bfloat16) except the sparse cloud branch, which
@@ -323,7 +323,7 @@ class Trainer:
         """Forward, loss and backward of one batch (gradients left in the parameters, no optimiser step).
 
         Single process: ``batch`` is a collated batch. Distributed: it is this rank's slice completed by
-        :func:`~distilvpr_lib.engine.distributed.assemble_global_batch`; the model embeds the slice,
+        :func:`~distilvpr_lib.engine.train.distributed.assemble_global_batch`; the model embeds the slice,
         the embeddings are gathered (with gradient) into the global batch, every rank computes the
         global loss, and ``world_size · loss`` is back-propagated so that DDP's gradient *average*
         equals the single-process gradient.
@@ -356,7 +356,7 @@ class Trainer:
         float32 cloud branches under autocast.
 
         Called by :meth:`fit` before resuming (idempotent). In distributed runs the batch norms become
-        :class:`~distilvpr_lib.engine.distributed.DistributedBatchNorm` (same parameters, same state-dict
+        :class:`~distilvpr_lib.engine.train.distributed.DistributedBatchNorm` (same parameters, same state-dict
         keys); :meth:`wrap_ddp` then wraps the model.
         """
         if self.train_model is not self.model:

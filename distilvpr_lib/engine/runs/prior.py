@@ -89,7 +89,7 @@ def export_backbone(student: Any, path: str | Path) -> Path:
         student: an :class:`~distilvpr_lib.models.image.ImageBranch` (or the student); its ``model`` is saved.
         path: the ``.pth`` file.
     """
-    from distilvpr_lib.engine.checkpoint import save_weights
+    from distilvpr_lib.engine.train.checkpoint import save_weights
 
     state = {k: v.detach().cpu().clone() for k, v in student.model.state_dict().items()}
     return save_weights(path, state)
@@ -116,8 +116,8 @@ def pretrain_image_prior(cfg: ExperimentConfig, prior_dataset: str | Path, out_d
     """
     from distilvpr_lib.data.synth.generate import generate_dataset
     from distilvpr_lib.data.files import file_sha256, write_json
-    from distilvpr_lib.engine.checkpoint import load_weights
-    from distilvpr_lib.engine.student_run import distill_student
+    from distilvpr_lib.engine.train.checkpoint import load_weights
+    from distilvpr_lib.engine.runs.student_run import distill_student
     from distilvpr_lib.models import build_student
 
     started = time.time()

@@ -5,7 +5,7 @@ not the descriptors themselves. If the teacher's self relations separate same-pl
 different-place pairs no better than the student's own, there is little for distillation to add. This
 module measures it: for the teacher's fused descriptor, its cloud-only and image-only heads and any
 student, the ROC AUC of positive (≤ ``POSITIVE_RADIUS_M``) vs negative (> ``NON_NEGATIVE_RADIUS_M``)
-pairs scored by each relation (:func:`distilvpr_lib.engine.report.relation_auc`), over every database
+pairs scored by each relation (:func:`distilvpr_lib.analysis.report.relation_auc`), over every database
 entry of a split (all runs pooled: pairs within a run and across runs).
 
 That AUC is dominated by far-apart pairs, while top-1 retrieval is decided among *nearby* places: a match
@@ -133,10 +133,10 @@ def relation_auc_table(teacher_dir: str | Path | None, student_dirs: Mapping[str
         ``AR@1_unseen`` / ``AR@1_seen`` (top-1 recall with the split's queries / the training-region
         entries as queries, :func:`top1_recall_by_run_pairs`) and ``n_pairs+``.
     """
-    from distilvpr_lib.engine import embed
-    from distilvpr_lib.engine.report import relation_auc
-    from distilvpr_lib.engine.run_evaluation import TEACHER_HEADS, head_split_embeddings, load_benchmark
-    from distilvpr_lib.engine.run_folder import load_model_from_dir
+    from distilvpr_lib.engine.evaluation import embed
+    from distilvpr_lib.analysis.report import relation_auc
+    from distilvpr_lib.engine.runs.run_evaluation import TEACHER_HEADS, head_split_embeddings, load_benchmark
+    from distilvpr_lib.engine.runs.run_folder import load_model_from_dir
     from distilvpr_lib.config import apply_overrides
 
     descriptors: dict[str, np.ndarray] = {}
@@ -189,7 +189,7 @@ def relation_run_dirs(runs: pd.DataFrame, batch_dir: str | Path, variations: lis
         batch_dir: the batch folder the ``run`` names are relative to.
         variations: which variations (missing ones are skipped).
         seeds: how many of each variation's finished seeds with a folder, lowest first (0 = all); runs known
-            only from a recorded CSV (:func:`distilvpr_lib.engine.run_records.with_recorded_runs`) are skipped.
+            only from a recorded CSV (:func:`distilvpr_lib.analysis.run_records.with_recorded_runs`) are skipped.
 
     Returns:
         label -> folder; the label is the variation name for ``seeds=1`` and ``"<variation> seed<k>"`` otherwise.

@@ -1,9 +1,9 @@
 """The retrieval results of finished runs, for the retrieval pictures and the browser (notebook 05).
 
-:func:`load_results` reads :class:`~distilvpr_lib.engine.results.RetrievalResults` files;
+:func:`load_results` reads :class:`~distilvpr_lib.engine.evaluation.results.RetrievalResults` files;
 :func:`gather_results` takes files and/or model folders (a folder's ``test_results.npz`` when it was
 computed on this benchmark, else the model is evaluated with
-:func:`~distilvpr_lib.engine.run_evaluation.evaluate_run`); :func:`check_results` refuses results of
+:func:`~distilvpr_lib.engine.runs.run_evaluation.evaluate_run`); :func:`check_results` refuses results of
 another benchmark or split.
 """
 
@@ -13,9 +13,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from distilvpr_lib.engine.results import RetrievalResults
-from distilvpr_lib.engine.run_evaluation import evaluate_run
-from distilvpr_lib.engine.run_folder import TEST_RESULTS_FILE
+from distilvpr_lib.engine.evaluation.results import RetrievalResults
+from distilvpr_lib.engine.runs.run_evaluation import evaluate_run
+from distilvpr_lib.engine.runs.run_folder import TEST_RESULTS_FILE
 
 
 def load_results(files: Mapping[str, str | Path] | Sequence[str | Path] | str | Path) -> dict[str, Any]:
@@ -55,7 +55,7 @@ def gather_results(benchmark: Any, results: Mapping[str, str | Path] | None = No
         models: ``{label: teacher folder or student run}``. For the test split the folder's
             ``test_results.npz`` (written by the run pipelines) is used when it matches this
             benchmark; otherwise the model is evaluated on ``split`` of this benchmark with
-            :func:`distilvpr_lib.engine.run_evaluation.evaluate_run` (loads ``config.json`` + weights).
+            :func:`distilvpr_lib.engine.runs.run_evaluation.evaluate_run` (loads ``config.json`` + weights).
         split: ``"test"`` or ``"validation"``.
 
     Returns:

@@ -424,7 +424,7 @@ def diagnostics_table(epochs: pd.DataFrame, last_fraction: float = 0.25) -> pd.D
     """
     if epochs.empty:
         return pd.DataFrame()
-    from distilvpr_lib.engine.objectives import STUDENT_TASK_TERM
+    from distilvpr_lib.engine.train.objectives import STUDENT_TASK_TERM
 
     keep = ["val_AR@1", "student_norm_mean", "teacher_norm_mean", "hyperbolic_clamp_student",
             "hyperbolic_clamp_teacher", *sorted(c for c in epochs.columns if c.startswith("grad_ratio/")),

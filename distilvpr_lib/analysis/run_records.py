@@ -56,7 +56,7 @@ def read_recorded_runs(csv_path: str | os.PathLike) -> pd.DataFrame:
     The run folders are not committed, the per-run CSV is: this turns its rows into the shape of
     :func:`distilvpr_lib.batch.collect_batch` (``variation``, ``run``, ``status`` = ``"ok"``, ``param.seed``,
     ``validation.AR@1``, ``test.<metric>``, ``loss_weights.<term>`` …) with ``source`` = the CSV's path, so
-    that every table of :mod:`distilvpr_lib.engine.report` can use them.
+    that every table of :mod:`distilvpr_lib.analysis.report` can use them.
 
     Raises:
         MissingDataError: the file does not exist.

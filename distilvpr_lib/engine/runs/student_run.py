@@ -1,12 +1,12 @@
 """The student pipeline: config -> data -> teacher cache -> image-only student -> selection -> test -> run folder.
 
 :func:`distill_student` trains the image-only student with the task loss plus the distillation terms of
-``cfg.distill`` (:class:`~distilvpr_lib.engine.objectives.StudentObjective`). It reads the teacher's cache
-(:func:`~distilvpr_lib.engine.student_cache.get_teacher_cache`, building it once if it is missing or stale)
+``cfg.distill`` (:class:`~distilvpr_lib.engine.train.objectives.StudentObjective`). It reads the teacher's cache
+(:func:`~distilvpr_lib.engine.runs.student_cache.get_teacher_cache`, building it once if it is missing or stale)
 and never runs the teacher during training. Selection is on the **validation** split, the report on the
-**test** split. The folder's files and ``metrics.json`` schema are in :mod:`~distilvpr_lib.engine.run_folder`.
+**test** split. The folder's files and ``metrics.json`` schema are in :mod:`~distilvpr_lib.engine.runs.run_folder`.
 It resumes from ``checkpoints/last.pt`` by default; under ``torchrun`` it runs on every rank as
-:func:`~distilvpr_lib.engine.teacher_run.train_teacher` does.
+:func:`~distilvpr_lib.engine.runs.teacher_run.train_teacher` does.
 """
 
 from __future__ import annotations
@@ -22,28 +22,28 @@ from torch import nn
 
 from distilvpr_lib.config import ExperimentConfig
 from distilvpr_lib.data.files import write_json
-from distilvpr_lib.engine.checkpoint import load_weights, save_weights
-from distilvpr_lib.engine.console import say
-from distilvpr_lib.engine.distributed import shutdown_distributed
-from distilvpr_lib.engine.results import retrieval_summary
-from distilvpr_lib.engine.loop import Trainer, TrainingHistory
-from distilvpr_lib.engine.objectives import (
+from distilvpr_lib.engine.train.checkpoint import load_weights, save_weights
+from distilvpr_lib.engine.train.console import say
+from distilvpr_lib.engine.train.distributed import shutdown_distributed
+from distilvpr_lib.engine.evaluation.results import retrieval_summary
+from distilvpr_lib.engine.train.loop import Trainer, TrainingHistory
+from distilvpr_lib.engine.train.objectives import (
     RING_TERM,
     STUDENT_TASK_TERM,
     StudentObjective,
     distill_window_problem,
     ring_problem,
 )
-from distilvpr_lib.engine.optim import build_optimizer, build_scheduler, student_parameter_groups
-from distilvpr_lib.engine.run_evaluation import evaluate_split, load_benchmark
-from distilvpr_lib.engine.run_folder import (
+from distilvpr_lib.engine.train.optim import build_optimizer, build_scheduler, student_parameter_groups
+from distilvpr_lib.engine.runs.run_evaluation import evaluate_split, load_benchmark
+from distilvpr_lib.engine.runs.run_folder import (
     CONFIG_FILE,
     METRICS_FILE,
     STUDENT_WEIGHTS_FILE,
     TEST_RESULTS_FILE,
     config_fingerprint,
 )
-from distilvpr_lib.engine.run_setup import (
+from distilvpr_lib.engine.runs.run_setup import (
     check_benchmark,
     describe_world,
     history_metrics,
@@ -52,12 +52,12 @@ from distilvpr_lib.engine.run_setup import (
     print_summary,
     start_run,
 )
-from distilvpr_lib.engine.student_cache import get_teacher_cache
-from distilvpr_lib.engine.teacher_cache import cache_file_name
+from distilvpr_lib.engine.runs.student_cache import get_teacher_cache
+from distilvpr_lib.engine.runs.teacher_cache import cache_file_name
 from distilvpr_lib.errors import OptionError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from distilvpr_lib.engine.results import RetrievalResults
+    from distilvpr_lib.engine.evaluation.results import RetrievalResults
 
 PathLike = str | os.PathLike
 
@@ -82,15 +82,15 @@ def distill_student(cfg: ExperimentConfig, teacher_dir: PathLike | None, out_dir
         resume: continue from ``checkpoints/last.pt`` when present.
         method: shorthand that overrides ``cfg.distill.method``.
         progress: tqdm bars and per-epoch lines.
-        preflight: check every input first (:func:`~distilvpr_lib.engine.preflight.preflight_distill`);
+        preflight: check every input first (:func:`~distilvpr_lib.engine.runs.preflight.preflight_distill`);
             ``False`` only when the caller has just run that check (the CLI does, before torch is imported).
 
     Returns:
         The metrics dict written to ``metrics.json`` (schema in the module docstring).
     """
-    from distilvpr_lib.engine.distributed import is_main_process
-    from distilvpr_lib.engine.preflight import preflight_distill
-    from distilvpr_lib.engine.run_guard import guarded_run
+    from distilvpr_lib.engine.train.distributed import is_main_process
+    from distilvpr_lib.engine.runs.preflight import preflight_distill
+    from distilvpr_lib.engine.runs.run_guard import guarded_run
     from distilvpr_lib.losses.distiller import Distiller
 
     if method is not None:

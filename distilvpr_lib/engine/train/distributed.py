@@ -59,7 +59,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from distilvpr_lib.engine.devices import resolve_device
+from distilvpr_lib.engine.train.devices import resolve_device
 
 log = logging.getLogger(__name__)
 

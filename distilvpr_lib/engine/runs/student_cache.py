@@ -2,7 +2,7 @@
 
 Current = recorded for the teacher's present weights (``teacher_weights_sha256`` of ``teacher.pt``) and holding
 every training sub-map of the benchmark. Only building needs the teacher's forward pass and sparse backend.
-The cache itself (format, build) is :mod:`distilvpr_lib.engine.teacher_cache`.
+The cache itself (format, build) is :mod:`distilvpr_lib.engine.runs.teacher_cache`.
 """
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ import torch
 
 from distilvpr_lib.config import ExperimentConfig
 from distilvpr_lib.data.files import file_sha256
-from distilvpr_lib.engine.console import say
-from distilvpr_lib.engine.run_folder import TEACHER_WEIGHTS_FILE, load_teacher
-from distilvpr_lib.engine.teacher_cache import (HeadAsEmbedding, TeacherCache, build_teacher_cache, cache_file_name,
+from distilvpr_lib.engine.train.console import say
+from distilvpr_lib.engine.runs.run_folder import TEACHER_WEIGHTS_FILE, load_teacher
+from distilvpr_lib.engine.runs.teacher_cache import (HeadAsEmbedding, TeacherCache, build_teacher_cache, cache_file_name,
                                                model_config_hash)
 
 if TYPE_CHECKING:  # pragma: no cover
     from distilvpr_lib.data.benchmark import Benchmark
-    from distilvpr_lib.engine.distributed import DistributedContext
+    from distilvpr_lib.engine.train.distributed import DistributedContext
 
 PathLike = str | os.PathLike
 

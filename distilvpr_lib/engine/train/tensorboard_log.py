@@ -45,7 +45,7 @@ class ScalarLog:
             self._writer.add_scalar(tag, float(value), step)
 
     def epoch(self, record: Mapping[str, Any], step: int) -> None:
-        """An epoch record of :class:`~distilvpr_lib.engine.loop.TrainingHistory`: mean losses, stats,
+        """An epoch record of :class:`~distilvpr_lib.engine.train.loop.TrainingHistory`: mean losses, stats,
         learning rates and the epoch number."""
         for name, value in record["losses"].items():
             self.scalar(f"epoch/loss/{name}", value, step)

@@ -1,6 +1,6 @@
 """Evaluating trained models: one split with a run's settings, a finished folder, and a teacher's heads.
 
-* :func:`evaluate_split` — the PointNetVLAD protocol (:func:`distilvpr_lib.engine.embed.evaluate_model`)
+* :func:`evaluate_split` — the PointNetVLAD protocol (:func:`distilvpr_lib.engine.evaluation.embed.evaluate_model`)
   on one split with the run's data and evaluation settings (used for validation and test by the pipelines);
 * :func:`evaluate_run` — a teacher folder or student run on a split of a benchmark;
 * :func:`evaluate_heads` — the teacher's fused, cloud-only and image-only heads (the modality gap), from
@@ -18,15 +18,15 @@ import torch
 from torch import nn
 
 from distilvpr_lib.config import ExperimentConfig
-from distilvpr_lib.engine.devices import resolve_device
-from distilvpr_lib.engine.results import retrieval_summary
-from distilvpr_lib.engine.run_folder import load_model_from_dir
+from distilvpr_lib.engine.train.devices import resolve_device
+from distilvpr_lib.engine.evaluation.results import retrieval_summary
+from distilvpr_lib.engine.runs.run_folder import load_model_from_dir
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
     from distilvpr_lib.data.benchmark import Benchmark
-    from distilvpr_lib.engine.results import RetrievalResults
+    from distilvpr_lib.engine.evaluation.results import RetrievalResults
 
 PathLike = str | os.PathLike
 
@@ -40,8 +40,8 @@ def load_benchmark(cfg: ExperimentConfig) -> "Benchmark":
 
 def evaluate_split(model: nn.Module, benchmark: "Benchmark", split: str, cfg: ExperimentConfig,
                    device: torch.device, progress: bool = False) -> "RetrievalResults":
-    """The PointNetVLAD protocol on one split (``engine.embed.evaluate_model``) with the run's settings."""
-    from distilvpr_lib.engine import embed
+    """The PointNetVLAD protocol on one split (``engine.evaluation.embed.evaluate_model``) with the run's settings."""
+    from distilvpr_lib.engine.evaluation import embed
 
     return embed.evaluate_model(model, benchmark, split=split, data_cfg=cfg.data,
                                 batch_size=cfg.train.eval_batch_size, device=device,
@@ -61,13 +61,13 @@ def evaluate_run(model_dir: PathLike, dataset_dir: PathLike | None = None, split
         device: ``"auto"``, ``"cpu"``, ``"cuda"``...
         image_dir: image root override.
         results_path: where to save the RetrievalResults (``.npz``/``.json``), optional.
-        preflight: check the folder and the split first (:func:`~distilvpr_lib.engine.preflight.preflight_evaluate`);
+        preflight: check the folder and the split first (:func:`~distilvpr_lib.engine.runs.preflight.preflight_evaluate`);
             ``False`` only when the caller has just run that check (the CLI does, before torch is imported).
 
     Returns:
         ``(summary dict, RetrievalResults)``; the summary has AR@1/5/10/1% and per-run AR@1.
     """
-    from distilvpr_lib.engine.preflight import preflight_evaluate
+    from distilvpr_lib.engine.runs.preflight import preflight_evaluate
 
     if preflight:
         preflight_evaluate(model_dir, dataset_dir=dataset_dir, split=split, image_dir=image_dir)
@@ -123,9 +123,9 @@ def head_split_embeddings(model: nn.Module, benchmark: "Benchmark", split: str, 
 
     Returns:
         ``{key: (database_embeddings, query_embeddings)}`` with, per key, lists of (n_i, D_key) /
-        (m_j, D_key) float32 arrays as :func:`distilvpr_lib.engine.embed.compute_split_embeddings`.
+        (m_j, D_key) float32 arrays as :func:`distilvpr_lib.engine.evaluation.embed.compute_split_embeddings`.
     """
-    from distilvpr_lib.engine import embed
+    from distilvpr_lib.engine.evaluation import embed
 
     wrapper = _ConcatenatedHeads(model, tuple(keys))
     database, query = embed.compute_split_embeddings(
@@ -162,8 +162,8 @@ def evaluate_heads(model: nn.Module | PathLike, benchmark: "Benchmark | None" = 
     """
     import pandas as pd
 
-    from distilvpr_lib.engine.embed import evaluation_run_names
-    from distilvpr_lib.engine.evaluate import evaluate_retrieval
+    from distilvpr_lib.engine.evaluation.embed import evaluation_run_names
+    from distilvpr_lib.engine.evaluation.evaluate import evaluate_retrieval
 
     if not isinstance(model, nn.Module):
         folder = model

@@ -1,8 +1,8 @@
 """Where the engine runs: device names, the mixed-precision dtype, float32 islands under autocast,
 and moving a batch to a device.
 
-Used by the training loop (:mod:`~distilvpr_lib.engine.loop`), the run pipelines and
-:mod:`~distilvpr_lib.engine.distributed`; it imports nothing else from the engine.
+Used by the training loop (:mod:`~distilvpr_lib.engine.train.loop`), the run pipelines and
+:mod:`~distilvpr_lib.engine.train.distributed`; it imports nothing else from the engine.
 """
 
 from __future__ import annotations

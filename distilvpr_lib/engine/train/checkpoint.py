@@ -2,7 +2,7 @@
 
 A *training checkpoint* (``checkpoints/last.pt``) holds everything needed to continue a run
 exactly: model, optimiser and scheduler states, the RNG states of Python / NumPy / torch
-(:mod:`distilvpr_lib.engine.seeding`), the batch sampler's state, the epoch just finished,
+(:mod:`distilvpr_lib.engine.train.seeding`), the batch sampler's state, the epoch just finished,
 the best validation metric so far and the history of per-epoch metrics. It is written after
 every epoch through :func:`distilvpr_lib.data.files.atomic_write`, so a crash while writing
 leaves the previous checkpoint intact.
@@ -46,7 +46,7 @@ def save_checkpoint(path: PathLike, state: dict[str, Any]) -> Path:
 
     Args:
         path: destination, usually ``<run>/checkpoints/last.pt``.
-        state: plain values and tensors (see :class:`distilvpr_lib.engine.loop.Trainer`);
+        state: plain values and tensors (see :class:`distilvpr_lib.engine.train.loop.Trainer`);
             a ``format`` key is added.
 
     Returns:

@@ -1,4 +1,4 @@
-"""The results of the PointNetVLAD protocol (:func:`~distilvpr_lib.engine.evaluate.evaluate_retrieval`):
+"""The results of the PointNetVLAD protocol (:func:`~distilvpr_lib.engine.evaluation.evaluate.evaluate_retrieval`):
 :class:`RetrievalResults` — the recalls, the per-pair table, and every query's retrievals
 (:class:`PairRetrieval`) — that the tables, the notebooks and the retrieval browser read; saved to and
 loaded from ``.npz`` / ``.json``; :func:`retrieval_summary` the dict written into ``metrics.json``.

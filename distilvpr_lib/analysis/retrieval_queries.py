@@ -1,6 +1,6 @@
 """Which queries to look at, and what one query's retrieval picture needs (no drawing, no evaluation).
 
-From ``{label: RetrievalResults}`` (see :mod:`~distilvpr_lib.engine.run_results`): :func:`evaluated_queries`,
+From ``{label: RetrievalResults}`` (see :mod:`~distilvpr_lib.analysis.run_results`): :func:`evaluated_queries`,
 :func:`wrong_queries` and :func:`select_queries` list queries; :func:`query_view` gathers one query's
 retrievals and places into a :class:`QueryView`; :func:`results_table` and :func:`retrieval_report`
 summarise the models. Query indices are always rows of the query set of the query run (the keys of the

@@ -114,7 +114,7 @@ def record_failure(out_dir: PathLike, kind: str, exc: BaseException) -> None:
     An existing ``metrics.json`` keeps its other fields; writing never raises (the original error matters).
     """
     from distilvpr_lib.data.files import write_json
-    from distilvpr_lib.engine.run_folder import METRICS_FILE
+    from distilvpr_lib.engine.runs.run_folder import METRICS_FILE
 
     path = Path(out_dir) / METRICS_FILE
     metrics: dict = {}

@@ -222,7 +222,7 @@ def preflight_weights(path: PathLike, model_cfg: "ModelConfig", kind: str, hint:
         MissingCheckpointError: no such file. CheckpointError: unreadable, or keys / shapes differ (the
             first mismatches listed).
     """
-    from distilvpr_lib.engine.checkpoint import check_state_dict, load_weights
+    from distilvpr_lib.engine.train.checkpoint import check_state_dict, load_weights
 
     path = Path(path)
     check_state_dict(load_weights(path), expected_state_shapes(model_cfg, kind), path, hint=hint)
@@ -234,7 +234,7 @@ def _read_config(folder: Path, what: str) -> "ExperimentConfig":
     import json
 
     from distilvpr_lib.config import ExperimentConfig
-    from distilvpr_lib.engine.run_folder import CONFIG_FILE
+    from distilvpr_lib.engine.runs.run_folder import CONFIG_FILE
 
     path = folder / CONFIG_FILE
     if not folder.is_dir():
@@ -256,10 +256,10 @@ def preflight_teacher_folder(teacher_dir: PathLike, cfg: "ExperimentConfig",
 
     ``teacher.pt`` and ``config.json`` may be absent when the cache the run needs is there (an exported teacher).
     """
-    from distilvpr_lib.engine.run_folder import TEACHER_WEIGHTS_FILE
-    from distilvpr_lib.engine.teacher_cache import TeacherCache, cache_file_name
+    from distilvpr_lib.engine.runs.run_folder import TEACHER_WEIGHTS_FILE
+    from distilvpr_lib.engine.runs.teacher_cache import TeacherCache, cache_file_name
 
-    from distilvpr_lib.engine.run_folder import CONFIG_FILE
+    from distilvpr_lib.engine.runs.run_folder import CONFIG_FILE
 
     teacher_dir = Path(teacher_dir)
     if not teacher_dir.is_dir():
@@ -287,7 +287,7 @@ def _is_main_process() -> bool:
     then no process group can exist, and the rank is the one ``torchrun`` put in the environment."""
     if "torch" not in sys.modules:
         return int(os.environ.get("RANK", "0") or 0) == 0
-    from distilvpr_lib.engine.distributed import is_main_process
+    from distilvpr_lib.engine.train.distributed import is_main_process
 
     return is_main_process()
 
@@ -305,7 +305,7 @@ def preflight_out_dir(out_dir: PathLike, check_lock: bool | None = None) -> None
         RunFolderError: a file stands there, or the place is not writable. RunFolderLockedError: another
             process is writing the folder.
     """
-    from distilvpr_lib.engine.run_guard import check_not_locked
+    from distilvpr_lib.engine.runs.run_guard import check_not_locked
 
     if check_lock is None:
         check_lock = _is_main_process()
@@ -335,8 +335,8 @@ def preflight_resume(cfg: "ExperimentConfig", out_dir: PathLike, kind: str, resu
     out_dir = Path(out_dir)
     if not resume or not (out_dir / "checkpoints").is_dir():  # a fresh run: nothing to load (nor torch to import)
         return
-    from distilvpr_lib.engine.checkpoint import LAST_CHECKPOINT_NAME, check_state_dict, load_checkpoint
-    from distilvpr_lib.engine.run_folder import check_resumable
+    from distilvpr_lib.engine.train.checkpoint import LAST_CHECKPOINT_NAME, check_state_dict, load_checkpoint
+    from distilvpr_lib.engine.runs.run_folder import check_resumable
 
     last = out_dir / "checkpoints" / LAST_CHECKPOINT_NAME
     if not last.is_file():
@@ -400,7 +400,7 @@ def preflight_distill(cfg: "ExperimentConfig", teacher_dir: PathLike | None, out
 def preflight_evaluate(model_dir: PathLike, dataset_dir: PathLike | None = None, split: str = "test",
                        image_dir: PathLike | None = None) -> PreflightReport:
     """What ``evaluate`` reads: the folder's config and weights (fitting it), the split's clouds and images."""
-    from distilvpr_lib.engine.run_folder import STUDENT_WEIGHTS_FILE, TEACHER_WEIGHTS_FILE
+    from distilvpr_lib.engine.runs.run_folder import STUDENT_WEIGHTS_FILE, TEACHER_WEIGHTS_FILE
 
     started = time.perf_counter()
     report = PreflightReport()

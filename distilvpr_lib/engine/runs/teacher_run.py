@@ -1,13 +1,13 @@
 """The teacher pipeline: config -> data -> model -> training -> selection -> test -> cache -> teacher folder.
 
-:func:`train_teacher` trains the multi-modal teacher (:class:`~distilvpr_lib.engine.objectives.TeacherObjective`,
-:class:`~distilvpr_lib.engine.loop.Trainer`), keeps the epoch selected on the **validation** split, reports it
+:func:`train_teacher` trains the multi-modal teacher (:class:`~distilvpr_lib.engine.train.objectives.TeacherObjective`,
+:class:`~distilvpr_lib.engine.train.loop.Trainer`), keeps the epoch selected on the **validation** split, reports it
 on the **test** split (read once, after training) and caches its embeddings of every training sub-map for the
-student (:mod:`~distilvpr_lib.engine.teacher_cache`). The folder's files and ``metrics.json`` schema are in
-:mod:`~distilvpr_lib.engine.run_folder`. It resumes from ``checkpoints/last.pt`` by default; when training is
+student (:mod:`~distilvpr_lib.engine.runs.teacher_cache`). The folder's files and ``metrics.json`` schema are in
+:mod:`~distilvpr_lib.engine.runs.run_folder`. It resumes from ``checkpoints/last.pt`` by default; when training is
 already complete it only redoes the (cheap, deterministic) final stage.
 
-Under ``torchrun`` (``WORLD_SIZE > 1``) it runs on every rank (:mod:`distilvpr_lib.engine.distributed`):
+Under ``torchrun`` (``WORLD_SIZE > 1``) it runs on every rank (:mod:`distilvpr_lib.engine.train.distributed`):
 training is data-parallel on the global batch, rank 0 alone writes every file and evaluates, the teacher
 cache is a sharded forward pass gathered on every rank, and every rank returns rank 0's metrics.
 """
@@ -23,22 +23,22 @@ from torch import nn
 
 from distilvpr_lib.config import ExperimentConfig
 from distilvpr_lib.data.files import file_sha256, write_json
-from distilvpr_lib.engine.checkpoint import load_weights, save_weights
-from distilvpr_lib.engine.console import say
-from distilvpr_lib.engine.distributed import broadcast_module_state, shutdown_distributed
-from distilvpr_lib.engine.results import retrieval_summary
-from distilvpr_lib.engine.loop import Trainer
-from distilvpr_lib.engine.objectives import TeacherObjective
-from distilvpr_lib.engine.optim import build_optimizer, build_scheduler, teacher_parameter_groups
-from distilvpr_lib.engine.run_evaluation import evaluate_split, load_benchmark
-from distilvpr_lib.engine.run_folder import (
+from distilvpr_lib.engine.train.checkpoint import load_weights, save_weights
+from distilvpr_lib.engine.train.console import say
+from distilvpr_lib.engine.train.distributed import broadcast_module_state, shutdown_distributed
+from distilvpr_lib.engine.evaluation.results import retrieval_summary
+from distilvpr_lib.engine.train.loop import Trainer
+from distilvpr_lib.engine.train.objectives import TeacherObjective
+from distilvpr_lib.engine.train.optim import build_optimizer, build_scheduler, teacher_parameter_groups
+from distilvpr_lib.engine.runs.run_evaluation import evaluate_split, load_benchmark
+from distilvpr_lib.engine.runs.run_folder import (
     CONFIG_FILE,
     METRICS_FILE,
     TEACHER_WEIGHTS_FILE,
     TEST_RESULTS_FILE,
     config_fingerprint,
 )
-from distilvpr_lib.engine.run_setup import (
+from distilvpr_lib.engine.runs.run_setup import (
     check_benchmark,
     describe_world,
     history_metrics,
@@ -46,10 +46,10 @@ from distilvpr_lib.engine.run_setup import (
     print_summary,
     start_run,
 )
-from distilvpr_lib.engine.teacher_cache import build_teacher_cache, cache_file_name, model_config_hash
+from distilvpr_lib.engine.runs.teacher_cache import build_teacher_cache, cache_file_name, model_config_hash
 
 if TYPE_CHECKING:  # pragma: no cover
-    from distilvpr_lib.engine.results import RetrievalResults
+    from distilvpr_lib.engine.evaluation.results import RetrievalResults
 
 PathLike = str | os.PathLike
 
@@ -63,15 +63,15 @@ def train_teacher(cfg: ExperimentConfig, out_dir: PathLike, resume: bool = True,
         out_dir: the teacher folder (``teacher_weights/<name>``), created.
         resume: continue from ``checkpoints/last.pt`` when present (``False`` starts over).
         progress: tqdm bars and per-epoch lines.
-        preflight: check every input first (:func:`~distilvpr_lib.engine.preflight.preflight_train_teacher`);
+        preflight: check every input first (:func:`~distilvpr_lib.engine.runs.preflight.preflight_train_teacher`);
             ``False`` only when the caller has just run that check (the CLI does, before torch is imported).
 
     Returns:
         The metrics dict written to ``metrics.json`` (schema in the module docstring).
     """
-    from distilvpr_lib.engine.distributed import is_main_process
-    from distilvpr_lib.engine.preflight import preflight_train_teacher
-    from distilvpr_lib.engine.run_guard import guarded_run
+    from distilvpr_lib.engine.train.distributed import is_main_process
+    from distilvpr_lib.engine.runs.preflight import preflight_train_teacher
+    from distilvpr_lib.engine.runs.run_guard import guarded_run
 
     if preflight:
         preflight_train_teacher(cfg, out_dir, resume=resume)  # every input checked before anything is written

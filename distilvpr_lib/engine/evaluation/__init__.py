@@ -1,0 +1,1 @@
+"""Evaluation: the retrieval protocol, nearest-neighbour search, embedding, result records."""

@@ -1,0 +1,1 @@
+"""Runs: run folders, guards, preflight checks, run setup, caches, the teacher and student pipelines, the visual prior."""

@@ -1,0 +1,1 @@
+"""Training: the epoch loop, objectives, optimiser, seeding, devices, checkpoints, TensorBoard, torch.distributed."""
