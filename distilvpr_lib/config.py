@@ -23,6 +23,7 @@ import dataclasses
 import enum
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -427,7 +428,99 @@ def apply_overrides(cfg: ExperimentConfig, overrides: dict[str, Any]) -> Experim
                 what = "ambiguous" if targets else "unknown"
                 raise KeyError(f"{what} config field {key!r}; use one of: {known}")
         _update_dataclass(sections[targets[0]], {name: value}, targets[0])
+    method_key = next((k for k in ("distill.method", "method") if overrides.get(k) is not None), None)
+    if method_key is not None:
+        cfg = _apply_method_name(cfg, overrides)
     return cfg
+
+
+# ---------------------------------------------------------------------------
+# Method names: <preset>[_x<alpha>][_lr<beta>][_norm] (docs/benchmark/PROTOCOL.md §3)
+# ---------------------------------------------------------------------------
+_METHOD_NAME = re.compile(r"^(?P<base>[A-Za-z][A-Za-z0-9_]*?)(?:_x(?P<weight>[0-9]+(?:\.[0-9]+)?))?"
+                          r"(?:_lr(?P<lr>[0-9]+(?:\.[0-9]+)?))?(?P<norm>_norm)?$")
+
+
+@dataclass(frozen=True)
+class MethodName:
+    """A student configuration named by ``<preset>[_x<α>][_lr<β>][_norm]``.
+
+    Attributes:
+        base: the distillation preset (``losses.distiller.PRESETS``: ``nokd``, ``distilvpr``, ``rkd``, ...).
+        weight_scale: α, multiplies every distillation weight of the preset (``_x10``).
+        lr_scale: β, multiplies the profile's student learning rate ``train.image_lr`` (``_lr0.5``).
+        task_normalize: ``_norm``: the task triplet on L2-normalised embeddings (``train.task_normalize``).
+    """
+
+    base: str
+    weight_scale: float = 1.0
+    lr_scale: float = 1.0
+    task_normalize: bool = False
+
+    @property
+    def name(self) -> str:
+        """The canonical name (``rkd_x10_norm``; α = 1 and β = 1 are left out)."""
+        out = self.base
+        if self.weight_scale != 1.0:
+            out += f"_x{self.weight_scale:g}"
+        if self.lr_scale != 1.0:
+            out += f"_lr{self.lr_scale:g}"
+        return out + ("_norm" if self.task_normalize else "")
+
+
+def parse_method_name(name: str) -> MethodName:
+    """Split a method name into its preset and modifiers (the grammar above; the preset itself is checked
+    against the presets by ``losses.distiller.resolve_term_weights``).
+
+    Raises:
+        ValueError: the name does not follow the grammar, or a scale is 0.
+    """
+    match = _METHOD_NAME.match(str(name))
+    if not match:
+        raise ValueError(f"method name {name!r} does not read as <preset>[_x<weight scale>][_lr<lr scale>][_norm]")
+    if re.search(r"_(?:x|lr)[0-9]|_norm(?:_|$)", match["base"]):
+        raise ValueError(f"method name {name!r}: the modifiers come once each, in the order _x<weight scale>, "
+                         "_lr<lr scale>, _norm")
+    weight = float(match["weight"]) if match["weight"] else 1.0
+    lr = float(match["lr"]) if match["lr"] else 1.0
+    if weight <= 0 or lr <= 0:
+        raise ValueError(f"method name {name!r}: a scale must be > 0")
+    return MethodName(match["base"], weight, lr, bool(match["norm"]))
+
+
+def _apply_method_name(cfg: ExperimentConfig, overrides: Mapping[str, Any]) -> ExperimentConfig:
+    """Set the fields a method name implies (``_norm`` → ``train.task_normalize``, ``_lr<β>`` →
+    ``train.image_lr`` = the profile's × β); an override that contradicts the name is refused."""
+    parsed = parse_method_name(cfg.distill.method)
+    given = {("train." + k if "." not in k else k): v for k, v in overrides.items() if v is not None}
+    if parsed.task_normalize:
+        if "train.task_normalize" in given and not cfg.train.task_normalize:
+            raise ValueError(f"method {cfg.distill.method!r} trains the task on normalised embeddings (_norm) "
+                             "but train.task_normalize is set to false")
+        cfg.train.task_normalize = True
+    if parsed.lr_scale != 1.0:
+        if "train.image_lr" in given:
+            raise ValueError(f"method {cfg.distill.method!r} sets the learning rate (_lr{parsed.lr_scale:g}); "
+                             "drop train.image_lr or the _lr suffix")
+        cfg.train.image_lr = profile_config(cfg.profile).train.image_lr * parsed.lr_scale
+    return cfg
+
+
+def method_name_problem(cfg: ExperimentConfig) -> str | None:
+    """Why ``cfg`` does not run what its method name says (``None`` when it does): ``_norm`` without
+    ``train.task_normalize``, or ``_lr<β>`` with a learning rate other than the profile's × β."""
+    try:
+        parsed = parse_method_name(cfg.distill.method)
+    except ValueError as exc:
+        return str(exc)
+    if parsed.task_normalize and not cfg.train.task_normalize:
+        return f"method {cfg.distill.method!r} says _norm but train.task_normalize is false"
+    if parsed.lr_scale != 1.0 and cfg.profile in PROFILES:
+        want = profile_config(cfg.profile).train.image_lr * parsed.lr_scale
+        if abs(cfg.train.image_lr - want) > 1e-12 * max(1.0, want):
+            return (f"method {cfg.distill.method!r} says a learning rate of {want:g} (the {cfg.profile} profile's × "
+                    f"{parsed.lr_scale:g}) but train.image_lr is {cfg.train.image_lr:g}")
+    return None
 
 
 def _coerce(value: Any, default: Any, where: str) -> Any:

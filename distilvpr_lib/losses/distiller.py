@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from distilvpr_lib.config import parse_method_name
+
 from .registry import LOSSES
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -112,15 +114,32 @@ def _apply_logit_mapping(spec: dict[str, float], logit_mapping: str) -> dict[str
     return out
 
 
+def _scaled(spec: dict[str, float], scale: float) -> dict[str, float]:
+    """``spec`` with every weight multiplied by ``scale`` except the internal weights of grouped losses (the
+    distance/angle/geodesic mix of RKD-G stays; its group weight is scaled)."""
+    internal = {t for cls in LOSSES.values() if cls.grouped for t in cls.term_names()}
+    return {k: (v if k in internal else v * scale) for k, v in spec.items()}
+
+
 def resolve_term_weights(cfg: "DistillConfig") -> dict[str, float]:
     """Effective weight of every term of every registered loss (zeros included) for ``cfg``.
+
+    ``cfg.method`` is a preset name with optional modifiers (``config.parse_method_name``): ``_x<α>`` multiplies
+    every weight of the preset by α (grouped losses: the group weight), before ``cfg.terms`` overrides by name.
 
     Raises:
         KeyError: unknown ``cfg.method`` (lists the presets) or unknown names in ``cfg.terms``.
     """
-    if cfg.method not in PRESETS:
-        raise KeyError(f"unknown distillation method {cfg.method!r}; known presets: {sorted(PRESETS)}")
-    spec = _apply_logit_mapping(dict(PRESETS[cfg.method]), cfg.logit_mapping)
+    try:
+        parsed = parse_method_name(cfg.method)
+    except ValueError as exc:
+        raise KeyError(f"{exc}; known presets: {sorted(PRESETS)}") from None
+    if parsed.base not in PRESETS:
+        raise KeyError(f"unknown distillation method {cfg.method!r}; known presets: {sorted(PRESETS)} "
+                       "(each may carry _x<weight scale>, _lr<lr scale>, _norm)")
+    if parsed.weight_scale != 1.0 and not PRESETS[parsed.base]:
+        raise KeyError(f"method {cfg.method!r}: {parsed.base!r} has no distillation weight to scale (_x)")
+    spec = _apply_logit_mapping(_scaled(PRESETS[parsed.base], parsed.weight_scale), cfg.logit_mapping)
     overrides = {str(k): float(v) for k, v in dict(cfg.terms).items()}
     _check_names(overrides, "DistillConfig.terms")
     spec.update(overrides)

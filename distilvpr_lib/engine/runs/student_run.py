@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from distilvpr_lib.config import ExperimentConfig
+from distilvpr_lib.config import ExperimentConfig, method_name_problem
 from distilvpr_lib.data.files import write_json
 from distilvpr_lib.engine.train.checkpoint import load_weights, save_weights
 from distilvpr_lib.engine.train.console import say
@@ -98,8 +98,9 @@ def distill_student(cfg: ExperimentConfig, teacher_dir: PathLike | None, out_dir
     if Distiller(cfg.distill).weights and teacher_dir is None:  # option errors first (unknown names: KeyError)
         raise OptionError(f"distillation method {cfg.distill.method!r} needs a teacher folder",
                           hint="pass --teacher, or use --method nokd")
-    option_problem = distill_window_problem(cfg.distill.from_epoch, cfg.distill.until_epoch) or ring_problem(
-        cfg.train.ring_weight, cfg.train.ring_radius)
+    option_problem = (method_name_problem(cfg)
+                      or distill_window_problem(cfg.distill.from_epoch, cfg.distill.until_epoch)
+                      or ring_problem(cfg.train.ring_weight, cfg.train.ring_radius))
     if option_problem:
         raise OptionError(option_problem)
     if preflight:

@@ -12,7 +12,7 @@ the loop (:class:`~distilvpr_lib.engine.train.loop.Trainer`).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -21,7 +21,14 @@ from torch import nn
 
 if TYPE_CHECKING:  # pragma: no cover
     from distilvpr_lib.config import TrainConfig
-    from distilvpr_lib.engine.runs.teacher_cache import TeacherCache
+
+
+class TeacherLookup(Protocol):
+    """What the student objective needs of a teacher cache (``engine.runs.teacher_cache.TeacherCache``)."""
+
+    def lookup(self, rel_paths: Sequence[str], device: torch.device | str | None = None) -> torch.Tensor:
+        """(B, D) teacher embeddings of a batch's B sub-map paths, on ``device``."""
+        ...
 
 #: Name of the student's task term.
 STUDENT_TASK_TERM: str = "triplet"
@@ -136,7 +143,7 @@ class StudentObjective:
     """``student_task_weight · triplet(s)`` [+ ``ring_weight · ring(s)``] + the Distiller's weighted named terms
     (docs/METHOD.md §4.5).
 
-    The teacher embeddings ``t`` come from a :class:`TeacherCache`, looked up by the batch's
+    The teacher embeddings ``t`` come from a teacher cache (:class:`TeacherLookup`), looked up by the batch's
     ``rel_paths``; the teacher never runs. With ``distiller=None`` (method ``nokd``) only the task
     term is used. ``train_cfg.task_normalize`` computes the task triplet on L2-normalised embeddings;
     ``train_cfg.ring_weight`` > 0 adds the term :data:`RING_TERM` (:func:`distilvpr_lib.losses.ring.ring_loss`
@@ -157,7 +164,7 @@ class StudentObjective:
 
     kind = "student"
 
-    def __init__(self, train_cfg: "TrainConfig", teacher_cache: TeacherCache | None,
+    def __init__(self, train_cfg: "TrainConfig", teacher_cache: TeacherLookup | None,
                  distiller: nn.Module | None = None, triplet: nn.Module | None = None,
                  curvature: float | None = None, distill_until: int = 0, distill_from: int = 1) -> None:
         problem = distill_window_problem(distill_from, distill_until) or ring_problem(
