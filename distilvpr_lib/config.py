@@ -9,7 +9,7 @@ Profiles
 ``smoke``  seconds; used by the tests.
 ``cpu``    the default demo: meaningful results on 2 CPU cores in tens of minutes.
 ``study``  the distillation study: >= 3,000 training tuples at 60x80, a visual prior, converged runs of
-           <= 10 min each on 2 CPU cores (README "Study").
+           <= 10 min each on 2 CPU cores (docs/study/LOG.md).
 ``paper``  the reference settings of DistilVPR (240x320 images, batch 128, 60 epochs, Adam lrs 1e-4 image /
            1e-3 cloud, MultiStepLR at 40), ImageNet ResNet weights from the torch hub cache file
            (``model.pretrained_image_weights="hub"``, never downloaded), mixed precision on GPUs,
@@ -138,7 +138,7 @@ class TrainConfig:
     task_normalize: bool = False
     #: Ring loss on the student embedding, ``ring_weight · mean_i (‖s_i‖ − ring_radius)²`` (Zheng et al., CVPR
     #: 2018; distilvpr_lib.losses.ring): holds the embedding's scale without a teacher. 0 = off. The study's
-    #: control for the scale that distillation terms hold (README, "Study").
+    #: control for the scale that distillation terms hold (docs/study/LOG.md).
     ring_weight: float = 0.0
     ring_radius: float = 1.0
     #: Log, per epoch, the norm of each loss term's gradient on the student embedding (cheap: the
@@ -344,15 +344,15 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
             "images_per_submap": 2,
         },
     },
-    # The study of the distillation effect (README "Study"): ≥ 3,000 training tuples, 60x80 images, a visual
+    # The study of the distillation effect (docs/study/LOG.md): ≥ 3,000 training tuples, 60x80 images, a visual
     # prior for both image networks, a teacher trained with losses on all three heads, bfloat16 autocast on
     # the CPU; sized so that one converged student run takes ≤ 10 min on 2 cores.
     "study": {
-        # 0.02 (not 0.01) voxels: the sparse branch costs 3.1x less on 2 cores (measured, README "Study")
+        # 0.02 (not 0.01) voxels: the sparse branch costs 3.1x less on 2 cores (measured, docs/study/LOG.md)
         "data": {"dataset_dir": "data/study", "image_cache": True, "quantization_size": 0.02},
         "model": {"pretrained_image_weights": "teacher_weights/study-prior/image_prior.pth"},
         # 16 student epochs, LR step after 12: two runs side by side, one core each (scripts/study.sh), take
-        # ≈ 15 min a pair here (README "Study"). At 6 epochs every student still selected its last epoch
+        # ≈ 15 min a pair here (docs/study/LOG.md). At 6 epochs every student still selected its last epoch
         # (ablations/study_short.yaml).
         "train": {"epochs": 16, "batch_size": 32, "image_lr": 3e-4, "cloud_lr": 1e-3, "milestones": (12,),
                   "teacher_loss_weights": (1.0, 0.5, 0.5), "mixed_precision": True, "amp_dtype": "bfloat16"},

@@ -164,7 +164,7 @@ def write_report(demo_dir: Path, teacher: Path, nokd_dir: Path, distil_dir: Path
                   pd.read_csv(study_csv, index_col=0, dtype=str, keep_default_na=False).to_markdown(), "",
                   "This is a reduced run of the question (few seeds, a small undertrained setting). The full "
                   "study — profile `study`, a visual prior, a stronger teacher, >= 5 seeds, diagnostics — is "
-                  "`make study` (README, section \"Study\", where distilvpr_norm was chosen on validation).", ""]
+                  "`make study` (docs/study/LOG.md, where distilvpr_norm was chosen on validation).", ""]
     executed = step_seconds(demo_dir)
     lines += ["## Timings", "", "Wall time of this invocation of the demo (steps already done were skipped):", "",
               *[f"- {k}: {v:.0f} s" for k, v in timings.items()], "",

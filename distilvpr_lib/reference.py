@@ -1,7 +1,7 @@
 """The reference DistilVPR command line (``tools/options.py``, docs/METHOD.md §9.1) mapped onto our config.
 
-``distilvpr train`` accepts the reference option names so that the commands of the DistilVPR
-README run as written (with ``python train.py`` replaced by ``distilvpr train``). Options the
+``distilvpr train`` accepts the reference option names so that the commands in the
+reference README run as written (with ``python train.py`` replaced by ``distilvpr train``). Options the
 reference accepts but never uses are accepted with a one-line note; unknown options are an error.
 
 Values not given on the command line come from the chosen ``--profile`` (default ``paper``,

@@ -47,7 +47,7 @@ _TT2ST = {f"cross_{g}_tt2st": 0.1 for g in _GEOMETRIES}
 PRESETS: dict[str, dict[str, float]] = {
     # B0: student without distillation
     "nokd": {},
-    # F: full DistilVPR, Oxford (README): 10·RKD-G(1/1/1) + 0.1·(E + S + H) st2ss
+    # F: full DistilVPR, Oxford (the reference README, docs/METHOD.md §7): 10·RKD-G(1/1/1) + 0.1·(E + S + H) st2ss
     "distilvpr": {"rkdg": 10.0, **_ST2SS},
     # F on Boreas: RKD-G weight 1
     "distilvpr_boreas": {"rkdg": 1.0, **_ST2SS},

@@ -180,7 +180,7 @@ def _distill_student(cfg: ExperimentConfig, teacher_dir: PathLike | None, out_di
         "profile": cfg.profile,
         "seed": cfg.train.seed,
         "device": str(device),
-        # results depend on it: float sums split over threads round differently (README, "Results at the cpu profile")
+        # results depend on it: float sums split over threads round differently (docs/study/LOG.md, "The cpu profile")
         "cpu_threads": torch.get_num_threads(),
         "dataset_dir": str(cfg.data.dataset_dir),
         "teacher_dir": None if teacher_dir is None else str(teacher_dir),

@@ -134,7 +134,7 @@ def _train_teacher(cfg: ExperimentConfig, out_dir: PathLike, resume: bool = True
         "profile": cfg.profile,
         "seed": cfg.train.seed,
         "device": str(device),
-        # results depend on it: float sums split over threads round differently (README, "Results at the cpu profile")
+        # results depend on it: float sums split over threads round differently (docs/study/LOG.md, "The cpu profile")
         "cpu_threads": torch.get_num_threads(),
         "dataset_dir": str(cfg.data.dataset_dir),
         "status": "complete",
