@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 SMOKE ?= 0
 PROFILE := $(if $(filter 1,$(SMOKE)),smoke,cpu)
 
-.PHONY: venv test test-fast demo data clean-runs bench study study-setup
+.PHONY: venv test test-fast demo data clean-runs bench study study-setup api-docs
 
 venv:
 	@bash scripts/bootstrap.sh
@@ -37,3 +37,7 @@ bench: venv
 
 clean-runs:
 	rm -rf runs/
+
+# The API reference, generated from the docstrings (tests/test_api_docs.py builds it without warnings)
+api-docs: venv
+	$(PY) -m pdoc distilvpr_lib '!distilvpr_lib.commands' -o docs/api
