@@ -351,7 +351,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
         # 0.02 (not 0.01) voxels: the sparse branch costs 3.1x less on 2 cores (measured, docs/study/LOG.md)
         "data": {"dataset_dir": "data/study", "image_cache": True, "quantization_size": 0.02},
         "model": {"pretrained_image_weights": "teacher_weights/study-prior/image_prior.pth"},
-        # 16 student epochs, LR step after 12: two runs side by side, one core each (scripts/study.sh), take
+        # 16 student epochs, LR step after 12: two runs side by side, one core each, take
         # ≈ 15 min a pair here (docs/study/LOG.md). At 6 epochs every student still selected its last epoch
         # (ablations/study_short.yaml).
         "train": {"epochs": 16, "batch_size": 32, "image_lr": 3e-4, "cloud_lr": 1e-3, "milestones": (12,),
