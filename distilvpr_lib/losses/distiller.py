@@ -35,13 +35,13 @@ from torch import nn
 from distilvpr_lib.config import parse_method_name
 
 from .registry import LOSSES
+from .relations import GEOMETRIES
 
 if TYPE_CHECKING:  # pragma: no cover
     from distilvpr_lib.config import DistillConfig
 
-_GEOMETRIES = ("euclidean", "spherical", "hyperbolic")
-_ST2SS = {f"cross_{g}_st2ss": 0.1 for g in _GEOMETRIES}
-_TT2ST = {f"cross_{g}_tt2st": 0.1 for g in _GEOMETRIES}
+_ST2SS = {f"cross_{g}_st2ss": 0.1 for g in GEOMETRIES}
+_TT2ST = {f"cross_{g}_tt2st": 0.1 for g in GEOMETRIES}
 
 #: Preset name -> weight spec (see the module docstring). docs/METHOD.md §4.5 and §7.
 PRESETS: dict[str, dict[str, float]] = {
@@ -157,9 +157,6 @@ def resolve_term_weights(cfg: "DistillConfig") -> dict[str, float]:
     return weights
 
 
-#: Losses whose terms compare each agent's own (B, B) relations only (RKD-G, RKD, PKT, SP), so the student
-#: and teacher descriptors may differ in dimension (e.g. distilling a single teacher head).
-DIMENSION_FREE_LOSSES: frozenset[str] = frozenset({"rkdg", "rkdg2", "rkd", "pkt", "sp"})
 
 
 class Distiller(nn.Module):
@@ -191,7 +188,7 @@ class Distiller(nn.Module):
     @property
     def dimension_free(self) -> bool:
         """Whether every active loss compares only each agent's own relations (any teacher dimension)."""
-        return all(name in DIMENSION_FREE_LOSSES for name in self.losses)
+        return all(type(loss).dimension_free for loss in self.losses.values())
 
     @property
     def requires_masks(self) -> bool:
