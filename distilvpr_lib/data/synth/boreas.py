@@ -68,11 +68,11 @@ from distilvpr_lib.data.splits import (
     make_training_tuples,
     write_lidar2image_ndx,
 )
+from distilvpr_lib.data.synth.boreas_route import PROCEDURAL_POSES, is_procedural, procedural_drives
 from distilvpr_lib.data.synth.boreas_world import (
     DriveTrack,
     boreas_transients,
     build_road_world,
-    default_boreas_poses_dir,
     load_real_drives,
 )
 from distilvpr_lib.data.synth.camera import CAMERA_HEIGHT_M, CAMERA_PITCH_DEG, CameraModel, render_image
@@ -163,12 +163,26 @@ class BoreasPlan:
 
 
 def plan_boreas(cfg: SynthConfig, poses_dir: PathLike | None = None, seed: int | None = None) -> BoreasPlan:
-    """World around the first real drive, and every run's submaps and images (nothing rendered)."""
+    """World around the first drive, and every run's submaps and images (nothing rendered).
+
+    Args:
+        cfg: generator settings.
+        poses_dir: a folder of real Boreas poses (``<run>/applanix/*_poses.csv``), or ``None`` /
+            ``"procedural"`` for ``cfg.n_runs`` procedural drives of one generated route
+            (:func:`.boreas_route.procedural_drives`, seeded by ``seed``).
+        seed: overrides ``cfg.seed``.
+    """
     seed = cfg.seed if seed is None else int(seed)
-    drives = load_real_drives(poses_dir or default_boreas_poses_dir())
+    procedural = is_procedural(poses_dir)
+    if procedural:
+        drives = procedural_drives(seed, cfg.n_runs, cfg.route_length_m)
+    else:
+        drives = load_real_drives(poses_dir)  # type: ignore[arg-type]
     origin = np.round(drives[0].lidar_en[0] / 100.0) * 100.0
     tracks = [DriveTrack.create(d, origin) for d in drives]
     world = build_road_world(seed, tracks[0], cfg.route_length_m)
+    if procedural:
+        world.summary["trajectories"] = PROCEDURAL_POSES
     conditions = sample_conditions(seed, cfg.n_runs)
     used: set[str] = set()
     runs = []
@@ -331,7 +345,7 @@ def _boreas_job(job: tuple[int, list[int], str]) -> JobResult:
     return JobResult(clouds, images, lidar_s, camera_s, len(submap_ids))
 
 
-def _init_boreas_worker(cfg_dict: dict[str, Any], poses_dir: str, seed: int) -> None:
+def _init_boreas_worker(cfg_dict: dict[str, Any], poses_dir: PathLike, seed: int) -> None:
     global _BSTATE
     _BSTATE = _make_state(plan_boreas(SynthConfig(**cfg_dict), poses_dir, seed))
 
@@ -431,8 +445,12 @@ class BoreasWriter(LayoutWriter):
     """The Boreas layout for :func:`~.skeleton.run_generation`.
 
     Args:
-        poses_dir: the real Boreas poses (default ``$DISTILVPR_REAL_DATA/boreas_poses`` or
-            ``../shared/data/real/boreas_poses``).
+        poses_dir: a folder of real Boreas poses (``<run>/applanix/{lidar,camera}_poses.csv``, e.g.
+            :func:`.boreas_world.default_boreas_poses_dir`), or ``None`` / ``"procedural"`` (the default):
+            procedural drives of one generated route, from the seed alone (:mod:`.boreas_route`).
+
+    Raises:
+        FileNotFoundError: a poses folder without ``<run>/applanix/lidar_poses.csv`` (before anything is written).
     """
 
     layout = Layout.BOREAS.value
@@ -441,7 +459,16 @@ class BoreasWriter(LayoutWriter):
     ordered_results = True
 
     def __init__(self, poses_dir: PathLike | None = None) -> None:
-        self.poses = Path(poses_dir) if poses_dir is not None else default_boreas_poses_dir()
+        self.procedural = is_procedural(poses_dir)
+        self.poses: str | Path = PROCEDURAL_POSES if self.procedural else Path(poses_dir)  # type: ignore[arg-type]
+        if not self.procedural and not any(Path(self.poses).glob("*/applanix/lidar_poses.csv")):
+            raise FileNotFoundError(f"{self.poses}: no <run>/applanix/lidar_poses.csv (Boreas poses; pass a folder "
+                                    f"of real poses or {PROCEDURAL_POSES!r})")
+
+    def record_extra(self) -> dict[str, Any]:
+        # The real-poses record is unchanged (its folders stay valid); the procedural one says so, so neither
+        # variant can complete a folder that the other started.
+        return {"boreas_trajectories": PROCEDURAL_POSES} if self.procedural else {}
 
     def plan(self, cfg: SynthConfig, seed: int) -> BoreasPlan:
         return plan_boreas(cfg, self.poses, seed)
@@ -492,7 +519,7 @@ class BoreasWriter(LayoutWriter):
             _BSTATE = previous
 
     def pool_initializer(self, cfg: SynthConfig, seed: int) -> tuple[Any, tuple[Any, ...]]:
-        return _init_boreas_worker, (dataclasses.asdict(cfg), str(self.poses), seed)
+        return _init_boreas_worker, (dataclasses.asdict(cfg), self.poses, seed)
 
     def finish(self, plan: BoreasPlan, out: Path, report: GenerationReport) -> None:
         ndx = {sp.timestamp: list(sp.image_timestamps) for r in plan.runs for sp in r.submaps}
@@ -502,7 +529,10 @@ class BoreasWriter(LayoutWriter):
 
 def generate_boreas_dataset(out_dir: PathLike, cfg: SynthConfig, seed: int | None = None, workers: int | None = None,
                             progress: Progress = True, poses_dir: PathLike | None = None) -> GenerationReport:
-    """Generate (or complete) a Boreas-layout dataset in ``out_dir``; see the module docstring."""
+    """Generate (or complete) a Boreas-layout dataset in ``out_dir``; see the module docstring.
+
+    ``poses_dir``: a folder of real Boreas poses, or ``None`` / ``"procedural"`` for procedural drives.
+    """
     return run_generation(BoreasWriter(poses_dir), out_dir, cfg, seed=seed, workers=workers, progress=progress)
 
 
