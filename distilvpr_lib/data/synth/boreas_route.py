@@ -17,7 +17,7 @@ The drives (:func:`procedural_drives`), one per run: drive 0 keeps to the lane c
 world is built along it); every other drive deviates from it by a smooth lateral offset of at most
 ``MAX_LATERAL_M``. Each drive has its own speed profile — a standing start, a cruise speed between
 9 and 12 m/s with a slow modulation, slowing for corners (lateral acceleration ≤ 2 m/s²), a stop at
-some corners, a stop at the end — hence its own timing; LiDAR poses every ≈ 103.7 ms (± 0.6 ms) and
+some corners, a stop at the end — hence its own timing; LiDAR poses every ≈ 103.7 ms (each ± 0.4 ms) and
 camera frames every 100 ms, as in the real drives.
 """
 
@@ -42,7 +42,7 @@ MAX_LATERAL_M = 0.8
 ROUTE_EXTRA_M = 120.0
 #: LiDAR period and its jitter, camera period (µs).
 LIDAR_PERIOD_US = 103_700
-LIDAR_JITTER_US = 600
+LIDAR_JITTER_US = 400
 CAMERA_PERIOD_US = 100_000
 #: Grid step of the route polyline (m), as :class:`.boreas_world.DriveTrack`.
 STEP_M = 0.25
@@ -94,30 +94,28 @@ def _integrate(heading: np.ndarray) -> np.ndarray:
     return np.concatenate([np.zeros((1, 2)), np.cumsum(steps, axis=0)])
 
 
-def route_clearance(xy: np.ndarray, s: np.ndarray, far_m: float = 2.5 * ROUTE_CLEARANCE_M) -> float:
+def route_clearance(xy: np.ndarray, s: np.ndarray, far_m: float = 2.5 * ROUTE_CLEARANCE_M,
+                    up_to_m: float = 2.0 * ROUTE_CLEARANCE_M) -> float:
     """Smallest distance (m) between two points of a path that lie more than ``far_m`` apart along it.
 
     Args:
-        xy: (M, 2) path positions; s: (M,) their arc lengths (increasing).
+        xy: (M, 2) path positions; s: (M,) their arc lengths (increasing); points are taken every ~5 m.
+        far_m: the arc-length separation that makes two points "distant parts" of the path.
+        up_to_m: distances of ``up_to_m`` or more are not looked for.
+
     Returns:
-        the distance, ``inf`` when no two points are that far apart along the path.
+        the distance, or ``inf`` when no two distant parts come closer than ``up_to_m``.
     """
     from scipy.spatial import cKDTree
 
     every = max(int(round(5.0 / max(float(np.median(np.diff(s))), 1e-9))), 1)
     pts, arc = xy[::every], s[::every]
-    tree = cKDTree(pts)
-    best = math.inf
-    for radius in (ROUTE_CLEARANCE_M, 4 * ROUTE_CLEARANCE_M):
-        pairs = tree.query_pairs(radius, output_type="ndarray")
-        if len(pairs):
-            far = np.abs(arc[pairs[:, 0]] - arc[pairs[:, 1]]) > far_m
-            if far.any():
-                d = np.linalg.norm(pts[pairs[far, 0]] - pts[pairs[far, 1]], axis=1)
-                best = min(best, float(d.min()))
-        if best < math.inf:
-            return best
-    return best
+    pairs = cKDTree(pts).query_pairs(up_to_m, output_type="ndarray")
+    if len(pairs):
+        pairs = pairs[np.abs(arc[pairs[:, 0]] - arc[pairs[:, 1]]) > far_m]
+    if not len(pairs):
+        return math.inf
+    return float(np.linalg.norm(pts[pairs[:, 0]] - pts[pairs[:, 1]], axis=1).min())
 
 
 def procedural_route(seed: int, length_m: float) -> tuple[np.ndarray, np.ndarray, list[tuple[float, float]]]:
