@@ -1,9 +1,11 @@
-"""Boreas layout: the generator driven along real Boreas trajectories (docs/METHOD.md §2.2).
+"""Boreas layout: the generator driven along procedural or real Boreas trajectories (docs/METHOD.md §2.2).
 
-The world is built around the first real drive of ``boreas_poses/`` (a suburban arterial road
-along the driven path: detached houses and low commercial blocks turned to face the road, front
-yards, boulevard trees, lamps), and every run follows one of the real drives (with its real LiDAR
-and camera timestamps, shifted to the run's date) under its own condition. Written layout::
+The drives are ``synth.n_runs`` procedural drives of one generated route (the default, from the seed
+alone: :mod:`.boreas_route`, docs/DATA.md) or the real drives of a ``boreas_poses/`` folder. The world is
+built around the first drive (a suburban arterial road along the driven path: detached houses and low
+commercial blocks turned to face the road, front yards, boulevard trees, lamps), and every run follows
+one of the drives (with its LiDAR and camera timestamps, shifted to the run's date) under its own
+condition. Written layout::
 
     <run>/lidar_1_4096_interval10/<ts>.npy            (4096, 3) float32, metric, LiDAR frame, ground removed
     <run>/camera_lidar_interval10/<image_ts>.png       forward camera
@@ -68,13 +70,8 @@ from distilvpr_lib.data.splits import (
     make_training_tuples,
     write_lidar2image_ndx,
 )
-from distilvpr_lib.data.synth.boreas_route import PROCEDURAL_POSES, is_procedural, procedural_drives
-from distilvpr_lib.data.synth.boreas_world import (
-    DriveTrack,
-    boreas_transients,
-    build_road_world,
-    load_real_drives,
-)
+from distilvpr_lib.data.synth.boreas_route import PROCEDURAL_POSES, boreas_drives, checked_poses, is_procedural
+from distilvpr_lib.data.synth.boreas_world import DriveTrack, boreas_transients, build_road_world
 from distilvpr_lib.data.synth.camera import CAMERA_HEIGHT_M, CAMERA_PITCH_DEG, CameraModel, render_image
 from distilvpr_lib.data.synth.conditions import RunCondition, sample_conditions, start_time_us
 from distilvpr_lib.data.synth.lidar import (
@@ -165,23 +162,14 @@ class BoreasPlan:
 def plan_boreas(cfg: SynthConfig, poses_dir: PathLike | None = None, seed: int | None = None) -> BoreasPlan:
     """World around the first drive, and every run's submaps and images (nothing rendered).
 
-    Args:
-        cfg: generator settings.
-        poses_dir: a folder of real Boreas poses (``<run>/applanix/*_poses.csv``), or ``None`` /
-            ``"procedural"`` for ``cfg.n_runs`` procedural drives of one generated route
-            (:func:`.boreas_route.procedural_drives`, seeded by ``seed``).
-        seed: overrides ``cfg.seed``.
+    ``poses_dir``: a folder of real Boreas poses, or ``None`` / ``"procedural"`` (:func:`.boreas_route.boreas_drives`).
     """
     seed = cfg.seed if seed is None else int(seed)
-    procedural = is_procedural(poses_dir)
-    if procedural:
-        drives = procedural_drives(seed, cfg.n_runs, cfg.route_length_m)
-    else:
-        drives = load_real_drives(poses_dir)  # type: ignore[arg-type]
+    drives = boreas_drives(poses_dir, seed, cfg.n_runs, cfg.route_length_m)
     origin = np.round(drives[0].lidar_en[0] / 100.0) * 100.0
     tracks = [DriveTrack.create(d, origin) for d in drives]
     world = build_road_world(seed, tracks[0], cfg.route_length_m)
-    if procedural:
+    if is_procedural(poses_dir):
         world.summary["trajectories"] = PROCEDURAL_POSES
     conditions = sample_conditions(seed, cfg.n_runs)
     used: set[str] = set()
@@ -445,12 +433,8 @@ class BoreasWriter(LayoutWriter):
     """The Boreas layout for :func:`~.skeleton.run_generation`.
 
     Args:
-        poses_dir: a folder of real Boreas poses (``<run>/applanix/{lidar,camera}_poses.csv``, e.g.
-            :func:`.boreas_world.default_boreas_poses_dir`), or ``None`` / ``"procedural"`` (the default):
-            procedural drives of one generated route, from the seed alone (:mod:`.boreas_route`).
-
-    Raises:
-        FileNotFoundError: a poses folder without ``<run>/applanix/lidar_poses.csv`` (before anything is written).
+        poses_dir: a folder of real Boreas poses (e.g. :func:`.boreas_world.default_boreas_poses_dir`; checked
+            here, before anything is written: ``FileNotFoundError``), or ``None`` / ``"procedural"`` (default).
     """
 
     layout = Layout.BOREAS.value
@@ -460,14 +444,10 @@ class BoreasWriter(LayoutWriter):
 
     def __init__(self, poses_dir: PathLike | None = None) -> None:
         self.procedural = is_procedural(poses_dir)
-        self.poses: str | Path = PROCEDURAL_POSES if self.procedural else Path(poses_dir)  # type: ignore[arg-type]
-        if not self.procedural and not any(Path(self.poses).glob("*/applanix/lidar_poses.csv")):
-            raise FileNotFoundError(f"{self.poses}: no <run>/applanix/lidar_poses.csv (Boreas poses; pass a folder "
-                                    f"of real poses or {PROCEDURAL_POSES!r})")
+        self.poses: str | Path = PROCEDURAL_POSES if self.procedural else checked_poses(poses_dir)  # type: ignore[arg-type]
 
     def record_extra(self) -> dict[str, Any]:
-        # The real-poses record is unchanged (its folders stay valid); the procedural one says so, so neither
-        # variant can complete a folder that the other started.
+        # the real-poses record is the one from before procedural drives; neither completes the other's folder
         return {"boreas_trajectories": PROCEDURAL_POSES} if self.procedural else {}
 
     def plan(self, cfg: SynthConfig, seed: int) -> BoreasPlan:
@@ -529,10 +509,7 @@ class BoreasWriter(LayoutWriter):
 
 def generate_boreas_dataset(out_dir: PathLike, cfg: SynthConfig, seed: int | None = None, workers: int | None = None,
                             progress: Progress = True, poses_dir: PathLike | None = None) -> GenerationReport:
-    """Generate (or complete) a Boreas-layout dataset in ``out_dir``; see the module docstring.
-
-    ``poses_dir``: a folder of real Boreas poses, or ``None`` / ``"procedural"`` for procedural drives.
-    """
+    """Generate (or complete) a Boreas-layout dataset in ``out_dir`` (``poses_dir``: see :class:`BoreasWriter`)."""
     return run_generation(BoreasWriter(poses_dir), out_dir, cfg, seed=seed, workers=workers, progress=progress)
 
 

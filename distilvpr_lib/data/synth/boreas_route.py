@@ -24,10 +24,12 @@ camera frames every 100 ms, as in the real drives.
 from __future__ import annotations
 
 import math
+from pathlib import Path
+
 import numpy as np
 
 from distilvpr_lib.data.files import PathLike
-from distilvpr_lib.data.synth.boreas_world import RealDrive
+from distilvpr_lib.data.synth.boreas_world import RealDrive, load_real_drives
 
 #: ``--boreas-poses`` value (and ``poses_dir`` argument) that selects the procedural drives.
 PROCEDURAL_POSES = "procedural"
@@ -55,6 +57,28 @@ _MAX_ATTEMPTS = 50
 def is_procedural(poses_dir: PathLike | None) -> bool:
     """Whether a ``poses_dir`` argument selects the procedural drives: ``None`` or ``"procedural"``."""
     return poses_dir is None or (isinstance(poses_dir, str) and poses_dir == PROCEDURAL_POSES)
+
+
+def checked_poses(poses_dir: PathLike) -> Path:
+    """``poses_dir`` as a path, when it holds ``<run>/applanix/lidar_poses.csv``.
+
+    Raises:
+        FileNotFoundError: it does not.
+    """
+    path = Path(poses_dir)
+    if not any(path.glob("*/applanix/lidar_poses.csv")):
+        raise FileNotFoundError(f"{path}: no <run>/applanix/lidar_poses.csv (Boreas poses; pass a folder of real "
+                                f"poses or {PROCEDURAL_POSES!r})")
+    return path
+
+
+def boreas_drives(poses_dir: PathLike | None, seed: int, n_runs: int, route_length_m: float) -> list[RealDrive]:
+    """The drives of a Boreas world: :func:`procedural_drives` (``poses_dir`` ``None`` or ``"procedural"``)
+    or the real drives of a poses folder (:func:`.boreas_world.load_real_drives`; ``seed``, ``n_runs`` and
+    ``route_length_m`` unused)."""
+    if is_procedural(poses_dir):
+        return procedural_drives(seed, n_runs, route_length_m)
+    return load_real_drives(poses_dir)  # type: ignore[arg-type]
 
 
 def _route_headings(rng: np.random.Generator, length_m: float) -> tuple[np.ndarray, list[tuple[float, float]]]:
@@ -225,6 +249,6 @@ def procedural_drives(seed: int, n_drives: int, route_length_m: float) -> list[R
     return drives
 
 
-__all__ = ["CAMERA_PERIOD_US", "LIDAR_PERIOD_US", "MAX_LATERAL_M", "MIN_LEG_M", "PROCEDURAL_POSES", "ROUTE_CLEARANCE_M",
+__all__ = ["CAMERA_PERIOD_US", "boreas_drives", "checked_poses", "LIDAR_PERIOD_US", "MAX_LATERAL_M", "MIN_LEG_M", "PROCEDURAL_POSES", "ROUTE_CLEARANCE_M",
            "ROUTE_EXTRA_M", "START_EASTING_NORTHING", "is_procedural", "procedural_drives",
            "procedural_route", "route_clearance"]
