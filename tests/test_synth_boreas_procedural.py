@@ -49,7 +49,7 @@ from distilvpr_lib.data.synth.boreas_route import (
     route_clearance,
 )
 from distilvpr_lib.data.synth.boreas_world import DriveTrack
-from distilvpr_lib.data.synth.skeleton import CONFIG_FILE, config_record, json_bytes
+from distilvpr_lib.data.synth.skeleton import COMPLETE_FILE, CONFIG_FILE, config_record, json_bytes
 
 BOREAS_NAME = re.compile(r"^boreas-\d{4}-\d{2}-\d{2}-\d{2}-\d{2}$")
 SMOKE = profile_config("smoke").synth
@@ -171,10 +171,17 @@ def boreas_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.slow
-def test_same_seed_gives_identical_bytes(boreas_dir: Path, tmp_path: Path) -> None:
+def test_same_seed_gives_identical_bytes_and_restarts(boreas_dir: Path, tmp_path: Path) -> None:
     again = tmp_path / "again"  # generated a second time, by a pool of two workers
     report = generate_dataset(again, SMOKE, layout="boreas", boreas_poses_dir="procedural", workers=2, progress=False)
     assert report.clouds_written == report.clouds_total > 0
+    assert _checksums(again) == _checksums(boreas_dir)
+    # an interrupted generation is completed with the same bytes
+    for path in [*sorted(again.rglob("*.npy"))[::11], *sorted(again.rglob("*.png"))[::13], again / COMPLETE_FILE,
+                 again / "boreas_training_queries_baseline.pickle"]:
+        path.unlink()
+    report = generate_dataset(again, SMOKE, layout="boreas", workers=1, progress=False)
+    assert 0 < report.clouds_written < report.clouds_total and report.images_written > 0
     assert _checksums(again) == _checksums(boreas_dir)
 
 
