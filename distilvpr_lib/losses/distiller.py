@@ -34,6 +34,7 @@ from torch import nn
 
 from distilvpr_lib.config import parse_method_name
 
+from .plugins import load_loss_plugins
 from .registry import LOSSES
 from .relations import GEOMETRIES
 
@@ -81,8 +82,27 @@ PRESETS: dict[str, dict[str, float]] = {
 }
 
 
+def register_preset(name: str, spec: dict[str, float]) -> None:
+    """Add a preset (a weight spec, module docstring) under ``name`` — what a loss plugin calls
+    (``losses.plugins``); the name then takes the method-name modifiers like every preset.
+
+    Raises:
+        ValueError: ``name`` is not a plain preset name (no ``_x`` / ``_lr`` / ``_norm`` modifiers), or it is taken
+            by another spec.
+        KeyError: a weight name no registered loss knows.
+    """
+    if parse_method_name(name).name != name or parse_method_name(name).base != name:
+        raise ValueError(f"preset name {name!r} must not end in a method-name modifier (_x, _lr, _norm)")
+    spec = {str(k): float(v) for k, v in spec.items()}
+    _check_names(spec, f"preset {name!r}")
+    if name in PRESETS and PRESETS[name] != spec:
+        raise ValueError(f"preset {name!r} exists with other weights: {PRESETS[name]}")
+    PRESETS[name] = spec
+
+
 def known_weight_names() -> list[str]:
     """Every name a weight spec may use: all term names plus the group names of grouped losses."""
+    load_loss_plugins()
     names: set[str] = set()
     for name, cls in LOSSES.items():
         names.update(cls.term_names())
@@ -130,6 +150,7 @@ def resolve_term_weights(cfg: "DistillConfig") -> dict[str, float]:
     Raises:
         KeyError: unknown ``cfg.method`` (lists the presets) or unknown names in ``cfg.terms``.
     """
+    load_loss_plugins()
     try:
         parsed = parse_method_name(cfg.method)
     except ValueError as exc:
