@@ -282,7 +282,7 @@ def test_a_signal_stops_the_batch_its_runs_and_their_children(tmp_path: Path, si
 def test_sigterm_stops_a_training_run_like_ctrl_c_and_it_resumes(smoke_dataset: Path, tmp_path: Path) -> None:
     out = tmp_path / "teacher"
     args = ("train-teacher", "--dataset", str(smoke_dataset), "--out", str(out), "--profile", "smoke",
-            "--epochs", "3", "--device", "cpu", "--quiet")
+            "--epochs", "2", "--device", "cpu", "--quiet")
     run = subprocess.Popen(_command(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
     try:
         _wait_for(out / "checkpoints" / "last.pt", run)  # epoch 1 is done
