@@ -278,6 +278,30 @@ def test_a_signal_stops_the_batch_its_runs_and_their_children(tmp_path: Path, si
     assert "Traceback" not in stderr and "ZMQError" not in stderr, stderr[-3000:]
 
 
+def test_terminate_process_tree_ends_children_in_other_sessions(tmp_path: Path) -> None:
+    """A run's process (own session) whose child starts a session of its own, as papermill's kernel does:
+    both are ended, the caller's process group is never signalled."""
+    from distilvpr_lib.stopping import descendant_pids, is_alive, terminate_process_tree
+
+    pid_file = tmp_path / "child.pid"
+    code = ("import subprocess, sys, time, pathlib\n"
+            "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'], start_new_session=True)\n"
+            f"pathlib.Path({str(pid_file)!r}).write_text(str(c.pid))\n"
+            "time.sleep(600)")
+    proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+    try:
+        _wait_for(pid_file, proc, timeout=60)
+        child = int(pid_file.read_text())
+        assert descendant_pids(proc.pid) == [child] and os.getpgid(child) != os.getpgid(proc.pid)
+        start = time.monotonic()
+        terminate_process_tree(proc, grace_s=2.0)
+        assert proc.returncode == -signal.SIGTERM and time.monotonic() - start < 5
+        assert not _all_gone([child], timeout=5) and not is_alive(child)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 @pytest.mark.slow
 def test_sigterm_stops_a_training_run_like_ctrl_c_and_it_resumes(smoke_dataset: Path, tmp_path: Path) -> None:
     out = tmp_path / "teacher"
