@@ -7,7 +7,9 @@ All of them derive from :class:`DistilVPRError`, whose ``str()`` is one line::
 The command line (:mod:`distilvpr_lib.cli`) prints exactly that line after ``error: `` and exits with
 the error's :attr:`~DistilVPRError.exit_code`: **1** for bad data, weights or run folders, **2** for bad
 options. Notebooks see the same line as the exception's message (and :func:`format_error` gives it
-for any exception). No message of the project ever suggests ``torch.load(weights_only=False)``:
+for any exception); :func:`show_errors_in_one_line`, called in each notebook's first import cell, makes a
+failing cell show just that line (the traceback with ``DISTILVPR_DEBUG=1``). Ctrl-C and SIGTERM stop a
+command alike (:class:`RunInterrupted`). No message of the project ever suggests ``torch.load(weights_only=False)``:
 :func:`describe_torch_load_error` rewrites torch's advice into what the file's problem is.
 
 This module sits at the bottom of the layers (next to ``config``): ``data``, ``models``, ``engine``,
