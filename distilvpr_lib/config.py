@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from distilvpr_lib.errors import UnknownProfileError
 from distilvpr_lib.paths import project_path
 
 # ---------------------------------------------------------------------------
@@ -393,10 +394,11 @@ def profile_config(profile: str = "cpu") -> ExperimentConfig:
     """Return a fresh :class:`ExperimentConfig` for a named profile.
 
     Raises:
-        KeyError: unknown profile (the message lists the known ones).
+        UnknownProfileError: (an ``OptionError`` and a ``KeyError``) unknown profile; the one-line message
+            lists the known ones.
     """
     if profile not in PROFILES:
-        raise KeyError(f"unknown profile {profile!r}; known profiles: {sorted(PROFILES)}")
+        raise UnknownProfileError(f"unknown profile {profile!r}; known profiles: {', '.join(sorted(PROFILES))}")
     cfg = ExperimentConfig(profile=profile)
     for section, values in PROFILES[profile].items():
         _update_dataclass(getattr(cfg, section), copy.deepcopy(values), section)

@@ -118,8 +118,11 @@ def run_demo(profile: str = "cpu", out_root: str | Path = "runs", data_root: str
         grid.seeds = grid.seeds[:2]
     summary = run_batch(grid, out_root=demo_dir)
     print(summary)
-    if summary.n_failed:
-        raise SystemExit(f"demo: {summary.n_failed} student run(s) failed; see {summary.batch_dir}/*/status.json")
+    if summary.signum is not None:
+        raise SystemExit(128 + summary.signum)  # stopped by Ctrl-C / SIGTERM: re-running the demo resumes
+    if summary.n_failed or summary.n_stale:
+        raise SystemExit(f"demo: {summary.n_failed} student run(s) failed, {summary.n_stale} stale (completed with "
+                         f"other parameters; see docs/GRIDS.md); see {summary.batch_dir}/*/status.json")
     nokd_dir = summary.batch_dir / f"nokd__seed{grid.seeds[0]}"
     distil_dir = summary.batch_dir / f"distilvpr__seed{grid.seeds[0]}"
     timings["03 batch"] = time.time() - t

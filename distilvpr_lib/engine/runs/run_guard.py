@@ -8,7 +8,8 @@
 * holding it, it removes the temporary files an interrupted atomic write left behind
   (:func:`distilvpr_lib.data.files.remove_stale_temp_files`);
 * when the pipeline raises, ``metrics.json`` records ``status: failed`` and the one-line error
-  (:func:`distilvpr_lib.errors.format_error`), then the error propagates.
+  (:func:`distilvpr_lib.errors.format_error`), then the error propagates; Ctrl-C or SIGTERM records
+  ``status: interrupted`` (the run resumes when re-run).
 
 Only the main process (rank 0 under ``torchrun``) locks and writes.
 """
@@ -111,6 +112,9 @@ def check_not_locked(folder: PathLike) -> None:
 def record_failure(out_dir: PathLike, kind: str, exc: BaseException) -> None:
     """Mark the run failed in ``metrics.json``: ``status: failed``, ``error`` (one line), ``failed_at``.
 
+    A ``KeyboardInterrupt`` (Ctrl-C, or SIGTERM as :class:`~distilvpr_lib.errors.RunInterrupted`) records
+    ``status: interrupted`` instead: the run stopped when told and resumes when re-run.
+
     An existing ``metrics.json`` keeps its other fields; writing never raises (the original error matters).
     """
     from distilvpr_lib.data.files import write_json
@@ -123,8 +127,11 @@ def record_failure(out_dir: PathLike, kind: str, exc: BaseException) -> None:
             loaded = json.loads(path.read_text())
             metrics = loaded if isinstance(loaded, dict) else {}
     metrics.setdefault("kind", kind)
-    metrics.update(status="failed", error="interrupted" if isinstance(exc, KeyboardInterrupt) else format_error(exc),
-                   failed_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    if isinstance(exc, KeyboardInterrupt):  # Ctrl-C or SIGTERM (errors.RunInterrupted): resumable, not failed
+        metrics.update(status="interrupted", error=f"interrupted by {exc}" if str(exc) else "interrupted",
+                       failed_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    else:
+        metrics.update(status="failed", error=format_error(exc), failed_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
     with contextlib.suppress(Exception):
         write_json(path, metrics)
 
