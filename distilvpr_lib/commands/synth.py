@@ -32,6 +32,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="on-disk layout (default: oxford; boreas drives the real Boreas trajectories)")
     parser.add_argument("--boreas-poses", default=None,
                         help="folder of real Boreas poses for --layout boreas (default: $DISTILVPR_REAL_DATA/boreas_poses)")
+    parser.add_argument("--route-length", type=float, default=None, metavar="M",
+                        help="route length in metres (default: the profile's synth.route_length_m); a Boreas "
+                             "dataset needs about 500 m for a training region at the smoke profile")
     parser.add_argument("--workers", type=int, default=None, help="rendering processes (default: the profile's)")
     parser.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
     parser.set_defaults(func=run)
@@ -43,6 +46,11 @@ def run(args: argparse.Namespace) -> int:
     from distilvpr_lib.data.synth.generate import generate_dataset
 
     cfg = profile_config(args.profile)
+    if args.route_length is not None:
+        if not args.route_length > 0:
+            print(f"synth: error: --route-length must be > 0, got {args.route_length:g}", file=sys.stderr)
+            return 2
+        cfg.synth.route_length_m = float(args.route_length)
     out = args.out or (cfg.data.dataset_dir + ("_boreas" if args.layout == Layout.BOREAS else ""))
     try:
         report = generate_dataset(out, cfg.synth, seed=args.seed, layout=args.layout, workers=args.workers,

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from distilvpr_lib.config import check_config_values
 from distilvpr_lib.data.clouds import BIN_CLOUD_BYTES, describe_bad_bin_size
 from distilvpr_lib.data.images import check_image_file
 from distilvpr_lib.errors import (
@@ -126,8 +127,12 @@ def required_rel_paths(benchmark: "Benchmark", training: bool, splits: Iterable[
 
 def preflight_dataset(dataset_dir: PathLike, image_dir: PathLike | None = None, layout: str = "auto",
                       training: bool = True, splits: Iterable[str] = ("test",), need_images: bool = True,
-                      decode_images: bool = False, report: PreflightReport | None = None) -> "Benchmark":
+                      decode_images: bool = False, report: PreflightReport | None = None,
+                      expected_size: tuple[int, int] | None = None) -> "Benchmark":
     """Load a benchmark and check every file the run will read (see the module docstring).
+
+    Every image the run reads must have one size (batches stack them), ``expected_size`` (width, height)
+    when given; a training set must hold a tuple with a positive and a negative (else every batch is skipped).
 
     Args:
         training: the run trains: training tuples must exist and their clouds / images are checked.
@@ -170,17 +175,24 @@ def preflight_dataset(dataset_dir: PathLike, image_dir: PathLike | None = None, 
             problems.append(exc)
     images = 0
     if need_images:
+        sizes: dict[Path, tuple[int, int]] = {}
         for rel in rel_paths:
             try:
                 count = benchmark.image_count(rel)
                 for k in range(max(count, 1)):
-                    check_image_file(benchmark.image_path(rel, k), decode=decode_images)
+                    path = benchmark.image_path(rel, k)
+                    sizes[path] = check_image_file(path, decode=decode_images)
                     images += 1
             except DistilVPRError as exc:
                 exc.hint = exc.hint or _DAMAGED_HINT
                 problems.append(exc)
             except IndexError as exc:
                 problems.append(DataFormatError(str(exc)))
+        problems.extend(image_size_problems(sizes, expected_size))
+    if training and not problems:
+        problem = training_set_problem(benchmark)
+        if problem is not None:
+            problems.append(problem)
     if problems:
         raise _first_problem(problems, dataset_dir)
     if report is not None:
@@ -188,6 +200,46 @@ def preflight_dataset(dataset_dir: PathLike, image_dir: PathLike | None = None, 
         report.images += images
         report.benchmark = benchmark
     return benchmark
+
+
+def image_size_problems(sizes: dict[Path, tuple[int, int]],
+                        expected: tuple[int, int] | None = None) -> list[DistilVPRError]:
+    """One problem per image whose (width, height) differs from the others' (the most common size) or from
+    ``expected``: a batch stacks images, so a dataset's images must all have one size."""
+    from collections import Counter
+
+    if not sizes:
+        return []
+    counts = Counter(sizes.values())
+    common, n_common = counts.most_common(1)[0]
+    target = expected if expected is not None else common
+    if expected is not None:
+        what = f"the size the configuration expects is {target[0]}x{target[1]}"
+    else:
+        what = f"the other {n_common} image(s) are {target[0]}x{target[1]}"
+    return [DataFormatError(f"image of size {w}x{h}, {what}; the images of a dataset must all have one size",
+                            path=path, hint="resize or regenerate it (distilvpr check-data lists every one)")
+            for path, (w, h) in sizes.items() if (w, h) != target]
+
+
+def training_set_problem(benchmark: "Benchmark") -> DistilVPRError | None:
+    """Why no batch of the training set could form a triplet, or ``None``.
+
+    A training step needs, within a batch, an anchor with a positive (a sub-map within 10 m) and a negative
+    (one farther than 50 m). When no training tuple has both, every batch is skipped, so refuse up front.
+    """
+    tuples = benchmark.training_tuples
+    n = len(tuples)
+    if any(t.positives and len(set(t.non_negatives) | {t.id}) < n for t in tuples.values()):
+        return None
+    from distilvpr_lib.data.benchmark import LAYOUT_FILES
+
+    training_file = benchmark.dataset_dir / LAYOUT_FILES[benchmark.layout]["training"][0]
+    return DataFormatError(
+        f"no training tuple has both a positive (<= 10 m) and a negative (> 50 m) among the {n} training "
+        "sub-maps, so every batch would be skipped", path=training_file,
+        hint="the training region is too small: generate the dataset with a longer route (distilvpr synth "
+             "--route-length 500 ..., or a larger --profile), or use a larger real dataset")
 
 
 # ---------------------------------------------------------------------------
@@ -243,7 +295,9 @@ def _read_config(folder: Path, what: str) -> "ExperimentConfig":
         raise MissingCheckpointError(f"configuration of the {what} not found", path=path,
                                      hint=f"is {folder} a folder written by this workbench?")
     try:
-        return ExperimentConfig.load(path)
+        return ExperimentConfig.load(path)  # names the file and the field (DataFormatError)
+    except DistilVPRError:
+        raise
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"unreadable JSON ({exc})", path=path) from exc
     except (KeyError, TypeError, ValueError) as exc:
@@ -292,6 +346,20 @@ def _is_main_process() -> bool:
     return is_main_process()
 
 
+def _nearest_existing(path: Path) -> Path:
+    ancestor = path
+    while not ancestor.exists():
+        if ancestor.parent == ancestor:
+            break
+        ancestor = ancestor.parent
+    return ancestor
+
+
+def _probe_writable(folder: Path) -> None:
+    """Create and remove a temporary folder in ``folder``; raises the ``OSError`` of a place not writable."""
+    tempfile.TemporaryDirectory(dir=folder, prefix=".distilvpr-write-probe-").cleanup()
+
+
 def preflight_out_dir(out_dir: PathLike, check_lock: bool | None = None) -> None:
     """The run folder can be created / written, and no other process holds it.
 
@@ -312,21 +380,77 @@ def preflight_out_dir(out_dir: PathLike, check_lock: bool | None = None) -> None
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise RunFolderError("is a file, not a run folder", path=out_dir, hint="choose another --out")
-    ancestor = out_dir
-    while not ancestor.exists():
-        if ancestor.parent == ancestor:
-            break
-        ancestor = ancestor.parent
+    ancestor = _nearest_existing(out_dir)
     if not ancestor.is_dir():
         raise RunFolderError("cannot create the run folder: a file stands in its path", path=ancestor,
                              hint="choose another --out")
     try:
-        tempfile.TemporaryDirectory(dir=ancestor, prefix=".distilvpr-write-probe-").cleanup()
+        _probe_writable(ancestor)
     except OSError as exc:
         raise RunFolderError(f"not writable ({exc.strerror or exc})", path=ancestor,
                              hint="check its permissions, or choose another --out") from exc
     if check_lock:
         check_not_locked(out_dir)
+
+
+#: Environment variable naming a folder for the image caches of every dataset (one sub-folder per dataset).
+CACHE_DIR_ENV: str = "DISTILVPR_CACHE_DIR"
+#: Sub-folder of the run folder holding the image cache when the dataset folder is read-only.
+RUN_IMAGE_CACHE_FOLDER: str = "image_cache"
+_CACHE_DIR_HINT = (f"choose a writable folder: --cache-dir DIR, --set data.image_cache_dir=DIR or {CACHE_DIR_ENV}=DIR; "
+                   "or set data.image_cache=false")
+
+
+def resolve_image_cache_dir(cfg: "ExperimentConfig", out_dir: PathLike) -> Path:
+    """Where the student's image cache (``data.image_cache``) lives, checked writable; nothing is created.
+
+    In order: ``data.image_cache_dir`` when set (``--cache-dir``); else ``$DISTILVPR_CACHE_DIR/<dataset>-<hash>``
+    (one sub-folder per dataset folder, so datasets never share cache files); else ``<dataset_dir>/.cache``
+    when the dataset folder is writable (shared by every run on the dataset); else the run folder's
+    ``image_cache/`` (a read-only dataset).
+
+    Raises:
+        OptionError: (exit status 2) ``data.image_cache_dir`` or ``$DISTILVPR_CACHE_DIR`` is a file or not writable.
+    """
+    import hashlib
+
+    from distilvpr_lib.errors import OptionError
+
+    dataset_dir = Path(cfg.data.dataset_dir)
+    chosen: tuple[str, Path] | None = None
+    if cfg.data.image_cache_dir:
+        chosen = (f"data.image_cache_dir={cfg.data.image_cache_dir}", Path(cfg.data.image_cache_dir))
+    elif os.environ.get(CACHE_DIR_ENV, "").strip():
+        root = Path(os.environ[CACHE_DIR_ENV].strip())
+        tag = hashlib.sha256(str(dataset_dir.resolve()).encode()).hexdigest()[:8]
+        chosen = (f"{CACHE_DIR_ENV}={root}", root / f"{dataset_dir.resolve().name}-{tag}")
+    if chosen is not None:
+        what, folder = chosen
+        ancestor = _nearest_existing(folder)
+        if (folder.exists() and not folder.is_dir()) or not ancestor.is_dir():
+            raise OptionError(f"{what}: the image cache folder cannot be created (a file stands in its path "
+                              f"at {ancestor})", hint=_CACHE_DIR_HINT)
+        try:
+            _probe_writable(ancestor)
+        except OSError as exc:
+            raise OptionError(f"{what}: the image cache folder is not writable ({exc.strerror or exc}; "
+                              f"at {ancestor})", hint=_CACHE_DIR_HINT) from exc
+        return folder
+    from distilvpr_lib.config import IMAGE_CACHE_FOLDER
+
+    default = dataset_dir / IMAGE_CACHE_FOLDER
+    try:
+        _probe_writable(_nearest_existing(default))
+        return default
+    except OSError:
+        return Path(out_dir) / RUN_IMAGE_CACHE_FOLDER
+
+
+def preflight_image_cache_dir(cfg: "ExperimentConfig", out_dir: PathLike) -> Path | None:
+    """With ``data.image_cache`` on: the folder the image cache will use (:func:`resolve_image_cache_dir`)."""
+    if not cfg.data.image_cache:
+        return None
+    return resolve_image_cache_dir(cfg, out_dir)
 
 
 def preflight_resume(cfg: "ExperimentConfig", out_dir: PathLike, kind: str, resume: bool,
@@ -375,6 +499,7 @@ def preflight_train_teacher(cfg: "ExperimentConfig", out_dir: PathLike, resume: 
     a checkpoint to resume. Raises the first problem (module docstring); returns what was checked."""
     started = time.perf_counter()
     report = PreflightReport()
+    check_config_values(cfg)
     preflight_out_dir(out_dir)
     preflight_resume(cfg, out_dir, "teacher", resume, report)
     _dataset_of(cfg, True, _training_splits(cfg), report)
@@ -388,7 +513,9 @@ def preflight_distill(cfg: "ExperimentConfig", teacher_dir: PathLike | None, out
     checkpoint to resume."""
     started = time.perf_counter()
     report = PreflightReport()
+    check_config_values(cfg)
     preflight_out_dir(out_dir)
+    preflight_image_cache_dir(cfg, out_dir)
     if teacher_dir is not None:
         preflight_teacher_folder(teacher_dir, cfg, report)
     preflight_resume(cfg, out_dir, "student", resume, report)
@@ -398,8 +525,10 @@ def preflight_distill(cfg: "ExperimentConfig", teacher_dir: PathLike | None, out
 
 
 def preflight_evaluate(model_dir: PathLike, dataset_dir: PathLike | None = None, split: str = "test",
-                       image_dir: PathLike | None = None) -> PreflightReport:
-    """What ``evaluate`` reads: the folder's config and weights (fitting it), the split's clouds and images."""
+                       image_dir: PathLike | None = None, layout: str | None = None) -> PreflightReport:
+    """What ``evaluate`` reads: the folder's config and weights (fitting it), the split's clouds and images.
+
+    ``layout``: the evaluated dataset's (``"auto"``: detected); ``None`` = the folder's ``data.layout``."""
     from distilvpr_lib.engine.runs.run_folder import STUDENT_WEIGHTS_FILE, TEACHER_WEIGHTS_FILE
 
     started = time.perf_counter()
@@ -415,11 +544,13 @@ def preflight_evaluate(model_dir: PathLike, dataset_dir: PathLike | None = None,
                                      path=model_dir, hint="is it a finished teacher folder or student run?")
     preflight_dataset(dataset_dir if dataset_dir is not None else cfg.data.dataset_dir,
                       image_dir=image_dir if image_dir is not None else cfg.data.image_dir,
-                      layout=cfg.data.layout, training=False, splits=(split,), report=report)
+                      layout=cfg.data.layout if layout is None else layout, training=False, splits=(split,),
+                      report=report)
     report.seconds = time.perf_counter() - started
     return report
 
 
-__all__ = ["PreflightReport", "expected_state_shapes", "preflight_dataset", "preflight_distill",
-           "preflight_evaluate", "preflight_out_dir", "preflight_resume", "preflight_teacher_folder",
-           "preflight_train_teacher", "preflight_weights", "required_rel_paths"]
+__all__ = ["CACHE_DIR_ENV", "PreflightReport", "expected_state_shapes", "image_size_problems", "preflight_dataset",
+           "preflight_distill", "preflight_evaluate", "preflight_image_cache_dir", "preflight_out_dir",
+           "preflight_resume", "preflight_teacher_folder", "preflight_train_teacher", "preflight_weights",
+           "required_rel_paths", "resolve_image_cache_dir", "training_set_problem"]
