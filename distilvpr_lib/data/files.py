@@ -218,6 +218,31 @@ def write_json(path: PathLike, obj: Any, sort_keys: bool = False, default: Any =
     return path
 
 
+def symlink_problem(path: PathLike) -> str:
+    """What is wrong with a symbolic link that leads nowhere: a loop, or a dangling link (target named)."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symlink loop (a symbolic link that points, through others, back to itself)"
+    try:
+        target = os.readlink(path)
+    except OSError:
+        target = "?"
+    return f"dangling symbolic link (its target {target} does not exist)"
+
+
+def safe_resolve(path: Path) -> Path:
+    """``path.resolve()``, raising :class:`DataFormatError` naming ``path`` for a symlink loop (Python raises
+    ``RuntimeError`` or ``OSError`` ELOOP there, depending on its version)."""
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError) as exc:
+        if isinstance(exc, OSError) and exc.errno != errno.ELOOP:
+            raise
+        raise DataFormatError(symlink_problem(path), path=path, hint="remove or fix the link") from exc
+
+
 def require_file(path: Path, what: str) -> None:
     """Check that ``path`` is an existing regular file before a reader opens it.
 
@@ -229,6 +254,8 @@ def require_file(path: Path, what: str) -> None:
         MissingDataError: ``<path>: <what> not found``. DataFormatError: ``<path>: <what> is not a regular file``.
     """
     if not path.exists():
+        if path.is_symlink():
+            raise DataFormatError(symlink_problem(path), path=path, hint="remove or fix the link")
         raise MissingDataError(f"{path}: {what} not found")
     if not path.is_file():
         raise DataFormatError(f"{path}: {what} is not a regular file")

@@ -25,6 +25,7 @@ seconds (``benchmarks/bench_preflight.py``).
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import sys
 import tempfile
@@ -36,7 +37,8 @@ from typing import TYPE_CHECKING, Any
 
 from distilvpr_lib.config import check_config_values
 from distilvpr_lib.data.clouds import BIN_CLOUD_BYTES, describe_bad_bin_size
-from distilvpr_lib.data.images import check_image_file
+from distilvpr_lib.data.files import symlink_problem
+from distilvpr_lib.data.images import check_image_file, image_size_problems
 from distilvpr_lib.errors import (
     CheckpointError,
     DataFormatError,
@@ -85,7 +87,13 @@ def _check_cloud_size(path: Path) -> None:
     try:
         size = path.stat().st_size
     except FileNotFoundError:
+        if path.is_symlink():
+            raise DataFormatError(symlink_problem(path), path=path, hint="remove or fix the link") from None
         raise MissingDataError("cloud referenced by the benchmark pickles not found", path=path) from None
+    except OSError as exc:  # ELOOP: a symlink loop; EACCES ...
+        if exc.errno == errno.ELOOP:
+            raise DataFormatError(symlink_problem(path), path=path, hint="remove or fix the link") from None
+        raise DataFormatError(f"cannot read ({exc.strerror or exc})", path=path) from None
     if path.is_dir():
         raise DataFormatError("is a folder, expected a point cloud file", path=path)
     if path.suffix == ".bin":
@@ -202,35 +210,17 @@ def preflight_dataset(dataset_dir: PathLike, image_dir: PathLike | None = None, 
     return benchmark
 
 
-def image_size_problems(sizes: dict[Path, tuple[int, int]],
-                        expected: tuple[int, int] | None = None) -> list[DistilVPRError]:
-    """One problem per image whose (width, height) differs from the others' (the most common size) or from
-    ``expected``: a batch stacks images, so a dataset's images must all have one size."""
-    from collections import Counter
-
-    if not sizes:
-        return []
-    counts = Counter(sizes.values())
-    common, n_common = counts.most_common(1)[0]
-    target = expected if expected is not None else common
-    if expected is not None:
-        what = f"the size the configuration expects is {target[0]}x{target[1]}"
-    else:
-        what = f"the other {n_common} image(s) are {target[0]}x{target[1]}"
-    return [DataFormatError(f"image of size {w}x{h}, {what}; the images of a dataset must all have one size",
-                            path=path, hint="resize or regenerate it (distilvpr check-data lists every one)")
-            for path, (w, h) in sizes.items() if (w, h) != target]
-
-
 def training_set_problem(benchmark: "Benchmark") -> DistilVPRError | None:
     """Why no batch of the training set could form a triplet, or ``None``.
 
     A training step needs, within a batch, an anchor with a positive (a sub-map within 10 m) and a negative
     (one farther than 50 m). When no training tuple has both, every batch is skipped, so refuse up front.
     """
+    import numpy as np
+
     tuples = benchmark.training_tuples
     n = len(tuples)
-    if any(t.positives and len(set(t.non_negatives) | {t.id}) < n for t in tuples.values()):
+    if any(len(t.positives) and len(set(np.asarray(t.non_negatives).tolist()) | {t.id}) < n for t in tuples.values()):
         return None
     from distilvpr_lib.data.benchmark import LAYOUT_FILES
 
