@@ -701,7 +701,7 @@ def check_config_values(cfg: ExperimentConfig, check_device: bool = True) -> Non
 
     Checks :data:`LOWER_BOUNDS` (epochs >= 1, batch size >= 2 — a batch needs a positive pair —, learning
     rates > 0, ...), :data:`CHOICES`, :data:`POSITIVE_TUPLES`, ``train.milestones`` >= 1,
-    ``data.validation_fraction`` in (0, 1), and with ``check_device`` the device (:func:`check_device_name`).
+    ``data.validation_fraction`` in [0, 1), and with ``check_device`` the device (:func:`check_device_name`).
 
     Raises:
         ConfigValueError: (exit status 2) the first bad value, naming the field (and its option).
@@ -719,8 +719,8 @@ def check_config_values(cfg: ExperimentConfig, check_device: bool = True) -> Non
                 raise ConfigValueError(f"{dotted}: {problem}{how}")
     if any(m < 1 for m in cfg.train.milestones):
         raise ConfigValueError(f"train.milestones: epochs >= 1, got {list(cfg.train.milestones)!r}")
-    if not 0.0 < cfg.data.validation_fraction < 1.0:
-        raise ConfigValueError(f"data.validation_fraction: must lie in (0, 1), got {cfg.data.validation_fraction!r}")
+    if not 0.0 <= cfg.data.validation_fraction < 1.0:
+        raise ConfigValueError(f"data.validation_fraction: must lie in [0, 1), got {cfg.data.validation_fraction!r}")
     if check_device:
         check_device_name(cfg.train.device)
 

@@ -316,3 +316,33 @@ def test_boreas_layout_end_to_end(boreas_poses: Path, tmp_path: Path) -> None:
         assert proc.returncode == 0, proc.stderr[-3000:]
         summary = json.loads(proc.stdout)
         assert summary["kind"] == kind and set(summary["per_run_AR@1"]) <= {p.name for p in data.iterdir()}
+
+
+def test_atomic_write_reports_a_full_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from distilvpr_lib.data import files
+    from distilvpr_lib.errors import DiskFullError
+
+    target = tmp_path / "last.pt"
+    target.write_bytes(b"old")
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(files.os, "fsync", full)
+    with pytest.raises(DiskFullError) as caught:
+        with files.atomic_write(target, "wb", size_hint=12345) as handle:
+            handle.write(b"x" * 12345)
+    message = str(caught.value)
+    assert message.startswith(f"{target}: disk full: writing it needs 12,345 bytes") and "bytes free" in message
+    assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_a_layout_mismatch_names_the_layout(smoke_dataset: Path) -> None:
+    from distilvpr_lib.data.benchmark import Benchmark
+    from distilvpr_lib.errors import DataFormatError
+
+    with pytest.raises(DataFormatError, match="an oxford-layout dataset, read as boreas") as caught:
+        Benchmark.load(smoke_dataset, layout="boreas")
+    assert "--layout oxford" in str(caught.value)

@@ -101,7 +101,7 @@ def _install_readonly(root: str) -> None:
 
     def _inside(path) -> bool:
         try:
-            real = os.path.realpath(os.fspath(path))
+            real = os.path.realpath(os.fsdecode(path))
         except TypeError:  # a file descriptor
             return False
         return real == root or real.startswith(root + os.sep)
