@@ -21,18 +21,14 @@ from __future__ import annotations
 import copy
 import dataclasses
 import enum
-import functools
 import json
-import math
-import os
-import types
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from distilvpr_lib.errors import DataFormatError, OptionError
+from distilvpr_lib.config_types import ConfigValueError, update_section
+from distilvpr_lib.errors import DataFormatError
 from distilvpr_lib.paths import project_path
 
 # ---------------------------------------------------------------------------
@@ -103,7 +99,7 @@ class DataConfig:
     image_cache: bool = False
     #: Folder of the image cache; ``None`` = ``$DISTILVPR_CACHE_DIR/<dataset>-<hash>`` when that variable is set,
     #: else ``<dataset_dir>/.cache`` when the dataset folder is writable, else the run folder's ``image_cache/``
-    #: (``engine.runs.preflight.resolve_image_cache_dir``).
+    #: (``engine.runs.cache_dirs.resolve_image_cache_dir``).
     image_cache_dir: str | None = None
 
 
@@ -327,7 +323,7 @@ class ExperimentConfig:
         cfg = cls()
         for section in SECTIONS:
             if section in d:
-                _update_dataclass(getattr(cfg, section), d[section], section, strict=strict)
+                update_section(getattr(cfg, section), d[section], section, strict=strict)
         if "profile" in d:
             if not isinstance(d["profile"], str):
                 raise ConfigValueError(f"profile: expected a string, got {d['profile']!r}")
@@ -342,35 +338,22 @@ class ExperimentConfig:
             DataFormatError: unreadable JSON, an empty config, a missing section, a wrong-typed or unknown
                 field; the message names the file and the field.
         """
-        path = Path(path)
+        path, hint = Path(path), "restore it from the run, or re-create the folder"
         try:
             data = json.loads(path.read_text())
         except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
-            raise DataFormatError(f"unreadable JSON ({exc})", path=path,
-                                  hint="restore it from the run, or re-create the folder") from exc
+            raise DataFormatError(f"unreadable JSON ({exc})", path=path, hint=hint) from exc
         try:
             return cls.from_dict(data, strict=True)
-        except KeyError as exc:
+        except (KeyError, ValueError) as exc:  # ConfigValueError: its message names the field
             raise DataFormatError(f"not a workbench configuration: {exc.args[0] if exc.args else exc}", path=path,
-                                  hint="restore it from the run, or re-create the folder") from exc
-        except ValueError as exc:
-            raise DataFormatError(f"not a workbench configuration: {exc}", path=path,
-                                  hint="restore it from the run, or re-create the folder") from exc
+                                  hint=hint) from exc
 
 
 #: The config sections (fields of :class:`ExperimentConfig` holding a dataclass), in order.
 SECTIONS: tuple[str, ...] = ("data", "model", "train", "distill", "synth", "prior")
 #: Sections a saved ``config.json`` must hold (:meth:`ExperimentConfig.load`); the others default.
 REQUIRED_SECTIONS: tuple[str, ...] = ("data", "model", "train")
-
-
-class ConfigValueError(OptionError):
-    """A config value of the wrong type or out of range; the message names the field (``train.epochs``).
-
-    An :class:`~distilvpr_lib.errors.OptionError` (exit status 2, also a ``ValueError``) when it comes from
-    options or notebook parameters; :meth:`ExperimentConfig.load` turns it into a ``DataFormatError``
-    naming the ``config.json``.
-    """
 
 
 # ---------------------------------------------------------------------------
@@ -464,7 +447,7 @@ def profile_config(profile: str = "cpu") -> ExperimentConfig:
         raise KeyError(f"unknown profile {profile!r}; known profiles: {sorted(PROFILES)}")
     cfg = ExperimentConfig(profile=profile)
     for section, values in PROFILES[profile].items():
-        _update_dataclass(getattr(cfg, section), copy.deepcopy(values), section)
+        update_section(getattr(cfg, section), copy.deepcopy(values), section)
     return cfg
 
 
@@ -492,237 +475,8 @@ def apply_overrides(cfg: ExperimentConfig, overrides: dict[str, Any]) -> Experim
                 known = sorted(f"{s}.{f.name}" for s, o in sections.items() for f in dataclasses.fields(o))
                 what = "ambiguous" if targets else "unknown"
                 raise KeyError(f"{what} config field {key!r}; use one of: {known}")
-        _update_dataclass(sections[targets[0]], {name: value}, targets[0])
+        update_section(sections[targets[0]], {name: value}, targets[0])
     return cfg
-
-
-@functools.cache
-def _field_types(cls: type) -> dict[str, Any]:
-    """The resolved type annotations of a config dataclass (``int``, ``str | None``, ``tuple[int, ...]``...)."""
-    return typing.get_type_hints(cls)
-
-
-def _describe(value: Any) -> str:
-    return f"{value!r} ({type(value).__name__})"
-
-
-def _coerce_to(value: Any, hint: Any, where: str, current: Any) -> Any:
-    """``value`` as the type ``hint`` of field ``where``, or :class:`ConfigValueError` naming the field.
-
-    Accepted conversions: an integral float (``32.0``) or a decimal string for an ``int``; an int or a
-    number string for a ``float``; ``true/false/1/0/yes/no`` strings for a ``bool``; lists, and ``_``- or
-    ``,``-separated strings, for tuples; ``None`` only where the field may be ``None``.
-    """
-    if isinstance(value, os.PathLike):  # a resolved path parameter (distilvpr_lib.paths.project_path)
-        value = os.fspath(value)
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        options = [a for a in args if a is not type(None)]
-        if len(options) == 1:
-            return _coerce_to(value, options[0], where, current)
-        return value
-    if value is None:
-        raise ConfigValueError(f"{where}: expected {getattr(hint, '__name__', hint)}, got None")
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lower() in {"true", "1", "yes"}:
-            return True
-        if isinstance(value, str) and value.strip().lower() in {"false", "0", "no"}:
-            return False
-        if isinstance(value, int) and value in (0, 1):
-            return bool(value)
-        raise ConfigValueError(f"{where}: expected a boolean (true/false), got {_describe(value)}")
-    if hint is int:
-        if isinstance(value, bool):
-            raise ConfigValueError(f"{where}: expected an integer, got {_describe(value)}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                number = float(value.strip())
-            except ValueError:
-                number = math.nan
-            if math.isfinite(number) and number.is_integer():
-                return int(number)
-        raise ConfigValueError(f"{where}: expected an integer, got {_describe(value)}")
-    if hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value.strip())
-            except ValueError:
-                pass
-        raise ConfigValueError(f"{where}: expected a number, got {_describe(value)}")
-    if hint is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigValueError(f"{where}: expected a string, got {_describe(value)}")
-    if origin is tuple:
-        if isinstance(value, str):
-            value = [p for p in value.replace(",", "_").split("_") if p.strip()]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigValueError(f"{where}: expected a list, got {_describe(value)}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            element_types = [args[0]] * len(value)
-        else:
-            element_types = list(args)
-            if len(value) != len(element_types):
-                raise ConfigValueError(f"{where}: expected {len(element_types)} values, got {len(value)} "
-                                       f"({list(value)!r})")
-        return tuple(_coerce_to(v, t, f"{where}[{i}]", None) for i, (v, t) in enumerate(zip(value, element_types)))
-    if origin is dict:
-        if not isinstance(value, Mapping):
-            raise ConfigValueError(f"{where}: expected a mapping of names to values, got {_describe(value)}")
-        key_type, value_type = args if len(args) == 2 else (str, Any)
-        return {_coerce_to(k, key_type, f"{where} key", None): _coerce_to(v, value_type, f"{where}[{k!r}]", None)
-                for k, v in value.items()}
-    return value
-
-
-def _update_dataclass(obj: Any, values: Any, section: str, strict: bool = False) -> None:
-    """Set the fields ``values`` of one section, each coerced to its annotated type.
-
-    ``None`` for a field that may not be ``None`` keeps its value, except with ``strict`` (a saved config),
-    where it is an error.
-
-    Raises:
-        ConfigValueError: ``values`` is not a mapping, or a value of the wrong type (the field named).
-        KeyError: an unknown field.
-    """
-    if not isinstance(values, Mapping):
-        raise ConfigValueError(f"{section}: expected a section (a mapping of field names to values), "
-                               f"got {_describe(values)}")
-    names = {f.name: f for f in dataclasses.fields(obj)}
-    hints = _field_types(type(obj))
-    for name, value in values.items():
-        if name not in names:
-            raise KeyError(f"unknown field {name!r} in config section {section!r}; known: {sorted(names)}")
-        hint = hints[name]
-        optional = typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in typing.get_args(hint)
-        if value is None and not optional and not strict:
-            continue
-        setattr(obj, name, _coerce_to(value, hint, f"{section}.{name}", getattr(obj, name)))
-
-
-# ---------------------------------------------------------------------------
-# Value ranges: checked before a run writes anything (engine.runs.preflight)
-# ---------------------------------------------------------------------------
-#: ``section.field`` -> (smallest allowed value, inclusive?) for numeric fields that have a lower bound.
-LOWER_BOUNDS: dict[str, tuple[float, bool]] = {
-    "train.epochs": (1, True),
-    "train.batch_size": (2, True),
-    "train.eval_batch_size": (1, True),
-    "train.eval_every": (1, True),
-    "train.image_lr": (0, False),
-    "train.cloud_lr": (0, False),
-    "train.weight_decay": (0, True),
-    "train.gamma": (0, False),
-    "train.margin": (0, True),
-    "train.distributed_timeout_s": (1, True),
-    "data.quantization_size": (0, False),
-    "data.image_lidar_k": (1, True),
-    "data.num_workers": (0, True),
-    "data.bcs_aug_rate": (0, True),
-    "data.hue_aug_rate": (0, True),
-    "model.cloud_dim": (1, True),
-    "model.image_dim": (1, True),
-    "model.student_dim": (1, True),
-    "model.cloud_topdown": (0, True),
-    "model.cloud_conv0_kernel_size": (1, True),
-    "model.gem_p": (0, False),
-    "distill.curvature": (0, False),
-    "distill.until_epoch": (0, True),
-    "distill.from_epoch": (1, True),
-}
-#: ``section.field`` -> the allowed values of fields with a closed set of choices.
-CHOICES: dict[str, tuple[str, ...]] = {
-    "data.layout": (AUTO_LAYOUT, *LAYOUTS),
-    "model.sparse_backend": ("torch", "minkowski"),
-    "train.amp_dtype": ("float16", "bfloat16", "auto"),
-    "train.distributed_backend": ("auto", "gloo", "nccl"),
-}
-#: Tuple fields whose every element must be >= 1.
-POSITIVE_TUPLES: tuple[str, ...] = ("model.cloud_planes", "model.cloud_layers")
-#: How to set a field on the command line, where an option exists for it.
-_OPTION_OF: dict[str, str] = {"train.epochs": "--epochs", "train.seed": "--seed", "train.device": "--device"}
-
-
-def _value_problem(dotted: str, value: Any) -> str | None:
-    if dotted in LOWER_BOUNDS:
-        low, inclusive = LOWER_BOUNDS[dotted]
-        if not (value >= low if inclusive else value > low):
-            return f"must be {'>=' if inclusive else '>'} {low:g}, got {value!r}"
-    if dotted in CHOICES and value not in CHOICES[dotted]:
-        return f"must be one of {', '.join(CHOICES[dotted])}, got {value!r}"
-    if dotted in POSITIVE_TUPLES and (not value or any(v < 1 for v in value)):
-        return f"must be a non-empty list of values >= 1, got {list(value)!r}"
-    return None
-
-
-def check_device_name(name: str, where: str = "train.device") -> None:
-    """``auto``, ``cpu``, ``cuda`` / ``cuda:N`` (CUDA present, N a visible device) or ``mps``.
-
-    torch is imported only for a CUDA or MPS name (checking it needs the runtime).
-
-    Raises:
-        ConfigValueError: an unknown device name, or a CUDA / MPS device this machine does not have.
-    """
-    option = _OPTION_OF.get(where)
-    how = f" ({option} or --set {where}=...)" if option else ""
-    if not isinstance(name, str):
-        raise ConfigValueError(f"{where}: expected a device name, got {_describe(name)}")
-    if name in {"auto", "cpu"}:
-        return
-    kind, _, index = name.partition(":")
-    if kind not in {"cuda", "mps"} or (index and not index.isdigit()) or (kind == "mps" and index):
-        raise ConfigValueError(f"{where}: unknown device {name!r}; use auto, cpu, cuda or cuda:N{how}")
-    import torch
-
-    if kind == "mps":
-        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-            raise ConfigValueError(f"{where}={name!r}: MPS is not available on this machine; use cpu or auto{how}")
-        return
-    if not torch.cuda.is_available():
-        raise ConfigValueError(f"{where}={name!r}: CUDA is not available on this machine (no GPU, or a torch "
-                               f"built without CUDA); use cpu or auto{how}")
-    if index and int(index) >= torch.cuda.device_count():
-        raise ConfigValueError(f"{where}={name!r}: this machine has {torch.cuda.device_count()} CUDA device(s) "
-                               f"(cuda:0..cuda:{torch.cuda.device_count() - 1}){how}")
-
-
-def check_config_values(cfg: ExperimentConfig, check_device: bool = True) -> None:
-    """Range- and choice-check a resolved config before a run writes anything.
-
-    Checks :data:`LOWER_BOUNDS` (epochs >= 1, batch size >= 2 — a batch needs a positive pair —, learning
-    rates > 0, ...), :data:`CHOICES`, :data:`POSITIVE_TUPLES`, ``train.milestones`` >= 1,
-    ``data.validation_fraction`` in [0, 1), and with ``check_device`` the device (:func:`check_device_name`).
-
-    Raises:
-        ConfigValueError: (exit status 2) the first bad value, naming the field (and its option).
-    """
-    for section in SECTIONS:
-        if section in ("synth", "prior"):
-            continue
-        obj = getattr(cfg, section)
-        for f in dataclasses.fields(obj):
-            dotted = f"{section}.{f.name}"
-            problem = _value_problem(dotted, getattr(obj, f.name))
-            if problem:
-                option = _OPTION_OF.get(dotted)
-                how = f" ({option} N or --set {dotted}=N)" if option else f" (--set {dotted}=...)"
-                raise ConfigValueError(f"{dotted}: {problem}{how}")
-    if any(m < 1 for m in cfg.train.milestones):
-        raise ConfigValueError(f"train.milestones: epochs >= 1, got {list(cfg.train.milestones)!r}")
-    if not 0.0 <= cfg.data.validation_fraction < 1.0:
-        raise ConfigValueError(f"data.validation_fraction: must lie in [0, 1), got {cfg.data.validation_fraction!r}")
-    if check_device:
-        check_device_name(cfg.train.device)
 
 
 #: Config fields holding paths to files or folders: :func:`notebook_config` resolves them against the

@@ -61,7 +61,9 @@ def test_config_json_fields_are_type_checked(tmp_path: Path) -> None:
 
 
 def test_option_ranges_name_the_field() -> None:
-    from distilvpr_lib.config import ConfigValueError, apply_overrides, check_config_values, profile_config
+    from distilvpr_lib.config import apply_overrides, profile_config
+    from distilvpr_lib.config_checks import check_config_values
+    from distilvpr_lib.config_types import ConfigValueError
 
     cfg = profile_config("smoke")
     check_config_values(cfg)
@@ -257,7 +259,7 @@ def test_a_read_only_dataset_trains_with_the_image_cache(smoke_dataset: Path, tm
 
 def test_the_cache_folder_resolution(smoke_dataset: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from distilvpr_lib.config import apply_overrides, profile_config
-    from distilvpr_lib.engine.runs.preflight import CACHE_DIR_ENV, resolve_image_cache_dir
+    from distilvpr_lib.engine.runs.cache_dirs import CACHE_DIR_ENV, resolve_image_cache_dir
     from distilvpr_lib.errors import OptionError
 
     monkeypatch.delenv(CACHE_DIR_ENV, raising=False)

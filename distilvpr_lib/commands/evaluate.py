@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         return fail(f"--model {args.model}: no such folder")
     # Bad files (a missing cloud, a corrupt teacher.pt) propagate to the CLI boundary: one line, exit 1.
     # Checked before the evaluation code (and torch) is imported.
-    from distilvpr_lib.config import check_device_name
+    from distilvpr_lib.config_checks import check_device_name
 
     check_device_name(args.device, "--device")
     preflight_evaluate(args.model, dataset_dir=args.dataset, split=args.split, image_dir=args.image_dir,

@@ -28,17 +28,17 @@ import dataclasses
 import errno
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from distilvpr_lib.config import check_config_values
+from distilvpr_lib.config_checks import check_config_values
 from distilvpr_lib.data.clouds import BIN_CLOUD_BYTES, describe_bad_bin_size
 from distilvpr_lib.data.files import symlink_problem
 from distilvpr_lib.data.images import check_image_file, image_size_problems
+from distilvpr_lib.engine.runs.cache_dirs import nearest_existing, probe_writable, resolve_image_cache_dir
 from distilvpr_lib.errors import (
     CheckpointError,
     DataFormatError,
@@ -336,20 +336,6 @@ def _is_main_process() -> bool:
     return is_main_process()
 
 
-def _nearest_existing(path: Path) -> Path:
-    ancestor = path
-    while not ancestor.exists():
-        if ancestor.parent == ancestor:
-            break
-        ancestor = ancestor.parent
-    return ancestor
-
-
-def _probe_writable(folder: Path) -> None:
-    """Create and remove a temporary folder in ``folder``; raises the ``OSError`` of a place not writable."""
-    tempfile.TemporaryDirectory(dir=folder, prefix=".distilvpr-write-probe-").cleanup()
-
-
 def preflight_out_dir(out_dir: PathLike, check_lock: bool | None = None) -> None:
     """The run folder can be created / written, and no other process holds it.
 
@@ -370,70 +356,17 @@ def preflight_out_dir(out_dir: PathLike, check_lock: bool | None = None) -> None
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise RunFolderError("is a file, not a run folder", path=out_dir, hint="choose another --out")
-    ancestor = _nearest_existing(out_dir)
+    ancestor = nearest_existing(out_dir)
     if not ancestor.is_dir():
         raise RunFolderError("cannot create the run folder: a file stands in its path", path=ancestor,
                              hint="choose another --out")
     try:
-        _probe_writable(ancestor)
+        probe_writable(ancestor)
     except OSError as exc:
         raise RunFolderError(f"not writable ({exc.strerror or exc})", path=ancestor,
                              hint="check its permissions, or choose another --out") from exc
     if check_lock:
         check_not_locked(out_dir)
-
-
-#: Environment variable naming a folder for the image caches of every dataset (one sub-folder per dataset).
-CACHE_DIR_ENV: str = "DISTILVPR_CACHE_DIR"
-#: Sub-folder of the run folder holding the image cache when the dataset folder is read-only.
-RUN_IMAGE_CACHE_FOLDER: str = "image_cache"
-_CACHE_DIR_HINT = (f"choose a writable folder: --cache-dir DIR, --set data.image_cache_dir=DIR or {CACHE_DIR_ENV}=DIR; "
-                   "or set data.image_cache=false")
-
-
-def resolve_image_cache_dir(cfg: "ExperimentConfig", out_dir: PathLike) -> Path:
-    """Where the student's image cache (``data.image_cache``) lives, checked writable; nothing is created.
-
-    In order: ``data.image_cache_dir`` when set (``--cache-dir``); else ``$DISTILVPR_CACHE_DIR/<dataset>-<hash>``
-    (one sub-folder per dataset folder, so datasets never share cache files); else ``<dataset_dir>/.cache``
-    when the dataset folder is writable (shared by every run on the dataset); else the run folder's
-    ``image_cache/`` (a read-only dataset).
-
-    Raises:
-        OptionError: (exit status 2) ``data.image_cache_dir`` or ``$DISTILVPR_CACHE_DIR`` is a file or not writable.
-    """
-    import hashlib
-
-    from distilvpr_lib.errors import OptionError
-
-    dataset_dir = Path(cfg.data.dataset_dir)
-    chosen: tuple[str, Path] | None = None
-    if cfg.data.image_cache_dir:
-        chosen = (f"data.image_cache_dir={cfg.data.image_cache_dir}", Path(cfg.data.image_cache_dir))
-    elif os.environ.get(CACHE_DIR_ENV, "").strip():
-        root = Path(os.environ[CACHE_DIR_ENV].strip())
-        tag = hashlib.sha256(str(dataset_dir.resolve()).encode()).hexdigest()[:8]
-        chosen = (f"{CACHE_DIR_ENV}={root}", root / f"{dataset_dir.resolve().name}-{tag}")
-    if chosen is not None:
-        what, folder = chosen
-        ancestor = _nearest_existing(folder)
-        if (folder.exists() and not folder.is_dir()) or not ancestor.is_dir():
-            raise OptionError(f"{what}: the image cache folder cannot be created (a file stands in its path "
-                              f"at {ancestor})", hint=_CACHE_DIR_HINT)
-        try:
-            _probe_writable(ancestor)
-        except OSError as exc:
-            raise OptionError(f"{what}: the image cache folder is not writable ({exc.strerror or exc}; "
-                              f"at {ancestor})", hint=_CACHE_DIR_HINT) from exc
-        return folder
-    from distilvpr_lib.config import IMAGE_CACHE_FOLDER
-
-    default = dataset_dir / IMAGE_CACHE_FOLDER
-    try:
-        _probe_writable(_nearest_existing(default))
-        return default
-    except OSError:
-        return Path(out_dir) / RUN_IMAGE_CACHE_FOLDER
 
 
 def preflight_image_cache_dir(cfg: "ExperimentConfig", out_dir: PathLike) -> Path | None:
@@ -540,7 +473,7 @@ def preflight_evaluate(model_dir: PathLike, dataset_dir: PathLike | None = None,
     return report
 
 
-__all__ = ["CACHE_DIR_ENV", "PreflightReport", "expected_state_shapes", "image_size_problems", "preflight_dataset",
+__all__ = ["PreflightReport", "expected_state_shapes", "image_size_problems", "preflight_dataset",
            "preflight_distill", "preflight_evaluate", "preflight_image_cache_dir", "preflight_out_dir",
            "preflight_resume", "preflight_teacher_folder", "preflight_train_teacher", "preflight_weights",
-           "required_rel_paths", "resolve_image_cache_dir", "training_set_problem"]
+           "required_rel_paths", "training_set_problem"]

@@ -22,7 +22,7 @@ def resolve_device(name: str) -> torch.device:
         ConfigValueError: (an OptionError, exit status 2) an unknown device name, or a CUDA device asked for
             where CUDA is not available (:func:`distilvpr_lib.config.check_device_name`).
     """
-    from distilvpr_lib.config import check_device_name
+    from distilvpr_lib.config_checks import check_device_name
 
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
