@@ -22,14 +22,14 @@ import copy
 import dataclasses
 import enum
 import json
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from distilvpr_lib.errors import UnknownProfileError
+from distilvpr_lib.config_types import ConfigValueError, update_section
+from distilvpr_lib.errors import DataFormatError, UnknownProfileError
 from distilvpr_lib.paths import project_path
 
 # ---------------------------------------------------------------------------
@@ -41,6 +41,9 @@ class Layout(str, enum.Enum):
     OXFORD = "oxford"
     BOREAS = "boreas"
 
+
+#: Default folder of the training-image cache inside a dataset folder (``data.image_cache_dir`` unset).
+IMAGE_CACHE_FOLDER: str = ".cache"
 
 #: Every layout name, in order (command-line choices, error messages).
 LAYOUTS: tuple[str, ...] = tuple(layout.value for layout in Layout)
@@ -95,7 +98,9 @@ class DataConfig:
     #: Student training reads its images from a decoded uint8 cache and augments them in batches
     #: (data.image_cache; single process only) instead of decoding PNGs per sample in a DataLoader.
     image_cache: bool = False
-    #: Folder of the image cache; ``None`` = ``<dataset_dir>/.cache``.
+    #: Folder of the image cache; ``None`` = ``$DISTILVPR_CACHE_DIR/<dataset>-<hash>`` when that variable is set,
+    #: else ``<dataset_dir>/.cache`` when the dataset folder is writable, else the run folder's ``image_cache/``
+    #: (``engine.runs.cache_dirs.resolve_image_cache_dir``).
     image_cache_dir: str | None = None
 
 
@@ -295,18 +300,61 @@ class ExperimentConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ExperimentConfig":
+    def from_dict(cls, d: dict[str, Any], strict: bool = False) -> "ExperimentConfig":
+        """A config from a dict of sections (as :meth:`to_dict` writes), every value type-checked.
+
+        Args:
+            strict: a saved config (``config.json``): it must be a mapping holding at least the sections
+                :data:`REQUIRED_SECTIONS` (an empty ``{}`` is refused, never read as the defaults), each a
+                mapping, and a ``null`` is accepted only for fields that may be ``None``.
+
+        Raises:
+            ConfigValueError: (a ValueError) a section that is not a mapping, a missing section (``strict``),
+                a value of the wrong type; the message names the field (``model.cloud_dim``).
+            KeyError: an unknown section field.
+        """
+        if not isinstance(d, Mapping):
+            raise ConfigValueError(f"expected a JSON object of config sections, got {type(d).__name__}")
+        if strict:
+            missing = [name for name in REQUIRED_SECTIONS if name not in d]
+            if missing:
+                what = "empty" if not d else f"missing the section(s) {', '.join(missing)}"
+                raise ConfigValueError(f"{what}: a run's config.json holds every section "
+                                       f"({', '.join(SECTIONS)}) as written by the workbench")
         cfg = cls()
-        for section in ("data", "model", "train", "distill", "synth", "prior"):
+        for section in SECTIONS:
             if section in d:
-                _update_dataclass(getattr(cfg, section), d[section], section)
+                update_section(getattr(cfg, section), d[section], section, strict=strict)
         if "profile" in d:
+            if not isinstance(d["profile"], str):
+                raise ConfigValueError(f"profile: expected a string, got {d['profile']!r}")
             cfg.profile = d["profile"]
         return cfg
 
     @classmethod
     def load(cls, path: str | Path) -> "ExperimentConfig":
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        """Read a ``config.json`` written by the workbench (strict: see :meth:`from_dict`).
+
+        Raises:
+            DataFormatError: unreadable JSON, an empty config, a missing section, a wrong-typed or unknown
+                field; the message names the file and the field.
+        """
+        path, hint = Path(path), "restore it from the run, or re-create the folder"
+        try:
+            data = json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+            raise DataFormatError(f"unreadable JSON ({exc})", path=path, hint=hint) from exc
+        try:
+            return cls.from_dict(data, strict=True)
+        except (KeyError, ValueError) as exc:  # ConfigValueError: its message names the field
+            raise DataFormatError(f"not a workbench configuration: {exc.args[0] if exc.args else exc}", path=path,
+                                  hint=hint) from exc
+
+
+#: The config sections (fields of :class:`ExperimentConfig` holding a dataclass), in order.
+SECTIONS: tuple[str, ...] = ("data", "model", "train", "distill", "synth", "prior")
+#: Sections a saved ``config.json`` must hold (:meth:`ExperimentConfig.load`); the others default.
+REQUIRED_SECTIONS: tuple[str, ...] = ("data", "model", "train")
 
 
 # ---------------------------------------------------------------------------
@@ -401,7 +449,7 @@ def profile_config(profile: str = "cpu") -> ExperimentConfig:
         raise UnknownProfileError(f"unknown profile {profile!r}; known profiles: {', '.join(sorted(PROFILES))}")
     cfg = ExperimentConfig(profile=profile)
     for section, values in PROFILES[profile].items():
-        _update_dataclass(getattr(cfg, section), copy.deepcopy(values), section)
+        update_section(getattr(cfg, section), copy.deepcopy(values), section)
     return cfg
 
 
@@ -429,7 +477,7 @@ def apply_overrides(cfg: ExperimentConfig, overrides: dict[str, Any]) -> Experim
                 known = sorted(f"{s}.{f.name}" for s, o in sections.items() for f in dataclasses.fields(o))
                 what = "ambiguous" if targets else "unknown"
                 raise KeyError(f"{what} config field {key!r}; use one of: {known}")
-        _update_dataclass(sections[targets[0]], {name: value}, targets[0])
+        update_section(sections[targets[0]], {name: value}, targets[0])
     method_key = next((k for k in ("distill.method", "method") if overrides.get(k) is not None), None)
     if method_key is not None:
         cfg = _apply_method_name(cfg, overrides)
@@ -523,38 +571,6 @@ def method_name_problem(cfg: ExperimentConfig) -> str | None:
             return (f"method {cfg.distill.method!r} says a learning rate of {want:g} (the {cfg.profile} profile's × "
                     f"{parsed.lr_scale:g}) but train.image_lr is {cfg.train.image_lr:g}")
     return None
-
-
-def _coerce(value: Any, default: Any, where: str) -> Any:
-    if isinstance(value, os.PathLike):  # a resolved path parameter (distilvpr_lib.paths.project_path)
-        value = os.fspath(value)
-    if isinstance(default, tuple):
-        if isinstance(value, str):
-            parts = [p for p in value.replace(",", "_").split("_") if p]
-            elem_type = type(default[0]) if default else float
-            return tuple(elem_type(p) for p in parts)
-        return tuple(value)
-    if isinstance(default, bool):
-        if isinstance(value, str):
-            if value.lower() in {"true", "1", "yes"}:
-                return True
-            if value.lower() in {"false", "0", "no"}:
-                return False
-            raise ValueError(f"{where}: expected a boolean, got {value!r}")
-        return bool(value)
-    if isinstance(default, float) and isinstance(value, (int, float, str)):
-        return float(value)
-    if isinstance(default, int) and isinstance(value, (int, str)) and not isinstance(value, bool):
-        return int(value)
-    return value
-
-
-def _update_dataclass(obj: Any, values: dict[str, Any], section: str) -> None:
-    names = {f.name: f for f in dataclasses.fields(obj)}
-    for name, value in values.items():
-        if name not in names:
-            raise KeyError(f"unknown field {name!r} in config section {section!r}; known: {sorted(names)}")
-        setattr(obj, name, _coerce(value, getattr(obj, name), f"{section}.{name}"))
 
 
 #: Config fields holding paths to files or folders: :func:`notebook_config` resolves them against the

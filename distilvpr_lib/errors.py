@@ -19,6 +19,7 @@ is the same class, re-exported where it was first defined.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -95,6 +96,32 @@ class MissingCheckpointError(CheckpointError, FileNotFoundError):
 
 class RunFolderError(DistilVPRError, RuntimeError):
     """An output folder cannot be used: not writable, a file, held by another process, of another config."""
+
+
+class DiskFullError(RunFolderError):
+    """A write failed because the disk (or the quota) is full; the message names the file and the space needed."""
+
+
+def disk_full_error(path: PathLike, needed: int | None = None, reason: str | None = None) -> DiskFullError:
+    """``<path>: disk full: writing it needs N bytes, M free (<reason>) (what to do)`` for a failed write of ``path``.
+
+    ``needed``: the bytes the write needed, when known; the free space is read from the disk holding ``path``.
+    """
+    import shutil
+
+    path = Path(path)
+    free: int | None = None
+    with contextlib.suppress(OSError):
+        free = shutil.disk_usage(next((p for p in (path.parent, *path.parents) if p.exists()), Path("."))).free
+    parts = []
+    if needed is not None:
+        parts.append(f"writing it needs {needed:,} bytes")
+    if free is not None:
+        parts.append(f"{free:,} bytes free")
+    detail = ", ".join(parts)
+    problem = "disk full" + (f": {detail}" if detail else "") + (f" ({reason})" if reason else "")
+    return DiskFullError(problem, path=path, hint="free space on that disk, or write elsewhere; the previous "
+                                                  "version of the file (if any) is unchanged, and a rerun resumes")
 
 
 class RunFolderLockedError(RunFolderError):
@@ -182,6 +209,11 @@ def describe_os_error(exc: OSError) -> DistilVPRError:
     """A one-line project error for an ``OSError`` (permission denied, disk full, not a folder, ...)."""
     where = exc.filename if exc.filename is not None else None
     code = exc.errno
+    if code in (errno.ENOSPC, errno.EDQUOT) and where is not None:
+        return disk_full_error(where, reason=exc.strerror)
+    if code == errno.ELOOP:
+        return DataFormatError("symlink loop (a symbolic link that points, through others, back to itself)",
+                               path=where, hint="remove or fix the link")
     hints = {
         errno.EACCES: "check the permissions, or choose another folder",
         errno.EPERM: "check the permissions, or choose another folder",

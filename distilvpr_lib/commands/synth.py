@@ -37,6 +37,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="--layout boreas only: the drives. 'procedural' (default): the profile's n_runs "
                              "drives of one generated route, from the seed alone; DIR: the real Boreas drives "
                              "of DIR/<run>/applanix/*_poses.csv (e.g. $DISTILVPR_REAL_DATA/boreas_poses)")
+    parser.add_argument("--route-length", type=float, default=None, metavar="M",
+                        help="route length in metres (default: the profile's synth.route_length_m); a Boreas "
+                             "dataset needs about 500 m for a training region at the smoke profile")
     parser.add_argument("--workers", type=int, default=None, help="rendering processes (default: the profile's)")
     parser.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
     parser.set_defaults(func=run)
@@ -51,6 +54,11 @@ def run(args: argparse.Namespace) -> int:
     if args.boreas_poses is not None and args.layout != Layout.BOREAS:
         print(f"synth: error: --boreas-poses {args.boreas_poses} applies to --layout boreas only", file=sys.stderr)
         return 2
+    if args.route_length is not None:
+        if not args.route_length > 0:
+            print(f"synth: error: --route-length must be > 0, got {args.route_length:g}", file=sys.stderr)
+            return 2
+        cfg.synth.route_length_m = float(args.route_length)
     out = args.out or (cfg.data.dataset_dir + ("_boreas" if args.layout == Layout.BOREAS else ""))
     try:
         report = generate_dataset(out, cfg.synth, seed=args.seed, layout=args.layout, workers=args.workers,

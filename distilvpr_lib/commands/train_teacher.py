@@ -19,7 +19,7 @@ import sys
 from collections.abc import Iterable
 from typing import Any
 
-from distilvpr_lib.config import PROFILES, ExperimentConfig
+from distilvpr_lib.config import AUTO_LAYOUT, LAYOUTS, PROFILES, ExperimentConfig
 
 
 # ---------------------------------------------------------------------------
@@ -35,6 +35,11 @@ def add_common_training_options(parser: argparse.ArgumentParser, default_profile
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: the profile's train.seed)")
     parser.add_argument("--epochs", type=int, default=None, help="epochs (default: the profile's)")
     parser.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: the profile's)")
+    parser.add_argument("--layout", default=AUTO_LAYOUT, choices=(AUTO_LAYOUT, *LAYOUTS),
+                        help="dataset layout (default auto: detected from --dataset's files)")
+    parser.add_argument("--cache-dir", default=None,
+                        help="folder of the image cache when data.image_cache is on (default: $DISTILVPR_CACHE_DIR, "
+                             "else <dataset>/.cache when writable, else the run folder)")
     parser.add_argument("--no-resume", action="store_true", help="start over even if --out holds a checkpoint")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
 
@@ -127,7 +132,27 @@ def build_config(args: argparse.Namespace, allow_terms: bool = False) -> Experim
         explicit["train.device"] = args.device
     if getattr(args, "backend", None):
         explicit["model.sparse_backend"] = args.backend
+    if getattr(args, "cache_dir", None) is not None:
+        explicit["data.image_cache_dir"] = args.cache_dir
+    layout = getattr(args, "layout", AUTO_LAYOUT)
+    if layout != AUTO_LAYOUT:
+        explicit["data.layout"] = layout
+    elif not any(item.partition("=")[0].strip() in {"data.layout", "layout"}
+                 for group in args.overrides for item in group):
+        explicit["data.layout"] = detected_layout(args.dataset, cfg.data.layout)
     return apply_overrides(cfg, explicit)
+
+
+def detected_layout(dataset_dir: str, fallback: str) -> str:
+    """The layout of ``dataset_dir`` from its files (``--layout auto``), recorded in the run's config.json;
+    ``fallback`` when the folder is not recognised (the preflight then names the problem)."""
+    from distilvpr_lib.data.benchmark import detect_layout
+    from distilvpr_lib.errors import DistilVPRError
+
+    try:
+        return detect_layout(dataset_dir)
+    except (DistilVPRError, OSError):
+        return fallback
 
 
 def fail(message: str) -> int:

@@ -49,7 +49,7 @@ from torch import nn
 from distilvpr_lib.config import ExperimentConfig
 from distilvpr_lib.data.files import file_sha256, write_json
 from distilvpr_lib.engine.train.checkpoint import LAST_CHECKPOINT_NAME, load_state_dict_checked, save_weights
-from distilvpr_lib.errors import CheckpointError, MissingCheckpointError, RunFolderError
+from distilvpr_lib.errors import CheckpointError, DistilVPRError, MissingCheckpointError, RunFolderError
 
 if TYPE_CHECKING:  # pragma: no cover
     from distilvpr_lib.models.reference_import import ReferenceTeacherImport
@@ -79,7 +79,9 @@ def load_run_config(run_dir: PathLike) -> ExperimentConfig:
         raise MissingCheckpointError("run configuration not found", path=path,
                                      hint=f"is {run_dir} a teacher folder or run folder?")
     try:
-        return ExperimentConfig.load(path)
+        return ExperimentConfig.load(path)  # a DataFormatError naming the file and the field
+    except DistilVPRError:
+        raise
     except (ValueError, KeyError, TypeError) as exc:  # JSONDecodeError is a ValueError
         raise CheckpointError(f"not a readable run configuration ({type(exc).__name__}: {exc})", path=path,
                               hint="restore it, or re-create the folder") from exc

@@ -53,14 +53,19 @@ def check_benchmark(benchmark: "Benchmark", cfg: ExperimentConfig, need_images: 
                  "train.use_validation_split=false (then the last epoch is kept)")
 
 
-def make_cached_student_loader(benchmark: "Benchmark", cfg: ExperimentConfig, progress: bool = True) -> Any:
+def make_cached_student_loader(benchmark: "Benchmark", cfg: ExperimentConfig, progress: bool = True,
+                               out_dir: PathLike | None = None) -> Any:
     """The student's training batches from the decoded image cache, augmented in batches (``data.image_cache``;
-    single process). Same sampler, seed and batch keys as :func:`make_training_loader` (no clouds)."""
+    single process). Same sampler, seed and batch keys as :func:`make_training_loader` (no clouds).
+
+    The cache lives where :func:`~distilvpr_lib.engine.runs.cache_dirs.resolve_image_cache_dir` says (the
+    dataset's ``.cache`` when writable, else the run folder ``out_dir``), so read-only datasets work."""
     from distilvpr_lib.data.image_cache import BatchImageAugment, CachedStudentLoader, open_training_image_cache
     from distilvpr_lib.data.sampler import PositivePairBatchSampler
+    from distilvpr_lib.engine.runs.cache_dirs import resolve_image_cache_dir
 
-    cache = open_training_image_cache(benchmark, cfg.data.image_cache_dir, k_max=cfg.data.image_lidar_k,
-                                      progress=progress)
+    cache_dir = resolve_image_cache_dir(cfg, out_dir) if out_dir is not None else cfg.data.image_cache_dir
+    cache = open_training_image_cache(benchmark, cache_dir, k_max=cfg.data.image_lidar_k, progress=progress)
     augment = BatchImageAugment(cfg.data.bcs_aug_rate, cfg.data.hue_aug_rate, train=cfg.data.augment_images)
     sampler = PositivePairBatchSampler(benchmark.training_tuples, cfg.train.batch_size, seed=cfg.train.seed)
     return CachedStudentLoader(cache, benchmark, sampler, augment, image_lidar_k=cfg.data.image_lidar_k)

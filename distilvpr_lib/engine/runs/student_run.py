@@ -140,7 +140,7 @@ def _distill_student(cfg: ExperimentConfig, teacher_dir: PathLike | None, out_di
     scheduler = build_scheduler(optimizer, cfg.train)
     # The student sees images only: skip the (unused) cloud augmentation work.
     if cfg.data.image_cache and not ctx.is_distributed:
-        loader = make_cached_student_loader(benchmark, cfg, progress)
+        loader = make_cached_student_loader(benchmark, cfg, progress, out_dir=out_dir)
     else:
         loader = make_training_loader(benchmark, cfg, ctx, data_cfg=dataclasses.replace(cfg.data, augment_clouds=False))
     objective = StudentObjective(cfg.train, cache, distiller.to(device) if use_distiller else None,
