@@ -9,16 +9,19 @@ checkpoints and TensorBoard)::
     metrics.json        per-epoch losses, validation summaries, best epoch, test summary, ...
     test_results.npz    the selected teacher's RetrievalResults on the test split (browser input)
     teacher_cache.pt    teacher embeddings of every training sub-map (see engine.runs.teacher_cache)
+    teacher_cache-<key16>.pt   caches of the same dataset for other inputs (built by students; never overwritten)
     checkpoints/        last.pt (exact resume) and best.pt
     tensorboard/        scalars
 
 A student run folder ``runs/<name>/`` (:func:`~distilvpr_lib.engine.runs.student_run.distill_student`) holds the
-same files, ``student.pt`` instead of ``teacher.pt`` and no cache.
+same files, ``student.pt`` instead of ``teacher.pt`` and no cache (except ``teacher_cache-<key16>.pt`` when the
+student trains on another dataset than its teacher's: see engine.runs.student_cache).
 
 ``metrics.json`` schema (all recalls in percent)::
 
     kind: "teacher" | "student";  method: "teacher" | distillation preset;  profile, seed, device
-    dataset_dir, teacher_dir (student), status: "complete"
+    dataset_dir, dataset_fingerprint (data.fingerprint.dataset_fingerprint: the data the weights were trained on)
+    teacher_dir, teacher_cache: {file, cache_key} | null (student), status: "complete"
     epochs: [{epoch, lr: {group: lr}, losses: {term: mean, total: mean}, stats: {...},
               batches, skipped_batches, seconds, validation: {AR@1, AR@5, AR@10, AR@1%,
               per_run_AR@1: {run: AR@1}, seconds} | null}]
