@@ -184,10 +184,15 @@ def test_teacher_run_writes_everything_then_distils_and_resumes(smoke_dataset, t
     weights = load_weights(tmp_path / "teacher" / "teacher.pt")
     weights = {k: (v + 0.01 if v.is_floating_point() else v) for k, v in weights.items()}
     torch.save(weights, tmp_path / "teacher" / "teacher.pt")
+    own_cache = (tmp_path / "teacher" / "teacher_cache.pt").read_bytes()
     rebuilt = get_teacher_cache(tmp_path / "teacher", cfg, benchmark, torch.device("cpu"), progress=False)
     assert not torch.equal(rebuilt.embeddings, cache.embeddings)
-    assert TeacherCache.load(tmp_path / "teacher" / "teacher_cache.pt").metadata["teacher_weights_sha256"] == \
-        rebuilt.metadata["teacher_weights_sha256"]
+    # built beside the old one (teacher_cache-<key16>.pt), which other runs may be reading: never overwritten
+    assert (tmp_path / "teacher" / "teacher_cache.pt").read_bytes() == own_cache
+    beside = TeacherCache.load(rebuilt.metadata["path"])
+    assert beside.metadata["path"].startswith(str(tmp_path / "teacher" / "teacher_cache-"))
+    assert beside.metadata["teacher_weights_sha256"] == rebuilt.metadata["teacher_weights_sha256"] != \
+        cache.metadata["teacher_weights_sha256"]
 
 
 def test_same_seed_same_threads_gives_identical_results(smoke_dataset, tmp_path):

@@ -13,8 +13,8 @@ project error (:mod:`distilvpr_lib.errors`) naming the file, and creates nothing
 * **weights** — ``teacher.pt`` / ``student.pt`` / a resumable ``checkpoints/last.pt`` load with
   ``weights_only=True`` and their state_dict keys and shapes match the model of the config (the message
   lists the first mismatches), a teacher cache is readable;
-* **the output folder** — not a file, writable, not locked by another process, and (resuming) not a run
-  of another configuration.
+* **the output folder** — not a file, writable, not locked by another process, and (resuming, or re-running
+  a finished run) not a run of another configuration or dataset (every field that differs named, old → new).
 
 ``batch`` checks its grid's datasets and teachers with these functions (``distilvpr_lib.batch.preflight_grid``).
 
@@ -378,23 +378,28 @@ def preflight_image_cache_dir(cfg: "ExperimentConfig", out_dir: PathLike) -> Pat
 
 def preflight_resume(cfg: "ExperimentConfig", out_dir: PathLike, kind: str, resume: bool,
                      report: PreflightReport | None = None) -> None:
-    """Resuming: the folder's run has this configuration and its ``checkpoints/last.pt`` fits the model."""
+    """Resuming: the folder's run has this configuration and dataset (every field, the dataset's fingerprint:
+    :func:`~distilvpr_lib.engine.runs.run_folder.check_resumable`) and its ``checkpoints/last.pt`` fits the model.
+    A finished run without its checkpoint is compared too."""
     out_dir = Path(out_dir)
-    if not resume or not (out_dir / "checkpoints").is_dir():  # a fresh run: nothing to load (nor torch to import)
+    has_config = (out_dir / "config.json").is_file()
+    if not resume or not (has_config or (out_dir / "checkpoints").is_dir()):  # fresh: nothing to compare or load
         return
     from distilvpr_lib.engine.train.checkpoint import LAST_CHECKPOINT_NAME, check_state_dict, load_checkpoint
     from distilvpr_lib.engine.runs.run_folder import check_resumable
 
     last = out_dir / "checkpoints" / LAST_CHECKPOINT_NAME
     if not last.is_file():
+        if has_config:
+            check_resumable(cfg, out_dir, resume)
         return
-    check_resumable(cfg, out_dir, resume)
     hint = "delete it, or run with --no-resume to start over"
     try:
         state = load_checkpoint(last)
     except CheckpointError as exc:
         exc.hint = hint
         raise
+    check_resumable(cfg, out_dir, resume, checkpoint=state)
     model_state = state.get("model")
     if not isinstance(model_state, dict):
         raise CheckpointError("training checkpoint without model weights", path=last, hint=hint)

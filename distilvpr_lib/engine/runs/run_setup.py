@@ -105,15 +105,33 @@ def describe_world(ctx: DistributedContext) -> str:
     return f" x {ctx.world_size} processes ({ctx.backend})" if ctx.is_distributed else ""
 
 
-def start_run(cfg: ExperimentConfig, out_dir: PathLike, resume: bool) -> tuple[Path, DistributedContext]:
-    """Open a run: refuse a folder of another configuration, initialise the process group (torchrun),
-    create the folder and write ``config.json`` (rank 0), seed and set determinism.
+def run_dataset_fingerprint(cfg: ExperimentConfig) -> str:
+    """The fingerprint of the run's dataset and image folders (:func:`~distilvpr_lib.data.fingerprint.dataset_fingerprint`):
+    recorded in the checkpoint and ``metrics.json``, compared on resume, part of the teacher cache's key."""
+    from distilvpr_lib.data.fingerprint import dataset_fingerprint
+
+    return dataset_fingerprint(cfg.data.dataset_dir, cfg.data.image_dir)
+
+
+def run_record(cfg: ExperimentConfig, dataset_fingerprint: str) -> dict[str, Any]:
+    """What a run stores about its inputs in every checkpoint (``run``) and in ``metrics.json``."""
+    return {"dataset_fingerprint": dataset_fingerprint, "dataset_dir": str(cfg.data.dataset_dir),
+            "image_dir": None if cfg.data.image_dir is None else str(cfg.data.image_dir)}
+
+
+def start_run(cfg: ExperimentConfig, out_dir: PathLike, resume: bool,
+              dataset_fingerprint: str | None = None) -> tuple[Path, DistributedContext]:
+    """Open a run: refuse a folder of another configuration or dataset (:func:`check_resumable`), initialise the
+    process group (torchrun), create the folder and write ``config.json`` (rank 0), seed and set determinism.
+
+    Args:
+        dataset_fingerprint: :func:`run_dataset_fingerprint` when the caller has it (else computed when needed).
 
     Returns:
         ``(out_dir as a Path, the DistributedContext)``.
     """
     out_dir = Path(out_dir)
-    check_resumable(cfg, out_dir, resume)
+    check_resumable(cfg, out_dir, resume, dataset_fingerprint=dataset_fingerprint)
     ctx = init_distributed(cfg.train.device, cfg.train.distributed_backend, cfg.train.distributed_timeout_s)
     if ctx.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -152,4 +170,4 @@ def print_summary(kind: str, metrics: Mapping[str, Any], out_dir: Path, progress
 
 
 __all__ = ["check_benchmark", "describe_world", "history_metrics", "make_training_loader", "print_summary",
-           "start_run"]
+           "run_dataset_fingerprint", "run_record", "start_run"]

@@ -50,6 +50,8 @@ from distilvpr_lib.engine.runs.run_setup import (
     make_cached_student_loader,
     make_training_loader,
     print_summary,
+    run_dataset_fingerprint,
+    run_record,
     start_run,
 )
 from distilvpr_lib.engine.runs.student_cache import get_teacher_cache
@@ -119,7 +121,8 @@ def _distill_student(cfg: ExperimentConfig, teacher_dir: PathLike | None, out_di
     started = time.time()
     distiller = Distiller(cfg.distill)  # validates method and term names before any work
     use_distiller = bool(distiller.weights)
-    out_dir, ctx = start_run(cfg, out_dir, resume)
+    fingerprint = run_dataset_fingerprint(cfg)
+    out_dir, ctx = start_run(cfg, out_dir, resume, dataset_fingerprint=fingerprint)
     device = ctx.device
     progress = progress and ctx.is_main
     benchmark = load_benchmark(cfg)
@@ -128,8 +131,9 @@ def _distill_student(cfg: ExperimentConfig, teacher_dir: PathLike | None, out_di
     cache = None
     if teacher_dir is not None and (use_distiller or (Path(teacher_dir) / cache_file_name(
             cfg.train.clean_teacher_cache, cfg.train.seed, cfg.distill.teacher_head)).is_file()):
+        # never touches the training's random generators: the same weights whether it is read or built
         cache = get_teacher_cache(teacher_dir, cfg, benchmark, device, progress=progress, out_dir=out_dir,
-                                  distributed=ctx)
+                                  distributed=ctx, dataset_fingerprint=fingerprint)
         if use_distiller and cache.dim != cfg.model.student_dim and not distiller.dimension_free:
             raise ValueError(
                 f"student_dim={cfg.model.student_dim} but the teacher embeddings in {cache.metadata.get('path')} have "
@@ -158,7 +162,7 @@ def _distill_student(cfg: ExperimentConfig, teacher_dir: PathLike | None, out_di
         f"-> {out_dir}", progress)
     trainer = Trainer(student, objective, optimizer, scheduler, loader, cfg.train, out_dir, validate=validate,
                       device=device, fingerprint=config_fingerprint(cfg), progress=progress,
-                      distributed=ctx if ctx.is_distributed else None)
+                      distributed=ctx if ctx.is_distributed else None, run_record=run_record(cfg, fingerprint))
     history = trainer.fit(resume=resume)
     if not ctx.is_main:  # rank 0 selects, tests and writes
         metrics_from_main = ctx.broadcast_object(None)
@@ -183,7 +187,10 @@ def _distill_student(cfg: ExperimentConfig, teacher_dir: PathLike | None, out_di
         # results depend on it: float sums split over threads round differently (docs/study/LOG.md, "The cpu profile")
         "cpu_threads": torch.get_num_threads(),
         "dataset_dir": str(cfg.data.dataset_dir),
+        "dataset_fingerprint": fingerprint,
         "teacher_dir": None if teacher_dir is None else str(teacher_dir),
+        "teacher_cache": None if cache is None else {"file": cache.metadata.get("path"),
+                                                     "cache_key": cache.metadata.get("cache_key")},
         "status": "complete",
         **history_metrics(history),
         "test": retrieval_summary(test_results),

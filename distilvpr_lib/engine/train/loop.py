@@ -118,6 +118,8 @@ class Trainer:
             (no selection: the last epoch is kept).
         device: where the model and batches live.
         fingerprint: config hash stored in the checkpoint; resuming with another one is refused.
+        run_record: plain values stored in the checkpoint as ``run`` (the run pipelines record the dataset's
+            fingerprint there, for the resume check of ``engine.runs.run_folder.check_resumable``).
         progress: tqdm bars and per-epoch lines.
         tensorboard: write TensorBoard scalars.
         distributed: the :class:`~distilvpr_lib.engine.train.distributed.DistributedContext` of a torchrun run
@@ -147,6 +149,7 @@ class Trainer:
         progress: bool = True,
         tensorboard: bool = True,
         distributed: DistributedContext | None = None,
+        run_record: Mapping[str, Any] | None = None,
     ) -> None:
         self.model = model
         self.objective = objective
@@ -158,6 +161,7 @@ class Trainer:
         self.validate = validate
         self.device = torch.device(device)
         self.fingerprint = fingerprint
+        self.run_record = dict(run_record or {})
         self.ctx = distributed if distributed is not None else single_process_context(self.device)
         self.progress = progress and self.ctx.is_main
         self.tensorboard = tensorboard and self.ctx.is_main
@@ -216,6 +220,7 @@ class Trainer:
             "best_metric": self.history.best_metric,
             "history": self.history.epochs,
             "fingerprint": self.fingerprint,
+            "run": self.run_record,
         }
 
     def _resume_state(self) -> dict[str, Any] | None:
