@@ -198,6 +198,7 @@ def execute_notebook(notebook: Path, run_dir: Path, parameters: dict[str, Any], 
     with atomic_write(run_dir / PARAMETERS_FILE, mode="w") as fh:
         yaml.safe_dump(params, fh, sort_keys=True)
     env = dict(os.environ)
+    env.pop("JPY_SESSION_NAME", None)  # a papermill kernel has no widget frontend (distilvpr_lib.progress)
     if threads:
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "DISTILVPR_NUM_THREADS"):
             env[var] = str(threads)
@@ -273,7 +274,7 @@ def run_batch(grid: Grid | str | Path, out_root: str | Path = "runs", workers: i
 
     Threads per worker are ``max(1, cpu_count // workers)`` so the cores are not oversubscribed.
     """
-    from tqdm.auto import tqdm
+    from distilvpr_lib.progress import progress_bar
 
     grid = preflight_grid(grid, out_root)  # before anything is created
     batch_dir = Path(out_root) / grid.name
@@ -292,7 +293,7 @@ def run_batch(grid: Grid | str | Path, out_root: str | Path = "runs", workers: i
             outcomes.append(RunOutcome(spec.name, "skipped", run_dir))
         else:
             todo.append((spec, run_dir))
-    bar = tqdm(total=len(runs), initial=len(outcomes), desc=f"batch {grid.name}", disable=not progress)
+    bar = progress_bar(total=len(runs), initial=len(outcomes), desc=f"batch {grid.name}", disable=not progress)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         futures = [pool.submit(execute_notebook, grid.notebook, run_dir, spec.parameters, threads, timeout_s)
                    for spec, run_dir in todo]

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 
 def say(message: str, enabled: bool = True) -> None:
-    """Print ``message`` through ``tqdm.write`` when ``enabled`` (the pipelines pass ``progress``)."""
+    """Print ``message`` through :func:`distilvpr_lib.progress.write` when ``enabled`` (the pipelines pass ``progress``)."""
     if enabled:
-        from tqdm.auto import tqdm
+        from distilvpr_lib.progress import write
 
-        tqdm.write(message)
+        write(message)
 
 
 __all__ = ["say"]

@@ -188,9 +188,9 @@ class Trainer:
             return
         log.info(message)
         if self.progress:
-            from tqdm.auto import tqdm
+            from distilvpr_lib.progress import write
 
-            tqdm.write(message)
+            write(message)
 
     def _sampler(self) -> Any:
         return getattr(self.train_loader, "batch_sampler", None)
@@ -256,7 +256,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ epochs
     def _train_one_epoch(self, epoch: int) -> dict[str, Any]:
-        from tqdm.auto import tqdm
+        from distilvpr_lib.progress import progress_bar
 
         sampler = self._sampler()
         if sampler is not None and hasattr(sampler, "set_epoch"):
@@ -276,7 +276,7 @@ class Trainer:
             total = len(self.train_loader)  # type: ignore[arg-type]
         except TypeError:
             total = None
-        bar = tqdm(self.train_loader, total=total, desc=f"epoch {epoch}/{self.train_cfg.epochs}",
+        bar = progress_bar(self.train_loader, total=total, desc=f"epoch {epoch}/{self.train_cfg.epochs}",
                    disable=not self.progress, leave=False, dynamic_ncols=True)
         for batch in bar:
             if self.ctx.is_distributed:
