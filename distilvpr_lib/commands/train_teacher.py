@@ -157,11 +157,13 @@ def run(args: argparse.Namespace) -> int:
     """Resolve the config, train, print the test summary; 0 on success, 2 on bad options."""
     from pathlib import Path
 
+    from distilvpr_lib.config import profile_folders
+
     try:
         cfg = build_config(args)
     except (KeyError, ValueError) as exc:
         return fail(str(exc.args[0]) if exc.args else str(exc))
-    out = Path(args.out or Path("teacher_weights") / args.profile)
+    out = Path(args.out or profile_folders(args.profile).teacher)
     # the inputs first, before torch is imported: bad input fails in about a second, nothing written
     from distilvpr_lib.engine.runs.preflight import preflight_train_teacher
 
