@@ -79,7 +79,7 @@ class DataConfig:
     quantization_size: float = 0.01
     #: Number of nearest images to draw from during training (1 = nearest only, as DistilVPR).
     image_lidar_k: int = 1
-    #: Training cloud augmentation (rotation, flip, jitter, point and block removal, translation; METHOD.md §2.5).
+    #: Training cloud augmentation (rotation, flip, jitter, point and block removal, translation; docs/METHOD.md §2.5).
     augment_clouds: bool = True
     #: Training image augmentation (ColorJitter, see bcs_aug_rate and hue_aug_rate).
     augment_images: bool = True
@@ -197,6 +197,9 @@ class TrainConfig:
     distributed_timeout_s: int = 1800
     #: Use a held-out validation split for model selection (``False`` = the reference: none).
     use_validation_split: bool = True
+    #: Keep ``checkpoints/last.pt`` (the full training state) when a run completes, so that it can later be
+    #: extended with more epochs; ``False`` removes it (and ``checkpoints/best.pt``, a copy of the weights file).
+    keep_checkpoints: bool = False
 
 
 @dataclass

@@ -453,16 +453,16 @@ def test_finished_runs_are_the_profile_folders_with_test_results(tmp_path: Path,
 def test_show_figure_saves_and_shows_only_in_a_kernel(tmp_path: Path, monkeypatch) -> None:
     from matplotlib.figure import Figure
 
-    from distilvpr_lib.viz import _common, show_figure
+    from distilvpr_lib.viz import show_figure
 
     fig = Figure()
     fig.add_subplot().plot([0, 1])
     shown: list = []
     monkeypatch.setattr("IPython.display.display", lambda obj: shown.append(obj))
-    monkeypatch.setattr(_common, "in_notebook", lambda: False)
+    monkeypatch.setattr("distilvpr_lib.viz._common.in_notebook", lambda: False)
     assert show_figure(fig, tmp_path / "a" / "f.png") is None
     assert (tmp_path / "a" / "f.png").read_bytes().startswith(b"\x89PNG") and shown == []
-    monkeypatch.setattr(_common, "in_notebook", lambda: True)
+    monkeypatch.setattr("distilvpr_lib.viz._common.in_notebook", lambda: True)
     show_figure(fig, tmp_path / "g.png")
     assert len(shown) == 1 and shown[0].data == (tmp_path / "g.png").read_bytes()
 

@@ -171,27 +171,9 @@ def run(args: argparse.Namespace) -> int:
     from distilvpr_lib.engine.runs.teacher_run import train_teacher
 
     metrics = train_teacher(cfg, out, resume=not args.no_resume, progress=not args.quiet, preflight=False)
+    from distilvpr_lib.engine.runs.run_setup import summary_text
     from distilvpr_lib.engine.train.distributed import is_main_process
 
-    if is_main_process():  # under torchrun every rank returns the same metrics; print once
-        print(format_summary("teacher", metrics))
+    if args.quiet and is_main_process():  # the pipeline printed the summary unless quiet; print it once
+        print(summary_text("teacher", metrics, out))
     return 0
-
-
-def format_summary(title: str, metrics: dict[str, Any]) -> str:
-    """A few lines: selected epoch, validation and test recalls, per-run test AR@1, final losses."""
-    lines = [f"{title}: selected epoch {metrics.get('best_epoch')} ({metrics.get('selection')})"]
-    for split in ("validation", "test"):
-        summary = metrics.get(split) or {}
-        recalls = "  ".join(f"{k}={v:.2f}" for k, v in summary.items() if k.startswith("AR@") and v is not None)
-        if recalls:
-            lines.append(f"  {split:<10} {recalls}")
-    per_run = (metrics.get("test") or {}).get("per_run_AR@1") or {}
-    if per_run:
-        lines.append("  test AR@1 per database run: "
-                     + ", ".join(f"{k}={v:.1f}" for k, v in per_run.items() if v is not None))
-    losses = metrics.get("final_losses") or {}
-    if losses:
-        lines.append("  final losses: " + "  ".join(f"{k}={v:.4g}" for k, v in losses.items()))
-    return "\n".join(lines)
-

@@ -45,6 +45,7 @@ from distilvpr_lib.engine.train.checkpoint import (
     save_checkpoint,
     save_weights,
 )
+from distilvpr_lib.engine.train.console import say
 from distilvpr_lib.engine.train.devices import keep_float32_under_autocast, move_to_device, resolve_amp_dtype
 from distilvpr_lib.engine.train.distributed import (
     DistributedContext,
@@ -187,10 +188,7 @@ class Trainer:
         if not self.ctx.is_main:
             return
         log.info(message)
-        if self.progress:
-            from distilvpr_lib.progress import write
-
-            write(message)
+        say(message, self.progress)
 
     def _sampler(self) -> Any:
         return getattr(self.train_loader, "batch_sampler", None)
@@ -474,6 +472,10 @@ def _epoch_line(record: Mapping[str, Any], history: TrainingHistory) -> str:
     line = f"epoch {record['epoch']:3d}  {losses}  lr={lrs}  {record['seconds']:.1f}s"
     if "active_fraction" in record["stats"]:
         line += f"  active={record['stats']['active_fraction']:.2f}"
+    if record.get("skipped_batches"):
+        total = record["batches"] + record["skipped_batches"]
+        line += (f"  skipped {record['skipped_batches']}/{total} batches (no positive or no negative pair in the "
+                 "batch)")
     val = record.get("validation")
     if val:
         ar1 = val.get("AR@1")
