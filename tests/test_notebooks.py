@@ -481,3 +481,24 @@ def test_progress_bars_are_off_in_a_kernel_without_a_jupyter_frontend(monkeypatc
     assert progress.progress_mode() == "widget"  # JupyterLab
     monkeypatch.setenv(progress.PROGRESS_ENV, "text")
     assert progress.progress_mode() == "text"
+
+
+@pytest.mark.slow
+@pytest.mark.notebooks
+def test_browser_opens_without_parameters_when_nothing_is_finished(tmp_path: Path) -> None:
+    """Notebook 05 with ``models`` left empty and no finished run of the profile: a one-line message, no error
+    (a kernel start; nothing is trained or evaluated)."""
+    from distilvpr_lib.paths import PROJECT_ROOT_ENV
+
+    root = tmp_path / "project"  # an empty project: no teacher, run or batch of the profile
+    (root / "notebooks").mkdir(parents=True)
+    (root / "pyproject.toml").write_text("")
+    executed = tmp_path / "05.ipynb"
+    proc = subprocess.run([sys.executable, "-m", "papermill", str(NOTEBOOK_DIR / "05_retrieval_browser.ipynb"),
+                           str(executed), "-p", "profile", "smoke", "--cwd", str(NOTEBOOK_DIR), "--no-progress-bar",
+                           "--log-level", "WARNING", "--execution-timeout", "300"],
+                          capture_output=True, text=True, env=dict(os.environ, **{PROJECT_ROOT_ENV: str(root)}))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = "".join(o.get("text", "") for c in _code_cells(nbformat.read(executed, 4)) for o in c.outputs)
+    assert "nothing to browse: no finished run of profile 'smoke'" in text
+    assert (root / "runs" / "browser-smoke" / "metrics.json").is_file()

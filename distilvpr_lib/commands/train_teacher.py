@@ -3,8 +3,9 @@
 
 Trains the multi-modal teacher (engine.runs.teacher_run.train_teacher): the epoch is selected on the validation
 split, the selected teacher is evaluated on the test split and its training-set embeddings are
-cached. Writes ``config.json``, ``teacher.pt``, ``metrics.json``, ``test_results.npz``,
-``teacher_cache.pt``, ``checkpoints/`` and ``tensorboard/`` into ``--out``; re-running resumes.
+cached. Writes ``config.json``, ``teacher.pt``, ``metrics.json``, ``summary.json``, ``run.log``,
+``test_results.npz``, ``teacher_cache.pt`` and ``tensorboard/`` into ``--out`` (``checkpoints/`` while it can
+resume); re-running resumes an unfinished run and returns a complete one.
 
 Distributed (DDP) training: the same command under ``torchrun``, e.g.
 ``torchrun --nproc-per-node 2 -m distilvpr_lib.cli train-teacher --dataset DIR ...`` (see docs/SCALING.md).

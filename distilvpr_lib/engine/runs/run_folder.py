@@ -9,7 +9,10 @@ checkpoints and TensorBoard)::
     metrics.json        per-epoch losses, validation summaries, best epoch, test summary, ...
     test_results.npz    the selected teacher's RetrievalResults on the test split (browser input)
     teacher_cache.pt    teacher embeddings of every training sub-map (see engine.runs.teacher_cache)
-    checkpoints/        last.pt (exact resume) and best.pt
+    summary.json        one screen: config changes vs the profile, selected epoch, recalls, skipped batches, time
+    run.log             the run's console lines (appended across resumes)
+    checkpoints/        last.pt (exact resume) and best.pt, while the run can resume; removed when it completes
+                        (``train.keep_checkpoints`` keeps last.pt, best.pt then a hard link to the weights)
     tensorboard/        scalars
 
 A student run folder ``runs/<name>/`` (:func:`~distilvpr_lib.engine.runs.student_run.distill_student`) holds the
