@@ -248,6 +248,7 @@ def execute_notebook(notebook: Path, run_dir: Path, parameters: dict[str, Any], 
     with atomic_write(run_dir / PARAMETERS_FILE, mode="w") as fh:
         yaml.safe_dump(params, fh, sort_keys=True)
     env = dict(os.environ)
+    env.pop("JPY_SESSION_NAME", None)  # a papermill kernel has no widget frontend (distilvpr_lib.progress)
     if threads:
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "DISTILVPR_NUM_THREADS"):
             env[var] = str(threads)
@@ -386,7 +387,7 @@ def run_batch(grid: Grid | str | Path, out_root: str | Path = "runs", workers: i
     running ones are ended with their children and recorded ``interrupted``; :attr:`BatchSummary.signum`
     says which signal came.
     """
-    from tqdm.auto import tqdm
+    from distilvpr_lib.progress import progress_bar
 
     grid = preflight_grid(grid, out_root)  # before anything is created
     batch_dir = Path(out_root) / grid.name
@@ -398,7 +399,7 @@ def run_batch(grid: Grid | str | Path, out_root: str | Path = "runs", workers: i
     threads = max(1, (os.cpu_count() or 1) // workers)
 
     outcomes, todo = plan_runs(runs, batch_dir, force=force, rerun_stale=rerun_stale)
-    bar = tqdm(total=len(runs), initial=len(outcomes), desc=f"batch {grid.name}", disable=not progress)
+    bar = progress_bar(total=len(runs), initial=len(outcomes), desc=f"batch {grid.name}", disable=not progress)
 
     def run_one(spec: RunSpec, run_dir: Path, replaced: RunOutcome | None, stop: StopSignals) -> RunOutcome:
         if stop.stopped:

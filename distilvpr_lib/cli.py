@@ -37,16 +37,22 @@ COMMAND_MODULES: tuple[str, ...] = (
     "study_table",
     "train",
     "import_teacher",
+    "listing",
 )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="distilvpr",
-        description="DistilVPR workbench: data, teacher, distillation, evaluation and batches.",
+        description="DistilVPR workbench: data, teacher, distillation, evaluation and batches. "
+                    "'distilvpr list methods|terms|presets|profiles|config' lists what the options accept.",
         epilog="Exit status: 0 success, 1 bad data / weights / run folder, 2 bad options. Errors are one line; "
                "--debug (anywhere) or DISTILVPR_DEBUG=1 adds the traceback.",
     )
+    from distilvpr_lib import __version__
+
+    parser.add_argument("--version", action="version", version=f"distilvpr {__version__}",
+                        help="print the version and exit")
     parser.add_argument("--debug", action="store_true",
                         help="print the traceback of an error (also: DISTILVPR_DEBUG=1; accepted after the command)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -273,8 +273,10 @@ def test_guarded_run_locks_cleans_stale_temp_files_and_records_failure(tmp_path:
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["status"] == "failed" and metrics["error"] == "/d/t.pickle: bad entry"
     check_not_locked(out)  # released
+    assert not (out / ".distilvpr.lock").exists()  # and its file removed
     with RunFolderLock(out):
-        pass
+        assert (out / ".distilvpr.lock").is_file()
+    assert not (out / ".distilvpr.lock").exists()
 
 
 def test_preflight_out_dir_refuses_a_file_and_writes_nothing(tmp_path: Path) -> None:

@@ -47,6 +47,18 @@ def comparison_table(runs: Mapping[str, str | os.PathLike]) -> pd.DataFrame:
     return pd.DataFrame.from_dict(rows, orient="index").astype(float)
 
 
+def config_table(cfg: Any) -> pd.DataFrame:
+    """What a run's config sets differently from its profile, one row per ``section.field`` with columns
+    ``profile`` and ``this run`` (:func:`distilvpr_lib.config.config_changes`); empty when nothing differs."""
+    from distilvpr_lib.config import config_changes
+
+    changes = config_changes(cfg)
+    rows = {key: {"profile": repr(old), "this run": repr(new)} for key, (old, new) in changes.items()}
+    table = pd.DataFrame.from_dict(rows, orient="index", columns=["profile", "this run"])
+    table.index.name = f"{cfg.profile} profile"
+    return table
+
+
 def embedding_norm_table(metrics: Mapping[str, Any], curvature: float = 0.1) -> pd.DataFrame:
     """Student / teacher embedding norms and where they land in the Poincaré ball of curvature ``c``.
 

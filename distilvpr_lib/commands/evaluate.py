@@ -24,7 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", required=True, help="teacher folder or run folder (with config.json)")
     parser.add_argument("--dataset", default=None, help="benchmark folder (default: the one in the folder's config)")
     parser.add_argument("--image-dir", default=None, help="image folder override")
-    parser.add_argument("--split", default="test", choices=("test", "validation"))
+    parser.add_argument("--split", default="test", choices=("test", "validation"),
+                        help="split evaluated (default %(default)s; validation is the split epochs are selected on)")
     parser.add_argument("--layout", default=AUTO_LAYOUT, choices=(AUTO_LAYOUT, *LAYOUTS),
                         help="layout of the evaluated dataset (default auto: detected from its files)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default %(default)s)")

@@ -69,8 +69,10 @@ def run(args: argparse.Namespace) -> int:
     if report.already_complete:
         print(f"synth: {out} is already complete ({report.clouds_total} clouds, {report.images_total} images)")
         return 0
-    print(f"synth: wrote {report.clouds_written} clouds and {report.images_written} images into {out} "
-          f"({report.clouds_total} clouds, {report.images_total} images in all) in {report.total_seconds:.1f} s "
+    resumed = (report.clouds_written, report.images_written) != (report.clouds_total, report.images_total)
+    in_all = f" ({report.clouds_total} clouds, {report.images_total} images in all)" if resumed else ""
+    print(f"synth: wrote {report.clouds_written} clouds and {report.images_written} images into {out}{in_all} "
+          f"in {report.total_seconds:.1f} s "
           f"[LiDAR {report.lidar_seconds:.1f} s, camera {report.camera_seconds:.1f} s of worker time]")
     drives = ""
     if args.layout == Layout.BOREAS:

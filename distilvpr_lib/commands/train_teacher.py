@@ -3,8 +3,9 @@
 
 Trains the multi-modal teacher (engine.runs.teacher_run.train_teacher): the epoch is selected on the validation
 split, the selected teacher is evaluated on the test split and its training-set embeddings are
-cached. Writes ``config.json``, ``teacher.pt``, ``metrics.json``, ``test_results.npz``,
-``teacher_cache.pt``, ``checkpoints/`` and ``tensorboard/`` into ``--out``; re-running resumes.
+cached. Writes ``config.json``, ``teacher.pt``, ``metrics.json``, ``summary.json``, ``run.log``,
+``test_results.npz``, ``teacher_cache.pt`` and ``tensorboard/`` into ``--out`` (``checkpoints/`` while it can
+resume); re-running resumes an unfinished run and returns a complete one.
 
 Distributed (DDP) training: the same command under ``torchrun``, e.g.
 ``torchrun --nproc-per-node 2 -m distilvpr_lib.cli train-teacher --dataset DIR ...`` (see docs/SCALING.md).
@@ -182,11 +183,13 @@ def run(args: argparse.Namespace) -> int:
     """Resolve the config, train, print the test summary; 0 on success, 2 on bad options."""
     from pathlib import Path
 
+    from distilvpr_lib.config import profile_folders
+
     try:
         cfg = build_config(args)
     except (KeyError, ValueError) as exc:
         return fail(str(exc.args[0]) if exc.args else str(exc))
-    out = Path(args.out or Path("teacher_weights") / args.profile)
+    out = Path(args.out or profile_folders(args.profile).teacher)
     # the inputs first, before torch is imported: bad input fails in about a second, nothing written
     from distilvpr_lib.engine.runs.preflight import preflight_train_teacher
 
@@ -194,27 +197,9 @@ def run(args: argparse.Namespace) -> int:
     from distilvpr_lib.engine.runs.teacher_run import train_teacher
 
     metrics = train_teacher(cfg, out, resume=not args.no_resume, progress=not args.quiet, preflight=False)
+    from distilvpr_lib.engine.runs.run_setup import summary_text
     from distilvpr_lib.engine.train.distributed import is_main_process
 
-    if is_main_process():  # under torchrun every rank returns the same metrics; print once
-        print(format_summary("teacher", metrics))
+    if args.quiet and is_main_process():  # the pipeline printed the summary unless quiet; print it once
+        print(summary_text("teacher", metrics, out))
     return 0
-
-
-def format_summary(title: str, metrics: dict[str, Any]) -> str:
-    """A few lines: selected epoch, validation and test recalls, per-run test AR@1, final losses."""
-    lines = [f"{title}: selected epoch {metrics.get('best_epoch')} ({metrics.get('selection')})"]
-    for split in ("validation", "test"):
-        summary = metrics.get(split) or {}
-        recalls = "  ".join(f"{k}={v:.2f}" for k, v in summary.items() if k.startswith("AR@") and v is not None)
-        if recalls:
-            lines.append(f"  {split:<10} {recalls}")
-    per_run = (metrics.get("test") or {}).get("per_run_AR@1") or {}
-    if per_run:
-        lines.append("  test AR@1 per database run: "
-                     + ", ".join(f"{k}={v:.1f}" for k, v in per_run.items() if v is not None))
-    losses = metrics.get("final_losses") or {}
-    if losses:
-        lines.append("  final losses: " + "  ".join(f"{k}={v:.4g}" for k, v in losses.items()))
-    return "\n".join(lines)
-

@@ -217,9 +217,9 @@ def run_generation(writer: LayoutWriter, out_dir: PathLike, cfg: SynthConfig, se
     jobs, total = writer.jobs(plan, out)
     bar = None
     if progress is True and total:
-        from tqdm.auto import tqdm
+        from distilvpr_lib.progress import progress_bar
 
-        bar = tqdm(total=total, desc=writer.progress_desc.format(name=out.name), unit=writer.progress_unit)
+        bar = progress_bar(total=total, desc=writer.progress_desc.format(name=out.name), unit=writer.progress_unit)
     done = 0
 
     def update(result: JobResult) -> None:

@@ -10,7 +10,10 @@ checkpoints and TensorBoard)::
     test_results.npz    the selected teacher's RetrievalResults on the test split (browser input)
     teacher_cache.pt    teacher embeddings of every training sub-map (see engine.runs.teacher_cache)
     teacher_cache-<key16>.pt   caches of the same dataset for other inputs (built by students; never overwritten)
-    checkpoints/        last.pt (exact resume) and best.pt
+    summary.json        one screen: config changes vs the profile, selected epoch, recalls, skipped batches, time
+    run.log             the run's console lines (appended across resumes)
+    checkpoints/        last.pt (exact resume) and best.pt, while the run can resume; removed when it completes
+                        (``train.keep_checkpoints`` keeps last.pt, best.pt then a hard link to the weights)
     tensorboard/        scalars
 
 A student run folder ``runs/<name>/`` (:func:`~distilvpr_lib.engine.runs.student_run.distill_student`) holds the
@@ -51,7 +54,8 @@ from torch import nn
 
 from distilvpr_lib.config import ExperimentConfig
 from distilvpr_lib.data.files import file_sha256, write_json
-from distilvpr_lib.engine.train.checkpoint import LAST_CHECKPOINT_NAME, load_state_dict_checked, save_weights
+from distilvpr_lib.engine.train.checkpoint import (BEST_WEIGHTS_NAME, LAST_CHECKPOINT_NAME, load_state_dict_checked,
+                                                   save_weights)
 from distilvpr_lib.errors import CheckpointError, DistilVPRError, MissingCheckpointError, RunFolderError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -99,7 +103,7 @@ def _without_pretrained(model_cfg: Any) -> Any:
 RUNTIME_FIELDS: tuple[str, ...] = (
     "train.amp_dtype", "train.channels_last", "train.sync_batchnorm", "train.distributed_backend",
     "train.distributed_timeout_s", "data.persistent_workers", "data.image_cache", "data.image_cache_dir",
-    "train.loss_diagnostics",
+    "train.loss_diagnostics", "train.keep_checkpoints",
 )
 
 
@@ -315,6 +319,65 @@ def check_resumable(cfg: ExperimentConfig, out_dir: PathLike, resume: bool, data
             hint="--no-resume starts over and replaces it, or choose another --out")
 
 
+def completed_run(cfg: ExperimentConfig, out_dir: PathLike, resume: bool, weights_file: str) -> dict[str, Any] | None:
+    """The ``metrics.json`` of a run that already completed in ``out_dir`` with this configuration (nothing to do),
+    else ``None`` (train, or resume from ``checkpoints/last.pt`` when it is there).
+
+    A completed run keeps no ``checkpoints/last.pt`` (unless ``train.keep_checkpoints``), so this is the check that
+    protects it: with ``resume`` a folder holding a complete run of another configuration, or of another number of
+    epochs, is refused.
+
+    Raises:
+        RunConfigMismatchError: ``resume`` and the complete run in ``out_dir`` differs from ``cfg`` (its
+            :func:`config_fingerprint` or ``train.epochs``) and cannot be resumed (no ``last.pt``).
+    """
+    out_dir = Path(out_dir)
+    metrics_path, config_path = out_dir / METRICS_FILE, out_dir / CONFIG_FILE
+    if not resume or not (metrics_path.is_file() and config_path.is_file() and (out_dir / weights_file).is_file()):
+        return None
+    try:
+        metrics = json.loads(metrics_path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(metrics, dict) or metrics.get("status") != "complete":
+        return None
+    previous = ExperimentConfig.load(config_path)
+    same = config_fingerprint(previous) == config_fingerprint(cfg)
+    if same and previous.train.epochs == cfg.train.epochs:
+        return metrics
+    if (out_dir / "checkpoints" / LAST_CHECKPOINT_NAME).is_file():
+        return None  # a kept checkpoint: check_resumable and the trainer decide (e.g. more epochs)
+    what = "another configuration" if not same else f"{previous.train.epochs} epochs"
+    raise RunConfigMismatchError(
+        f"holds a complete run of {what} (see {config_path}) and no checkpoint to continue it from", path=out_dir,
+        hint="--no-resume (resume=False) starts over, or use another output folder "
+             "(train.keep_checkpoints=true keeps a run extendable)")
+
+
+def tidy_completed_run(out_dir: PathLike, weights_file: str, keep_checkpoints: bool) -> None:
+    """After ``metrics.json`` says ``complete``: store the selected weights once and drop what only a resume needs.
+
+    ``checkpoints/best.pt`` is byte-identical to ``<weights_file>`` (``teacher.pt`` / ``student.pt``): it is removed,
+    or with ``keep_checkpoints`` replaced by a hard link to it; ``checkpoints/last.pt`` is removed unless
+    ``keep_checkpoints``; an empty ``checkpoints/`` goes too.
+    """
+    checkpoints = Path(out_dir) / "checkpoints"
+    best, last = checkpoints / BEST_WEIGHTS_NAME, checkpoints / LAST_CHECKPOINT_NAME
+    weights = Path(out_dir) / weights_file
+    if best.is_file():
+        if keep_checkpoints and weights.is_file() and file_sha256(best) == file_sha256(weights):
+            link = best.with_name(f".{BEST_WEIGHTS_NAME}.link.tmp")
+            link.unlink(missing_ok=True)
+            os.link(weights, link)
+            os.replace(link, best)
+        elif not keep_checkpoints:
+            best.unlink()
+    if not keep_checkpoints:
+        last.unlink(missing_ok=True)
+    if checkpoints.is_dir() and not any(checkpoints.iterdir()):
+        checkpoints.rmdir()
+
+
 # ---------------------------------------------------------------------------
 # A folder's model
 # ---------------------------------------------------------------------------
@@ -434,6 +497,6 @@ def import_reference_teacher(path: PathLike, out_dir: PathLike, base_config: Exp
 
 __all__ = ["CONFIG_FILE", "IMPORT_FILE", "METRICS_FILE", "RESUME_EXEMPT_FIELDS", "RUNTIME_FIELDS",
            "STUDENT_WEIGHTS_FILE", "TEACHER_WEIGHTS_FILE", "TEST_RESULTS_FILE", "ConfigDifference", "PreviousRun",
-           "RunConfigMismatchError", "check_resumable", "config_differences", "config_fingerprint", "previous_run",
-           "resume_differences", "load_model_from_dir", "load_run_config",
-           "import_reference_teacher", "load_teacher", "write_reference_teacher"]
+           "RunConfigMismatchError", "check_resumable", "completed_run", "config_differences", "config_fingerprint",
+           "previous_run", "resume_differences", "load_model_from_dir", "load_run_config",
+           "import_reference_teacher", "load_teacher", "tidy_completed_run", "write_reference_teacher"]

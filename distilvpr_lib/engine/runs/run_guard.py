@@ -3,8 +3,9 @@
 :func:`guarded_run` wraps a training pipeline (``train_teacher``, ``distill_student``):
 
 * it takes an exclusive lock on ``<out>/.distilvpr.lock`` (``fcntl.flock``: released by the OS when the
-  process ends, even by ``kill -9``), so a second process writing the same ``--out`` gets a one-line
-  :class:`~distilvpr_lib.errors.RunFolderLockedError` naming the holder instead of interleaved checkpoints;
+  process ends, even by ``kill -9``; the file is removed on a normal exit), so a second process writing the
+  same ``--out`` gets a one-line :class:`~distilvpr_lib.errors.RunFolderLockedError` naming the holder instead
+  of interleaved checkpoints;
 * holding it, it removes the temporary files an interrupted atomic write left behind
   (:func:`distilvpr_lib.data.files.remove_stale_temp_files`);
 * when the pipeline raises, ``metrics.json`` records ``status: failed`` and the one-line error
@@ -64,21 +65,29 @@ class RunFolderLock:
         self.folder.mkdir(parents=True, exist_ok=True)
         if fcntl is None:  # pragma: no cover
             return self
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise RunFolderLockedError(f"is being written by {_holder(self.path)}", path=self.folder,
+                                           hint="wait for it to finish, stop it, or choose another --out") from None
+            # the holder removes the file when it releases: a lock on a removed file is no lock, take the new one
+            with contextlib.suppress(FileNotFoundError):
+                if os.fstat(fd).st_ino == os.stat(self.path).st_ino:
+                    break
             os.close(fd)
-            raise RunFolderLockedError(f"is being written by {_holder(self.path)}", path=self.folder,
-                                       hint="wait for it to finish, stop it, or choose another --out") from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()} {socket.gethostname()} since {time.strftime('%Y-%m-%dT%H:%M:%S')}\n".encode())
         self._fd = fd
         return self
 
     def release(self) -> None:
-        """Unlock (the lock file stays; it is only a handle)."""
+        """Remove the lock file and unlock (a process killed with -9 leaves the file, unlocked, for the next)."""
         if self._fd is not None and fcntl is not None:
+            with contextlib.suppress(OSError):
+                self.path.unlink()  # still holding the lock: a waiting opener re-checks the file (acquire)
             with contextlib.suppress(OSError):
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)

@@ -20,7 +20,7 @@ from distilvpr_lib.data.files import write_json
 from distilvpr_lib.engine.train.console import say
 from distilvpr_lib.engine.train.distributed import DistributedContext, init_distributed
 from distilvpr_lib.engine.train.loop import SELECTION_RULE, TrainingHistory
-from distilvpr_lib.engine.runs.run_folder import CONFIG_FILE, check_resumable
+from distilvpr_lib.engine.runs.run_folder import CONFIG_FILE, check_resumable, tidy_completed_run
 from distilvpr_lib.engine.train.seeding import configure_determinism, seed_everything
 from distilvpr_lib.errors import MissingDataError
 
@@ -161,13 +161,59 @@ def history_metrics(history: TrainingHistory) -> dict[str, Any]:
     }
 
 
-def print_summary(kind: str, metrics: Mapping[str, Any], out_dir: Path, progress: bool) -> None:
-    """The closing console line of a run: best epoch, selection rule, test recalls, the folder."""
-    test = metrics.get("test") or {}
-    parts = "  ".join(f"{k}={v:.2f}" for k, v in test.items() if k.startswith("AR@") and v is not None)
-    say(f"{kind}: best epoch {metrics.get('best_epoch')} ({metrics.get('selection')}); test {parts}; "
-        f"wrote {out_dir}", progress)
+#: One screen about a finished run, beside ``metrics.json``: what differs from the profile, the selected epoch,
+#: its validation and test recalls, skipped batches, wall time.
+SUMMARY_FILE = "summary.json"
 
 
-__all__ = ["check_benchmark", "describe_world", "history_metrics", "make_training_loader", "print_summary",
-           "run_dataset_fingerprint", "run_record", "start_run"]
+def summary_text(kind: str, metrics: Mapping[str, Any], out_dir: Path) -> str:
+    """The closing lines of a run: selected epoch and rule, validation and test recalls, per-run test AR@1,
+    final losses, skipped batches, wall time and the folder."""
+    lines = [f"{kind}: selected epoch {metrics.get('best_epoch')} ({metrics.get('selection')})"]
+    for split in ("validation", "test"):
+        summary = metrics.get(split) or {}
+        recalls = "  ".join(f"{k}={v:.2f}" for k, v in summary.items() if k.startswith("AR@") and v is not None)
+        if recalls:
+            lines.append(f"  {split:<10} {recalls}")
+    per_run = (metrics.get("test") or {}).get("per_run_AR@1") or {}
+    if per_run:
+        lines.append("  test AR@1 per database run: "
+                     + ", ".join(f"{k}={v:.1f}" for k, v in per_run.items() if v is not None))
+    losses = metrics.get("final_losses") or {}
+    if losses:
+        lines.append("  final losses: " + "  ".join(f"{k}={v:.4g}" for k, v in losses.items()))
+    skipped = sum(int(e.get("skipped_batches", 0)) for e in metrics.get("epochs") or [])
+    if skipped:
+        total = skipped + sum(int(e.get("batches", 0)) for e in metrics.get("epochs") or [])
+        lines.append(f"  skipped {skipped} of {total} batches (no positive or no negative pair in the batch)")
+    lines.append(f"  {metrics.get('wall_time_s', 0.0):.1f} s; wrote {out_dir}")
+    return "\n".join(lines)
+
+
+def finish_run(kind: str, metrics: Mapping[str, Any], cfg: ExperimentConfig, out_dir: Path,
+               progress: bool) -> dict[str, Any]:
+    """The one closing step of both pipelines (rank 0), once ``metrics.json`` says ``complete``: write
+    ``summary.json``, print the summary once (:func:`summary_text`; also kept in ``run.log``), and keep the
+    selected weights once, without the checkpoints only a resume needs
+    (:func:`~distilvpr_lib.engine.runs.run_folder.tidy_completed_run`). Returns the summary written."""
+    from distilvpr_lib.config import config_changes
+
+    epochs = metrics.get("epochs") or []
+    summary = {
+        "kind": metrics.get("kind"), "method": metrics.get("method"), "profile": cfg.profile, "seed": cfg.train.seed,
+        "config_changes": {key: {"profile": old, "run": new} for key, (old, new) in config_changes(cfg).items()},
+        "epochs": len(epochs), "best_epoch": metrics.get("best_epoch"), "selection": metrics.get("selection"),
+        "validation": {k: v for k, v in (metrics.get("validation") or {}).items() if k.startswith("AR@")},
+        "test": {k: v for k, v in (metrics.get("test") or {}).items() if k.startswith("AR@")},
+        "skipped_batches": sum(int(e.get("skipped_batches", 0)) for e in epochs),
+        "batches": sum(int(e.get("batches", 0)) for e in epochs),
+        "wall_time_s": metrics.get("wall_time_s"),
+    }
+    write_json(out_dir / SUMMARY_FILE, summary)
+    say(summary_text(kind, metrics, out_dir), progress)
+    tidy_completed_run(out_dir, (metrics.get("files") or {})["weights"], cfg.train.keep_checkpoints)
+    return summary
+
+
+__all__ = ["check_benchmark", "describe_world", "finish_run", "history_metrics", "make_training_loader",
+           "run_dataset_fingerprint", "run_record", "start_run", "summary_text"]

@@ -41,7 +41,9 @@ from distilvpr_lib.engine.runs.run_folder import (
     METRICS_FILE,
     STUDENT_WEIGHTS_FILE,
     TEST_RESULTS_FILE,
+    completed_run,
     config_fingerprint,
+    tidy_completed_run,
 )
 from distilvpr_lib.engine.runs.run_setup import (
     check_benchmark,
@@ -49,7 +51,7 @@ from distilvpr_lib.engine.runs.run_setup import (
     history_metrics,
     make_cached_student_loader,
     make_training_loader,
-    print_summary,
+    finish_run,
     run_dataset_fingerprint,
     run_record,
     start_run,
@@ -93,6 +95,7 @@ def distill_student(cfg: ExperimentConfig, teacher_dir: PathLike | None, out_dir
     from distilvpr_lib.engine.train.distributed import is_main_process
     from distilvpr_lib.engine.runs.preflight import preflight_distill
     from distilvpr_lib.engine.runs.run_guard import guarded_run
+    from distilvpr_lib.engine.train.console import run_log
     from distilvpr_lib.losses.distiller import Distiller
 
     if method is not None:
@@ -107,7 +110,13 @@ def distill_student(cfg: ExperimentConfig, teacher_dir: PathLike | None, out_dir
         raise OptionError(option_problem)
     if preflight:
         preflight_distill(cfg, teacher_dir, out_dir, resume=resume)  # every input checked before anything is written
-    with guarded_run(out_dir, "student", enabled=is_main_process()):
+    done = completed_run(cfg, out_dir, resume, STUDENT_WEIGHTS_FILE)  # refuses another complete run, before any write
+    with guarded_run(out_dir, "student", enabled=is_main_process()), run_log(out_dir, enabled=is_main_process()):
+        if done is not None:  # a complete run of this configuration: nothing to train (it kept no last.pt)
+            tidy_completed_run(out_dir, STUDENT_WEIGHTS_FILE, cfg.train.keep_checkpoints)
+            say(f"student: {out_dir} already holds this run, complete (see its metrics.json and summary.json)",
+                progress and is_main_process())
+            return done
         return _distill_student(cfg, teacher_dir, out_dir, resume=resume, progress=progress)
 
 def _distill_student(cfg: ExperimentConfig, teacher_dir: PathLike | None, out_dir: PathLike, resume: bool = True,
@@ -200,12 +209,13 @@ def _distill_student(cfg: ExperimentConfig, teacher_dir: PathLike | None, out_di
         "embedding_norms": norms,
         "wall_time_s": round(time.time() - started, 3),
         "files": {"config": CONFIG_FILE, "weights": STUDENT_WEIGHTS_FILE, "test_results": TEST_RESULTS_FILE,
-                  "checkpoint": "checkpoints/last.pt", "tensorboard": "tensorboard"},
+                  "tensorboard": "tensorboard",
+                  **({"checkpoint": "checkpoints/last.pt"} if cfg.train.keep_checkpoints else {})},
     }
     if ctx.is_distributed:
         metrics["world_size"] = ctx.world_size
     write_json(out_dir / METRICS_FILE, metrics)
-    print_summary(f"student ({cfg.distill.method})", metrics, out_dir, progress)
+    finish_run(f"student ({cfg.distill.method})", metrics, cfg, out_dir, progress)
     ctx.broadcast_object(metrics)
     shutdown_distributed(ctx)
     return metrics

@@ -335,7 +335,7 @@ def build_teacher_cache(
         A :class:`TeacherCache` with one entry per training tuple (on every rank).
     """
     from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
+    from distilvpr_lib.progress import progress_bar
 
     from distilvpr_lib.data.collate import make_collate_fn
     from distilvpr_lib.data.datasets import TrainingDataset
@@ -369,7 +369,7 @@ def build_teacher_cache(
         if not clean:
             seed_everything(seed)
         with torch.no_grad():
-            for batch in tqdm(loader, desc="teacher cache", disable=not progress, leave=False):
+            for batch in progress_bar(loader, desc="teacher cache", disable=not progress, leave=False):
                 batch = move_to_device(batch, device)
                 embedding = teacher(batch)["embedding"].float()
                 chunks.append(embedding.cpu())

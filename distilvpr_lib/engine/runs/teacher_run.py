@@ -36,14 +36,16 @@ from distilvpr_lib.engine.runs.run_folder import (
     METRICS_FILE,
     TEACHER_WEIGHTS_FILE,
     TEST_RESULTS_FILE,
+    completed_run,
     config_fingerprint,
+    tidy_completed_run,
 )
 from distilvpr_lib.engine.runs.run_setup import (
     check_benchmark,
     describe_world,
     history_metrics,
     make_training_loader,
-    print_summary,
+    finish_run,
     run_dataset_fingerprint,
     run_record,
     start_run,
@@ -81,10 +83,17 @@ def train_teacher(cfg: ExperimentConfig, out_dir: PathLike, resume: bool = True,
     from distilvpr_lib.engine.train.distributed import is_main_process
     from distilvpr_lib.engine.runs.preflight import preflight_train_teacher
     from distilvpr_lib.engine.runs.run_guard import guarded_run
+    from distilvpr_lib.engine.train.console import run_log
 
     if preflight:
         preflight_train_teacher(cfg, out_dir, resume=resume)  # every input checked before anything is written
-    with guarded_run(out_dir, "teacher", enabled=is_main_process()):
+    done = completed_run(cfg, out_dir, resume, TEACHER_WEIGHTS_FILE)  # refuses another complete run, before any write
+    with guarded_run(out_dir, "teacher", enabled=is_main_process()), run_log(out_dir, enabled=is_main_process()):
+        if done is not None:  # a complete run of this configuration: nothing to train (it kept no last.pt)
+            tidy_completed_run(out_dir, TEACHER_WEIGHTS_FILE, cfg.train.keep_checkpoints)
+            say(f"teacher: {out_dir} already holds this run, complete (see its metrics.json and summary.json)",
+                progress and is_main_process())
+            return done
         return _train_teacher(cfg, out_dir, resume=resume, progress=progress)
 
 def _train_teacher(cfg: ExperimentConfig, out_dir: PathLike, resume: bool = True,
@@ -162,12 +171,13 @@ def _train_teacher(cfg: ExperimentConfig, out_dir: PathLike, resume: bool = True
                           "clean": cfg.train.clean_teacher_cache},
         "wall_time_s": round(time.time() - started, 3),
         "files": {"config": CONFIG_FILE, "weights": TEACHER_WEIGHTS_FILE, "test_results": TEST_RESULTS_FILE,
-                  "teacher_cache": cache_name, "checkpoint": "checkpoints/last.pt", "tensorboard": "tensorboard"},
+                  "teacher_cache": cache_name, "tensorboard": "tensorboard",
+                  **({"checkpoint": "checkpoints/last.pt"} if cfg.train.keep_checkpoints else {})},
     }
     if ctx.is_distributed:
         metrics["world_size"] = ctx.world_size
     write_json(out_dir / METRICS_FILE, metrics)
-    print_summary("teacher", metrics, out_dir, progress)
+    finish_run("teacher", metrics, cfg, out_dir, progress)
     ctx.broadcast_object(metrics)
     shutdown_distributed(ctx)
     return metrics
