@@ -27,7 +27,6 @@ import os
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,8 @@ import yaml
 
 from distilvpr_lib.data.files import atomic_write, write_json
 from distilvpr_lib.errors import MissingDataError
+from distilvpr_lib.executors import (ELSEWHERE, ERROR, EXECUTED, SKIPPED, Executor, Progress, RunTask, TaskResult,
+                                    die_with_parent, is_claimed)
 from distilvpr_lib.paths import project_path
 
 #: Name of the notebook parameter that receives the run folder.
@@ -134,7 +135,7 @@ class Grid:
 @dataclass
 class RunOutcome:
     name: str
-    status: str  # "ok" | "failed" | "skipped"
+    status: str  # "ok" | "failed" | "skipped" | "elsewhere" (claimed by another launcher: running elsewhere)
     run_dir: Path
     error: str | None = None
     seconds: float = 0.0
@@ -157,9 +158,14 @@ class BatchSummary:
     def n_failed(self) -> int:
         return sum(o.status == "failed" for o in self.outcomes)
 
+    @property
+    def n_elsewhere(self) -> int:
+        """Runs claimed by another launcher or worker (running elsewhere; never failed)."""
+        return sum(o.status == ELSEWHERE for o in self.outcomes)
+
     def __str__(self) -> str:
         lines = [f"batch {self.batch_dir}: {self.n_ok} succeeded, {self.n_skipped} skipped (already done), "
-                 f"{self.n_failed} failed"]
+                 f"{self.n_failed} failed" + (f", {self.n_elsewhere} running elsewhere" if self.n_elsewhere else "")]
         for o in self.outcomes:
             if o.status == "failed":
                 lines.append(f"  FAILED {o.name}: {o.error}  (notebook: {o.run_dir / EXECUTED_NOTEBOOK})")
@@ -186,12 +192,13 @@ def _write_json(path: Path, obj: Any) -> None:
 
 
 def execute_notebook(notebook: Path, run_dir: Path, parameters: dict[str, Any], threads: int | None = None,
-                     timeout_s: float | None = None) -> RunOutcome:
+                     timeout_s: float | None = None, extra_env: dict[str, str] | None = None) -> RunOutcome:
     """Execute ``notebook`` with papermill into ``run_dir`` (in a subprocess with its own thread budget).
 
     The notebook receives ``parameters`` plus ``out=<run_dir>`` (absolute); its executed copy is kept even on
     failure. The kernel starts in the notebook's own folder, as in JupyterLab, so a notebook that runs here
-    runs there.
+    runs there. ``extra_env`` is added to the subprocess's environment (an executor slot's
+    ``CUDA_VISIBLE_DEVICES``); the subprocess dies with this process (:func:`~distilvpr_lib.executors.die_with_parent`).
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     params = {**parameters, OUT_PARAMETER: str(run_dir.resolve())}
@@ -201,12 +208,14 @@ def execute_notebook(notebook: Path, run_dir: Path, parameters: dict[str, Any], 
     if threads:
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "DISTILVPR_NUM_THREADS"):
             env[var] = str(threads)
+    env.update(extra_env or {})
     cmd = [sys.executable, "-m", "papermill", str(notebook), str(run_dir / EXECUTED_NOTEBOOK),
            "-f", str(run_dir / PARAMETERS_FILE), "--cwd", str(Path(notebook).resolve().parent), "--no-progress-bar", "--log-level", "WARNING"]
     if timeout_s:
         cmd += ["--execution-timeout", str(int(timeout_s))]
     start = time.time()
     _write_json(run_dir / STATUS_FILE, {"status": "running", "started": start})
+    cmd = die_with_parent(cmd)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     seconds = time.time() - start
     if proc.returncode == 0 and (run_dir / METRICS_FILE).is_file():
@@ -268,47 +277,156 @@ def preflight_grid(grid: "Grid | str | Path", out_root: str | Path = "runs") -> 
 
 
 def run_batch(grid: Grid | str | Path, out_root: str | Path = "runs", workers: int = 1, force: bool = False,
-              only: list[str] | None = None, progress: bool = True, timeout_s: float | None = None) -> BatchSummary:
+              only: list[str] | None = None, progress: bool = True, timeout_s: float | None = None,
+              executor: "str | Executor" = "local", scheduler: str | None = None,
+              index: int | None = None) -> BatchSummary:
     """Run every run of a grid (resumable, failure-isolated), ``workers`` at a time.
 
-    Threads per worker are ``max(1, cpu_count // workers)`` so the cores are not oversubscribed.
+    Args:
+        executor: where the runs execute (:mod:`distilvpr_lib.executors`): ``"local"`` (``workers`` threads
+            here; each run gets ``max(1, cores // workers)`` threads so the cores are not oversubscribed),
+            ``"dask-local"`` (a LocalCluster of ``workers`` processes), ``"dask"`` (the running scheduler at
+            ``scheduler``), or an :class:`~distilvpr_lib.executors.Executor` (left open).
+        index: run only the ``index``-th (0-based) of the selected runs (a job-array task:
+            ``$SLURM_ARRAY_TASK_ID``); see :func:`select_runs`.
+
+    Every run is claimed through its folder before it starts; a run claimed by another launcher is
+    reported ``elsewhere`` (running elsewhere), not failed. ``batch.json`` is then rewritten from every run's
+    ``status.json`` (:func:`batch_state`), so several launchers, and a re-run after a crash, agree.
+
+    Raises:
+        GridError: bad grid, notebook, or ``index`` (exit 2); OptionError: bad executor options (exit 2).
     """
     from tqdm.auto import tqdm
 
+    from distilvpr_lib.executors import make_executor
+
     grid = preflight_grid(grid, out_root)  # before anything is created
     batch_dir = Path(out_root) / grid.name
-    batch_dir.mkdir(parents=True, exist_ok=True)
-    runs = grid.runs()
-    if only:
-        runs = [r for r in runs if any(r.name.startswith(o) for o in only)]
-    workers = max(1, int(workers))
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    runs = select_runs(grid, only=only, index=index)
+    # --- dispatch through an executor (distilvpr_lib.executors) -----------------------------------------
+    owned = not isinstance(executor, Executor)
+    pool = make_executor(str(executor), workers, scheduler) if owned else executor  # option errors: nothing written
+    try:
+        batch_dir.mkdir(parents=True, exist_ok=True)
+        outcomes: list[RunOutcome] = []
+        tasks: list[RunTask] = []
+        for spec in runs:
+            run_dir = batch_dir / spec.name
+            if not force and run_is_complete(run_dir):
+                outcomes.append(RunOutcome(spec.name, "skipped", run_dir))
+            else:
+                absolute = run_dir.resolve()  # workers elsewhere see the same path on the shared filesystem
+                tasks.append(RunTask(spec.name, absolute, execute_notebook,
+                                     (grid.notebook.resolve(), absolute, spec.parameters), {"timeout_s": timeout_s},
+                                     done=None if force else run_is_complete))
+        initial = len(outcomes)
+        bar = tqdm(total=len(runs), initial=initial, desc=f"batch {grid.name}", disable=not progress)
 
-    outcomes: list[RunOutcome] = []
-    todo = []
-    for spec in runs:
-        run_dir = batch_dir / spec.name
-        if not force and run_is_complete(run_dir):
-            outcomes.append(RunOutcome(spec.name, "skipped", run_dir))
-        else:
-            todo.append((spec, run_dir))
-    bar = tqdm(total=len(runs), initial=len(outcomes), desc=f"batch {grid.name}", disable=not progress)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(execute_notebook, grid.notebook, run_dir, spec.parameters, threads, timeout_s)
-                   for spec, run_dir in todo]
-        for fut in as_completed(futures):
-            outcome = fut.result()
-            outcomes.append(outcome)
-            bar.update(1)
-            bar.set_postfix(failed=sum(o.status == "failed" for o in outcomes))
-    bar.close()
+        def show(p: Progress) -> None:
+            bar.n = initial + p.done
+            bar.set_postfix(running=p.running, failed=p.failed, elsewhere=p.elsewhere)
+
+        for result in pool.run(tasks, show):
+            outcomes.append(_task_outcome(result, batch_dir / result.name))
+        bar.close()
+    finally:
+        if owned:
+            pool.close()
     order = {spec.name: i for i, spec in enumerate(runs)}
     outcomes.sort(key=lambda o: order.get(o.name, 0))
     summary = BatchSummary(batch_dir, outcomes)
-    _write_json(batch_dir / "batch.json", {
-        "grid": str(grid.source) if grid.source else None, "notebook": str(grid.notebook),
-        "runs": [{"name": o.name, "status": o.status, "error": o.error} for o in outcomes]})
+    write_batch_record(grid, batch_dir)
     return summary
+
+
+# ---------------------------------------------------------------------------
+# Run selection (job arrays), outcomes of executor tasks, and the batch record derived from the runs
+# ---------------------------------------------------------------------------
+def select_runs(grid: Grid, only: list[str] | None = None, index: int | None = None) -> list[RunSpec]:
+    """The runs of ``grid`` a launcher executes: those whose name starts with one of ``only`` (all if empty),
+    then, when ``index`` is given, only the ``index``-th (0-based) of those — ``distilvpr batch GRID --list``
+    prints them in this order, one per line, and ``sbatch --array=0-(N-1)`` passes ``$SLURM_ARRAY_TASK_ID``.
+
+    Raises:
+        GridError: ``index`` outside ``0 .. N-1`` (names the grid and N).
+    """
+    runs = grid.runs()
+    if only:
+        runs = [r for r in runs if any(r.name.startswith(o) for o in only)]
+    if index is None:
+        return runs
+    if not 0 <= int(index) < len(runs):
+        raise GridError(f"{grid.source or grid.name}: --index {index} is outside the {len(runs)} selected runs "
+                        f"(0 to {len(runs) - 1}; distilvpr batch GRID --list prints them)")
+    return [runs[int(index)]]
+
+
+def _task_outcome(result: TaskResult, run_dir: Path) -> RunOutcome:
+    if result.state == EXECUTED:
+        return result.value
+    if result.state == SKIPPED:
+        return RunOutcome(result.name, "skipped", run_dir)
+    if result.state == ELSEWHERE:
+        return RunOutcome(result.name, ELSEWHERE, run_dir, error=result.error)
+    assert result.state == ERROR, result.state
+    return RunOutcome(result.name, "failed", run_dir, error=result.error)
+
+
+#: Run states in ``batch.json`` (see :func:`batch_state`).
+RUN_STATES: tuple[str, ...] = ("ok", "failed", "running", "interrupted", "pending")
+
+
+def batch_state(grid: Grid, batch_dir: str | Path) -> list[dict[str, Any]]:
+    """Every run of ``grid`` with its state, derived from its folder alone (never from a launcher's memory).
+
+    States: ``ok`` (``status.json`` says ok and ``metrics.json`` exists), ``running`` (a launcher or worker
+    holds the run's claim now), ``failed`` (``status.json`` says failed), ``interrupted`` (``status.json`` says
+    running but nobody holds the claim: its launcher died; a re-run resumes it), ``pending`` (not started).
+
+    Returns:
+        ``[{"name", "status", "error"}]`` in grid order.
+    """
+    batch_dir = Path(batch_dir)
+    states = []
+    for spec in grid.runs():
+        run_dir = batch_dir / spec.name
+        record: dict[str, Any] = {}
+        try:
+            loaded = json.loads((run_dir / STATUS_FILE).read_text())
+            record = loaded if isinstance(loaded, dict) else {}
+        except (OSError, ValueError):
+            pass
+        written = record.get("status")
+        if run_is_complete(run_dir):
+            state = "ok"
+        elif is_claimed(run_dir):
+            state = "running"
+        elif written == "failed":
+            state = "failed"
+        elif written in ("running", "ok"):  # "ok" without metrics.json: the folder lost its metrics
+            state = "interrupted"
+        else:
+            state = "pending"
+        states.append({"name": spec.name, "status": state, "error": record.get("error") if state == "failed" else None})
+    return states
+
+
+def write_batch_record(grid: Grid, batch_dir: str | Path) -> dict[str, Any]:
+    """Rewrite ``<batch>/batch.json`` from the runs' folders (:func:`batch_state`); returns what it wrote."""
+    import datetime
+
+    batch_dir = Path(batch_dir)
+    runs = batch_state(grid, batch_dir)
+    record = {
+        "grid": str(grid.source) if grid.source else None, "notebook": str(grid.notebook),
+        "derived_from": f"<run>/{STATUS_FILE} of every run of the grid",
+        "updated": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "counts": {state: sum(r["status"] == state for r in runs) for state in RUN_STATES},
+        "runs": runs,
+    }
+    _write_json(batch_dir / "batch.json", record)
+    return record
 
 
 def _flatten(prefix: str, obj: Any, out: dict[str, Any]) -> None:
