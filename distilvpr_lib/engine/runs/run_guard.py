@@ -88,7 +88,7 @@ class RunFolderLock:
         self._fd = None
 
     def __enter__(self) -> "RunFolderLock":
-        return self.acquire()
+        return self if self._fd is not None else self.acquire()  # an acquired lock is held for the ``with`` body
 
     def __exit__(self, *exc: object) -> None:
         self.release()
