@@ -458,8 +458,6 @@ class DaskExecutor(Executor):
         return int(sum(w.get("resources", {}).get(RUN_RESOURCE, 0) for w in workers.values()))
 
     def run(self, tasks: list[RunTask], on_progress: ProgressCallback | None = None) -> Iterator[TaskResult]:
-        from distributed import wait
-
         if tasks and self.slots() == 0:
             print(f"warning: no Dask worker declares the '{RUN_RESOURCE}' resource yet; the runs wait for one "
                   f"(start workers with --resources {RUN_RESOURCE}=K)", file=sys.stderr)
@@ -468,11 +466,12 @@ class DaskExecutor(Executor):
                                       resources={RUN_RESOURCE: 1}): task for task in tasks}
         progress = Progress(total=len(tasks))
         pending = set(futures)
+        last_poll = 0.0
         while pending:
-            try:
-                done, pending = wait(pending, timeout=1.0, return_when="FIRST_COMPLETED")
-            except TimeoutError:
-                done = set()
+            done = {f for f in pending if f.done()}
+            pending -= done
+            if not done:
+                time.sleep(0.2)
             for fut in done:
                 task = futures[fut]
                 try:
@@ -481,7 +480,8 @@ class DaskExecutor(Executor):
                     result = TaskResult(task.name, ERROR, error=format_error(exc))
                 self._count(progress, result)
                 yield result
-            if on_progress is not None:
+            if on_progress is not None and (done or time.monotonic() - last_poll > 2.0):
+                last_poll = time.monotonic()
                 progress.running = self._running({f.key for f in pending})
                 on_progress(progress)
 
