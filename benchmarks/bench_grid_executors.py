@@ -49,7 +49,7 @@ def _run_seconds(batch_dir: Path) -> float:
 
 def overhead(dataset: Path, teacher: Path, work: Path, runs: int, epochs: int) -> dict:
     from distilvpr_lib.batch import run_batch
-    from distilvpr_lib.executors import DaskExecutor
+    from distilvpr_lib.executors.backends import DaskExecutor
 
     grid = _grid(work / "grid.yaml", "bench", dataset, teacher, epochs, runs)
     figures: dict = {"runs": runs, "epochs": epochs}
@@ -78,7 +78,7 @@ def overhead(dataset: Path, teacher: Path, work: Path, runs: int, epochs: int) -
 
 def recovery(dataset: Path, teacher: Path, work: Path, epochs: int) -> dict:
     from distilvpr_lib.batch import run_batch
-    from distilvpr_lib.executors import DaskExecutor
+    from distilvpr_lib.executors.backends import DaskExecutor
 
     grid = work / "kill.yaml"
     _grid(grid, "kill", dataset, teacher, epochs, 1)

@@ -17,6 +17,11 @@ Every run (variation x seed) is executed into ``<out>/<batch name>/<run name>/``
 ``metrics.json`` the notebook writes into its ``out`` folder. Re-running a grid skips runs whose
 metrics exist with status ``ok`` and re-runs unfinished or failed ones. A failing run is recorded
 (status, error, executed notebook kept) and the others continue.
+
+Where the runs execute is an executor's business (:mod:`distilvpr_lib.executors`: a local thread pool, a Dask
+cluster, one run per job-array task with ``index``). Each run is claimed through its folder before it starts, so
+any number of launchers share one grid folder (a run claimed elsewhere is reported ``elsewhere``, never failed),
+and ``<out>/<batch name>/batch.json`` is rebuilt from the runs' ``status.json`` (:func:`batch_state`).
 """
 
 from __future__ import annotations
@@ -35,8 +40,9 @@ import yaml
 
 from distilvpr_lib.data.files import atomic_write, write_json
 from distilvpr_lib.errors import MissingDataError
-from distilvpr_lib.executors import (ELSEWHERE, ERROR, EXECUTED, SKIPPED, Executor, Progress, RunTask, TaskResult,
-                                    die_with_parent, is_claimed)
+from distilvpr_lib.executors.backends import Executor, Progress
+from distilvpr_lib.executors.claims import (ELSEWHERE, ERROR, EXECUTED, SKIPPED, RunTask, TaskResult, die_with_parent,
+                                            is_claimed)
 from distilvpr_lib.paths import project_path
 
 #: Name of the notebook parameter that receives the run folder.
@@ -198,7 +204,7 @@ def execute_notebook(notebook: Path, run_dir: Path, parameters: dict[str, Any], 
     The notebook receives ``parameters`` plus ``out=<run_dir>`` (absolute); its executed copy is kept even on
     failure. The kernel starts in the notebook's own folder, as in JupyterLab, so a notebook that runs here
     runs there. ``extra_env`` is added to the subprocess's environment (an executor slot's
-    ``CUDA_VISIBLE_DEVICES``); the subprocess dies with this process (:func:`~distilvpr_lib.executors.die_with_parent`).
+    ``CUDA_VISIBLE_DEVICES``); the subprocess dies with this process (:func:`~distilvpr_lib.executors.claims.die_with_parent`).
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     params = {**parameters, OUT_PARAMETER: str(run_dir.resolve())}
@@ -299,7 +305,7 @@ def run_batch(grid: Grid | str | Path, out_root: str | Path = "runs", workers: i
     """
     from tqdm.auto import tqdm
 
-    from distilvpr_lib.executors import make_executor
+    from distilvpr_lib.executors.backends import make_executor
 
     grid = preflight_grid(grid, out_root)  # before anything is created
     batch_dir = Path(out_root) / grid.name

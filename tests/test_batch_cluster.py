@@ -10,7 +10,7 @@ A lost Dask worker costs nothing: SIGKILL of the worker process running a smoke 
 
 Two runs with identical parameters (``reference`` and ``victim``) go to a LocalCluster of 2 workers (one run
 slot, one thread budget each); the worker running ``victim`` is killed with ``kill -9``. The papermill child of
-the killed worker dies with it (:func:`distilvpr_lib.executors.die_with_parent`) and the kernel follows, so the
+the killed worker dies with it (:func:`distilvpr_lib.executors.claims.die_with_parent`) and the kernel follows, so the
 resubmitted task finds the run folder free.
 """
 
@@ -108,7 +108,7 @@ def test_killing_a_worker_mid_run_resumes_the_run_to_identical_weights(smoke_dat
                                                                        tmp_path: Path) -> None:
     pytest.importorskip("distributed")
     from distilvpr_lib.batch import run_batch
-    from distilvpr_lib.executors import DaskExecutor
+    from distilvpr_lib.executors.backends import DaskExecutor
 
     grid = _smoke_grid(tmp_path / "grid.yaml", smoke_dataset, smoke_teacher_folder, "loss", 2,
                        [{"name": "reference", "method": "nokd"}, {"name": "victim", "method": "nokd"}])  # same run twice

@@ -15,8 +15,9 @@ import yaml
 
 from distilvpr_lib.batch import Grid, GridError, batch_state, run_batch, select_runs, write_batch_record
 from distilvpr_lib.cli import main
-from distilvpr_lib.executors import (CLAIM_FILE, ELSEWHERE, EXECUTED, SKIPPED, THREADS_ENV, LocalExecutor, RunTask,
-                                     SlotPool, claim_run, die_with_parent, is_claimed, make_executor, run_claimed)
+from distilvpr_lib.executors.backends import LocalExecutor, make_executor
+from distilvpr_lib.executors.claims import (CLAIM_FILE, ELSEWHERE, EXECUTED, SKIPPED, THREADS_ENV, RunTask, SlotPool,
+                                            claim_run, die_with_parent, is_claimed, run_claimed)
 from distilvpr_lib.errors import OptionError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -167,7 +168,7 @@ def test_die_with_parent_kills_the_child_of_a_killed_process(tmp_path: Path) -> 
     pid_file = tmp_path / "child.pid"
     # a parent that starts a wrapped `python -m http.server`-like sleeper and is then killed with SIGKILL
     parent = (f"import subprocess, sys, time\n"
-              f"from distilvpr_lib.executors import die_with_parent\n"
+              f"from distilvpr_lib.executors.claims import die_with_parent\n"
               f"p = subprocess.Popen(die_with_parent([sys.executable, '-m', 'timeit', '-n', '1', 'import time; time.sleep(60)']))\n"
               f"open({str(pid_file)!r}, 'w').write(str(p.pid))\n"
               f"time.sleep(60)\n")
@@ -280,7 +281,7 @@ def test_dask_executors_give_the_local_executors_results(tmp_path: Path, capsys:
 
 def test_dask_scheduler_that_does_not_answer_is_an_option_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     pytest.importorskip("distributed")
-    from distilvpr_lib.executors import DaskExecutor
+    from distilvpr_lib.executors.backends import DaskExecutor
 
     with pytest.raises(OptionError, match="cannot connect to a Dask scheduler"):
         DaskExecutor(scheduler="tcp://127.0.0.1:9", connect_timeout_s=1)

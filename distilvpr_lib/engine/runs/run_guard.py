@@ -50,7 +50,7 @@ class RunFolderLock:
     """An exclusive, non-blocking lock on a run folder (``with RunFolderLock(dir): ...``).
 
     ``lock_file`` names the lock inside the folder (default :data:`LOCK_FILE`, the training pipeline's; a batch
-    launcher claims a run with its own, :data:`distilvpr_lib.executors.CLAIM_FILE`).
+    launcher claims a run with its own, :data:`distilvpr_lib.executors.claims.CLAIM_FILE`).
     """
 
     def __init__(self, folder: PathLike, lock_file: str = LOCK_FILE) -> None:
