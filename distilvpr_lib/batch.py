@@ -292,7 +292,7 @@ def run_batch(grid: Grid | str | Path, out_root: str | Path = "runs", workers: i
         executor: where the runs execute (:mod:`distilvpr_lib.executors`): ``"local"`` (``workers`` threads
             here; each run gets ``max(1, cores // workers)`` threads so the cores are not oversubscribed),
             ``"dask-local"`` (a LocalCluster of ``workers`` processes), ``"dask"`` (the running scheduler at
-            ``scheduler``), or an :class:`~distilvpr_lib.executors.Executor` (left open).
+            ``scheduler``), or an :class:`~distilvpr_lib.executors.backends.Executor` (left open).
         index: run only the ``index``-th (0-based) of the selected runs (a job-array task:
             ``$SLURM_ARRAY_TASK_ID``); see :func:`select_runs`.
 

@@ -98,6 +98,31 @@ def test_slurm_array_script_runs_the_grid_by_index_then_notebook_04(smoke_datase
     assert (batch / "analysis" / "metrics.json").is_file() and (batch / "analysis" / "ablation_bars.png").is_file()
 
 
+def test_two_launchers_share_a_smoke_grid_folder(smoke_dataset: Path, smoke_teacher_folder: Path,
+                                                 tmp_path: Path) -> None:
+    """Two ``distilvpr batch`` on one grid folder at once: each run executed once, both exit 0, batch.json agrees."""
+    from distilvpr_lib.batch import Grid, batch_state
+
+    grid = _smoke_grid(tmp_path / "grid.yaml", smoke_dataset, smoke_teacher_folder, "shared", 1,
+                       [{"name": "nokd", "method": "nokd"}, {"name": "distilvpr", "method": "distilvpr"}])
+    out = tmp_path / "runs"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    command = [sys.executable, "-m", "distilvpr_lib.cli", "batch", str(grid), "--out", str(out)]
+    launchers = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                 for _ in range(2)]
+    results = [p.communicate(timeout=900) for p in launchers]
+    assert [p.returncode for p in launchers] == [0, 0], [e[-3000:] for _, e in results]
+    # a launcher counts as succeeded only the runs it executed: 2 in all means each run executed once
+    succeeded = [int(re.search(r": (\d+) succeeded", o).group(1)) for o, _ in results]
+    assert sum(succeeded) == 2 and "FAILED" not in "".join(o for o, _ in results), [o for o, _ in results]
+    record = json.loads((out / "shared" / "batch.json").read_text())
+    assert record["runs"] == batch_state(Grid.load(grid), out / "shared")
+    assert [(r["name"], r["status"]) for r in record["runs"]] == [("nokd__seed0", "ok"), ("distilvpr__seed0", "ok")]
+    for name in ("nokd__seed0", "distilvpr__seed0"):
+        printed = _stdout(out / "shared" / name / "notebook.ipynb")
+        assert len(re.findall(r"^epoch +1 ", printed, re.M)) == 1, printed
+
+
 def _stdout(notebook: Path) -> str:
     nb = nbformat.read(notebook, as_version=4)
     return "".join("".join(o.get("text", "")) for c in nb.cells for o in c.get("outputs", [])
