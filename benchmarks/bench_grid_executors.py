@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO))
 
 def _grid(path: Path, name: str, dataset: Path, teacher: Path, epochs: int, runs: int) -> Path:
     seeds = list(range((runs + 1) // 2))
-    variations = [{"name": "nokd", "method": "nokd"}, {"name": "distilvpr", "method": "distilvpr"}]
+    variations = [{"name": "nokd", "method": "nokd"}, {"name": "distilvpr", "method": "distilvpr"}][:max(1, min(runs, 2))]
     path.write_text(yaml.safe_dump({
         "name": name, "notebook": "notebooks/03_distillation.ipynb", "seeds": seeds, "variations": variations,
         "base": {"dataset": str(dataset), "teacher": str(teacher), "profile": "smoke", "epochs": epochs}}))
@@ -99,7 +99,8 @@ def recovery(dataset: Path, teacher: Path, work: Path, epochs: int) -> dict:
                 raise RuntimeError("the run ended before its first checkpoint")
             time.sleep(0.1)
         first_start = json.loads((run_dir / "status.json").read_text())["started"]
-        address = next(a for a, keys in executor.client.processing().items() if keys)
+        address = next(a for a, keys in executor.client.processing().items()
+                       if any(run_dir.name in str(k) for k in keys))
         pid = executor.client.run(os.getpid, workers=[address])[address]
         killed_at = time.time()
         os.kill(pid, signal.SIGKILL)
