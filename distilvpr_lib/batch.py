@@ -30,6 +30,11 @@ Every run is what its name says (issue 25, docs/GRIDS.md):
 * papermill's warnings (``Passed unknown parameter``) are kept in ``status.json`` and make the run fail;
 * SIGINT / SIGTERM stop the batch (:mod:`distilvpr_lib.stopping`): no new run starts, the running ones are
   ended with their children and recorded ``interrupted``; re-running the batch resumes them.
+
+Where the runs execute is an executor's business (:mod:`distilvpr_lib.executors`: a local thread pool, a Dask
+cluster, one run per job-array task with ``index``). Each run is claimed through its folder before it starts, so
+any number of launchers share one grid folder (a run claimed elsewhere is reported ``elsewhere``, never failed),
+and ``<out>/<batch name>/batch.json`` is rebuilt from the runs' ``status.json`` (:func:`batch_state`).
 """
 
 from __future__ import annotations
@@ -40,18 +45,21 @@ import os
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from distilvpr_lib.batch_ledger import write_batch_record
 from distilvpr_lib.batch_records import (EXECUTED_NOTEBOOK, METRICS_FILE, OUT_PARAMETER, PARAMETERS_FILE, STALE_DIR,
                                          STATUS_FILE, format_changes, last_error_line, move_aside, notebook_error,
                                          papermill_warnings, parameter_changes, run_is_complete)
 from distilvpr_lib.data.files import atomic_write, write_json
 from distilvpr_lib.errors import GridError, MissingDataError
+from distilvpr_lib.executors.backends import Executor, Progress
+from distilvpr_lib.executors.claims import (ELSEWHERE, ERROR, EXECUTED, NOT_STARTED, SKIPPED, RunTask, TaskResult,
+                                            die_with_parent, is_claimed)
 from distilvpr_lib.grid_checks import check_folder_name, check_grid, check_seeds, load_grid_yaml
 from distilvpr_lib.paths import project_path
 from distilvpr_lib.stopping import StopSignals, terminate_process_tree
@@ -193,11 +201,18 @@ class BatchSummary:
     def n_interrupted(self) -> int:
         return self.count("interrupted") + self.count("not started")
 
+    @property
+    def n_elsewhere(self) -> int:
+        """Runs claimed by another launcher or worker (running elsewhere; never failed)."""
+        return sum(o.status == ELSEWHERE for o in self.outcomes)
+
     def __str__(self) -> str:
         from distilvpr_lib.errors import signal_name
 
         head = (f"batch {self.batch_dir}: {self.n_ok} succeeded, {self.n_skipped} skipped (already done), "
                 f"{self.n_failed} failed")
+        if self.n_elsewhere:
+            head += f", {self.n_elsewhere} running elsewhere"
         for status in ("stale", "interrupted", "not started"):
             if self.count(status):
                 head += f", {self.count(status)} {status}"
@@ -234,7 +249,8 @@ def _write_json(path: Path, obj: Any) -> None:
 # One run
 # ---------------------------------------------------------------------------
 def execute_notebook(notebook: Path, run_dir: Path, parameters: dict[str, Any], threads: int | None = None,
-                     timeout_s: float | None = None, stop: StopSignals | None = None) -> RunOutcome:
+                     timeout_s: float | None = None, stop: StopSignals | None = None,
+                     extra_env: dict[str, str] | None = None) -> RunOutcome:
     """Execute ``notebook`` with papermill into ``run_dir`` (in a subprocess with its own thread budget).
 
     The notebook receives ``parameters`` plus ``out=<run_dir>`` (absolute); its executed copy is kept even on
@@ -242,6 +258,8 @@ def execute_notebook(notebook: Path, run_dir: Path, parameters: dict[str, Any], 
     runs there. Papermill runs in a session of its own: ``stop`` (a batch's :class:`StopSignals`) ends it and
     its children; without one, an exception here (Ctrl-C) ends them before it propagates. A run that
     papermill warns about (an unknown parameter) is ``failed``, its warnings kept in ``status.json``.
+    ``extra_env`` is added to the subprocess's environment (an executor slot's ``CUDA_VISIBLE_DEVICES``); the
+    subprocess dies with this process (:func:`~distilvpr_lib.executors.claims.die_with_parent`).
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     params = {**parameters, OUT_PARAMETER: str(run_dir.resolve())}
@@ -252,12 +270,14 @@ def execute_notebook(notebook: Path, run_dir: Path, parameters: dict[str, Any], 
     if threads:
         for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "DISTILVPR_NUM_THREADS"):
             env[var] = str(threads)
+    env.update(extra_env or {})
     cmd = [sys.executable, "-m", "papermill", str(notebook), str(run_dir / EXECUTED_NOTEBOOK),
            "-f", str(run_dir / PARAMETERS_FILE), "--cwd", str(Path(notebook).resolve().parent), "--no-progress-bar", "--log-level", "WARNING"]
     if timeout_s:
         cmd += ["--execution-timeout", str(int(timeout_s))]
     start = time.time()
     _write_json(run_dir / STATUS_FILE, {"status": "running", "started": start})
+    cmd = die_with_parent(cmd)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     if stop is not None:
@@ -378,101 +398,111 @@ def plan_runs(runs: list[RunSpec], batch_dir: Path, force: bool = False,
 
 def run_batch(grid: Grid | str | Path, out_root: str | Path = "runs", workers: int = 1, force: bool = False,
               only: list[str] | None = None, progress: bool = True, timeout_s: float | None = None,
-              rerun_stale: bool = False) -> BatchSummary:
+              rerun_stale: bool = False, executor: "str | Executor" = "local", scheduler: str | None = None,
+              index: int | None = None) -> BatchSummary:
     """Run every run of a grid (resumable, failure-isolated), ``workers`` at a time.
 
-    Threads per worker are ``max(1, cpu_count // workers)`` so the cores are not oversubscribed. Stale runs
-    (completed with other parameters) are reported, and re-run only with ``rerun_stale`` (:func:`plan_runs`).
+    Args:
+        rerun_stale: re-run stale runs (completed with other parameters than the grid's now), moving the old
+            folder aside (:func:`plan_runs`); without it they are reported and left alone.
+        executor: where the runs execute (:mod:`distilvpr_lib.executors`): ``"local"`` (``workers`` threads
+            here; each run gets ``max(1, cores // workers)`` threads so the cores are not oversubscribed),
+            ``"dask-local"`` (a LocalCluster of ``workers`` processes), ``"dask"`` (the running scheduler at
+            ``scheduler``), or an :class:`~distilvpr_lib.executors.backends.Executor` (left open).
+        index: run only the ``index``-th (0-based) of the selected runs (a job-array task:
+            ``$SLURM_ARRAY_TASK_ID``); see :func:`select_runs`.
+
+    Every run is claimed through its folder before it starts; a run claimed by another launcher is
+    reported ``elsewhere`` (running elsewhere), not failed. ``batch.json`` is then rewritten from every run's
+    folder (:func:`batch_state`), so several launchers, and a re-run after a crash, agree.
     SIGINT or SIGTERM stops the batch (:class:`~distilvpr_lib.stopping.StopSignals`): no new run starts, the
-    running ones are ended with their children and recorded ``interrupted``; :attr:`BatchSummary.signum`
-    says which signal came.
+    running ones (local executor) are ended with their children and recorded ``interrupted``; a Dask executor's
+    cluster is closed; :attr:`BatchSummary.signum` says which signal came.
+
+    Raises:
+        GridError: bad grid, notebook, or ``index`` (exit 2); OptionError: bad executor options (exit 2).
     """
+    from distilvpr_lib.executors.backends import make_executor
     from distilvpr_lib.progress import progress_bar
 
     grid = preflight_grid(grid, out_root)  # before anything is created
     batch_dir = Path(out_root) / grid.name
-    batch_dir.mkdir(parents=True, exist_ok=True)
-    runs = grid.runs()
-    if only:
-        runs = [r for r in runs if any(r.name.startswith(o) for o in only)]
-    workers = max(1, int(workers))
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    runs = select_runs(grid, only=only, index=index)
+    owned = not isinstance(executor, Executor)
+    pool = make_executor(str(executor), workers, scheduler) if owned else executor  # option errors: nothing written
+    local = getattr(pool, "kind", None) == "local"
+    signum = None
+    try:
+        with StopSignals() as stop:
+            batch_dir.mkdir(parents=True, exist_ok=True)
+            outcomes, todo = plan_runs(runs, batch_dir, force=force, rerun_stale=rerun_stale)
+            replaced = {spec.name: r for spec, _, r in todo if r is not None}
+            tasks: list[RunTask] = []
+            for spec, run_dir, _ in todo:
+                absolute = run_dir.resolve()  # workers elsewhere see the same path on the shared filesystem
+                kwargs: dict[str, Any] = {"timeout_s": timeout_s}
+                if local:  # the stop signals live in this process: a remote worker cannot hold them
+                    kwargs["stop"] = stop
+                tasks.append(RunTask(spec.name, absolute, execute_notebook,
+                                     (grid.notebook.resolve(), absolute, spec.parameters), kwargs,
+                                     done=None if force else run_is_complete,
+                                     cancelled=(lambda: stop.stopped) if local else None))
+            initial = len(outcomes)
+            bar = progress_bar(total=len(runs), initial=initial, desc=f"batch {grid.name}", disable=not progress)
 
-    outcomes, todo = plan_runs(runs, batch_dir, force=force, rerun_stale=rerun_stale)
-    bar = progress_bar(total=len(runs), initial=len(outcomes), desc=f"batch {grid.name}", disable=not progress)
+            def show(p: Progress) -> None:
+                bar.n = initial + p.done
+                bar.set_postfix(running=p.running, failed=p.failed, elsewhere=p.elsewhere)
 
-    def run_one(spec: RunSpec, run_dir: Path, replaced: RunOutcome | None, stop: StopSignals) -> RunOutcome:
-        if stop.stopped:
-            outcome = RunOutcome(spec.name, "not started", run_dir)
-        else:
-            outcome = execute_notebook(grid.notebook, run_dir, spec.parameters, threads, timeout_s, stop=stop)
-        if replaced is not None:
-            outcome.changes, outcome.replaced = replaced.changes, replaced.replaced
-        return outcome
-
-    with StopSignals() as stop, ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(run_one, spec, run_dir, replaced, stop) for spec, run_dir, replaced in todo]
-        for fut in as_completed(futures):
-            outcome = fut.result()
-            outcomes.append(outcome)
-            bar.update(1)
-            bar.set_postfix(failed=sum(o.status == "failed" for o in outcomes))
-    bar.close()
+            for result in pool.run(tasks, show):
+                outcome = _task_outcome(result, batch_dir / result.name)
+                if result.name in replaced:
+                    outcome.changes, outcome.replaced = replaced[result.name].changes, replaced[result.name].replaced
+                outcomes.append(outcome)
+                if stop.stopped and not local:
+                    break  # closing the pool below ends the remote runs; their folders resume
+            bar.close()
+            signum = stop.signum
+    finally:
+        if owned:
+            pool.close()
     order = {spec.name: i for i, spec in enumerate(runs)}
     outcomes.sort(key=lambda o: order.get(o.name, 0))
-    summary = BatchSummary(batch_dir, outcomes, signum=stop.signum)
-    _write_json(batch_dir / "batch.json", {
-        "grid": str(grid.source) if grid.source else None, "notebook": str(grid.notebook),
-        "stopped_by": stop.signal_name,
-        "runs": [{"name": o.name, "status": o.status, "error": o.error,
-                  **({"changes": {k: [old, new] for k, (old, new) in o.changes.items()}} if o.changes else {}),
-                  **({"replaced": str(o.replaced)} if o.replaced else {})} for o in outcomes]})
+    summary = BatchSummary(batch_dir, outcomes, signum=signum)
+    write_batch_record(grid, batch_dir, outcomes=outcomes, signum=signum)
     return summary
 
 
-
-def _flatten(prefix: str, obj: Any, out: dict[str, Any]) -> None:
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            _flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
-    elif isinstance(obj, (int, float, str, bool)) or obj is None:
-        out[prefix] = obj
-
-
-def collect_batch(batch_dir: str | Path) -> "pandas.DataFrame":  # noqa: F821
-    """Load every run of a batch into one DataFrame: parameters + flattened metrics + status.
-
-    Columns: ``run``, ``variation``, ``status``, ``error``, ``param.<name>`` for every parameter and
-    ``<metric path>`` (dot-joined) for every scalar in ``metrics.json``.
+# ---------------------------------------------------------------------------
+# Run selection (job arrays), outcomes of executor tasks, and the batch record derived from the runs
+# ---------------------------------------------------------------------------
+def select_runs(grid: Grid, only: list[str] | None = None, index: int | None = None) -> list[RunSpec]:
+    """The runs of ``grid`` a launcher executes: those whose name starts with one of ``only`` (all if empty),
+    then, when ``index`` is given, only the ``index``-th (0-based) of those — ``distilvpr batch GRID --list``
+    prints them in this order, one per line, and ``sbatch --array=0-(N-1)`` passes ``$SLURM_ARRAY_TASK_ID``.
 
     Raises:
-        MissingDataError: (a FileNotFoundError) the folder does not exist or holds no run (one line, naming it).
+        GridError: ``index`` outside ``0 .. N-1`` (names the grid and N).
     """
-    import pandas as pd
+    runs = grid.runs()
+    if only:
+        runs = [r for r in runs if any(r.name.startswith(o) for o in only)]
+    if index is None:
+        return runs
+    if not 0 <= int(index) < len(runs):
+        raise GridError(f"{grid.source or grid.name}: --index {index} is outside the {len(runs)} selected runs "
+                        f"(0 to {len(runs) - 1}; distilvpr batch GRID --list prints them)")
+    return [runs[int(index)]]
 
-    batch_dir = Path(batch_dir)
-    if not batch_dir.is_dir():
-        raise MissingDataError("batch folder does not exist", path=batch_dir,
-                               hint="run the grid first: distilvpr batch GRID.yaml, or pass the folder it wrote")
-    rows = []
-    for run_dir in sorted(p for p in batch_dir.iterdir() if p.is_dir()):
-        params_file = run_dir / PARAMETERS_FILE
-        if not params_file.is_file():
-            continue
-        row: dict[str, Any] = {"run": run_dir.name, "variation": run_dir.name.rsplit("__seed", 1)[0]}
-        status = json.loads((run_dir / STATUS_FILE).read_text()) if (run_dir / STATUS_FILE).is_file() else {}
-        row["status"] = status.get("status", "unknown")
-        row["error"] = status.get("error")
-        row["seconds"] = status.get("seconds")
-        for k, v in (yaml.safe_load(params_file.read_text()) or {}).items():
-            row[f"param.{k}"] = v
-        if (run_dir / METRICS_FILE).is_file():
-            metrics: dict[str, Any] = {}
-            _flatten("", json.loads((run_dir / METRICS_FILE).read_text()), metrics)
-            for key, value in metrics.items():  # a metric never shadows the batch's own columns
-                row[f"metrics.{key}" if key in row else key] = value
-        rows.append(row)
-    if not rows:
-        raise MissingDataError(f"no batch runs in this folder (no <run>/{PARAMETERS_FILE})", path=batch_dir,
-                               hint="run the grid first: distilvpr batch GRID.yaml, or pass the folder it wrote")
-    return pd.DataFrame(rows)
+
+def _task_outcome(result: TaskResult, run_dir: Path) -> RunOutcome:
+    if result.state == EXECUTED:
+        return result.value
+    if result.state == SKIPPED:
+        return RunOutcome(result.name, "skipped", run_dir)
+    if result.state == ELSEWHERE:
+        return RunOutcome(result.name, ELSEWHERE, run_dir, error=result.error)
+    if result.state == NOT_STARTED:
+        return RunOutcome(result.name, "not started", run_dir)
+    assert result.state == ERROR, result.state
+    return RunOutcome(result.name, "failed", run_dir, error=result.error)

@@ -49,11 +49,15 @@ def _holder(lock_path: Path) -> str:
 
 
 class RunFolderLock:
-    """An exclusive, non-blocking lock on a run folder (``with RunFolderLock(dir): ...``)."""
+    """An exclusive, non-blocking lock on a run folder (``with RunFolderLock(dir): ...``).
 
-    def __init__(self, folder: PathLike) -> None:
+    ``lock_file`` names the lock inside the folder (default :data:`LOCK_FILE`, the training pipeline's; a batch
+    launcher claims a run with its own, :data:`distilvpr_lib.executors.claims.CLAIM_FILE`).
+    """
+
+    def __init__(self, folder: PathLike, lock_file: str = LOCK_FILE) -> None:
         self.folder = Path(folder)
-        self.path = self.folder / LOCK_FILE
+        self.path = self.folder / lock_file
         self._fd: int | None = None
 
     def acquire(self) -> "RunFolderLock":
@@ -94,15 +98,15 @@ class RunFolderLock:
         self._fd = None
 
     def __enter__(self) -> "RunFolderLock":
-        return self.acquire()
+        return self if self._fd is not None else self.acquire()  # an acquired lock is held for the ``with`` body
 
     def __exit__(self, *exc: object) -> None:
         self.release()
 
 
-def check_not_locked(folder: PathLike) -> None:
+def check_not_locked(folder: PathLike, lock_file: str = LOCK_FILE) -> None:
     """Raise :class:`RunFolderLockedError` when another process holds ``folder``'s lock (creates nothing)."""
-    lock_path = Path(folder) / LOCK_FILE
+    lock_path = Path(folder) / lock_file
     if fcntl is None or not lock_path.is_file():
         return
     try:
