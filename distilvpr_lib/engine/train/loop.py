@@ -128,8 +128,9 @@ class Trainer:
 
     Mixed precision (``train_cfg.mixed_precision``; CUDA, or bfloat16 on the CPU) autocasts the forward pass to
     ``train_cfg.amp_dtype`` (float16 with a GradScaler, or bfloat16) except the sparse cloud branch, which
-    stays float32 (:func:`keep_float32_under_autocast`); on CUDA the model and images use the
-    channels-last memory format when ``train_cfg.channels_last``.
+    stays float32 (:func:`keep_float32_under_autocast`); the model and images use the channels-last memory
+    format when ``train_cfg.channels_last`` on CUDA, and on the CPU when ``train_cfg.channels_last_cpu`` too
+    (:func:`channels_last_enabled`).
     """
 
     def __init__(
@@ -167,7 +168,7 @@ class Trainer:
         self.use_amp = bool(train_cfg.mixed_precision) and (
             self.device.type == "cuda" or (self.device.type == "cpu" and self.amp_dtype == torch.bfloat16))
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
-        self.channels_last = bool(getattr(train_cfg, "channels_last", False)) and self.device.type == "cuda"
+        self.channels_last = channels_last_enabled(train_cfg, self.device)
         self.sync_batchnorm = bool(getattr(train_cfg, "sync_batchnorm", True))
         #: The module that trains: ``model`` itself, or its DDP wrapper in distributed runs (set by fit).
         self.train_model: nn.Module = model
@@ -459,6 +460,20 @@ class Trainer:
         return self.history
 
 
+def channels_last_enabled(train_cfg: "TrainConfig", device: torch.device | str) -> bool:
+    """Whether the image networks run in the channels-last memory format on ``device``.
+
+    CUDA: ``train_cfg.channels_last``. CPU: ``channels_last`` and ``channels_last_cpu`` (oneDNN's convolutions
+    are faster on NHWC, but their sums round differently from the NCHW ones, so the CPU switch is a run setting of
+    its own, off by default). Used for training and for the validation and test embedding of the same run.
+    """
+    device = torch.device(device)
+    wanted = bool(getattr(train_cfg, "channels_last", False))
+    if device.type == "cuda":
+        return wanted
+    return wanted and device.type == "cpu" and bool(getattr(train_cfg, "channels_last_cpu", False))
+
+
 def _skip_batch(batch: Mapping[str, Any]) -> bool:
     if batch.get("skip"):
         return True
@@ -510,4 +525,4 @@ def aggregate_final_losses(history: TrainingHistory) -> dict[str, float]:
 
 
 __all__ = ["SELECTION_METRIC", "SELECTION_RULE", "Trainer", "TrainingHistory", "Validator",
-           "aggregate_final_losses", "train"]
+           "aggregate_final_losses", "channels_last_enabled", "train"]
