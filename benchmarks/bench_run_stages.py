@@ -6,6 +6,10 @@
     # A/B of settings, interleaved (A, B, A, B, ...) in fresh processes, medians per stage:
     .venv/bin/python benchmarks/bench_run_stages.py /tmp/stage-world --kinds student --repeats 3 \\
         --ab train.channels_last_cpu=false --ab train.channels_last_cpu=true
+    # against the code of another commit (unpacked outside the repository), same timers:
+    git archive 85fa693 | tar -x -C /tmp/base
+    .venv/bin/python benchmarks/bench_run_stages.py /tmp/stage-world --kinds student --teacher T \\
+        --ab before:code=/tmp/base --ab now: --ab "kernels:train.channels_last_cpu=true,train.fused_adam=true"
 
 Every run is :func:`~distilvpr_lib.engine.runs.teacher_run.train_teacher` or
 :func:`~distilvpr_lib.engine.runs.student_run.distill_student` itself, in a fresh Python process (so that the
@@ -20,7 +24,7 @@ is ``other``. The stages:
   loader), ``image cache`` (the student's decoded training images), ``teacher cache`` (student: load;
   teacher: build);
 * ``train/data`` (the loader's ``next``), ``train/forward`` (sparse cloud branch of the teacher separately as
-  ``train/forward/cloud``), ``train/loss``, ``train/diagnostics`` (norm stats, per-term gradient norms,
+  ``train/forward/cloud``), ``train/loss``, ``train/loss/diagnostics`` (norm stats, per-term gradient norms,
   hyperbolic clamp share), ``train/backward``, ``train/optimizer``, ``train/logging`` (TensorBoard scalars),
   ``train`` (the rest of the epoch loop: zero_grad, device moves, skip checks, tqdm);
 * ``validation/...`` and ``test/...``: ``data`` (evaluation loader: clouds and PNG decoding),
@@ -57,8 +61,8 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "start-up": ("imports", "preflight", "start", "image cache", "teacher cache (load)"),
     "data": ("train/data",),
     "train step": ("train/forward", "train/loss", "train/backward", "train/optimizer", "train"),
-    "diagnostics": ("train/diagnostics",),
-    "logging": ("train/logging",),
+    "diagnostics": ("train/loss/diagnostics",),
+    "logging": ("train/logging", "logging"),
     "validation": ("validation",),
     "checkpointing": ("checkpoint", "best weights"),
     "final test": ("test", "final weights"),
@@ -271,6 +275,11 @@ def child(args: argparse.Namespace) -> None:
 
 def run_child(kind: str, args: argparse.Namespace, out: Path, settings: list[str],
               teacher: Path | None = None) -> dict[str, Any]:
+    """One run in a fresh process. A setting ``code=DIR`` runs the library of another checkout (e.g. the commit
+    before a change, unpacked with ``git archive``) under the same timers."""
+    code = [s.split("=", 1)[1] for s in settings if s.startswith("code=")]
+    settings = [s for s in settings if not s.startswith("code=")]
+    root = Path(code[-1]) if code else REPO
     command = [sys.executable, str(Path(__file__).resolve()), str(args.dataset), "--child", kind, "--out", str(out),
                "--profile", args.profile, "--epochs", str(args.epochs), "--method", args.method,
                "--threads", str(args.threads)]
@@ -279,10 +288,10 @@ def run_child(kind: str, args: argparse.Namespace, out: Path, settings: list[str
     if teacher is not None:
         command += ["--teacher", str(teacher)]
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    env["PYTHONPATH"] = os.pathsep.join([str(root)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     if args.threads:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
-    proc = subprocess.run(command, capture_output=True, text=True, env=env)
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, cwd=root)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("STAGES ")]
     if proc.returncode != 0 or not lines:
         sys.exit(f"bench_run_stages: the {kind} run failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
@@ -364,8 +373,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/bench_run_stages"), help="run folders")
     parser.add_argument("--repeats", type=int, default=1, help="runs per setting (interleaved)")
     parser.add_argument("--ab", action="append", default=[],
-                        help="a setting to compare: comma-separated key=value overrides ('' = the profile); "
-                             "give it twice or more")
+                        help="a setting to compare: [LABEL:]comma-separated key=value overrides ('' = the "
+                             "profile; code=DIR = the library of another checkout); give it twice or more")
     parser.add_argument("--set", action="append", default=[], help="key=value override of every run")
     parser.add_argument("--json", type=Path, default=None, help="write every run's report here")
     parser.add_argument("--child", choices=["teacher", "student"], default=None, help=argparse.SUPPRESS)
@@ -379,7 +388,10 @@ def main() -> None:
         return
     if args.dataset is None or not args.dataset.is_dir():
         parser.error(f"dataset folder {args.dataset} not found (generate one with --make-world /tmp/DIR)")
-    settings = {name or "profile": [s for s in name.split(",") if s] for name in (args.ab or [""])}
+    settings = {}
+    for item in args.ab or [""]:
+        label, _, overrides = item.rpartition(":") if ":" in item.split("=", 1)[0] else ("", "", item)
+        settings[label or overrides or "profile"] = [s for s in overrides.split(",") if s]
     print(f"bench_run_stages: {args.dataset}, profile {args.profile}, {args.epochs} epochs, {args.threads} "
           f"thread(s) per run, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs "
           "(the machine may be shared: compare columns of one invocation only)")

@@ -146,3 +146,25 @@ def test_evaluation_kernels_follow_the_run_settings():
     assert evaluation_kernels(cfg, "cpu") == (True, torch.bfloat16)
     off = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, mixed_precision=False))
     assert evaluation_kernels(off, "cpu") == (True, None)
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_bfloat16_autocast_on_a_cpu_without_bfloat16_kernels_warns(native, tmp_path, monkeypatch, caplog):
+    from distilvpr_lib.engine.train import loop
+
+    monkeypatch.setattr(loop, "cpu_has_native_bfloat16", lambda: native)
+    cfg = profile_config("study")
+    assert cfg.train.mixed_precision and cfg.train.amp_dtype == "bfloat16"
+    model = ConvNet()
+    optimizer = build_optimizer(student_parameter_groups(model, cfg.train), cfg.train)
+    with caplog.at_level("WARNING", logger=loop.__name__):
+        Trainer(model, StudentObjective(cfg.train, None), optimizer, build_scheduler(optimizer, cfg.train), [],
+                cfg.train, tmp_path, progress=False, tensorboard=False)
+    warned = [r for r in caplog.records if "without native bfloat16" in r.getMessage()]
+    assert bool(warned) is (not native)
+
+
+def test_cpu_has_native_bfloat16_answers_a_bool():
+    from distilvpr_lib.engine.train.loop import cpu_has_native_bfloat16
+
+    assert isinstance(cpu_has_native_bfloat16(), bool)

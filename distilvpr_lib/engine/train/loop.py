@@ -169,6 +169,11 @@ class Trainer:
             self.device.type == "cuda" or (self.device.type == "cpu" and self.amp_dtype == torch.bfloat16))
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
         self.channels_last = channels_last_enabled(train_cfg, self.device)
+        if self.use_amp and self.device.type == "cpu" and not cpu_has_native_bfloat16():
+            log.warning("train.mixed_precision: bfloat16 autocast on a CPU without native bfloat16 instructions "
+                        "(%s): its matrix products run on a slow fallback, about 15x slower than float32 on the "
+                        "AVX2 machine measured (benchmarks/README.md, 'Stage profile (issue 26)'); "
+                        "train.mixed_precision=false trains in float32", torch.backends.cpu.get_cpu_capability())
         self.sync_batchnorm = bool(getattr(train_cfg, "sync_batchnorm", True))
         #: The module that trains: ``model`` itself, or its DDP wrapper in distributed runs (set by fit).
         self.train_model: nn.Module = model
@@ -460,6 +465,16 @@ class Trainer:
         return self.history
 
 
+def cpu_has_native_bfloat16() -> bool:
+    """Whether oneDNN has bfloat16 kernels on this CPU (AVX-512 BF16 / AMX); without them (AVX2) bfloat16
+    matrix products fall back to code ~100x slower than float32 (benchmarks/bench_train_step.py --study-step)."""
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    try:
+        return bool(check()) if check is not None else True
+    except RuntimeError:  # pragma: no cover - a build without oneDNN
+        return False
+
+
 def channels_last_enabled(train_cfg: "TrainConfig", device: torch.device | str) -> bool:
     """Whether the image networks run in the channels-last memory format on ``device``.
 
@@ -525,4 +540,4 @@ def aggregate_final_losses(history: TrainingHistory) -> dict[str, float]:
 
 
 __all__ = ["SELECTION_METRIC", "SELECTION_RULE", "Trainer", "TrainingHistory", "Validator",
-           "aggregate_final_losses", "channels_last_enabled", "train"]
+           "aggregate_final_losses", "channels_last_enabled", "cpu_has_native_bfloat16", "train"]
