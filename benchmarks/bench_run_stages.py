@@ -33,7 +33,8 @@ is ``other``. The stages:
 * ``checkpoint`` (``last.pt`` and its state), ``best weights`` (``best.pt``), ``final weights``
   (loading the selected weights, writing ``student.pt`` / ``teacher.pt``).
 
-Peak RSS is ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` of the run's process (plus its DataLoader workers'
+Each stage gets its wall seconds and its process-CPU seconds (``time.process_time``; with one thread, close to
+the wall time on an idle machine and much steadier than it on a shared one). Peak RSS is ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` of the run's process (plus its DataLoader workers'
 ``RUSAGE_CHILDREN``, when it had any). The machine this project runs on is shared: compare settings only within
 one invocation (``--ab``, interleaved), never across invocations.
 """
@@ -80,14 +81,18 @@ class StageClock:
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
+        self.cpu_seconds: dict[str, float] = defaultdict(float)
         self.calls: dict[str, int] = defaultdict(int)
         self.stack: list[str] = []
         self.last = time.perf_counter()
+        self.last_cpu = time.process_time()
 
     def _charge(self) -> None:
-        now = time.perf_counter()
-        self.seconds["/".join(self.stack) if self.stack else "other"] += now - self.last
-        self.last = now
+        now, now_cpu = time.perf_counter(), time.process_time()
+        path = "/".join(self.stack) if self.stack else "other"
+        self.seconds[path] += now - self.last
+        self.cpu_seconds[path] += now_cpu - self.last_cpu
+        self.last, self.last_cpu = now, now_cpu
 
     @contextlib.contextmanager
     def stage(self, name: str):
@@ -262,7 +267,9 @@ def child(args: argparse.Namespace) -> None:
     report = {
         "kind": args.child, "threads": torch.get_num_threads(), "set": args.set,
         "wall_s": round(time.perf_counter() - PROCESS_START, 3), "run_s": round(run_seconds, 3),
-        "stages": {k: round(v, 4) for k, v in clock.seconds.items()}, "calls": dict(clock.calls),
+        "stages": {k: round(v, 4) for k, v in clock.seconds.items()},
+        "cpu_stages": {k: round(v, 4) for k, v in clock.cpu_seconds.items()},
+        "cpu_s": round(time.process_time(), 3), "calls": dict(clock.calls),
         "epochs": len(metrics["epochs"]), "batches_per_epoch": metrics["epochs"][-1]["batches"],
         "validation": {k: metrics["validation"].get(k) for k in ("AR@1", "AR@1%")} if metrics.get("validation")
         else None,
@@ -311,30 +318,38 @@ def grouped(stages: dict[str, float]) -> dict[str, float]:
     return out
 
 
-def median_report(reports: list[dict[str, Any]]) -> dict[str, float]:
-    keys = sorted({k for r in reports for k in r["stages"]})
-    return {k: statistics.median(r["stages"].get(k, 0.0) for r in reports) for k in keys}
+def median_report(reports: list[dict[str, Any]], field: str = "stages") -> dict[str, float]:
+    keys = sorted({k for r in reports for k in r.get(field, {})})
+    return {k: statistics.median(r[field].get(k, 0.0) for r in reports) for k in keys}
 
 
 def print_table(title: str, columns: dict[str, list[dict[str, Any]]], detail: bool = True) -> None:
-    """Median seconds and share per stage, one column per setting."""
+    """Median wall and process-CPU seconds and the wall share per stage, one column per setting.
+
+    On a shared machine the CPU seconds of a one-thread run move much less with the load than its wall time."""
     medians = {name: median_report(reports) for name, reports in columns.items()}
+    cpu = {name: median_report(reports, "cpu_stages") for name, reports in columns.items()}
     walls = {name: statistics.median(r["wall_s"] for r in reports) for name, reports in columns.items()}
+    cpu_totals = {name: statistics.median(r.get("cpu_s", 0.0) for r in reports) for name, reports in columns.items()}
     print(f"\n### {title}")
-    header = "| stage | " + " | ".join(f"{name} s | share" for name in columns) + " |"
+    header = "| stage | " + " | ".join(f"{name} wall s | share | CPU s" for name in columns) + " |"
     print(header)
-    print("|---|" + "---:|---:|" * len(columns))
+    print("|---|" + "---:|---:|---:|" * len(columns))
     groups = {name: grouped(m) for name, m in medians.items()}
+    cpu_groups = {name: grouped(m) for name, m in cpu.items()}
     for group in GROUPS:
-        cells = " | ".join(f"{groups[n][group]:.2f} | {100 * groups[n][group] / walls[n]:.1f} %" for n in columns)
+        cells = " | ".join(f"{groups[n][group]:.2f} | {100 * groups[n][group] / walls[n]:.1f} % | "
+                           f"{cpu_groups[n][group]:.2f}" for n in columns)
         print(f"| **{group}** | {cells} |")
-    print("| **wall (process)** | " + " | ".join(f"{walls[n]:.2f} | 100 %" for n in columns) + " |")
+    print("| **whole process** | " + " | ".join(f"{walls[n]:.2f} | 100 % | {cpu_totals[n]:.2f}" for n in columns)
+          + " |")
     if detail:
-        keys = sorted({k for m in medians.values() for k in m if medians[next(iter(medians))].get(k, 0) >= 0})
-        print("\n| stage path (exclusive) | " + " | ".join(f"{name} s" for name in columns) + " |")
-        print("|---|" + "---:|" * len(columns))
+        keys = sorted({k for m in medians.values() for k in m})
+        print("\n| stage path (exclusive) | " + " | ".join(f"{name} wall s | CPU s" for name in columns) + " |")
+        print("|---|" + "---:|---:|" * len(columns))
         for key in keys:
-            print(f"| {key} | " + " | ".join(f"{medians[n].get(key, 0.0):.3f}" for n in columns) + " |")
+            print(f"| {key} | " + " | ".join(f"{medians[n].get(key, 0.0):.3f} | {cpu[n].get(key, 0.0):.3f}"
+                                             for n in columns) + " |")
     for name, reports in columns.items():
         r = reports[-1]
         rss = [x["peak_rss_mib"]["self"] for x in reports]
