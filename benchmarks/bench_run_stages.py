@@ -34,8 +34,9 @@ is ``other``. The stages:
   (loading the selected weights, writing ``student.pt`` / ``teacher.pt``).
 
 Each stage gets its wall seconds and its process-CPU seconds (``time.process_time``; with one thread, close to
-the wall time on an idle machine and much steadier than it on a shared one). Peak RSS is ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` of the run's process (plus its DataLoader workers'
-``RUSAGE_CHILDREN``, when it had any). The machine this project runs on is shared: compare settings only within
+the wall time on an idle machine and much steadier than it on a shared one). Peak RSS is
+``resource.getrusage(RUSAGE_SELF).ru_maxrss`` of the run's process (its DataLoader workers' ``RUSAGE_CHILDREN`` is
+reported too, when it had any). The machine this project runs on is shared: compare settings only within
 one invocation (``--ab``, interleaved), never across invocations.
 """
 
@@ -401,8 +402,11 @@ def main() -> None:
     if args.make_world is not None:
         make_world(args.make_world, args.profile, args.route_m, args.workers)
         return
-    if args.dataset is None or not args.dataset.is_dir():
-        parser.error(f"dataset folder {args.dataset} not found (generate one with --make-world /tmp/DIR)")
+    if args.dataset is None or not args.dataset.is_dir():  # `make bench` runs every script without arguments
+        print(f"bench_run_stages: skipped: no dataset folder {args.dataset or ''} (generate a small one with "
+              f"`{Path(sys.executable).name} benchmarks/bench_run_stages.py --make-world /tmp/stage-world`, then pass "
+              "it); it never generates one unasked")
+        return
     settings = {}
     for item in args.ab or [""]:
         label, _, overrides = item.rpartition(":") if ":" in item.split("=", 1)[0] else ("", "", item)

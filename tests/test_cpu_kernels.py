@@ -13,7 +13,8 @@ from torch import nn
 from distilvpr_lib.config import apply_overrides, profile_config
 from distilvpr_lib.engine.evaluation.embed import compute_embeddings
 from distilvpr_lib.engine.runs.run_evaluation import evaluation_kernels
-from distilvpr_lib.engine.train.loop import Trainer, channels_last_enabled
+from distilvpr_lib.engine.train.devices import channels_last_enabled
+from distilvpr_lib.engine.train.loop import Trainer
 from distilvpr_lib.engine.train.objectives import StudentObjective
 from distilvpr_lib.engine.train.optim import build_optimizer, build_scheduler, student_parameter_groups
 
@@ -160,11 +161,11 @@ def test_bfloat16_autocast_on_a_cpu_without_bfloat16_kernels_warns(native, tmp_p
     with caplog.at_level("WARNING", logger=loop.__name__):
         Trainer(model, StudentObjective(cfg.train, None), optimizer, build_scheduler(optimizer, cfg.train), [],
                 cfg.train, tmp_path, progress=False, tensorboard=False)
-    warned = [r for r in caplog.records if "without native bfloat16" in r.getMessage()]
+    warned = [r for r in caplog.records if "without bfloat16 kernels" in r.getMessage()]
     assert bool(warned) is (not native)
 
 
 def test_cpu_has_native_bfloat16_answers_a_bool():
-    from distilvpr_lib.engine.train.loop import cpu_has_native_bfloat16
+    from distilvpr_lib.engine.train.devices import cpu_has_native_bfloat16
 
     assert isinstance(cpu_has_native_bfloat16(), bool)

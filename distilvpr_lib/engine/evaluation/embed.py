@@ -75,7 +75,8 @@ def compute_embeddings(
         batch_size, quantization_size, num_workers, collate_fn: only used when ``data`` is a Dataset.
         progress: show a tqdm bar.
         channels_last: give the model its images (``batch["images"]``, (B, 3, H, W)) in the channels-last
-            memory format (as a model trained so runs them; :func:`~distilvpr_lib.engine.train.loop.channels_last_enabled`).
+            memory format (as a model trained so runs them;
+            :func:`~distilvpr_lib.engine.train.devices.channels_last_enabled`).
         autocast_dtype: run the forward under ``torch.autocast`` with this dtype (``None``: no autocast).
             The embeddings are returned as float32 either way.
     Returns:

@@ -41,12 +41,12 @@ def load_benchmark(cfg: ExperimentConfig) -> "Benchmark":
 def evaluation_kernels(cfg: ExperimentConfig, device: torch.device | str) -> tuple[bool, torch.dtype | None]:
     """``(channels_last, autocast_dtype)`` of the run's validation and test embedding.
 
-    Channels-last as the run trains (:func:`~distilvpr_lib.engine.train.loop.channels_last_enabled`); autocast
+    Channels-last as the run trains (:func:`~distilvpr_lib.engine.train.devices.channels_last_enabled`); autocast
     only with ``train.eval_mixed_precision`` (and ``mixed_precision``): the training dtype (``amp_dtype``) on CUDA,
     bfloat16 on the CPU. Off by default: validation and test embed in float32, as they always did.
     """
     from distilvpr_lib.engine.train.devices import resolve_amp_dtype
-    from distilvpr_lib.engine.train.loop import channels_last_enabled
+    from distilvpr_lib.engine.train.devices import channels_last_enabled
 
     device = torch.device(device)
     autocast_dtype = None

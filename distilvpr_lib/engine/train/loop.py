@@ -45,7 +45,8 @@ from distilvpr_lib.engine.train.checkpoint import (
     save_checkpoint,
     save_weights,
 )
-from distilvpr_lib.engine.train.devices import keep_float32_under_autocast, move_to_device, resolve_amp_dtype
+from distilvpr_lib.engine.train.devices import (channels_last_enabled, cpu_has_native_bfloat16,
+                                                keep_float32_under_autocast, move_to_device, resolve_amp_dtype)
 from distilvpr_lib.engine.train.distributed import (
     DistributedContext,
     assemble_global_batch,
@@ -170,10 +171,9 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
         self.channels_last = channels_last_enabled(train_cfg, self.device)
         if self.use_amp and self.device.type == "cpu" and not cpu_has_native_bfloat16():
-            log.warning("train.mixed_precision: bfloat16 autocast on a CPU without native bfloat16 instructions "
-                        "(%s): its matrix products run on a slow fallback, about 15x slower than float32 on the "
-                        "AVX2 machine measured (benchmarks/README.md, 'Stage profile (issue 26)'); "
-                        "train.mixed_precision=false trains in float32", torch.backends.cpu.get_cpu_capability())
+            log.warning("train.mixed_precision: bfloat16 autocast on a CPU without bfloat16 kernels (%s) is ~15x "
+                        "slower than float32 (benchmarks/README.md, 'Stage profile (issue 26)')",
+                        torch.backends.cpu.get_cpu_capability())
         self.sync_batchnorm = bool(getattr(train_cfg, "sync_batchnorm", True))
         #: The module that trains: ``model`` itself, or its DDP wrapper in distributed runs (set by fit).
         self.train_model: nn.Module = model
@@ -465,30 +465,6 @@ class Trainer:
         return self.history
 
 
-def cpu_has_native_bfloat16() -> bool:
-    """Whether oneDNN has bfloat16 kernels on this CPU (AVX-512 BF16 / AMX); without them (AVX2) bfloat16
-    matrix products fall back to code ~100x slower than float32 (benchmarks/bench_train_step.py --study-step)."""
-    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-    try:
-        return bool(check()) if check is not None else True
-    except RuntimeError:  # pragma: no cover - a build without oneDNN
-        return False
-
-
-def channels_last_enabled(train_cfg: "TrainConfig", device: torch.device | str) -> bool:
-    """Whether the image networks run in the channels-last memory format on ``device``.
-
-    CUDA: ``train_cfg.channels_last``. CPU: ``channels_last`` and ``channels_last_cpu`` (oneDNN's convolutions
-    are faster on NHWC, but their sums round differently from the NCHW ones, so the CPU switch is a run setting of
-    its own, off by default). Used for training and for the validation and test embedding of the same run.
-    """
-    device = torch.device(device)
-    wanted = bool(getattr(train_cfg, "channels_last", False))
-    if device.type == "cuda":
-        return wanted
-    return wanted and device.type == "cpu" and bool(getattr(train_cfg, "channels_last_cpu", False))
-
-
 def _skip_batch(batch: Mapping[str, Any]) -> bool:
     if batch.get("skip"):
         return True
@@ -540,4 +516,4 @@ def aggregate_final_losses(history: TrainingHistory) -> dict[str, float]:
 
 
 __all__ = ["SELECTION_METRIC", "SELECTION_RULE", "Trainer", "TrainingHistory", "Validator",
-           "aggregate_final_losses", "channels_last_enabled", "cpu_has_native_bfloat16", "train"]
+           "aggregate_final_losses", "train"]
