@@ -45,8 +45,7 @@ def evaluation_kernels(cfg: ExperimentConfig, device: torch.device | str) -> tup
     only with ``train.eval_mixed_precision`` (and ``mixed_precision``): the training dtype (``amp_dtype``) on CUDA,
     bfloat16 on the CPU. Off by default: validation and test embed in float32, as they always did.
     """
-    from distilvpr_lib.engine.train.devices import resolve_amp_dtype
-    from distilvpr_lib.engine.train.devices import channels_last_enabled
+    from distilvpr_lib.engine.train.devices import channels_last_enabled, resolve_amp_dtype
 
     device = torch.device(device)
     autocast_dtype = None
