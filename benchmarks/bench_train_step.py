@@ -3,6 +3,8 @@ measured fp32 matmul peak of the same machine, and the sparse cloud branch per b
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_train_step.py                  # default (< ~3 min)
     .venv/bin/python benchmarks/bench_train_step.py --steps 10 --batch 32 --threads 2  # longer, steadier
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_train_step.py --study-step --batch 32 --threads 1
+        # the study profile's student step through the trainer: kernel variants interleaved (issue 26)
 
 A train step = forward + loss + backward + Adam step (the reference parameter groups and learning
 rates of the engine) on random-but-realistic inputs: images of ``--resolutions`` (cpu profile 96x128 and
@@ -152,6 +154,103 @@ def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
     return max(rates)
 
 
+def matmul_peak_dtype(dtype: torch.dtype, n: int = 1024, budget_s: float = 5.0) -> float:
+    """Best GFLOP/s of n x n matmuls in ``dtype`` (at most ``budget_s`` seconds of timing after one warm-up)."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    torch.mm(a, b)
+    rates, spent = [], 0.0
+    while len(rates) < 10 and (spent < budget_s or not rates):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        elapsed = time.perf_counter() - t0
+        spent += elapsed
+        rates.append(2.0 * n ** 3 / elapsed / 1e9)
+    return max(rates)
+
+
+#: The student train-step variants of ``--study-step``: name -> (train overrides, Adam implementation, compile).
+STUDY_VARIANTS: dict[str, tuple[dict[str, object], str, bool]] = {
+    "before (per-parameter Adam, NCHW)": ({}, "for-loop", False),
+    "foreach Adam (default now)": ({}, "foreach", False),
+    "fused Adam": ({"train.fused_adam": True}, "fused", False),
+    "channels-last": ({"train.channels_last_cpu": True}, "foreach", False),
+    "channels-last + fused Adam": ({"train.channels_last_cpu": True, "train.fused_adam": True}, "fused", False),
+    "channels-last + fused + compile": ({"train.channels_last_cpu": True, "train.fused_adam": True}, "fused", True),
+}
+
+
+def study_trainer_step(overrides: dict[str, object], adam: str, compile_model: bool, precision: str):
+    """One student train step exactly as the trainer runs it: ``Trainer.forward_backward`` (autocast, channels-last
+    as configured, StudentObjective of ``nokd`` with the study profile's loss diagnostics) + the optimiser step."""
+    from distilvpr_lib.config import apply_overrides, profile_config
+    from distilvpr_lib.engine.train.loop import Trainer
+    from distilvpr_lib.engine.train.objectives import StudentObjective
+    from distilvpr_lib.engine.train.optim import build_optimizer, build_scheduler, student_parameter_groups
+
+    cfg = apply_overrides(profile_config("study"), {**overrides, "model.pretrained_image_weights": None,
+                                                    "train.mixed_precision": precision == "bf16"})
+    torch.manual_seed(0)
+    model = build_student(cfg.model)
+    groups = student_parameter_groups(model, cfg.train)
+    if adam == "for-loop":  # the optimiser before issue 26: torch's CPU default, one parameter at a time
+        optimizer = torch.optim.Adam(groups, weight_decay=cfg.train.weight_decay, foreach=False)
+    else:
+        optimizer = build_optimizer(groups, cfg.train)
+        assert bool(optimizer.param_groups[0].get("fused")) == (adam == "fused")
+    trainer = Trainer(model, StudentObjective(cfg.train, None), optimizer, build_scheduler(optimizer, cfg.train), [],
+                      cfg.train, out_dir="/tmp/bench_train_step_unused", device="cpu", progress=False,
+                      tensorboard=False)
+    trainer.prepare()
+    if compile_model:
+        trainer.train_model = torch.compile(model)
+
+    def step(batch: dict[str, torch.Tensor]) -> None:
+        trainer.forward_backward(dict(batch))
+        trainer.scaler.step(trainer.optimizer)
+        trainer.scaler.update()
+
+    return step
+
+
+def study_step(args: argparse.Namespace) -> None:
+    """``--study-step``: the study profile's student step, variants interleaved, against the matmul peak."""
+    height, width = 60, 80
+    batch = make_batch(torch.zeros((0, 4), dtype=torch.int32), args.batch, height, width, args.seed)
+    dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {os.cpu_count()} CPUs, CPU capability "
+          f"{torch.backends.cpu.get_cpu_capability()}, load average {os.getloadavg()[0]:.1f} (shared machine: "
+          "compare the rows of this run only)")
+    peaks = {name: matmul_peak_dtype(d) for name, d in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+    print("matmul peak (1024x1024, best): " + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in peaks.items()))
+    variants = {name: v for name, v in STUDY_VARIANTS.items() if args.compile or not v[2]}
+    steps = {name: study_trainer_step(o, adam, comp, args.precision) for name, (o, adam, comp) in variants.items()}
+    flops = count_flops(steps[next(iter(steps))], batch)
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for name, step in steps.items():  # warm-up (oneDNN primitives; compile)
+        for _ in range(args.warmup):
+            step(batch)
+    for _ in range(args.rounds):
+        for name, step in steps.items():
+            for _ in range(args.steps):
+                t0 = time.perf_counter()
+                step(batch)
+                times[name].append(time.perf_counter() - t0)
+    peaks_end = {name: matmul_peak_dtype(d) for name, d in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+    peak = max(peaks[args.precision], peaks_end[args.precision])
+    print("matmul peak at the end: " + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in peaks_end.items()))
+    print(f"\nstudent train step, batch {args.batch}, {height}x{width}, {args.precision} "
+          f"({'bfloat16 autocast' if dtype == torch.bfloat16 else 'float32'}), {flops / 1e9:.2f} GFLOP (fwd+bwd); "
+          f"{args.rounds} rounds x {args.steps} steps per variant, interleaved; % of the {args.precision} matmul peak "
+          f"{peak:.1f} GFLOP/s")
+    base = statistics.median(times[next(iter(times))])
+    print("| variant | ms/step (median) | samples/s | GFLOP/s | % of peak | speed-up |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, values in times.items():
+        t = statistics.median(values)
+        print(f"| {name} | {t * 1e3:.1f} | {args.batch / t:.1f} | {flops / t / 1e9:.1f} | "
+              f"{100 * flops / t / 1e9 / peak:.1f} % | {base / t:.2f}x |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=16, help="batch size of every step (pairs of places)")
@@ -166,9 +265,19 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
                         help="also time bfloat16 autocast steps (CPU; sparse branch in float32) against fp32")
+    parser.add_argument("--study-step", action="store_true",
+                        help="only the study profile's student step (60x80; use --batch 32 --threads 1): the "
+                             "trainer's path, its kernel variants interleaved, against the matmul peak (issue 26)")
+    parser.add_argument("--precision", choices=["bf16", "fp32"], default="bf16",
+                        help="--study-step: bfloat16 autocast (the study profile) or float32")
+    parser.add_argument("--rounds", type=int, default=3, help="--study-step: interleaved rounds")
+    parser.add_argument("--compile", action="store_true", help="--study-step: also a torch.compile variant")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.study_step:
+        study_step(args)
+        return
     started = time.perf_counter()
 
     clouds, what = load_clouds(args.clouds, args.batch, args.seed)

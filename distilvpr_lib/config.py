@@ -193,8 +193,18 @@ class TrainConfig:
     #: Autocast dtype when ``mixed_precision`` is on: "float16" (CUDA only, with a GradScaler),
     #: "bfloat16" (CUDA or CPU, no scaler), or "auto" = bfloat16 on the CPU and where the GPU supports it.
     amp_dtype: str = "float16"
-    #: Channels-last memory format for the image branch on CUDA (ignored on CPU).
+    #: Channels-last memory format for the image branch on CUDA (on the CPU only with ``channels_last_cpu``).
     channels_last: bool = True
+    #: Channels-last on the CPU too (oneDNN NHWC convolutions; training, validation and test of the run). Faster,
+    #: but the sums round differently from the NCHW path, so it is a setting of the run (in its fingerprint).
+    channels_last_cpu: bool = False
+    #: Embed the validation and test splits under the training autocast (``mixed_precision``, ``amp_dtype``;
+    #: bfloat16 on the CPU) instead of float32: cheaper, but the recalls that select the epoch move within bf16
+    #: rounding (engine.runs.run_evaluation.evaluation_kernels).
+    eval_mixed_precision: bool = False
+    #: torch's fused Adam kernel instead of the multi-tensor (foreach) one; faster on the CPU, but its rounding
+    #: differs from the foreach / per-parameter Adam in the last bits (engine.train.optim.build_optimizer).
+    fused_adam: bool = False
     #: Distributed runs (torchrun): batch-norm statistics over the global batch, as single-process
     #: training (``False`` = per-rank statistics, plain DDP practice, slightly faster).
     sync_batchnorm: bool = True

@@ -11,6 +11,7 @@ are the database ones (the query pickle only supplies the true-neighbour lists).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
@@ -57,8 +58,10 @@ def compute_embeddings(
     num_workers: int = 0,
     collate_fn: Callable[[list[dict]], dict] | None = None,
     progress: bool = False,
+    channels_last: bool = False,
+    autocast_dtype: torch.dtype | None = None,
 ) -> np.ndarray:
-    """Embed every item of ``data`` with ``model`` (eval mode, no gradients), in order.
+    """Embed every item of ``data`` with ``model`` (eval mode, inference mode), in order.
 
     Args:
         model: module whose ``forward(batch_dict)`` returns a dict holding ``key`` -> (B, D)
@@ -71,6 +74,11 @@ def compute_embeddings(
         key: output entry to collect (``"embedding"``, ``"cloud_embedding"``, ...).
         batch_size, quantization_size, num_workers, collate_fn: only used when ``data`` is a Dataset.
         progress: show a tqdm bar.
+        channels_last: give the model its images (``batch["images"]``, (B, 3, H, W)) in the channels-last
+            memory format (as a model trained so runs them;
+            :func:`~distilvpr_lib.engine.train.devices.channels_last_enabled`).
+        autocast_dtype: run the forward under ``torch.autocast`` with this dtype (``None``: no autocast).
+            The embeddings are returned as float32 either way.
     Returns:
         (n, D) float32 array, row r = item r.
     """
@@ -98,9 +106,15 @@ def compute_embeddings(
     model.eval()
     chunks: list[np.ndarray] = []
     try:
-        with torch.no_grad():
+        autocast = (contextlib.nullcontext() if autocast_dtype is None
+                    else torch.autocast(device_type=device.type, dtype=autocast_dtype))
+        with torch.inference_mode(), autocast:
             for batch in batches:
-                out = model(_move_to_device(batch, device))
+                batch = _move_to_device(batch, device)
+                if channels_last and isinstance(batch, Mapping) and torch.is_tensor(batch.get("images")) \
+                        and batch["images"].ndim == 4:
+                    batch = {**batch, "images": batch["images"].contiguous(memory_format=torch.channels_last)}
+                out = model(batch)
                 emb = out[key] if isinstance(out, Mapping) else out
                 if not isinstance(emb, torch.Tensor) or emb.ndim != 2:
                     raise ValueError(f"compute_embeddings: model output {key!r} must be a (B, D) tensor, got "
@@ -163,11 +177,13 @@ def compute_split_embeddings(
     dataset_factory: DatasetFactory | None = None,
     collate_fn: Callable[[list[dict]], dict] | None = None,
     progress: bool = False,
+    channels_last: bool = False,
+    autocast_dtype: torch.dtype | None = None,
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Embeddings of every database and query set of a split, from one pass over distinct clouds.
 
     Args:
-        model, device, key, progress: as :func:`compute_embeddings`.
+        model, device, key, progress, channels_last, autocast_dtype: as :func:`compute_embeddings`.
         benchmark: object with ``database_sets(split)``, ``query_sets(split)``, ``layout``
             (``"oxford"`` | ``"boreas"``) — a :class:`distilvpr_lib.data.benchmark.Benchmark`.
         split: ``"test"`` or ``"validation"``.
@@ -214,7 +230,7 @@ def compute_split_embeddings(
         embeddings = compute_embeddings(
             model, dataset, device=device, key=key, batch_size=batch_size,
             quantization_size=data_cfg.quantization_size, num_workers=data_cfg.num_workers,
-            collate_fn=collate_fn, progress=progress,
+            collate_fn=collate_fn, progress=progress, channels_last=channels_last, autocast_dtype=autocast_dtype,
         )
     else:
         embeddings = np.empty((0, 0), dtype=np.float32)
@@ -260,6 +276,8 @@ def evaluate_model(
     dataset_factory: DatasetFactory | None = None,
     collate_fn: Callable[[list[dict]], dict] | None = None,
     progress: bool = False,
+    channels_last: bool = False,
+    autocast_dtype: torch.dtype | None = None,
 ) -> RetrievalResults:
     """Embed a split (:func:`compute_split_embeddings`) and evaluate it (:func:`evaluate_retrieval`).
 
@@ -269,7 +287,8 @@ def evaluate_model(
     """
     database_embeddings, query_embeddings = compute_split_embeddings(
         model, benchmark, split=split, data_cfg=data_cfg, batch_size=batch_size, device=device, key=key,
-        dataset_factory=dataset_factory, collate_fn=collate_fn, progress=progress,
+        dataset_factory=dataset_factory, collate_fn=collate_fn, progress=progress, channels_last=channels_last,
+        autocast_dtype=autocast_dtype,
     )
     database_sets, query_sets = benchmark.database_sets(split), benchmark.query_sets(split)
     names = evaluation_run_names(benchmark, split)

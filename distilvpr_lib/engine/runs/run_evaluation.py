@@ -38,14 +38,38 @@ def load_benchmark(cfg: ExperimentConfig) -> "Benchmark":
     return Benchmark.load(cfg.data.dataset_dir, image_dir=cfg.data.image_dir, layout=cfg.data.layout)
 
 
+def evaluation_kernels(cfg: ExperimentConfig, device: torch.device | str) -> tuple[bool, torch.dtype | None]:
+    """``(channels_last, autocast_dtype)`` of the run's validation and test embedding.
+
+    Channels-last as the run trains (:func:`~distilvpr_lib.engine.train.devices.channels_last_enabled`); autocast
+    only with ``train.eval_mixed_precision`` (and ``mixed_precision``): the training dtype (``amp_dtype``) on CUDA,
+    bfloat16 on the CPU. Off by default: validation and test embed in float32, as they always did.
+    """
+    from distilvpr_lib.engine.train.devices import channels_last_enabled, resolve_amp_dtype
+
+    device = torch.device(device)
+    autocast_dtype = None
+    if cfg.train.mixed_precision and getattr(cfg.train, "eval_mixed_precision", False):
+        dtype = resolve_amp_dtype(cfg.train.amp_dtype, device)
+        if device.type == "cuda" or (device.type == "cpu" and dtype == torch.bfloat16):
+            autocast_dtype = dtype
+    return channels_last_enabled(cfg.train, device), autocast_dtype
+
+
 def evaluate_split(model: nn.Module, benchmark: "Benchmark", split: str, cfg: ExperimentConfig,
                    device: torch.device, progress: bool = False) -> "RetrievalResults":
-    """The PointNetVLAD protocol on one split (``engine.evaluation.embed.evaluate_model``) with the run's settings."""
+    """The PointNetVLAD protocol on one split (``engine.evaluation.embed.evaluate_model``) with the run's settings
+    (eval batch size, metric, and the kernels of :func:`evaluation_kernels`; a channels-last run's model is put
+    in that memory format, a no-op for the trainer's own model)."""
     from distilvpr_lib.engine.evaluation import embed
 
+    channels_last, autocast_dtype = evaluation_kernels(cfg, device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     return embed.evaluate_model(model, benchmark, split=split, data_cfg=cfg.data,
                                 batch_size=cfg.train.eval_batch_size, device=device,
-                                normalize=cfg.train.eval_normalize, progress=progress)
+                                normalize=cfg.train.eval_normalize, progress=progress,
+                                channels_last=channels_last, autocast_dtype=autocast_dtype)
 
 
 def evaluate_run(model_dir: PathLike, dataset_dir: PathLike | None = None, split: str = "test",
@@ -132,9 +156,12 @@ def head_split_embeddings(model: nn.Module, benchmark: "Benchmark", split: str, 
     from distilvpr_lib.engine.evaluation import embed
 
     wrapper = _ConcatenatedHeads(model, tuple(keys))
+    channels_last, autocast_dtype = evaluation_kernels(cfg, device)  # as evaluate_split embeds the run's splits
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     database, query = embed.compute_split_embeddings(
         wrapper, benchmark, split=split, data_cfg=cfg.data, batch_size=cfg.train.eval_batch_size,
-        device=torch.device(device), key="heads")
+        device=torch.device(device), key="heads", channels_last=channels_last, autocast_dtype=autocast_dtype)
     if not wrapper.dims:
         raise ValueError(f"evaluate_heads: the {split} split of {benchmark.dataset_dir} has no clouds")
     bounds, start = {}, 0
@@ -200,5 +227,5 @@ def evaluate_heads(model: nn.Module | PathLike, benchmark: "Benchmark | None" = 
     return frame
 
 
-__all__ = ["HEAD_COLUMNS", "TEACHER_HEADS", "evaluate_heads", "evaluate_run", "evaluate_split", "head_split_embeddings",
-           "load_benchmark"]
+__all__ = ["HEAD_COLUMNS", "TEACHER_HEADS", "evaluate_heads", "evaluate_run", "evaluate_split", "evaluation_kernels",
+           "head_split_embeddings", "load_benchmark"]

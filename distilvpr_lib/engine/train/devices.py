@@ -89,10 +89,35 @@ def keep_float32_under_autocast(model: nn.Module) -> list[str]:
 
 
 
+def cpu_has_native_bfloat16() -> bool:
+    """Whether oneDNN has bfloat16 kernels on this CPU (AVX-512 BF16 / AMX); without them (AVX2) bfloat16
+    matrix products fall back to code ~100x slower than float32 (benchmarks/bench_train_step.py --study-step)."""
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    try:
+        return bool(check()) if check is not None else True
+    except RuntimeError:  # pragma: no cover - a build without oneDNN
+        return False
+
+
+def channels_last_enabled(train_cfg: Any, device: torch.device | str) -> bool:
+    """Whether the image networks run in the channels-last memory format on ``device``.
+
+    CUDA: ``train_cfg.channels_last``. CPU: ``channels_last`` and ``channels_last_cpu`` (oneDNN's convolutions
+    are faster on NHWC, but their sums round differently from the NCHW ones, so the CPU switch is a run setting of
+    its own, off by default). Used for training and for the validation and test embedding of the same run.
+    """
+    device = torch.device(device)
+    wanted = bool(getattr(train_cfg, "channels_last", False))
+    if device.type == "cuda":
+        return wanted
+    return wanted and device.type == "cpu" and bool(getattr(train_cfg, "channels_last_cpu", False))
+
+
 def move_to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
     """Move every tensor of a batch dict to ``device`` (``non_blocking``); other values are kept."""
     non_blocking = device.type == "cuda"
     return {k: (v.to(device, non_blocking=non_blocking) if torch.is_tensor(v) else v) for k, v in batch.items()}
 
 
-__all__ = ["AMP_DTYPES", "keep_float32_under_autocast", "move_to_device", "resolve_amp_dtype", "resolve_device"]
+__all__ = ["AMP_DTYPES", "channels_last_enabled", "cpu_has_native_bfloat16", "keep_float32_under_autocast",
+           "move_to_device", "resolve_amp_dtype", "resolve_device"]

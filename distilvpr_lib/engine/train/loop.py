@@ -46,7 +46,8 @@ from distilvpr_lib.engine.train.checkpoint import (
     save_weights,
 )
 from distilvpr_lib.engine.train.console import say
-from distilvpr_lib.engine.train.devices import keep_float32_under_autocast, move_to_device, resolve_amp_dtype
+from distilvpr_lib.engine.train.devices import (channels_last_enabled, cpu_has_native_bfloat16,
+                                                keep_float32_under_autocast, move_to_device, resolve_amp_dtype)
 from distilvpr_lib.engine.train.distributed import (
     DistributedContext,
     assemble_global_batch,
@@ -131,8 +132,9 @@ class Trainer:
 
     Mixed precision (``train_cfg.mixed_precision``; CUDA, or bfloat16 on the CPU) autocasts the forward pass to
     ``train_cfg.amp_dtype`` (float16 with a GradScaler, or bfloat16) except the sparse cloud branch, which
-    stays float32 (:func:`keep_float32_under_autocast`); on CUDA the model and images use the
-    channels-last memory format when ``train_cfg.channels_last``.
+    stays float32 (:func:`keep_float32_under_autocast`); the model and images use the channels-last memory
+    format when ``train_cfg.channels_last`` on CUDA, and on the CPU when ``train_cfg.channels_last_cpu`` too
+    (:func:`channels_last_enabled`).
     """
 
     def __init__(
@@ -172,7 +174,11 @@ class Trainer:
         self.use_amp = bool(train_cfg.mixed_precision) and (
             self.device.type == "cuda" or (self.device.type == "cpu" and self.amp_dtype == torch.bfloat16))
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp and self.amp_dtype == torch.float16)
-        self.channels_last = bool(getattr(train_cfg, "channels_last", False)) and self.device.type == "cuda"
+        self.channels_last = channels_last_enabled(train_cfg, self.device)
+        if self.use_amp and self.device.type == "cpu" and not cpu_has_native_bfloat16():
+            log.warning("train.mixed_precision: bfloat16 autocast on a CPU without bfloat16 kernels (%s) is ~15x "
+                        "slower than float32 (benchmarks/README.md, 'Stage profile (issue 26)')",
+                        torch.backends.cpu.get_cpu_capability())
         self.sync_batchnorm = bool(getattr(train_cfg, "sync_batchnorm", True))
         #: The module that trains: ``model`` itself, or its DDP wrapper in distributed runs (set by fit).
         self.train_model: nn.Module = model

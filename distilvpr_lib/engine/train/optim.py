@@ -51,11 +51,23 @@ def student_parameter_groups(model: nn.Module, train_cfg: "TrainConfig") -> list
 
 
 def build_optimizer(groups: list[dict[str, Any]], train_cfg: "TrainConfig") -> torch.optim.Adam:
-    """Adam (L2 ``weight_decay``, not AdamW) over the given parameter groups (empty groups dropped)."""
+    """Adam (L2 ``weight_decay``, not AdamW) over the given parameter groups (empty groups dropped).
+
+    The update runs as one multi-tensor (``foreach``) step over all parameters of a group rather than
+    torch's per-parameter loop, which it picks on the CPU by default: the same element-wise operations in the
+    same order, so the weights are bit-identical (tests/test_cpu_kernels.py) with less per-tensor overhead
+    (the update of the student alone 2.4x faster in a micro-benchmark; the update is ~3 % of a study step,
+    benchmarks/README.md "Stage profile (issue 26)"). ``train_cfg.fused_adam`` uses torch's fused Adam kernel
+    instead: about twice as fast again, but its rounding differs from the loop's in the last bits.
+
+    A resumed run keeps the implementation recorded in its checkpoint (``Optimizer.load_state_dict`` restores
+    the group options), so its remaining steps round as its first ones did.
+    """
     groups = [g for g in groups if g["params"]]
     if not groups:
         raise ValueError("no trainable parameters")
-    return torch.optim.Adam(groups, weight_decay=train_cfg.weight_decay)
+    implementation = {"fused": True} if getattr(train_cfg, "fused_adam", False) else {"foreach": True}
+    return torch.optim.Adam(groups, weight_decay=train_cfg.weight_decay, **implementation)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, train_cfg: "TrainConfig") -> torch.optim.lr_scheduler.MultiStepLR:
