@@ -40,7 +40,6 @@ and ``<out>/<batch name>/batch.json`` is rebuilt from the runs' ``status.json`` 
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import subprocess
 import sys
@@ -56,10 +55,10 @@ from distilvpr_lib.batch_records import (EXECUTED_NOTEBOOK, METRICS_FILE, OUT_PA
                                          STATUS_FILE, format_changes, last_error_line, move_aside, notebook_error,
                                          papermill_warnings, parameter_changes, run_is_complete)
 from distilvpr_lib.data.files import atomic_write, write_json
-from distilvpr_lib.errors import GridError, MissingDataError
+from distilvpr_lib.errors import GridError
 from distilvpr_lib.executors.backends import Executor, Progress
 from distilvpr_lib.executors.claims import (ELSEWHERE, ERROR, EXECUTED, NOT_STARTED, SKIPPED, RunTask, TaskResult,
-                                            die_with_parent, is_claimed)
+                                            die_with_parent)
 from distilvpr_lib.grid_checks import check_folder_name, check_grid, check_seeds, load_grid_yaml
 from distilvpr_lib.paths import project_path
 from distilvpr_lib.stopping import StopSignals, terminate_process_tree

@@ -1,6 +1,7 @@
-"""The record of a batch folder, derived from its runs' folders alone (never from a launcher's memory):
-``<batch>/batch.json``, so any number of launchers (a job array, several machines) and a re-run after a crash
-agree (docs/GRIDS.md, docs/SCALING.md)."""
+"""What a batch folder holds, read from its runs' folders alone (never from a launcher's memory):
+``<batch>/batch.json`` (:func:`write_batch_record`), so any number of launchers (a job array, several machines)
+and a re-run after a crash agree (docs/GRIDS.md, docs/SCALING.md); and every run as one table
+(:func:`collect_batch`, what notebook 04 reads)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from distilvpr_lib.batch_records import STATUS_FILE, parameter_changes, run_is_complete
+import yaml
+
+from distilvpr_lib.batch_records import (METRICS_FILE, PARAMETERS_FILE, STATUS_FILE, parameter_changes,
+                                         run_is_complete)
 from distilvpr_lib.data.files import write_json
+from distilvpr_lib.errors import MissingDataError, signal_name
 from distilvpr_lib.executors.claims import is_claimed
 
 
@@ -98,8 +103,6 @@ def write_batch_record(grid: Grid, batch_dir: str | Path, outcomes: Sequence[Run
     """
     import datetime
 
-    from distilvpr_lib.errors import signal_name
-
     batch_dir = Path(batch_dir)
     runs = batch_state(grid, batch_dir)
     mine = {o.name: o for o in outcomes}
@@ -170,4 +173,4 @@ def collect_batch(batch_dir: str | Path) -> "pandas.DataFrame":  # noqa: F821
     return pd.DataFrame(rows)
 
 
-__all__ = ["RUN_STATES", "batch_state", "write_batch_record"]
+__all__ = ["RUN_STATES", "batch_state", "collect_batch", "write_batch_record"]

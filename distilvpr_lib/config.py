@@ -22,6 +22,7 @@ import copy
 import dataclasses
 import enum
 import json
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field

@@ -9,7 +9,8 @@ import nbformat
 import pytest
 import yaml
 
-from distilvpr_lib.batch import Grid, GridError, collect_batch, run_batch
+from distilvpr_lib.batch import Grid, GridError, run_batch
+from distilvpr_lib.batch_ledger import collect_batch
 from distilvpr_lib.batch_records import UNSET
 from distilvpr_lib.cli import main
 

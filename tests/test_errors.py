@@ -293,7 +293,7 @@ def test_preflight_out_dir_refuses_a_file_and_writes_nothing(tmp_path: Path) -> 
 
 
 def test_collect_batch_of_a_missing_or_empty_folder_is_one_clear_error(tmp_path: Path) -> None:
-    from distilvpr_lib.batch import collect_batch
+    from distilvpr_lib.batch_ledger import collect_batch
     from distilvpr_lib.errors import MissingDataError
 
     with pytest.raises(MissingDataError, match=r"batch folder does not exist \(run the grid first"):

@@ -177,7 +177,7 @@ def test_an_edited_grid_reports_stale_runs_and_reruns_them_only_when_asked(tmp_p
     assert aside.name.startswith("a__seed0.") and json.loads((aside / "metrics.json").read_text())["x"] == 2
     assert str(aside) in third.stdout
 
-    from distilvpr_lib.batch import collect_batch
+    from distilvpr_lib.batch_ledger import collect_batch
 
     table = collect_batch(out / "toy").set_index("run")
     assert sorted(table.index) == ["a__seed0", "b__seed0"], "the run moved aside is not in the batch's tables"

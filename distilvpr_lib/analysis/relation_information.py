@@ -184,7 +184,7 @@ def relation_run_dirs(runs: pd.DataFrame, batch_dir: str | Path, variations: lis
     """Student folders to score with :func:`relation_auc_table`: the first ``seeds`` seeds of each variation.
 
     Args:
-        runs: a batch table (:func:`distilvpr_lib.batch.collect_batch`; columns ``variation``, ``status``,
+        runs: a batch table (:func:`distilvpr_lib.batch_ledger.collect_batch`; columns ``variation``, ``status``,
             ``param.seed``, ``run``).
         batch_dir: the batch folder the ``run`` names are relative to.
         variations: which variations (missing ones are skipped).

@@ -90,7 +90,7 @@ def ablation_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Mean ± std over seeds per variation (test split), as strings ``"m ± s"`` plus the seed count.
 
     Args:
-        runs: :func:`distilvpr_lib.batch.collect_batch` output.
+        runs: :func:`distilvpr_lib.batch_ledger.collect_batch` output.
     """
     ok = _ok(runs)
     cols = _metric_columns(ok)
@@ -211,7 +211,7 @@ def paired_statistics(runs: pd.DataFrame, baseline: str = "nokd", metric: str = 
       signed-rank test (exact for small n; NaN when all differences are 0).
 
     Args:
-        runs: :func:`distilvpr_lib.batch.collect_batch` output or the study CSV (columns ``variation``,
+        runs: :func:`distilvpr_lib.batch_ledger.collect_batch` output or the study CSV (columns ``variation``,
             ``param.seed`` or ``seed``, ``metric``; rows with a ``status`` other than ``ok`` are ignored).
         baseline: the variation every other is compared to.
         metric: the column compared.
@@ -260,7 +260,7 @@ def choose_on_validation(runs: pd.DataFrame, prefix: str = "distilvpr",
     result with :func:`study_table` / :func:`paired_statistics` over all its seeds.
 
     Args:
-        runs: :func:`distilvpr_lib.batch.collect_batch` output or the study CSV (``seed``/``val_AR@1``
+        runs: :func:`distilvpr_lib.batch_ledger.collect_batch` output or the study CSV (``seed``/``val_AR@1``
             columns are accepted for ``param.seed``/``validation.AR@1``); runs not ``ok`` are ignored.
         prefix: candidates are the variations whose name starts with it.
         metric: the validation column compared.

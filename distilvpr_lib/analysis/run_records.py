@@ -1,7 +1,7 @@
 """The study's per-run CSV: written from a batch, read back as batch rows.
 
 Run folders are not committed; ``docs/study/**/study_runs.csv`` is. :func:`study_runs_table` writes it from
-:func:`distilvpr_lib.batch.collect_batch` rows, :func:`read_recorded_runs` reads it back in that shape, and
+:func:`distilvpr_lib.batch_ledger.collect_batch` rows, :func:`read_recorded_runs` reads it back in that shape, and
 :func:`with_recorded_runs` merges the two so that a report over a partially re-made batch keeps every seed.
 """
 
@@ -31,7 +31,7 @@ def study_runs_table(runs: pd.DataFrame) -> pd.DataFrame:
     norms (``student_norm``, ``teacher_norm``) and every loss weight (``w.<term>``) when present.
 
     Args:
-        runs: :func:`distilvpr_lib.batch.collect_batch` output.
+        runs: :func:`distilvpr_lib.batch_ledger.collect_batch` output.
     """
     ok = _finished(runs)
     rename = _CSV_NAMES
@@ -54,7 +54,7 @@ def read_recorded_runs(csv_path: str | os.PathLike) -> pd.DataFrame:
     """Read a per-run study CSV (:func:`study_runs_table`'s output) back as batch rows.
 
     The run folders are not committed, the per-run CSV is: this turns its rows into the shape of
-    :func:`distilvpr_lib.batch.collect_batch` (``variation``, ``run``, ``status`` = ``"ok"``, ``param.seed``,
+    :func:`distilvpr_lib.batch_ledger.collect_batch` (``variation``, ``run``, ``status`` = ``"ok"``, ``param.seed``,
     ``validation.AR@1``, ``test.<metric>``, ``loss_weights.<term>`` …) with ``source`` = the CSV's path, so
     that every table of :mod:`distilvpr_lib.analysis.report` can use them.
 
@@ -91,7 +91,7 @@ def with_recorded_runs(runs: pd.DataFrame, recorded: pd.DataFrame) -> pd.DataFra
     partially re-run batch still pairs every seed. Rows from the folder get ``source`` = ``"batch"``.
 
     Args:
-        runs: :func:`distilvpr_lib.batch.collect_batch` output (may be empty).
+        runs: :func:`distilvpr_lib.batch_ledger.collect_batch` output (may be empty).
         recorded: :func:`read_recorded_runs` output.
 
     Raises:

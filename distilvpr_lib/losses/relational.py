@@ -22,7 +22,6 @@ AAAI 2024 (geodesic term, cross-agent losses).
 
 from __future__ import annotations
 
-from collections.abc import Collection
 from typing import TYPE_CHECKING, ClassVar
 
 import torch

@@ -497,30 +497,4 @@ def _epoch_line(record: Mapping[str, Any], history: TrainingHistory) -> str:
     return line
 
 
-def train(
-    model: nn.Module,
-    objective: Objective,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    train_loader: Iterable[dict[str, Any]],
-    train_cfg: "TrainConfig",
-    out_dir: str | Path,
-    validate: Validator | None = None,
-    device: torch.device | str = "cpu",
-    resume: bool = True,
-    **kwargs: Any,
-) -> TrainingHistory:
-    """Functional form of ``Trainer(...).fit(resume)`` (see :class:`Trainer`)."""
-    trainer = Trainer(model, objective, optimizer, scheduler, train_loader, train_cfg, out_dir,
-                      validate=validate, device=device, **kwargs)
-    return trainer.fit(resume=resume)
-
-
-def aggregate_final_losses(history: TrainingHistory) -> dict[str, float]:
-    """The last epoch's mean of every named term (and ``total``): the 'final magnitude' of each loss."""
-    return dict(history.last["losses"]) if history.last else {}
-
-
-
-__all__ = ["SELECTION_METRIC", "SELECTION_RULE", "Trainer", "TrainingHistory", "Validator",
-           "aggregate_final_losses", "train"]
+__all__ = ["SELECTION_METRIC", "SELECTION_RULE", "Trainer", "TrainingHistory", "Validator"]

@@ -198,7 +198,7 @@ def plot_ablation_bars(frame: pd.DataFrame, x: str = "method", y: str | Sequence
     return fig
 
 
-#: Metric columns of a batch table (:func:`distilvpr_lib.batch.collect_batch`) shown by :func:`ablation_bars`.
+#: Metric columns of a batch table (:func:`distilvpr_lib.batch_ledger.collect_batch`) shown by :func:`ablation_bars`.
 BATCH_METRICS: tuple[str, ...] = ("test.AR@1", "test.AR@5", "test.AR@1%")
 
 
@@ -207,7 +207,7 @@ def ablation_bars(runs: pd.DataFrame, metrics: Sequence[str] = BATCH_METRICS, x:
     """Bar plots (mean ± sd over seeds) of a papermill batch of notebook 03.
 
     Args:
-        runs: the table of :func:`distilvpr_lib.batch.collect_batch` (one row per run; columns
+        runs: the table of :func:`distilvpr_lib.batch_ledger.collect_batch` (one row per run; columns
             ``variation``, ``status`` and dot-joined metrics such as ``test.AR@1``).
         metrics: metric columns to plot (those absent are skipped).
         x: the grouping column.
