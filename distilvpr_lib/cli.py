@@ -29,6 +29,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "distill",
     "evaluate",
     "batch",
+    "benchmark",
     "study_table",
     "train",
     "import_teacher",
