@@ -799,7 +799,7 @@ def run_choose(spec: BenchmarkSpec, root: Path, log: Log = print) -> dict[str, A
     """
     import pandas as pd
 
-    from distilvpr_lib.analysis.benchmark_records import TUNING_COLUMNS, choose_configuration
+    from distilvpr_lib.analysis.benchmark_records import TUNING_COLUMNS, choose_from_table
 
     world = spec.world(spec.tuning_world)
     lines = []
@@ -811,12 +811,8 @@ def run_choose(spec: BenchmarkSpec, root: Path, log: Log = print) -> dict[str, A
                                       hint=f"run: distilvpr benchmark run {spec.source} --stage tune")
         lines.append({**record, "method": cfg.method, "weight_scale": cfg.scale if cfg.method != NOKD else 1.0,
                       "lr_scale": cfg.scale if cfg.method == NOKD else 1.0, "task": cfg.task})
-    chosen: dict[str, str] = {}
-    for method in (NOKD, *spec.kd_methods):
-        part = [dict(line, scale=line["lr_scale"] if method == NOKD else line["weight_scale"]) for line in lines
-                if line["method"] == method]
-        chosen[method] = choose_configuration(part, spec.tie)
     frame = pd.DataFrame(lines)
+    chosen = choose_from_table(frame, spec.tie)
     frame["chosen"] = [chosen[m] == c for m, c in zip(frame["method"], frame["config"])]
     nokd = frame[(frame["method"] == NOKD) & frame["chosen"]].iloc[0]
     due = not bool(nokd["flat"])
@@ -965,7 +961,8 @@ def answer(spec: BenchmarkSpec, root: Path) -> str:
     from distilvpr_lib.analysis.benchmark_records import answer_markdown
 
     tables, comparisons = report_tables(spec, root)
-    return answer_markdown(tables, comparisons, spec.baseline, spec.tuned, spec.versus, protocol=spec.protocol)
+    return answer_markdown(tables, comparisons, spec.baseline, spec.tuned, spec.versus, protocol=spec.protocol,
+                           alpha=spec.alpha)
 
 
 def readme_block(text: str, source: str = "README.md") -> str:

@@ -92,6 +92,23 @@ def choose_configuration(candidates: Sequence[Mapping[str, Any]], tie: float = 0
     return str(tied[0][1]["config"])
 
 
+def choose_from_table(frame: "pd.DataFrame", tie: float = 0.01) -> dict[str, str]:  # noqa: F821
+    """Apply :func:`choose_configuration` per method to tuning rows (columns ``method, config, weight_scale,
+    lr_scale, task, val_ar1``; the scale is ``lr_scale`` for ``nokd``, else ``weight_scale``), in the rows' order.
+
+    Returns:
+        ``{method: chosen configuration}`` in the order the methods first appear.
+    """
+    out = {}
+    for method in dict.fromkeys(frame["method"]):
+        part = frame[frame["method"] == method]
+        scale_column = "lr_scale" if method == "nokd" else "weight_scale"
+        candidates = [{"config": r["config"], "scale": float(r[scale_column]), "task": r["task"],
+                       "val_ar1": float(r["val_ar1"])} for _, r in part.iterrows()]
+        out[str(method)] = choose_configuration(candidates, tie)
+    return out
+
+
 # ---------------------------------------------------------------------------
 # §8: fingerprints
 # ---------------------------------------------------------------------------
@@ -249,9 +266,10 @@ def main_table(tables: Mapping[str, "pd.DataFrame"], comparisons: "pd.DataFrame"
 
 def answer_markdown(tables: Mapping[str, "pd.DataFrame"], comparisons: "pd.DataFrame", baseline: str,  # noqa: F821
                     tuned: str, versus: Sequence[str], paper_row: str = "distilvpr_paper",
-                    protocol: str = "docs/benchmark/PROTOCOL.md") -> str:
-    """The README's answer: ten lines (what was asked, and per world DistilVPR tuned and the paper's preset against
-    no-KD and the tuned DistilVPR against each baseline) and the main table, all from the records.
+                    protocol: str = "docs/benchmark/PROTOCOL.md", alpha: float = 0.05) -> str:
+    """The README's answer: ten lines for two worlds (the question; per world DistilVPR tuned and the paper's preset
+    against no-KD, the tuned DistilVPR against the baselines, the runs not flat; the verdict rule) and the main
+    table, all from the records.
 
     With no rows, the one line :data:`NO_ROWS_ANSWER`.
     """
@@ -259,7 +277,7 @@ def answer_markdown(tables: Mapping[str, "pd.DataFrame"], comparisons: "pd.DataF
         return NO_ROWS_ANSWER
     n_cmp = int(comparisons["p_t"].notna().sum()) if not comparisons.empty else 0
     lines = [f"**Does DistilVPR beat no-KD and each KD baseline?** Test AR@1 (%), paired by seed; paired t-test, "
-             f"Holm over {n_cmp} testable comparisons at α = 0.05 ([protocol]({protocol})).", ""]
+             f"Holm over {n_cmp} testable comparisons ([protocol]({protocol}))."]
 
     def one(world: str, first: str, second: str) -> str:
         sel = comparisons[(comparisons["world"] == world) & (comparisons["first"] == first)
@@ -286,16 +304,20 @@ def answer_markdown(tables: Mapping[str, "pd.DataFrame"], comparisons: "pd.DataF
         for _, c in verdicts.iterrows():
             key = c["verdict"] if int(c["n"]) else "not paired yet"
             groups.setdefault(key, []).append(f"`{c['second']}`")
-        summary = "; ".join(f"{k}: {', '.join(v)}" for k, v in groups.items()) or "no baseline rows yet"
+        baselines = [v for v in versus if v != paper_row]
+        summary = "; ".join(f"{k}: {', '.join(v)}" for k, v in groups.items()) or (
+            "no baseline rows yet" if baselines else "no KD baseline in this benchmark")
         lines.append(f"- **{world}**: DistilVPR tuned against the baselines — {summary}.")
         not_flat = [f"`{r}`" for r, k in zip(table["row"], table["not_flat"]) if int(k)]
         lines.append(f"- **{world}**: runs not flat over the last quarter (§5): "
                      f"{', '.join(not_flat) if not_flat else 'none'}.")
+    lines.append(f"- \"beats\" / \"is beaten by\": Δ > 0 / Δ < 0 with Holm-adjusted p < {alpha:g}; otherwise no "
+                 "detectable difference, with the smallest effect the design detects (MDE, 80 % power).")
     lines.append("")
     lines.append(main_table(tables, comparisons, baseline))
     return "\n".join(lines)
 
 
 __all__ = ["FINGERPRINT_COLUMNS", "FingerprintMismatchError", "NO_ROWS_ANSWER", "RUN_COLUMNS", "TUNING_COLUMNS",
-           "answer_markdown", "check_fingerprints", "choose_configuration", "comparison_pairs", "comparison_table",
+           "answer_markdown", "check_fingerprints", "choose_configuration", "choose_from_table", "comparison_pairs", "comparison_table",
            "last_quarter_gain", "main_table", "markdown_table", "row_table"]
