@@ -321,6 +321,7 @@ def load_spec(path: str | os.PathLike) -> BenchmarkSpec:
                                     ("student.contingency.milestones", c_epochs, c_milestones)):
         if any(m > epochs for m in milestones):
             raise bad(key, f"a milestone after the last epoch ({epochs})")
+    retry_factor = integer("teacher.retry_factor", teacher["retry_factor"], 0)
     if not isinstance(student["contingency_applied"], bool):
         raise bad("student.contingency_applied", "expected true or false")
 
@@ -364,7 +365,7 @@ def load_spec(path: str | os.PathLike) -> BenchmarkSpec:
         workers=workers, prior_args=prior_args, prior_folder=prior_folder, prior_dataset=prior_dataset,
         worlds=tuple(worlds), teacher_epochs=t_epochs, teacher_milestones=t_milestones,
         gate_ar1=number("teacher.gate_ar1", teacher["gate_ar1"]),
-        retry_factor=integer("teacher.retry_factor", teacher["retry_factor"], 1),
+        retry_factor=retry_factor,
         student_epochs=s_epochs, student_milestones=s_milestones,
         flat_gain=number("student.flat_gain", student["flat_gain"]), contingency_epochs=c_epochs,
         contingency_milestones=c_milestones, contingency_applied=bool(student["contingency_applied"]),
@@ -583,6 +584,23 @@ def _teacher_done(folder: Path) -> bool:
         return False
 
 
+def _check_teacher_folder(folder: Path, dataset: Path, epochs: int, milestones: Sequence[int],
+                          prior_weights: Path, root: Path) -> None:
+    """A finished teacher folder must be the one the spec asks for (epochs, LR step, dataset, prior): a teacher
+    trained otherwise is refused, never silently reused."""
+    config = _read_json(folder / "config.json")
+    got = {"train.epochs": config["train"]["epochs"], "train.milestones": list(config["train"]["milestones"]),
+           "data.dataset_dir": str(_at(root, str(config["data"]["dataset_dir"])).resolve()),
+           "model.pretrained_image_weights": str(_at(root, str(config["model"]["pretrained_image_weights"])).resolve())
+           if config["model"].get("pretrained_image_weights") else None}
+    want = {"train.epochs": int(epochs), "train.milestones": list(milestones),
+            "data.dataset_dir": str(dataset.resolve()), "model.pretrained_image_weights": str(prior_weights.resolve())}
+    for key, value in want.items():
+        if got[key] != value:
+            raise BenchmarkStateError(f"the teacher here has {key} = {got[key]!r}, the spec asks for {value!r}",
+                                      path=folder, hint="move the folder away; the setup stage retrains it")
+
+
 def teacher_gate(teacher_folder: Path, dataset: Path, gate_ar1: float) -> dict[str, Any]:
     """PROTOCOL §2's teacher gate on the teacher's own test split (of ``dataset``): fused AR@1 ≥ ``gate_ar1`` and
     fused ≥ both single heads (cloud-only, image-only), from
@@ -643,18 +661,23 @@ def run_setup(spec: BenchmarkSpec, root: Path, log: Log = print) -> dict[str, di
         epochs, milestones = spec.teacher_epochs, spec.teacher_milestones
         if not _teacher_done(teacher):
             _cli(root, _teacher_args(spec, world, teacher, epochs, milestones, prior_weights), log)
+        _check_teacher_folder(teacher, _at(root, world.dataset), epochs, milestones, prior_weights, root)
         gate = teacher_gate(teacher, _at(root, world.dataset), spec.gate_ar1)
         gate["retried"], gate["flagged"] = False, False
         log(f"[setup] {world.name}: teacher gate {'PASS' if gate['passed'] else 'FAIL'} "
             f"(test AR@1 {', '.join(f'{k} {v:.2f}' for k, v in gate['test_ar1'].items())}; fused >= "
             f"{spec.gate_ar1:g} and >= both heads)")
-        if not gate["passed"]:  # retrained once with retry_factor x the epochs, the LR step at the same fraction
+        if not gate["passed"] and not spec.retry_factor:  # smoke specs only: flagged without the retraining
+            gate["flagged"] = True
+            log(f"[setup] {world.name}: teacher FLAGGED (retry_factor 0: not retrained)")
+        elif not gate["passed"]:  # retrained once with retry_factor x the epochs, the LR step at the same fraction
             first = gate
             teacher = teacher.with_name(teacher.name + "-retry")
             epochs = epochs * spec.retry_factor
             milestones = tuple(m * spec.retry_factor for m in milestones)
             if not _teacher_done(teacher):
                 _cli(root, _teacher_args(spec, world, teacher, epochs, milestones, prior_weights), log)
+            _check_teacher_folder(teacher, _at(root, world.dataset), epochs, milestones, prior_weights, root)
             gate = teacher_gate(teacher, _at(root, world.dataset), spec.gate_ar1)
             gate.update(retried=True, flagged=not gate["passed"], first_try=first)
             log(f"[setup] {world.name}: retrained teacher gate {'PASS' if gate['passed'] else 'FAIL: FLAGGED'} "
@@ -874,8 +897,9 @@ def run_collect(spec: BenchmarkSpec, root: Path, log: Log = print) -> dict[str, 
 # ---------------------------------------------------------------------------
 # Stages: report, answer
 # ---------------------------------------------------------------------------
-def load_records(spec: BenchmarkSpec, root: Path) -> dict[str, "pd.DataFrame"]:  # noqa: F821
-    """The committed per-world CSVs, fingerprint-checked (PROTOCOL §8); worlds without a CSV are left out.
+def load_records(spec: BenchmarkSpec, root: Path, records: Path | None = None) -> dict[str, "pd.DataFrame"]:  # noqa: F821
+    """The committed per-world CSVs (in ``records``, default the spec's folder), fingerprint-checked (PROTOCOL §8);
+    worlds without rows are left out.
 
     Raises:
         FingerprintMismatchError: a world's rows (or its tuning rows) differ in a fingerprint.
@@ -884,7 +908,7 @@ def load_records(spec: BenchmarkSpec, root: Path) -> dict[str, "pd.DataFrame"]: 
 
     from distilvpr_lib.analysis.benchmark_records import check_fingerprints
 
-    records = records_dir(spec, root)
+    records = records if records is not None else records_dir(spec, root)
     tuning_path = records / TUNING_CSV
     tuning = pd.read_csv(tuning_path) if tuning_path.is_file() else None
     frames = {}
@@ -900,11 +924,12 @@ def load_records(spec: BenchmarkSpec, root: Path) -> dict[str, "pd.DataFrame"]: 
     return frames
 
 
-def report_tables(spec: BenchmarkSpec, root: Path) -> tuple[dict[str, "pd.DataFrame"], "pd.DataFrame"]:  # noqa: F821
+def report_tables(spec: BenchmarkSpec, root: Path, records: Path | None = None,
+                  ) -> tuple[dict[str, "pd.DataFrame"], "pd.DataFrame"]:  # noqa: F821
     """``({world: row table}, comparison table)`` from the committed records (see :func:`load_records`)."""
     from distilvpr_lib.analysis.benchmark_records import comparison_table, row_table
 
-    frames = load_records(spec, root)
+    frames = load_records(spec, root, records)
     tables = {w: row_table(f, spec.rows) for w, f in frames.items()}
     comparisons = comparison_table(frames, spec.rows, spec.baseline, spec.tuned, spec.versus, spec.alpha,
                                    spec.bootstrap_resamples, spec.bootstrap_seed)
@@ -956,11 +981,43 @@ def run_report(spec: BenchmarkSpec, root: Path, log: Log = print) -> str:
     return text
 
 
-def answer(spec: BenchmarkSpec, root: Path) -> str:
+def final_run_folders(spec: BenchmarkSpec, root: Path) -> dict[tuple[str, str, int], Path]:
+    """``{(world, row, seed): run folder}`` of the final cells whose folders exist here (for the report's curves)."""
+    out = {}
+    for world in spec.worlds:
+        for row in spec.rows:
+            for seed in spec.seeds:
+                folder = stage_dir(spec, world.name, "final", root) / cell_name(row, seed)
+                if folder.is_dir():
+                    out[(world.name, row, int(seed))] = folder
+    return out
+
+
+def setup_flags(spec: BenchmarkSpec, root: Path, records: Path | None = None) -> list[str]:
+    """One line per world from its committed setup record: teacher gate (retried, flagged), no shared place."""
+    records = records if records is not None else records_dir(spec, root)
+    lines = []
+    for world in spec.worlds:
+        path = records / f"{world.name}_setup.json"
+        if not path.is_file():
+            lines.append(f"{world.name}: no setup record ({path.name})")
+            continue
+        record = _read_json(path)
+        gate = record.get("teacher_gate", {})
+        heads = ", ".join(f"{k} {v:.2f}" for k, v in gate.get("test_ar1", {}).items())
+        state = "FLAGGED (failed twice)" if gate.get("flagged") else ("passed after one retraining" if gate.get(
+            "retried") else "passed") if gate.get("passed") or gate.get("flagged") else "failed"
+        places = record.get("no_shared_place", {})
+        lines.append(f"{world.name}: teacher gate {state} (test AR@1 {heads}); shared places with the prior world: "
+                     f"{places.get('shared')}; commit {record.get('fingerprints', {}).get('code_commit', '?')[:12]}")
+    return lines
+
+
+def answer(spec: BenchmarkSpec, root: Path, records: Path | None = None) -> str:
     """The README's ten-line answer and main table (markdown), generated from the committed records."""
     from distilvpr_lib.analysis.benchmark_records import answer_markdown
 
-    tables, comparisons = report_tables(spec, root)
+    tables, comparisons = report_tables(spec, root, records)
     return answer_markdown(tables, comparisons, spec.baseline, spec.tuned, spec.versus, protocol=spec.protocol,
                            alpha=spec.alpha)
 
@@ -1165,7 +1222,7 @@ def run_stages(spec: BenchmarkSpec, root: Path, stages: Sequence[str] | None = N
 
 __all__ = ["BenchmarkSpec", "BenchmarkSpecError", "BenchmarkStateError", "PAPER_ROW", "README_BEGIN", "README_END",
            "STAGES", "TuneConfig", "World", "answer", "cell_name", "check_readme", "code_commit", "collect_world",
-           "final_grid", "load_records", "load_spec", "parse_cell", "plan_lines", "read_cell", "readme_block",
+           "final_grid", "final_run_folders", "load_records", "load_spec", "parse_cell", "plan_lines", "read_cell", "readme_block",
            "report_markdown", "report_tables", "run_choose", "run_collect", "run_final", "run_report", "run_setup",
-           "run_stages", "run_tune", "setup_record", "stage_cells", "stage_dir", "status_lines", "teacher_gate",
+           "run_stages", "run_tune", "setup_flags", "setup_record", "stage_cells", "stage_dir", "status_lines", "teacher_gate",
            "threads_per_run", "tune_grid", "tuning_configs", "verify"]

@@ -221,6 +221,32 @@ def comparison_table(frames: Mapping[str, "pd.DataFrame"], rows: Sequence[str], 
     return table
 
 
+def validation_history_table(run_dirs: Mapping[tuple[str, str, int], Any]) -> "pd.DataFrame":  # noqa: F821
+    """Per-epoch validation AR@1 of finished run folders (their ``metrics.json``), for the curves of the report.
+
+    Args:
+        run_dirs: ``{(world, row, seed): run folder}``; folders without a ``metrics.json`` are skipped.
+
+    Returns:
+        Columns ``world, row, seed, epoch, val_ar1`` (empty when no folder has metrics).
+    """
+    import json
+    from pathlib import Path
+
+    import pandas as pd
+
+    lines = []
+    for (world, row, seed), folder in run_dirs.items():
+        path = Path(folder) / "metrics.json"
+        if not path.is_file():
+            continue
+        for entry in json.loads(path.read_text()).get("epochs", []):
+            value = (entry.get("validation") or {}).get("AR@1")
+            lines.append({"world": world, "row": row, "seed": int(seed), "epoch": int(entry["epoch"]),
+                          "val_ar1": math.nan if value is None else float(value)})
+    return pd.DataFrame(lines, columns=["world", "row", "seed", "epoch", "val_ar1"])
+
+
 # ---------------------------------------------------------------------------
 # The README answer
 # ---------------------------------------------------------------------------
@@ -320,4 +346,4 @@ def answer_markdown(tables: Mapping[str, "pd.DataFrame"], comparisons: "pd.DataF
 
 __all__ = ["FINGERPRINT_COLUMNS", "FingerprintMismatchError", "NO_ROWS_ANSWER", "RUN_COLUMNS", "TUNING_COLUMNS",
            "answer_markdown", "check_fingerprints", "choose_configuration", "choose_from_table", "comparison_pairs", "comparison_table",
-           "last_quarter_gain", "main_table", "markdown_table", "row_table"]
+           "last_quarter_gain", "main_table", "markdown_table", "row_table", "validation_history_table"]
