@@ -1101,7 +1101,8 @@ def verify(spec: BenchmarkSpec, root: Path, cells: Sequence[str], log: Log = pri
             setup = setup_record(spec, world.name, root)
             grid = _student_grid(spec, root, world, stage, [(row, config)], [seed], setup)
             out_root = Path(tmp) / world.name
-            _run_grid(spec, root, grid, world.name, 1, log, only=[cell_name(row, seed)], out_root=out_root)
+            # the spec's workers: the same threads per run as the recorded cell (cpu_count // workers)
+            _run_grid(spec, root, grid, world.name, spec.workers, log, only=[cell_name(row, seed)], out_root=out_root)
             fresh = read_cell(spec, root, world, stage, row, config, seed, batch_dir=out_root / grid.name)
             if fresh is None:
                 log(f"[verify] {cell}: differs (the re-run did not finish)")

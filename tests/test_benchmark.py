@@ -338,3 +338,87 @@ def test_dataset_fingerprint(tmp_path: Path) -> None:
     (b / "sub" / "y.csv").write_text("1,2\n")
     (b / "sub" / "y.csv").rename(b / "sub" / "z.csv")
     assert dataset_fingerprint(b) != first
+
+
+@pytest.mark.slow
+@pytest.mark.notebooks
+def test_report_notebook_renders_the_records(tmp_path: Path, monkeypatch) -> None:
+    """Notebook 06 over hand-made records: tables, comparisons and a forest plot per world and family, saved."""
+    import subprocess
+    import sys
+
+    root, spec = _tiny_project(tmp_path, monkeypatch)
+    out = tmp_path / "06"
+    executed = tmp_path / "06.ipynb"
+    proc = subprocess.run([sys.executable, "-m", "papermill", str(REPO / "notebooks" / "06_benchmark_report.ipynb"),
+                           str(executed), "-p", "spec", str(spec), "-p", "out", str(out), "--cwd",
+                           str(REPO / "notebooks"), "--no-progress-bar", "--log-level", "WARNING"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for world in ("oxford", "second"):
+        for family in ("A", "B"):
+            assert (out / f"forest_{world}_{family}.png").read_bytes().startswith(b"\x89PNG")
+        rows = pd.read_csv(out / f"{world}_rows.csv")
+        assert list(rows["row"]) == ["nokd", "distilvpr_paper", "distilvpr"]
+    comparisons = pd.read_csv(out / "comparisons.csv")
+    assert len(comparisons) == 6 and comparisons["p_holm"].notna().all()
+    text = executed.read_text()
+    assert "image/png" in text and "Does DistilVPR beat no-KD" in text
+
+
+@pytest.mark.slow
+def test_smoke_benchmark_end_to_end(tmp_path: Path, monkeypatch, capsys) -> None:
+    """ablations/benchmark_smoke.yaml in a fresh project folder: setup -> tune -> choose -> final -> collect ->
+    report -> answer, then a resumed run that skips everything, status, verify, and the fingerprint refusal."""
+    import json
+
+    root = tmp_path / "project"
+    (root / "ablations").mkdir(parents=True)
+    shutil.copy(SMOKE_SPEC, root / "ablations" / SMOKE_SPEC.name)
+    (root / "notebooks").symlink_to(REPO / "notebooks", target_is_directory=True)
+    (root / "pyproject.toml").write_text("")
+    monkeypatch.setenv("DISTILVPR_PROJECT_ROOT", str(root))
+    monkeypatch.chdir(root)
+    spec_path = "ablations/benchmark_smoke.yaml"
+    assert main(["benchmark", "run", spec_path]) == 0
+    out = capsys.readouterr().out
+    assert "no shared place with the prior world: PASS" in out and "teacher gate FAIL" in out
+    spec = bench.load_spec(root / spec_path)
+    records = root / "docs" / "benchmark-smoke"
+    for world in spec.worlds:
+        setup = json.loads((root / "runs" / "bench-smoke" / world.name / "setup.json").read_text())
+        assert setup["no_shared_place"]["shared"] == 0 and setup["teacher_gate"]["flagged"]
+        assert all(len(setup["fingerprints"][k]) == 64 for k in ("dataset_fingerprint", "prior_sha256",
+                                                                  "teacher_sha256"))
+        assert json.loads((records / f"{world.name}_setup.json").read_text()) == setup
+    tuning = pd.read_csv(records / "tuning.csv")
+    assert sorted(tuning["config"]) == ["distilvpr", "distilvpr_x10", "nokd", "nokd_lr2"]
+    chosen = yaml.safe_load((records / "chosen.yaml").read_text())
+    assert chosen["methods"] == choose_from_table(tuning, spec.tie) and chosen["epochs"] == 2
+    assert tuning.groupby("method")["chosen"].sum().to_dict() == {"distilvpr": 1, "nokd": 1}
+    for world in spec.worlds:
+        runs = pd.read_csv(records / f"{world.name}_runs.csv")
+        assert len(runs) == 6 and list(runs.columns) == list(RUN_COLUMNS)
+        assert set(runs.loc[runs["row"] == "distilvpr_paper", "config"]) == {world.paper_preset}
+        assert set(runs.loc[runs["row"] == "distilvpr", "config"]) == {chosen["methods"]["distilvpr"]}
+        assert runs[list(FINGERPRINT_COLUMNS)].nunique().max() == 1 and (runs["cpu_threads"] == 1).all()
+        assert runs["test_ar1"].between(0, 100).all() and runs["selected_epoch"].isin([1, 2]).all()
+    assert (records / "tables.md").is_file() and len(pd.read_csv(records / "comparisons.csv")) == 6
+    # resumed: every cell is skipped; status says done; the answer comes from the records
+    assert main(["benchmark", "run", spec_path, "--stage", "tune", "final", "collect"]) == 0
+    assert "running 0" in capsys.readouterr().out
+    assert main(["benchmark", "status", spec_path]) == 0
+    status = capsys.readouterr().out
+    assert "tune: done (done 4 of 4)" in status and "final/second: done (done 6 of 6)" in status
+    assert main(["benchmark", "answer", spec_path]) == 0
+    assert "- **oxford**: DistilVPR tuned" in capsys.readouterr().out
+    # verify: a cell re-run from scratch in a temporary folder gives the recorded bytes
+    assert main(["benchmark", "verify", spec_path, "oxford/nokd__seed0"]) == 0
+    assert "[verify] oxford/nokd__seed0: equal" in capsys.readouterr().out
+    # a row made with another teacher: the report refuses the world
+    path = records / "second_runs.csv"
+    frame = pd.read_csv(path)
+    frame.loc[0, "teacher_sha256"] = "0" * 64
+    frame.to_csv(path, index=False)
+    assert main(["benchmark", "run", spec_path, "--stage", "report"]) == 1
+    assert "rows differ in teacher_sha256" in capsys.readouterr().err
