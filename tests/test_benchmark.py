@@ -422,3 +422,16 @@ def test_smoke_benchmark_end_to_end(tmp_path: Path, monkeypatch, capsys) -> None
     frame.to_csv(path, index=False)
     assert main(["benchmark", "run", spec_path, "--stage", "report"]) == 1
     assert "rows differ in teacher_sha256" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_no_shared_place_check_at_smoke_size(smoke_dataset: Path) -> None:
+    """PROTOCOL §2's check (engine.runs.prior.shared_places): a world against itself shares every place; the smoke
+    prior world (seed 1000) shares none with the smoke world (seed 0) (the end-to-end test runs it in the setup)."""
+    from distilvpr_lib.engine.runs.prior import dataset_locations, shared_places
+
+    itself = shared_places(smoke_dataset, smoke_dataset)
+    n = len(dataset_locations(smoke_dataset))
+    assert itself == {"world_locations": n, "prior_locations": n, "radius_m": 10.0, "min_distance_m": 0.0,
+                      "shared": n}
+    assert shared_places(smoke_dataset, smoke_dataset, radius_m=0.0)["shared"] == n
