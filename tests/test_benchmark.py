@@ -4,6 +4,7 @@ and one smoke-size run of every stage end to end (marked slow)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import shutil
 from pathlib import Path
@@ -435,3 +436,22 @@ def test_no_shared_place_check_at_smoke_size(smoke_dataset: Path) -> None:
     assert itself == {"world_locations": n, "prior_locations": n, "radius_m": 10.0, "min_distance_m": 0.0,
                       "shared": n}
     assert shared_places(smoke_dataset, smoke_dataset, radius_m=0.0)["shared"] == n
+
+
+def test_final_waits_for_the_choice_and_the_contingency(tmp_path: Path) -> None:
+    """PROTOCOL §4-§5: no final run before chosen.yaml; none while the contingency is due and not applied; none
+    with a choice made on another schedule."""
+    spec = bench.load_spec(SPEC)
+    with pytest.raises(bench.BenchmarkStateError, match="no configuration chosen yet"):
+        bench.run_final(spec, tmp_path)
+    chosen = tmp_path / "docs" / "benchmark" / "chosen.yaml"
+    chosen.parent.mkdir(parents=True)
+    chosen.write_text(yaml.safe_dump({"epochs": 32, "contingency_due": True, "methods": {}}))
+    with pytest.raises(bench.BenchmarkStateError, match="contingency is due"):
+        bench.run_final(spec, tmp_path)
+    chosen.write_text(yaml.safe_dump({"epochs": 48, "contingency_due": False, "methods": {}}))
+    with pytest.raises(bench.BenchmarkStateError, match="48-epoch tuning runs but the schedule is 32"):
+        bench.run_final(spec, tmp_path)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["benchmark", "chosen.yaml", "docs"]  # nothing else
+    applied = dataclasses.replace(spec, contingency_applied=True)
+    assert applied.schedule == (48, (36,)) and bench.stage_dir(applied, "oxford", "final", tmp_path).name == "final-e48"
