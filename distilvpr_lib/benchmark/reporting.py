@@ -128,7 +128,7 @@ def run_report(spec: BenchmarkSpec, root: Path, log: Log = print) -> str:
     for world in spec.worlds:
         path = records / f"{world.name}_setup.json"
         if path.is_file() and read_json(path).get("teacher_gate", {}).get("flagged"):
-            log(f"[report] FLAG: world {world.name}'s teacher failed the gate twice (PROTOCOL §2)")
+            log(f"[report] FLAG: world {world.name}'s teacher failed the gate (PROTOCOL §2): flagged")
     return text
 
 
@@ -156,7 +156,8 @@ def setup_flags(spec: BenchmarkSpec, root: Path, records: Path | None = None) ->
         record = read_json(path)
         gate = record.get("teacher_gate", {})
         heads = ", ".join(f"{k} {v:.2f}" for k, v in gate.get("test_ar1", {}).items())
-        state = "FLAGGED (failed twice)" if gate.get("flagged") else ("passed after one retraining" if gate.get(
+        state = ("FLAGGED (failed twice)" if gate.get("retried") else "FLAGGED (failed, not retrained)") if gate.get(
+            "flagged") else ("passed after one retraining" if gate.get(
             "retried") else "passed") if gate.get("passed") or gate.get("flagged") else "failed"
         places = record.get("no_shared_place", {})
         lines.append(f"{world.name}: teacher gate {state} (test AR@1 {heads}); shared places with the prior world: "
