@@ -2,14 +2,14 @@
 #   make demo   bootstrap if needed, generate the cpu dataset, run the notebooks headless (papermill) into runs/
 #   make test   bootstrap if needed, run the whole test suite
 # SMOKE=1 make demo runs the smoke profile (minutes).
-#   make study  the distillation study (README "Study"; hours, resumable): data, visual prior, teacher, students, report
+#   make benchmark  the pre-registered benchmark (docs/benchmark/PROTOCOL.md; hours, resumable stage by stage)
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 SMOKE ?= 0
 PROFILE := $(if $(filter 1,$(SMOKE)),smoke,cpu)
 
-.PHONY: venv test test-fast demo data clean-runs bench study study-setup benchmark benchmark-report
+.PHONY: venv test test-fast demo data clean-runs bench api-docs benchmark benchmark-report
 
 venv:
 	@bash scripts/bootstrap.sh
@@ -25,12 +25,6 @@ data: venv
 
 demo: venv
 	$(PY) -m distilvpr_lib.demo --profile $(PROFILE)
-
-study-setup: venv
-	PY=$(PY) bash scripts/study.sh setup
-
-study: venv
-	PY=$(PY) bash scripts/study.sh
 
 # the pre-registered benchmark (docs/benchmark/PROTOCOL.md; resumable, stage by stage; hours)
 benchmark: venv
@@ -49,3 +43,7 @@ bench: venv
 
 clean-runs:
 	rm -rf runs/
+
+# The API reference, generated from the docstrings (tests/test_api_docs.py builds it without warnings)
+api-docs: venv
+	$(PY) -m pdoc distilvpr_lib '!distilvpr_lib.commands' -o docs/api

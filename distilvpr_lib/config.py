@@ -9,7 +9,7 @@ Profiles
 ``smoke``  seconds; used by the tests.
 ``cpu``    the default demo: meaningful results on 2 CPU cores in tens of minutes.
 ``study``  the distillation study: >= 3,000 training tuples at 60x80, a visual prior, converged runs of
-           <= 10 min each on 2 CPU cores (README "Study").
+           <= 10 min each on 2 CPU cores (docs/study/LOG.md).
 ``paper``  the reference settings of DistilVPR (240x320 images, batch 128, 60 epochs, Adam lrs 1e-4 image /
            1e-3 cloud, MultiStepLR at 40), ImageNet ResNet weights from the torch hub cache file
            (``model.pretrained_image_weights="hub"``, never downloaded), mixed precision on GPUs,
@@ -22,13 +22,14 @@ import copy
 import dataclasses
 import enum
 import json
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from distilvpr_lib.config_types import ConfigValueError, update_section
+from distilvpr_lib.errors import DataFormatError, UnknownProfileError
 from distilvpr_lib.paths import project_path
 
 # ---------------------------------------------------------------------------
@@ -40,6 +41,9 @@ class Layout(str, enum.Enum):
     OXFORD = "oxford"
     BOREAS = "boreas"
 
+
+#: Default folder of the training-image cache inside a dataset folder (``data.image_cache_dir`` unset).
+IMAGE_CACHE_FOLDER: str = ".cache"
 
 #: Every layout name, in order (command-line choices, error messages).
 LAYOUTS: tuple[str, ...] = tuple(layout.value for layout in Layout)
@@ -71,6 +75,7 @@ IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 class DataConfig:
     """Where the benchmark lies and how samples are read and augmented."""
 
+    #: Benchmark folder (relative paths: to the project root in notebooks).
     dataset_dir: str = "data/cpu"
     #: Folder of images (+ ``lidar2image_ndx.pickle`` for Oxford); ``None`` = ``<dataset_dir>/images``.
     image_dir: str | None = None
@@ -79,11 +84,15 @@ class DataConfig:
     quantization_size: float = 0.01
     #: Number of nearest images to draw from during training (1 = nearest only, as DistilVPR).
     image_lidar_k: int = 1
+    #: Training cloud augmentation (rotation, flip, jitter, point and block removal, translation; docs/METHOD.md §2.5).
     augment_clouds: bool = True
+    #: Training image augmentation (ColorJitter, see bcs_aug_rate and hue_aug_rate).
     augment_images: bool = True
-    #: ColorJitter strength for brightness/contrast/saturation and for hue.
+    #: ColorJitter strength for brightness, contrast and saturation.
     bcs_aug_rate: float = 0.2
+    #: ColorJitter strength for hue.
     hue_aug_rate: float = 0.1
+    #: DataLoader worker processes (0 = in the main process).
     num_workers: int = 0
     #: Keep DataLoader worker processes alive across epochs (only with ``num_workers > 0``). Faster
     #: epochs, but the workers' random streams then span epochs, so a resumed run is no longer
@@ -94,7 +103,9 @@ class DataConfig:
     #: Student training reads its images from a decoded uint8 cache and augments them in batches
     #: (data.image_cache; single process only) instead of decoding PNGs per sample in a DataLoader.
     image_cache: bool = False
-    #: Folder of the image cache; ``None`` = ``<dataset_dir>/.cache``.
+    #: Folder of the image cache; ``None`` = ``$DISTILVPR_CACHE_DIR/<dataset>-<hash>`` when that variable is set,
+    #: else ``<dataset_dir>/.cache`` when the dataset folder is writable, else the run folder's ``image_cache/``
+    #: (``engine.runs.cache_dirs.resolve_image_cache_dir``).
     image_cache_dir: str | None = None
 
 
@@ -103,15 +114,25 @@ class ModelConfig:
     """Teacher (MinkLoc++ ``minklocmmcat``) and student (ResNet + GeM) architecture."""
 
     sparse_backend: str = "torch"  # "torch" | "minkowski"
+    #: Channels of the MinkFPN stages of the teacher's cloud branch.
     cloud_planes: tuple[int, ...] = (32, 64, 64)
+    #: Residual blocks per MinkFPN stage.
     cloud_layers: tuple[int, ...] = (1, 1, 1)
+    #: Top-down (FPN) stages of the cloud branch.
     cloud_topdown: int = 1
+    #: Kernel size of the first sparse convolution.
     cloud_conv0_kernel_size: int = 5
+    #: Dimension of the teacher's cloud embedding.
     cloud_dim: int = 128
+    #: Dimension of the teacher's image embedding (fused = cloud_dim + image_dim).
     image_dim: int = 256
+    #: ResNet of the teacher's image branch.
     image_backbone: str = "resnet18"
+    #: ResNet of the image-only student (cut after layer3).
     student_backbone: str = "resnet18"
+    #: Dimension of the student embedding (the teacher's fused dimension for cross-agent terms).
     student_dim: int = 384
+    #: Initial exponent p of the GeM pooling layers.
     gem_p: float = 3.0
     #: Local file with ImageNet ResNet weights (never downloaded); ``None`` = train from scratch.
     pretrained_image_weights: str | None = None
@@ -121,13 +142,21 @@ class ModelConfig:
 class TrainConfig:
     """Optimisation settings shared by teacher and student training."""
 
+    #: Training epochs (the epoch is selected on validation).
     epochs: int = 60
+    #: Training tuples per batch.
     batch_size: int = 128
+    #: Adam learning rate of image networks.
     image_lr: float = 1e-4
+    #: Adam learning rate of the sparse cloud branch.
     cloud_lr: float = 1e-3
+    #: Adam weight decay.
     weight_decay: float = 1e-4
+    #: Epochs after which MultiStepLR multiplies the learning rates by gamma.
     milestones: tuple[int, ...] = (40,)
+    #: MultiStepLR factor.
     gamma: float = 0.1
+    #: Margin of the batch-hard triplet loss.
     margin: float = 0.2
     #: Triplet weights on (fused embedding, cloud embedding, image embedding) of the teacher.
     teacher_loss_weights: tuple[float, float, float] = (0.5, 0.5, 0.0)
@@ -138,16 +167,20 @@ class TrainConfig:
     task_normalize: bool = False
     #: Ring loss on the student embedding, ``ring_weight · mean_i (‖s_i‖ − ring_radius)²`` (Zheng et al., CVPR
     #: 2018; distilvpr_lib.losses.ring): holds the embedding's scale without a teacher. 0 = off. The study's
-    #: control for the scale that distillation terms hold (README, "Study").
+    #: control for the scale that distillation terms hold (docs/study/LOG.md).
     ring_weight: float = 0.0
+    #: Target norm R of the ring loss.
     ring_radius: float = 1.0
     #: Log, per epoch, the norm of each loss term's gradient on the student embedding (cheap: the
     #: gradient stops at the embedding) and the share of hyperbolic relation entries at the artanh clamp.
     loss_diagnostics: bool = True
+    #: Seed of initialisation, batch order and augmentation (same seed -> same run).
     seed: int = 7
+    #: torch deterministic algorithms (slower; bit-identical reruns on GPUs).
     deterministic: bool = False
     #: "auto" = CUDA when available, else CPU; or an explicit torch device string.
     device: str = "auto"
+    #: Batch size of embedding passes at evaluation.
     eval_batch_size: int = 64
     #: Evaluate on validation every N epochs (and always at the last one).
     eval_every: int = 1
@@ -155,6 +188,7 @@ class TrainConfig:
     clean_teacher_cache: bool = True
     #: Evaluate with cosine on L2-normalised embeddings (reference) or Euclidean on raw ones.
     eval_normalize: bool = True
+    #: Autocast the forward passes (see amp_dtype).
     mixed_precision: bool = False
     #: Autocast dtype when ``mixed_precision`` is on: "float16" (CUDA only, with a GradScaler),
     #: "bfloat16" (CUDA or CPU, no scaler), or "auto" = bfloat16 on the CPU and where the GPU supports it.
@@ -170,12 +204,16 @@ class TrainConfig:
     distributed_timeout_s: int = 1800
     #: Use a held-out validation split for model selection (``False`` = the reference: none).
     use_validation_split: bool = True
+    #: Keep ``checkpoints/last.pt`` (the full training state) when a run completes, so that it can later be
+    #: extended with more epochs; ``False`` removes it (and ``checkpoints/best.pt``, a copy of the weights file).
+    keep_checkpoints: bool = False
 
 
 @dataclass
 class DistillConfig:
     """The distillation objective: a preset name plus per-term weights (see losses.registry)."""
 
+    #: Preset of term weights (distilvpr list presets); nokd = no distillation.
     method: str = "distilvpr"
     #: Which teacher descriptor the student is distilled from: ``"embedding"`` (the fused one, as the paper),
     #: ``"cloud_embedding"`` or ``"image_embedding"`` (one head; its own cache file). Terms that compare
@@ -190,10 +228,13 @@ class DistillConfig:
     #: The distillation terms start at this epoch (1-based); earlier epochs train on the task term alone
     #: (distillation as a late fine-tuning stage). 1 = from the start (the paper).
     from_epoch: int = 1
+    #: Curvature c of the Poincare ball of the hyperbolic terms.
     curvature: float = 0.1
     #: Internal weights of the self-agent RKD-G term (distance, angle, geodesic).
     rkdg_distance_weight: float = 1.0
+    #: Internal weight of the RKD-G angle relation.
     rkdg_angle_weight: float = 1.0
+    #: Internal weight of the RKD-G geodesic relation.
     rkdg_geodesic_weight: float = 1.0
     cross_loss_type: str = "mse"  # "mse" | "l1"
     cross_norm_fn: str = "l2"  # "l2" | "softmax" | "log_softmax" | "identity"
@@ -205,14 +246,20 @@ class DistillConfig:
     #: RKD angle computation: "gram" (O(B^2 D + B^3), default) | "broadcast" (reference's O(B^3 D)).
     angle_method: str = "gram"
     # --- baselines (docs/METHOD.md §4.6) ---
+    #: Softmax temperature of the KD baseline.
     kd_temperature: float = 1.0
+    #: Epsilon of the PKT baseline's conditional probabilities.
     pkt_eps: float = 1e-7
+    #: Kernel gamma of the CC (correlation congruence) baseline.
     cc_gamma: float = 0.4
+    #: Taylor order of the CC kernel.
     cc_order: int = 2
+    #: CSD baseline: add its KD term.
     csd_use_kd: bool = False
     #: AFD: reproduce the reference's (s_i, t_j) vs (t_i, s_j) index mismatch.
     afd_faithful_index_mismatch: bool = False
     epcnet_loss_type: str = "mse"  # "mse" | "l1" | "smoothl1" | "kldiv"
+    #: Normalisation of the EPCNet baseline's logits.
     epcnet_norm_fn: str = "l2"
     lsdnet_loss_type: str = "mse"  # "mse" | "l1" | "smoothl1"
 
@@ -221,12 +268,17 @@ class DistillConfig:
 class SynthConfig:
     """Procedural generator sizes (see data.synth)."""
 
+    #: Runs (traversals) of the generated world.
     n_runs: int = 6
     #: Route length in metres (a loop through the street grid).
     route_length_m: float = 1200.0
+    #: Camera image height in pixels.
     image_height: int = 120
+    #: Camera image width in pixels.
     image_width: int = 160
+    #: LiDAR beams (rings).
     lidar_beams: int = 32
+    #: LiDAR azimuth steps per revolution.
     lidar_azimuth_steps: int = 360
     #: Poses fired along each 20 m submap window.
     lidar_poses_per_submap: int = 4
@@ -236,13 +288,16 @@ class SynthConfig:
     seed: int = 0
     #: Nearest images listed (and rendered) per LiDAR timestamp in ``lidar2image_ndx.pickle``.
     images_per_submap: int = 3
+    #: Horizontal field of view of the camera (degrees).
     camera_hfov_deg: float = 66.0
     #: Cast sun shadows in the camera images.
     camera_shadows: bool = True
     #: LiDAR beam elevations (degrees) and range (m); tuned so the submaps match the real Oxford
     #: statistics (``data.synth.stats.realism_table``).
     lidar_min_elevation_deg: float = -25.0
+    #: Highest LiDAR beam elevation (degrees).
     lidar_max_elevation_deg: float = 35.0
+    #: LiDAR range (m).
     lidar_max_range_m: float = 60.0
     #: Half extents (forward, lateral) of the submap crop box around the window centre (m).
     submap_crop_m: tuple[float, float] = (25.0, 18.0)
@@ -267,9 +322,13 @@ class PriorConfig:
 
     #: World seed of the prior world; must differ from ``synth.seed`` (checked: no shared place).
     seed: int = 1000
+    #: Runs of the prior world.
     n_runs: int = 6
+    #: Route length of the prior world (m).
     route_length_m: float = 4000.0
+    #: Epochs of the prior's no-KD training.
     epochs: int = 12
+    #: LR milestones of the prior's training.
     milestones: tuple[int, ...] = (9,)
     #: File name of the exported backbone inside the prior folder.
     weights_file: str = "image_prior.pth"
@@ -294,18 +353,61 @@ class ExperimentConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ExperimentConfig":
+    def from_dict(cls, d: dict[str, Any], strict: bool = False) -> "ExperimentConfig":
+        """A config from a dict of sections (as :meth:`to_dict` writes), every value type-checked.
+
+        Args:
+            strict: a saved config (``config.json``): it must be a mapping holding at least the sections
+                :data:`REQUIRED_SECTIONS` (an empty ``{}`` is refused, never read as the defaults), each a
+                mapping, and a ``null`` is accepted only for fields that may be ``None``.
+
+        Raises:
+            ConfigValueError: (a ValueError) a section that is not a mapping, a missing section (``strict``),
+                a value of the wrong type; the message names the field (``model.cloud_dim``).
+            KeyError: an unknown section field.
+        """
+        if not isinstance(d, Mapping):
+            raise ConfigValueError(f"expected a JSON object of config sections, got {type(d).__name__}")
+        if strict:
+            missing = [name for name in REQUIRED_SECTIONS if name not in d]
+            if missing:
+                what = "empty" if not d else f"missing the section(s) {', '.join(missing)}"
+                raise ConfigValueError(f"{what}: a run's config.json holds every section "
+                                       f"({', '.join(SECTIONS)}) as written by the workbench")
         cfg = cls()
-        for section in ("data", "model", "train", "distill", "synth", "prior"):
+        for section in SECTIONS:
             if section in d:
-                _update_dataclass(getattr(cfg, section), d[section], section)
+                update_section(getattr(cfg, section), d[section], section, strict=strict)
         if "profile" in d:
+            if not isinstance(d["profile"], str):
+                raise ConfigValueError(f"profile: expected a string, got {d['profile']!r}")
             cfg.profile = d["profile"]
         return cfg
 
     @classmethod
     def load(cls, path: str | Path) -> "ExperimentConfig":
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        """Read a ``config.json`` written by the workbench (strict: see :meth:`from_dict`).
+
+        Raises:
+            DataFormatError: unreadable JSON, an empty config, a missing section, a wrong-typed or unknown
+                field; the message names the file and the field.
+        """
+        path, hint = Path(path), "restore it from the run, or re-create the folder"
+        try:
+            data = json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+            raise DataFormatError(f"unreadable JSON ({exc})", path=path, hint=hint) from exc
+        try:
+            return cls.from_dict(data, strict=True)
+        except (KeyError, ValueError) as exc:  # ConfigValueError: its message names the field
+            raise DataFormatError(f"not a workbench configuration: {exc.args[0] if exc.args else exc}", path=path,
+                                  hint=hint) from exc
+
+
+#: The config sections (fields of :class:`ExperimentConfig` holding a dataclass), in order.
+SECTIONS: tuple[str, ...] = ("data", "model", "train", "distill", "synth", "prior")
+#: Sections a saved ``config.json`` must hold (:meth:`ExperimentConfig.load`); the others default.
+REQUIRED_SECTIONS: tuple[str, ...] = ("data", "model", "train")
 
 
 # ---------------------------------------------------------------------------
@@ -344,15 +446,15 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
             "images_per_submap": 2,
         },
     },
-    # The study of the distillation effect (README "Study"): ≥ 3,000 training tuples, 60x80 images, a visual
+    # The study of the distillation effect (docs/study/LOG.md): ≥ 3,000 training tuples, 60x80 images, a visual
     # prior for both image networks, a teacher trained with losses on all three heads, bfloat16 autocast on
     # the CPU; sized so that one converged student run takes ≤ 10 min on 2 cores.
     "study": {
-        # 0.02 (not 0.01) voxels: the sparse branch costs 3.1x less on 2 cores (measured, README "Study")
+        # 0.02 (not 0.01) voxels: the sparse branch costs 3.1x less on 2 cores (measured, docs/study/LOG.md)
         "data": {"dataset_dir": "data/study", "image_cache": True, "quantization_size": 0.02},
         "model": {"pretrained_image_weights": "teacher_weights/study-prior/image_prior.pth"},
-        # 16 student epochs, LR step after 12: two runs side by side, one core each (scripts/study.sh), take
-        # ≈ 15 min a pair here (README "Study"). At 6 epochs every student still selected its last epoch
+        # 16 student epochs, LR step after 12: two runs side by side, one core each, take
+        # ≈ 15 min a pair here (docs/study/LOG.md). At 6 epochs every student still selected its last epoch
         # (ablations/study_short.yaml).
         "train": {"epochs": 16, "batch_size": 32, "image_lr": 3e-4, "cloud_lr": 1e-3, "milestones": (12,),
                   "teacher_loss_weights": (1.0, 0.5, 0.5), "mixed_precision": True, "amp_dtype": "bfloat16"},
@@ -393,13 +495,14 @@ def profile_config(profile: str = "cpu") -> ExperimentConfig:
     """Return a fresh :class:`ExperimentConfig` for a named profile.
 
     Raises:
-        KeyError: unknown profile (the message lists the known ones).
+        UnknownProfileError: (an ``OptionError`` and a ``KeyError``) unknown profile; the one-line message
+            lists the known ones.
     """
     if profile not in PROFILES:
-        raise KeyError(f"unknown profile {profile!r}; known profiles: {sorted(PROFILES)}")
+        raise UnknownProfileError(f"unknown profile {profile!r}; known profiles: {', '.join(sorted(PROFILES))}")
     cfg = ExperimentConfig(profile=profile)
     for section, values in PROFILES[profile].items():
-        _update_dataclass(getattr(cfg, section), copy.deepcopy(values), section)
+        update_section(getattr(cfg, section), copy.deepcopy(values), section)
     return cfg
 
 
@@ -411,7 +514,8 @@ def apply_overrides(cfg: ExperimentConfig, overrides: dict[str, Any]) -> Experim
     Values are coerced to the type of the default (tuples from lists or ``_``-strings).
     """
     cfg = copy.deepcopy(cfg)
-    sections = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if dataclasses.is_dataclass(getattr(cfg, f.name))}
+    sections = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
+                if dataclasses.is_dataclass(getattr(cfg, f.name))}
     for key, value in overrides.items():
         if value is None and "." not in key:
             continue
@@ -427,7 +531,7 @@ def apply_overrides(cfg: ExperimentConfig, overrides: dict[str, Any]) -> Experim
                 known = sorted(f"{s}.{f.name}" for s, o in sections.items() for f in dataclasses.fields(o))
                 what = "ambiguous" if targets else "unknown"
                 raise KeyError(f"{what} config field {key!r}; use one of: {known}")
-        _update_dataclass(sections[targets[0]], {name: value}, targets[0])
+        update_section(sections[targets[0]], {name: value}, targets[0])
     method_key = next((k for k in ("distill.method", "method") if overrides.get(k) is not None), None)
     if method_key is not None:
         cfg = _apply_method_name(cfg, overrides)
@@ -523,38 +627,6 @@ def method_name_problem(cfg: ExperimentConfig) -> str | None:
     return None
 
 
-def _coerce(value: Any, default: Any, where: str) -> Any:
-    if isinstance(value, os.PathLike):  # a resolved path parameter (distilvpr_lib.paths.project_path)
-        value = os.fspath(value)
-    if isinstance(default, tuple):
-        if isinstance(value, str):
-            parts = [p for p in value.replace(",", "_").split("_") if p]
-            elem_type = type(default[0]) if default else float
-            return tuple(elem_type(p) for p in parts)
-        return tuple(value)
-    if isinstance(default, bool):
-        if isinstance(value, str):
-            if value.lower() in {"true", "1", "yes"}:
-                return True
-            if value.lower() in {"false", "0", "no"}:
-                return False
-            raise ValueError(f"{where}: expected a boolean, got {value!r}")
-        return bool(value)
-    if isinstance(default, float) and isinstance(value, (int, float, str)):
-        return float(value)
-    if isinstance(default, int) and isinstance(value, (int, str)) and not isinstance(value, bool):
-        return int(value)
-    return value
-
-
-def _update_dataclass(obj: Any, values: dict[str, Any], section: str) -> None:
-    names = {f.name: f for f in dataclasses.fields(obj)}
-    for name, value in values.items():
-        if name not in names:
-            raise KeyError(f"unknown field {name!r} in config section {section!r}; known: {sorted(names)}")
-        setattr(obj, name, _coerce(value, getattr(obj, name), f"{section}.{name}"))
-
-
 #: Config fields holding paths to files or folders: :func:`notebook_config` resolves them against the
 #: project root (:func:`distilvpr_lib.paths.project_path`).
 PATH_FIELDS: tuple[str, ...] = ("data.dataset_dir", "data.image_dir", "data.image_cache_dir",
@@ -586,3 +658,170 @@ def notebook_config(profile: str, settings: Mapping[str, Any] | None = None,
         if value is not None and value != HUB_WEIGHTS:
             setattr(getattr(cfg, section), field_name, str(project_path(value)))
     return cfg
+
+
+# ---------------------------------------------------------------------------
+# Default folders of a profile (notebooks and commands): one source
+# ---------------------------------------------------------------------------
+#: The grid file (relative to the project root) whose batch is a profile's default batch folder (notebook 04).
+PROFILE_GRIDS: dict[str, str] = {
+    "smoke": "ablations/smoke.yaml",
+    "cpu": "ablations/distilvpr.yaml",
+    "study": "ablations/study.yaml",
+}
+#: Root folder of run folders and batches (relative to the project root).
+RUNS_ROOT: str = "runs"
+#: Root folder of teacher folders (relative to the project root).
+TEACHERS_ROOT: str = "teacher_weights"
+
+
+@dataclass(frozen=True)
+class ProfileFolders:
+    """The folders a profile's notebooks and commands use when none is given (relative to the project root).
+
+    Attributes:
+        dataset: the profile's ``data.dataset_dir``.
+        teacher: the teacher folder (``teacher_weights/<profile>``), written by notebook 02 / ``train-teacher``.
+        teacher_run: notebook 02's figures and metrics (``runs/teacher-<profile>``).
+        distill_run: notebook 03's student run (``runs/distill-<profile>``).
+        batch: the batch folder of the profile's grid (:data:`PROFILE_GRIDS`, ``runs/<grid name>``), read by
+            notebook 04; ``None`` when the profile has no grid.
+        grid: that grid file, or ``None``.
+        browser: notebook 05's pictures (``runs/browser-<profile>``).
+    """
+
+    dataset: str
+    teacher: str
+    teacher_run: str
+    distill_run: str
+    batch: str | None
+    grid: str | None
+    browser: str
+
+
+def profile_folders(profile: str) -> ProfileFolders:
+    """The default folders of ``profile`` (see :class:`ProfileFolders`); reads the grid file for its name.
+
+    Raises:
+        KeyError: unknown profile (the message lists the known ones).
+    """
+    cfg = profile_config(profile)
+    grid = PROFILE_GRIDS.get(profile)
+    batch = None
+    if grid is not None:
+        import yaml
+
+        path = project_path(grid)
+        raw = yaml.safe_load(path.read_text()) if path.is_file() else {}
+        batch = f"{RUNS_ROOT}/{(raw or {}).get('name') or Path(grid).stem}"
+    return ProfileFolders(dataset=cfg.data.dataset_dir, teacher=f"{TEACHERS_ROOT}/{profile}",
+                          teacher_run=f"{RUNS_ROOT}/teacher-{profile}", distill_run=f"{RUNS_ROOT}/distill-{profile}",
+                          batch=batch, grid=grid, browser=f"{RUNS_ROOT}/browser-{profile}")
+
+
+def profile_path(profile: str, kind: str, given: str | os.PathLike[str] | None = None,
+                 existing: bool = False) -> Path | None:
+    """A notebook's folder parameter: ``given`` when set, else the profile's folder ``kind`` (a field of
+    :class:`ProfileFolders`); resolved against the project root (:func:`distilvpr_lib.paths.project_path`).
+
+    Args:
+        profile: a profile name.
+        kind: ``teacher`` | ``teacher_run`` | ``distill_run`` | ``batch`` | ``browser`` | ``dataset`` | ``grid``.
+        given: the parameter; ``None`` means "the profile's", ``""`` means "none" (``None`` is returned).
+        existing: the profile's folder only when it exists (else ``None``); a given path is returned as is.
+
+    Raises:
+        ValueError: the profile has no such folder (``batch`` of a profile without a grid).
+
+    >>> profile_path("smoke", "teacher") == project_path("teacher_weights/smoke")
+    True
+    """
+    if given is not None:
+        return project_path(given)
+    folders = profile_folders(profile)
+    if kind not in {f.name for f in dataclasses.fields(folders)}:
+        raise KeyError(f"unknown folder kind {kind!r}; known: {[f.name for f in dataclasses.fields(folders)]}")
+    path = project_path(getattr(folders, kind))
+    if path is None and not existing:
+        raise ValueError(f"profile {profile!r} has no default {kind} folder (config.PROFILE_GRIDS names the grids "
+                         f"of {sorted(PROFILE_GRIDS)}): give the folder")
+    if existing and path is not None and not path.exists():
+        return None
+    return path
+
+
+def config_changes(cfg: ExperimentConfig, profile: str | None = None) -> dict[str, tuple[Any, Any]]:
+    """What ``cfg`` sets differently from its profile: ``{"section.field": (profile value, value)}``, sorted.
+
+    Path fields (:data:`PATH_FIELDS`) are compared resolved against the project root, so an absolute path that
+    names the profile's folder is not a change.
+
+    Args:
+        cfg: the config of a run.
+        profile: the profile to compare with (default ``cfg.profile``).
+    """
+    base = profile_config(profile or cfg.profile).to_dict()
+    this = cfg.to_dict()
+    changes: dict[str, tuple[Any, Any]] = {}
+    for section in sorted(k for k, v in this.items() if isinstance(v, dict)):
+        for name in sorted(this[section]):
+            old, new = base.get(section, {}).get(name), this[section][name]
+            key = f"{section}.{name}"
+            if key in PATH_FIELDS and old is not None and new is not None and old != HUB_WEIGHTS:
+                if project_path(old) == project_path(new):
+                    continue
+            if old != new:
+                changes[key] = (old, new)
+    return changes
+
+
+# ---------------------------------------------------------------------------
+# The config keys, their defaults and help (``distilvpr list config``): read from this module's dataclasses
+# ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ConfigField:
+    """One ``section.field`` of :class:`ExperimentConfig`: its type, default (the dataclass's, or a profile's)
+    and help (the ``#:`` comment above the field, or the comment after it)."""
+
+    key: str
+    type: str
+    default: Any
+    help: str
+
+
+def _field_comments(cls: type) -> dict[str, str]:
+    """``{field: comment}`` from the source of a config dataclass (``#:`` lines above a field, else the
+    trailing ``# ...`` on its line)."""
+    import inspect
+
+    comments: dict[str, str] = {}
+    pending: list[str] = []
+    for line in inspect.getsource(cls).splitlines()[1:]:
+        text = line.strip()
+        if text.startswith("#:"):
+            pending.append(text[2:].strip())
+            continue
+        if ":" in text and not text.startswith(("#", '"', "def ", "@")) and text.split(":")[0].isidentifier():
+            name = text.split(":")[0]
+            trailing = text.split("#", 1)[1].strip() if "#" in text and "#:" not in text else ""
+            comments[name] = " ".join(pending) or trailing
+        if not text.startswith("#"):
+            pending = []
+    return comments
+
+
+def config_fields(profile: str | None = None) -> list[ConfigField]:
+    """Every ``section.field`` of :class:`ExperimentConfig`, in declaration order, with its default (the
+    dataclass default, or ``profile``'s value) and its help text from the source comments."""
+    cfg = profile_config(profile) if profile else ExperimentConfig()
+    fields: list[ConfigField] = []
+    for section in dataclasses.fields(cfg):
+        obj = getattr(cfg, section.name)
+        if not dataclasses.is_dataclass(obj):
+            continue
+        comments = _field_comments(type(obj))
+        for f in dataclasses.fields(obj):
+            type_name = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+            fields.append(ConfigField(f"{section.name}.{f.name}", type_name, getattr(obj, f.name),
+                                      comments.get(f.name, "")))
+    return fields

@@ -118,8 +118,11 @@ def run_demo(profile: str = "cpu", out_root: str | Path = "runs", data_root: str
         grid.seeds = grid.seeds[:2]
     summary = run_batch(grid, out_root=demo_dir)
     print(summary)
-    if summary.n_failed:
-        raise SystemExit(f"demo: {summary.n_failed} student run(s) failed; see {summary.batch_dir}/*/status.json")
+    if summary.signum is not None:
+        raise SystemExit(128 + summary.signum)  # stopped by Ctrl-C / SIGTERM: re-running the demo resumes
+    if summary.n_failed or summary.n_stale:
+        raise SystemExit(f"demo: {summary.n_failed} student run(s) failed, {summary.n_stale} stale (completed with "
+                         f"other parameters; see docs/GRIDS.md); see {summary.batch_dir}/*/status.json")
     nokd_dir = summary.batch_dir / f"nokd__seed{grid.seeds[0]}"
     distil_dir = summary.batch_dir / f"distilvpr__seed{grid.seeds[0]}"
     timings["03 batch"] = time.time() - t
@@ -164,7 +167,7 @@ def write_report(demo_dir: Path, teacher: Path, nokd_dir: Path, distil_dir: Path
                   pd.read_csv(study_csv, index_col=0, dtype=str, keep_default_na=False).to_markdown(), "",
                   "This is a reduced run of the question (few seeds, a small undertrained setting). The full "
                   "study — profile `study`, a visual prior, a stronger teacher, >= 5 seeds, diagnostics — is "
-                  "`make study` (README, section \"Study\", where distilvpr_norm was chosen on validation).", ""]
+                  "`make study` (docs/study/LOG.md, where distilvpr_norm was chosen on validation).", ""]
     executed = step_seconds(demo_dir)
     lines += ["## Timings", "", "Wall time of this invocation of the demo (steps already done were skipped):", "",
               *[f"- {k}: {v:.0f} s" for k, v in timings.items()], "",

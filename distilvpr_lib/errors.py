@@ -7,7 +7,9 @@ All of them derive from :class:`DistilVPRError`, whose ``str()`` is one line::
 The command line (:mod:`distilvpr_lib.cli`) prints exactly that line after ``error: `` and exits with
 the error's :attr:`~DistilVPRError.exit_code`: **1** for bad data, weights or run folders, **2** for bad
 options. Notebooks see the same line as the exception's message (and :func:`format_error` gives it
-for any exception). No message of the project ever suggests ``torch.load(weights_only=False)``:
+for any exception); :func:`show_errors_in_one_line`, called in each notebook's first import cell, makes a
+failing cell show just that line (the traceback with ``DISTILVPR_DEBUG=1``). Ctrl-C and SIGTERM stop a
+command alike (:class:`RunInterrupted`). No message of the project ever suggests ``torch.load(weights_only=False)``:
 :func:`describe_torch_load_error` rewrites torch's advice into what the file's problem is.
 
 This module sits at the bottom of the layers (next to ``config``): ``data``, ``models``, ``engine``,
@@ -17,6 +19,7 @@ is the same class, re-exported where it was first defined.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -95,6 +98,32 @@ class RunFolderError(DistilVPRError, RuntimeError):
     """An output folder cannot be used: not writable, a file, held by another process, of another config."""
 
 
+class DiskFullError(RunFolderError):
+    """A write failed because the disk (or the quota) is full; the message names the file and the space needed."""
+
+
+def disk_full_error(path: PathLike, needed: int | None = None, reason: str | None = None) -> DiskFullError:
+    """``<path>: disk full: writing it needs N bytes, M free (<reason>) (what to do)`` for a failed write of ``path``.
+
+    ``needed``: the bytes the write needed, when known; the free space is read from the disk holding ``path``.
+    """
+    import shutil
+
+    path = Path(path)
+    free: int | None = None
+    with contextlib.suppress(OSError):
+        free = shutil.disk_usage(next((p for p in (path.parent, *path.parents) if p.exists()), Path("."))).free
+    parts = []
+    if needed is not None:
+        parts.append(f"writing it needs {needed:,} bytes")
+    if free is not None:
+        parts.append(f"{free:,} bytes free")
+    detail = ", ".join(parts)
+    problem = "disk full" + (f": {detail}" if detail else "") + (f" ({reason})" if reason else "")
+    return DiskFullError(problem, path=path, hint="free space on that disk, or write elsewhere; the previous "
+                                                  "version of the file (if any) is unchanged, and a rerun resumes")
+
+
 class RunFolderLockedError(RunFolderError):
     """Another process is writing the same run folder (its lock file names the process)."""
 
@@ -103,6 +132,42 @@ class OptionError(DistilVPRError, ValueError):
     """A bad command-line option or config value (exit status 2)."""
 
     exit_code = EXIT_BAD_OPTIONS
+
+
+class UnknownProfileError(OptionError, KeyError):
+    """A profile name that :data:`distilvpr_lib.config.PROFILES` does not hold (also a ``KeyError``)."""
+
+
+class GridError(OptionError):
+    """A grid file (``distilvpr batch``) is malformed or asks for something its notebook does not take.
+
+    The message names the grid file, the variation and the parameter (exit status 2).
+    """
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """A run stopped by a signal: SIGINT (Ctrl-C) or SIGTERM (what a cluster scheduler sends).
+
+    A ``KeyboardInterrupt``, so every ``except KeyboardInterrupt`` (the CLI's one line, the run folder's
+    ``status: interrupted`` record) treats SIGTERM as it treats Ctrl-C.
+
+    Attributes:
+        signum: the signal's number.
+    """
+
+    def __init__(self, signum: int) -> None:
+        self.signum = int(signum)
+        super().__init__(signal_name(self.signum))
+
+
+def signal_name(signum: int) -> str:
+    """``"SIGINT"`` / ``"SIGTERM"`` / ... for a signal number (``"signal N"`` when unknown)."""
+    import signal
+
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
 
 
 # ---------------------------------------------------------------------------
@@ -144,6 +209,11 @@ def describe_os_error(exc: OSError) -> DistilVPRError:
     """A one-line project error for an ``OSError`` (permission denied, disk full, not a folder, ...)."""
     where = exc.filename if exc.filename is not None else None
     code = exc.errno
+    if code in (errno.ENOSPC, errno.EDQUOT) and where is not None:
+        return disk_full_error(where, reason=exc.strerror)
+    if code == errno.ELOOP:
+        return DataFormatError("symlink loop (a symbolic link that points, through others, back to itself)",
+                               path=where, hint="remove or fix the link")
     hints = {
         errno.EACCES: "check the permissions, or choose another folder",
         errno.EPERM: "check the permissions, or choose another folder",
@@ -187,3 +257,44 @@ def debug_requested(argv: list[str] | None = None) -> bool:
     if argv is not None and "--debug" in argv:
         return True
     return os.environ.get(DEBUG_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+# ---------------------------------------------------------------------------
+# Notebooks: the workbook's errors as one line
+# ---------------------------------------------------------------------------
+def one_line_traceback(exc: BaseException) -> list[str]:
+    """What a notebook cell shows for a workbook error: ``["<ErrorType>: <file>: <problem> (<hint>)"]``."""
+    return [f"{type(exc).__name__}: {format_error(exc)}"]
+
+
+def show_errors_in_one_line() -> bool:
+    """In a notebook, show the workbook's own errors (:class:`DistilVPRError`) as their one-line message.
+
+    Registers an IPython custom exception handler (``get_ipython().set_custom_exc``): a failing cell then
+    shows ``DataFormatError: <file>: <problem> (<hint>)`` instead of a 15-40-line traceback, and papermill
+    (``distilvpr batch``) records that line. With ``DISTILVPR_DEBUG=1`` the full traceback is shown as
+    before. Other exceptions keep IPython's traceback (they are bugs, or inputs this project does not check).
+
+    Call it from a notebook's first code cell; outside IPython it does nothing.
+
+    Returns:
+        True when the handler was registered (running under IPython), else False.
+    """
+    try:
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover - notebooks always have IPython
+        return False
+    shell = get_ipython()
+    if shell is None:
+        return False
+
+    def handler(shell: Any, etype: type, value: BaseException, tb: Any, tb_offset: int | None = None) -> None:
+        if debug_requested():
+            lines = shell.InteractiveTB.structured_traceback(etype, value, tb, tb_offset=tb_offset)
+        else:
+            lines = one_line_traceback(value)
+        # IPython's hook for showing a traceback (ipykernel sends it as the cell's error output)
+        shell._showtraceback(etype, value, lines)
+
+    shell.set_custom_exc((DistilVPRError,), handler)
+    return True

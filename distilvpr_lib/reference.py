@@ -1,7 +1,7 @@
 """The reference DistilVPR command line (``tools/options.py``, docs/METHOD.md §9.1) mapped onto our config.
 
-``distilvpr train`` accepts the reference option names so that the commands of the DistilVPR
-README run as written (with ``python train.py`` replaced by ``distilvpr train``). Options the
+``distilvpr train`` accepts the reference option names so that the commands in the
+reference README run as written (with ``python train.py`` replaced by ``distilvpr train``). Options the
 reference accepts but never uses are accepted with a one-line note; unknown options are an error.
 
 Values not given on the command line come from the chosen ``--profile`` (default ``paper``,
@@ -42,6 +42,59 @@ _GEOMETRY_OPTIONS = {"crosslogitdistloss": "euclidean", "crosslogitsimloss": "sp
                      "crosslogitgeodistloss": "hyperbolic"}
 
 
+#: Reference options that set one config key each (``section.field``), their value taken as is.
+SIMPLE_OPTIONS: dict[str, str] = {
+    "dataset_folder": "data.dataset_dir", "image_path": "data.image_dir", "num_workers": "data.num_workers",
+    "image_lidar_k": "data.image_lidar_k", "bcs_aug_rate": "data.bcs_aug_rate",
+    "hue_aug_rate": "data.hue_aug_rate", "epochs": "train.epochs", "train_batch_size": "train.batch_size",
+    "val_batch_size": "train.eval_batch_size", "image_lr": "train.image_lr", "cloud_lr": "train.cloud_lr",
+    "weight_decay": "train.weight_decay", "milestones": "train.milestones", "margin": "train.margin",
+    "curvature": "distill.curvature", "minklocmm_image_fe": "model.image_backbone",
+    "minklocmm_image_fe_dim": "model.image_dim", "minklocmm_cloud_fe_dim": "model.cloud_dim",
+    "minklocmm_cloud_planes": "model.cloud_planes", "minklocmm_cloud_layers": "model.cloud_layers",
+    "minklocmm_cloud_topdown": "model.cloud_topdown", "student_model": "model.student_backbone",
+    "student_output_dim": "model.student_dim",
+}
+
+#: Help of the reference options that are not a plain config key (the others: "sets <key>").
+REFERENCE_HELP: dict[str, str] = {
+    "tryid": "run number appended to the experiment name (default 0)",
+    "train_batch_split_size": "must equal --train_batch_size (no batch splitting here)",
+    "oxford_quantization_size": "voxel size of Oxford clouds (data.quantization_size)",
+    "boreas_quantization_size": "voxel size of Boreas clouds (data.quantization_size; default 1.0)",
+    "distil_logit_weight": "factor on every cross-agent weight (default 1)",
+    "task_logit_weight": "factor on the student's task weight (train.student_task_weight = weights[0] x this)",
+    "rkdgloss_weight": "weight of the self-agent RKD-G term (distill.terms rkdg; with ours_rkdg / rkdg)",
+    "dataset": "oxford | oxfordadafusion | boreas (data.layout; default oxford)",
+    "teacher_weights_path": "teacher folder of this workbook or a reference .pth (imported into <out>/teacher)",
+    "model": "minklocmmcat only (the reference train.py's model)",
+    "minklocmm_image_useallstages": "False only (the ResNet stops after layer3)",
+    "distil_method": "ours_rkdg | ours | rkdg | nokd (default ours_rkdg)",
+    "train_mode": "train_student | train_teacher (default train_student)",
+    "logit_mapping_fn": "identity | topoincare | id_topoin: cross-agent relations on Poincare-mapped inputs",
+    "weights": "teacher triplet weights fused_cloud_image, '_'-separated (default 0.5_0.5_0)",
+    "normalize_embeddings": "True | False: accepted; evaluation normalises anyway",
+    "crosslogitsimloss_divide": "True | False: cosine relations divide by the norms (distill.cross_sim_divide)",
+}
+
+
+def _reference_help(name: str) -> str:
+    if name in SIMPLE_OPTIONS:
+        return f"sets {SIMPLE_OPTIONS[name]}"
+    if name in REFERENCE_HELP:
+        return REFERENCE_HELP[name]
+    for prefix, geometry in _GEOMETRY_OPTIONS.items():
+        if name == f"{prefix}_type":
+            return f"MSE | L1: loss of the cross-agent {geometry} relations (distill.cross_loss_type)"
+        if name == f"{prefix}_logit_norm_fn":
+            return f"normalisation before the cross-agent {geometry} relations (distill.cross_norm_fn)"
+        for direction in ("st2ss", "tt2st"):
+            if name == f"{prefix}_weight_{direction}":
+                return (f"weight of the cross-agent {geometry} {direction} term ('_'-separated pair with "
+                        "--logit_mapping_fn id_topoin)")
+    raise KeyError(f"reference option --{name} has no help")
+
+
 class ReferenceOptionError(ValueError):
     """A reference option has a value the workbook cannot honour (the message says why)."""
 
@@ -53,21 +106,21 @@ def add_reference_options(parser: argparse.ArgumentParser) -> None:
     for name in ("tryid", "num_workers", "epochs", "train_batch_size", "train_batch_split_size", "val_batch_size",
                  "image_lidar_k", "student_output_dim", "minklocmm_image_fe_dim", "minklocmm_cloud_fe_dim",
                  "minklocmm_cloud_topdown"):
-        g.add_argument(f"--{name}", type=int, **s)
+        g.add_argument(f"--{name}", type=int, help=_reference_help(name), **s)
     for name in ("oxford_quantization_size", "boreas_quantization_size", "distil_logit_weight", "task_logit_weight",
                  "rkdgloss_weight", "curvature", "image_lr", "cloud_lr", "weight_decay", "margin", "bcs_aug_rate",
                  "hue_aug_rate"):
-        g.add_argument(f"--{name}", type=float, **s)
+        g.add_argument(f"--{name}", type=float, help=_reference_help(name), **s)
     for name in ("dataset", "dataset_folder", "image_path", "teacher_weights_path", "model", "minklocmm_image_fe",
                  "minklocmm_cloud_planes", "minklocmm_cloud_layers", "minklocmm_image_useallstages",
                  "student_model", "distil_method", "train_mode", "logit_mapping_fn", "milestones", "weights",
                  "normalize_embeddings", "crosslogitsimloss_divide"):
-        g.add_argument(f"--{name}", type=str, **s)
+        g.add_argument(f"--{name}", type=str, help=_reference_help(name), **s)
     for prefix in _GEOMETRY_OPTIONS:
-        g.add_argument(f"--{prefix}_type", type=str, **s)
-        g.add_argument(f"--{prefix}_logit_norm_fn", type=str, **s)
-        g.add_argument(f"--{prefix}_weight_st2ss", type=str, **s)
-        g.add_argument(f"--{prefix}_weight_tt2st", type=str, **s)
+        g.add_argument(f"--{prefix}_type", type=str, help=_reference_help(f"{prefix}_type"), **s)
+        g.add_argument(f"--{prefix}_logit_norm_fn", type=str, help=_reference_help(f"{prefix}_logit_norm_fn"), **s)
+        g.add_argument(f"--{prefix}_weight_st2ss", type=str, help=_reference_help(f"{prefix}_weight_st2ss"), **s)
+        g.add_argument(f"--{prefix}_weight_tt2st", type=str, help=_reference_help(f"{prefix}_weight_tt2st"), **s)
     u = parser.add_argument_group("reference options accepted but unused by the reference code")
     for name in UNUSED_OPTIONS:
         u.add_argument(f"--{name}", type=str, default=None, help=argparse.SUPPRESS)
@@ -120,17 +173,7 @@ def resolve_reference_options(args: argparse.Namespace, profile: str = "paper",
         o["data.quantization_size"] = given[quant_option]
     elif dataset == Layout.BOREAS:
         o["data.quantization_size"] = 1.0
-    simple = {"dataset_folder": "data.dataset_dir", "image_path": "data.image_dir", "num_workers": "data.num_workers",
-              "image_lidar_k": "data.image_lidar_k", "bcs_aug_rate": "data.bcs_aug_rate",
-              "hue_aug_rate": "data.hue_aug_rate", "epochs": "train.epochs", "train_batch_size": "train.batch_size",
-              "val_batch_size": "train.eval_batch_size", "image_lr": "train.image_lr", "cloud_lr": "train.cloud_lr",
-              "weight_decay": "train.weight_decay", "milestones": "train.milestones", "margin": "train.margin",
-              "curvature": "distill.curvature", "minklocmm_image_fe": "model.image_backbone",
-              "minklocmm_image_fe_dim": "model.image_dim", "minklocmm_cloud_fe_dim": "model.cloud_dim",
-              "minklocmm_cloud_planes": "model.cloud_planes", "minklocmm_cloud_layers": "model.cloud_layers",
-              "minklocmm_cloud_topdown": "model.cloud_topdown", "student_model": "model.student_backbone",
-              "student_output_dim": "model.student_dim"}
-    for option, key in simple.items():
+    for option, key in SIMPLE_OPTIONS.items():
         if option in given:
             o[key] = given[option]
     if "train_batch_split_size" in given and given["train_batch_split_size"] != given.get(

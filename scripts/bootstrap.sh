@@ -54,8 +54,8 @@ fi
 PIP="$VENV/bin/python -m pip"
 log "installing torch 2.14.1 + torchvision 0.29.1 (local wheels where present)"
 $PIP install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
-log "installing the workbook with its extras (notebooks, dev, faiss)"
-$PIP install -q --disable-pip-version-check -e ".[notebooks,dev,faiss]"
+log "installing the workbook with its extras (notebooks, dev, faiss, cluster)"
+$PIP install -q --disable-pip-version-check -e ".[notebooks,dev,faiss,cluster]"
 "$VENV/bin/python" -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (distilvpr)" >/dev/null
 configure_notebook_filter
 

@@ -165,6 +165,6 @@ def teacher_run_worker(out_dir: str, dataset: str, epochs: int) -> None:
     teacher_cache.TeacherCache.save = cache_save
     cfg = apply_overrides(profile_config("smoke"), {
         "data.dataset_dir": dataset, "train.epochs": epochs, "train.device": "cpu",
-        "data.augment_clouds": False, "data.augment_images": False})
+        "data.augment_clouds": False, "data.augment_images": False, "train.keep_checkpoints": True})
     metrics = teacher_run.train_teacher(cfg, Path(out_dir) / "teacher", progress=False)
     (Path(out_dir) / f"metrics_rank{rank}.json").write_text(json.dumps(metrics, default=str))

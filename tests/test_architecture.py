@@ -87,6 +87,7 @@ LONG_MODULES: dict[str, str] = {
     "distilvpr_lib/data/synth/camera.py": "the software camera renderer (ray casting, shading, sky, noise)",
     "distilvpr_lib/models/sparse/torch_backend.py": "the pure-PyTorch sparse convolution backend",
     "distilvpr_lib/engine/train/distributed.py": "torch.distributed support (contexts, gathers, global batch norm)",
+    "distilvpr_lib/config.py": "the one source of defaults: the config dataclasses, the profiles, overrides, method names",
 }
 
 

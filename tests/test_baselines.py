@@ -209,3 +209,26 @@ def test_registry_docstrings_cite_formulas():
     for name, cls in LOSSES.items():
         assert cls.__doc__ and len(cls.__doc__) > 80, name
         assert cls.name == name
+
+
+def test_dimension_free_is_what_each_loss_accepts():
+    """``DistillLoss.dimension_free`` (what Distiller.dimension_free reads) matches what each loss's forward
+    accepts: a (B, 8) student against a (B, 12) teacher runs exactly for the dimension-free losses."""
+    from distilvpr_lib.config import DistillConfig
+    from distilvpr_lib.losses.registry import LOSSES
+
+    torch.manual_seed(0)
+    student, teacher = torch.randn(6, 8), torch.randn(6, 12)
+    positives = torch.zeros(6, 6, dtype=torch.bool)
+    positives[0, 1] = positives[1, 0] = True
+    negatives = ~positives & ~torch.eye(6, dtype=torch.bool)
+    free = set()
+    for name, cls in LOSSES.items():
+        loss = cls.from_config(DistillConfig())
+        try:
+            loss(student, teacher, positives, negatives)
+        except ValueError:
+            continue
+        free.add(name)
+    assert free == {name for name, cls in LOSSES.items() if cls.dimension_free}
+    assert free == {"rkdg", "rkdg2", "rkd", "pkt", "sp"}

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from distilvpr_lib.batch import Grid, GridError, collect_batch, run_batch
+from distilvpr_lib.batch_records import UNSET
 from distilvpr_lib.cli import main
 
 
@@ -88,3 +89,40 @@ def test_batch_cli_exit_status_reports_failures(tmp_path: Path, capsys: pytest.C
     code = main(["batch", str(_grid(tmp_path)), "--out", str(tmp_path / "runs"), "--only", "broken__seed0"])
     assert code == 1
     assert "0 succeeded, 0 skipped (already done), 1 failed" in capsys.readouterr().out
+
+
+def _finished_run(run_dir: Path, parameters: dict, status: str = "ok") -> None:
+    run_dir.mkdir(parents=True)
+    (run_dir / "parameters.yaml").write_text(yaml.safe_dump({**parameters, "out": str(run_dir)}))
+    (run_dir / "status.json").write_text(json.dumps({"status": status}))
+    (run_dir / "metrics.json").write_text("{}")
+
+
+def test_plan_skips_same_parameters_reports_stale_and_moves_changed_runs_aside(tmp_path: Path) -> None:
+    """A finished run is skipped only with the grid's parameters; otherwise stale (left alone) unless re-run
+    is asked, and a folder about to be re-run with other parameters is moved aside first (never mixed)."""
+    from distilvpr_lib.batch import RunSpec, plan_runs
+
+    batch = tmp_path / "toy"
+    _finished_run(batch / "same__seed0", {"x": 2, "seed": 0})
+    _finished_run(batch / "edited__seed0", {"x": 2, "epochs": 3, "seed": 0})
+    _finished_run(batch / "failed__seed0", {"x": 1, "seed": 0}, status="failed")
+    runs = [RunSpec("same__seed0", {"x": 2, "seed": 0}), RunSpec("edited__seed0", {"x": 3, "seed": 0}),
+            RunSpec("failed__seed0", {"x": 5, "seed": 0}), RunSpec("new__seed0", {"x": 1, "seed": 0})]
+
+    decided, todo = plan_runs(runs, batch)
+    assert [(o.name, o.status) for o in decided] == [("same__seed0", "skipped"), ("edited__seed0", "stale")]
+    assert decided[1].changes == {"epochs": (3, UNSET),
+                                  "x": (2, 3)}
+    assert [spec.name for spec, _, _ in todo] == ["failed__seed0", "new__seed0"]
+    (_, failed_dir, replaced), (_, _, none) = todo
+    assert none is None and replaced is not None and replaced.changes == {"x": (1, 5)}
+    assert not failed_dir.exists() and replaced.replaced.parent == batch / ".stale"
+    assert (replaced.replaced / "parameters.yaml").is_file()
+    assert (batch / "edited__seed0" / "metrics.json").is_file(), "a stale run is left as it is without the flag"
+
+    decided, todo = plan_runs(runs[:2], batch, rerun_stale=True)
+    assert [(o.name, o.status) for o in decided] == [("same__seed0", "skipped")]
+    ((spec, run_dir, replaced),) = todo
+    assert spec.name == "edited__seed0" and not run_dir.exists()
+    assert sorted(p.name.split(".")[0] for p in (batch / ".stale").iterdir()) == ["edited__seed0", "failed__seed0"]

@@ -320,27 +320,6 @@ def test_readme_block_matches_the_records() -> None:
         "README.md's benchmark block is stale: paste `distilvpr benchmark answer` between its markers"
 
 
-def test_dataset_fingerprint(tmp_path: Path) -> None:
-    from distilvpr_lib.data.fingerprint import dataset_fingerprint
-
-    a = tmp_path / "a"
-    (a / "sub").mkdir(parents=True)
-    (a / "x.bin").write_bytes(b"\x00\x01")
-    (a / "sub" / "y.csv").write_text("1,2\n")
-    first = dataset_fingerprint(a)
-    (a / ".cache").mkdir()
-    (a / ".cache" / "images.npy").write_bytes(b"cache")  # a cache written by a student run: not the dataset
-    assert dataset_fingerprint(a) == first
-    b = tmp_path / "b"
-    shutil.copytree(a, b)
-    assert dataset_fingerprint(b) == first  # content, not place
-    (b / "sub" / "y.csv").write_text("1,3\n")
-    assert dataset_fingerprint(b) != first
-    (b / "sub" / "y.csv").write_text("1,2\n")
-    (b / "sub" / "y.csv").rename(b / "sub" / "z.csv")
-    assert dataset_fingerprint(b) != first
-
-
 @pytest.mark.slow
 @pytest.mark.notebooks
 def test_report_notebook_renders_the_records(tmp_path: Path, monkeypatch) -> None:

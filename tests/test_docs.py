@@ -23,7 +23,7 @@ def _tracked_text_files() -> list[Path]:
     listed = subprocess.run(["git", "-C", str(REPO), "ls-files"], capture_output=True, text=True).stdout.split()
     paths = [REPO / p for p in listed] if listed else list(REPO.glob("**/*.py"))
     return [p for p in paths if p.suffix in {".py", ".md", ".yaml", ".ipynb", ".toml"} and p.is_file()
-            and p.name not in {"METHOD.md", "HELPERS.md", Path(__file__).name}]
+            and p.name not in {"METHOD.md", "CONTRIBUTING.md", Path(__file__).name}]
 
 
 def test_every_cited_method_section_exists() -> None:

@@ -125,7 +125,8 @@ def test_cli_unexpected_and_os_errors_are_one_line(monkeypatch, capsys, tmp_path
     _boundary_command(monkeypatch, OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x.pt")))
     assert main(["check-data", "/d"]) == 1
     err = capsys.readouterr().err
-    assert err == f"error: {tmp_path / 'x.pt'}: No space left on device (the disk is full: free space or write elsewhere)\n"
+    assert err.startswith(f"error: {tmp_path / 'x.pt'}: disk full: ") and err.count("\n") == 1
+    assert "bytes free (No space left on device)" in err and "free space on that disk" in err
     _boundary_command(monkeypatch, TypeError("unsupported operand"))
     assert main(["check-data", "/d"]) == 1
     err = capsys.readouterr().err
@@ -272,8 +273,10 @@ def test_guarded_run_locks_cleans_stale_temp_files_and_records_failure(tmp_path:
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["status"] == "failed" and metrics["error"] == "/d/t.pickle: bad entry"
     check_not_locked(out)  # released
+    assert not (out / ".distilvpr.lock").exists()  # and its file removed
     with RunFolderLock(out):
-        pass
+        assert (out / ".distilvpr.lock").is_file()
+    assert not (out / ".distilvpr.lock").exists()
 
 
 def test_preflight_out_dir_refuses_a_file_and_writes_nothing(tmp_path: Path) -> None:

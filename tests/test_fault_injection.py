@@ -281,10 +281,21 @@ def test_reference_run_files_follow_the_umask_and_leave_no_temp_files(reference_
     expected = 0o666 & ~current_umask()
     files = [p for p in reference_teacher.rglob("*") if p.is_file()]
     assert not [p for p in files if is_temp_file(p)]
-    for name in ("teacher.pt", "config.json", "metrics.json", "teacher_cache.pt", "test_results.npz",
-                 "checkpoints/last.pt", "checkpoints/best.pt"):
+    for name in ("teacher.pt", "config.json", "metrics.json", "teacher_cache.pt", "test_results.npz", "run.log",
+                 "summary.json"):
         assert (reference_teacher / name).stat().st_mode & 0o777 == expected, name
     assert json.loads((reference_teacher / "metrics.json").read_text())["status"] == "complete"
+
+
+def test_a_complete_smoke_run_folder_is_lean(reference_teacher: Path) -> None:
+    """The selected weights once, no resume state, no lock left: <= 20 MB at the smoke profile."""
+    from distilvpr_lib.data.files import file_sha256
+
+    files = [p for p in reference_teacher.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) <= 20 * 2**20
+    assert not (reference_teacher / "checkpoints").exists() and not (reference_teacher / ".distilvpr.lock").exists()
+    digests = [file_sha256(p) for p in files if p.suffix == ".pt"]
+    assert len(digests) == len(set(digests)), "the same weights stored twice"
 
 
 def _copy_teacher(reference: Path, tmp_path: Path) -> Path:
@@ -422,8 +433,9 @@ def test_second_writer_of_the_same_out_is_refused(smoke_dataset: Path, tmp_path:
     with RunFolderLock(out):  # this test process stands for a run in progress
         proc = distilvpr("train-teacher", "--dataset", str(smoke_dataset), "--out", str(out), *TEACHER_ARGS)
         line = assert_one_line_error(proc, out)
+        assert sorted(p.name for p in out.iterdir()) == [".distilvpr.lock"]  # nothing else was written
     assert f"is being written by process {os.getpid()}" in line
-    assert sorted(p.name for p in out.iterdir()) == [".distilvpr.lock"]  # nothing else was written
+    assert list(out.iterdir()) == []  # the holder's lock file goes with it
 
 
 def test_failure_after_the_start_records_status_failed(smoke_dataset: Path, tmp_path: Path) -> None:

@@ -228,6 +228,24 @@ def _tree(folder: Path) -> dict[str, tuple[int, int]]:
     return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
 
 
+def _image_cells(nb: nbformat.NotebookNode) -> list[str]:
+    """Sources of the code cells that hold an ``image/png`` output."""
+    return [c.source for c in _code_cells(nb) if any("image/png" in o.get("data", {}) for o in c.outputs)]
+
+
+def _assert_figures_shown(nb: nbformat.NotebookNode, name: str) -> None:
+    """Every unconditional ``show_figure(...)`` call shows an image in its cell; no cell shows a path instead of a
+    figure; no progress bar is a widget (its state is not saved: a copy would show it frozen at 0 %)."""
+    for cell in _code_cells(nb):
+        calls = [line for line in cell.source.splitlines() if line.startswith("show_figure(")]
+        images = [o for o in cell.outputs if "image/png" in o.get("data", {})]
+        assert len(images) >= len(calls), f"{name}: cell {cell.id} shows {len(images)} of its {len(calls)} figures"
+        for output in cell.outputs:
+            data = output.get("data", {})
+            assert "PosixPath(" not in data.get("text/plain", ""), f"{name}: cell {cell.id} shows a path"
+            assert "application/vnd.jupyter.widget-view+json" not in data, f"{name}: cell {cell.id} has a widget"
+
+
 def _papermill_in_notebooks_folder(name: str, work: Path, params: dict) -> nbformat.NotebookNode:
     import yaml
 
@@ -259,23 +277,24 @@ def test_every_notebook_runs_from_the_notebooks_folder_with_relative_paths(smoke
     try:
         (root / "data").symlink_to(smoke_dataset, target_is_directory=True)  # read-only session dataset
         dataset, teacher = str(rel / "data"), str(rel / "teacher")
-        _papermill_in_notebooks_folder("01_data_exploration", tmp_path, {
+        executed: dict[str, nbformat.NotebookNode] = {}
+        executed["01_data_exploration"] = _papermill_in_notebooks_folder("01_data_exploration", tmp_path, {
             "dataset": dataset, "generate": False, "realism_limit": 20, "out": str(rel / "01")})
-        _papermill_in_notebooks_folder("02_teacher_training", tmp_path, {
+        executed["02_teacher_training"] = _papermill_in_notebooks_folder("02_teacher_training", tmp_path, {
             "dataset": dataset, "profile": "smoke", "epochs": 1, "teacher_dir": teacher, "out": str(rel / "02")})
         grid = Grid(name="batch", notebook=NOTEBOOK_DIR / "03_distillation.ipynb", seeds=[0],
                     base={"dataset": dataset, "teacher": teacher, "profile": "smoke", "epochs": 1},
                     variations=[{"name": "nokd", "method": "nokd"}, {"name": "distilvpr", "method": "distilvpr"}])
         summary = run_batch(grid, out_root=root, progress=False)  # the batch runner also starts kernels in notebooks/
         assert [o.status for o in summary.outcomes] == ["ok", "ok"], [o.error for o in summary.outcomes]
+        executed["03_distillation"] = nbformat.read(root / "batch" / "distilvpr__seed0" / "notebook.ipynb", 4)
         # a per-run record of seed 1, made elsewhere (no folder here): its rows join the tables
         (root / "recorded.csv").write_text("variation,seed,best_epoch,val_AR@1,test_AR@1,test_AR@5,test_AR@1%\n"
                                            "nokd,1,1,10.0,9.0,30.0,20.0\ndistilvpr,1,1,12.0,11.0,31.0,21.0\n")
-        _papermill_in_notebooks_folder("04_ablation_analysis", tmp_path, {"batch": str(rel / "batch"),
-                                                                          "teacher": teacher, "out": str(rel / "04"),
-                                                                          "relation_seeds": 0,
-                                                                          "recorded_runs": str(rel / "recorded.csv")})
-        _papermill_in_notebooks_folder("05_retrieval_browser", tmp_path, {
+        executed["04_ablation_analysis"] = _papermill_in_notebooks_folder("04_ablation_analysis", tmp_path, {
+            "batch": str(rel / "batch"), "teacher": teacher, "out": str(rel / "04"), "relation_seeds": 0,
+            "recorded_runs": str(rel / "recorded.csv")})
+        executed["05_retrieval_browser"] = _papermill_in_notebooks_folder("05_retrieval_browser", tmp_path, {
             "dataset": dataset, "models": {"no-KD": str(rel / "batch" / "nokd__seed0")},
             "results": {"teacher": str(rel / "teacher" / "test_results.npz")},
             "n_queries": 1, "top_k": 3, "interactive": False, "out": str(rel / "05")})
@@ -283,6 +302,15 @@ def test_every_notebook_runs_from_the_notebooks_folder_with_relative_paths(smoke
         executed = _papermill_in_notebooks_folder("06_benchmark_report", tmp_path, {
             "spec": "ablations/benchmark_smoke.yaml", "records": str(rel / "records"), "out": str(rel / "06")})
         assert "No benchmark rows committed yet" in str(executed.cells), "06 does not say that no rows exist"
+
+        # every figure inline (02, 03 and 04 also save them), no path or frozen bar shown in its place
+        for name, nb in executed.items():
+            _assert_figures_shown(nb, name)
+        assert len(_image_cells(executed["02_teacher_training"])) == 2  # training curves, embedding projection
+        assert len(_image_cells(executed["03_distillation"])) == 1  # the training curves
+        shown = "\n".join(_image_cells(executed["04_ablation_analysis"]))
+        assert all(f in shown for f in ("ablation_bars", "forest_plot", "epoch_curves")), shown
+        assert len(_image_cells(executed["01_data_exploration"])) >= 4
 
         for step in ("01", "02", "04", "05"):
             assert (root / step / "metrics.json").is_file(), f"notebook {step} wrote no metrics under {rel}"
@@ -329,3 +357,152 @@ def test_every_notebook_runs_from_the_notebooks_folder_with_relative_paths(smoke
         shutil.rmtree(root, ignore_errors=True)
     after = _tree(NOTEBOOK_DIR)
     assert after == before, f"written under notebooks/: {sorted(set(after) ^ set(before))}"
+
+
+# ---------------------------------------------------------------------------
+# Defaults that follow the profile (fast)
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_parameters_name_no_profile_specific_folder(name: str) -> None:
+    """A folder default that belongs to one profile (``teacher_weights/cpu``, ``runs/distill-cpu``, ``data/cpu``)
+    would be wrong at every other profile: such defaults are ``None`` and come from ``config.profile_folders``."""
+    from distilvpr_lib.config import PROFILES
+
+    for param, value in _parameters(_notebook(name)).items():
+        for node in ast.walk(value):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and param != "profile":
+                parts = re.split(r"[/_\-.]", node.value)
+                assert not set(parts) & set(PROFILES), f"{name}: parameter {param} = {node.value!r} names a profile"
+
+
+@pytest.mark.parametrize("name", ["02_teacher_training", "03_distillation", "04_ablation_analysis",
+                                  "05_retrieval_browser"])
+def test_folder_parameters_default_to_none_and_profile_is_a_parameter(name: str) -> None:
+    params = _parameters(_notebook(name))
+    assert "profile" in params
+    folders = {"teacher_dir", "teacher", "out", "batch", "dataset"} & set(params)
+    assert folders and all(ast.literal_eval(params[p]) is None for p in folders), folders
+
+
+def test_each_profile_grid_makes_the_default_batch_folder() -> None:
+    """Notebook 04's default batch folder is the one ``distilvpr batch <the profile's grid>`` writes, and that
+    grid runs notebook 03 at that profile."""
+    from distilvpr_lib.batch import Grid
+    from distilvpr_lib.config import PROFILE_GRIDS, PROFILES, profile_folders, profile_path
+    from distilvpr_lib.paths import project_path
+
+    assert set(PROFILE_GRIDS) <= set(PROFILES)
+    for profile in PROFILES:
+        folders = profile_folders(profile)
+        assert folders.teacher == f"teacher_weights/{profile}" and profile in folders.distill_run
+        if profile not in PROFILE_GRIDS:
+            assert folders.batch is None
+            with pytest.raises(ValueError, match=f"profile '{profile}' has no default batch folder"):
+                profile_path(profile, "batch")
+            continue
+        grid = Grid.load(project_path(PROFILE_GRIDS[profile]))
+        assert folders.batch == f"runs/{grid.name}"
+        assert profile_path(profile, "batch") == REPO / "runs" / grid.name
+        assert grid.base["profile"] == profile and grid.notebook.name == "03_distillation.ipynb"
+
+
+def test_profile_path_prefers_the_given_folder(tmp_path: Path) -> None:
+    from distilvpr_lib.config import profile_path
+
+    assert profile_path("smoke", "teacher", str(tmp_path)) == tmp_path
+    assert profile_path("smoke", "teacher", "") is None  # '' = none
+    assert profile_path("smoke", "teacher_run") == REPO / "runs" / "teacher-smoke"
+    missing = f"no-such-profile-folder-{uuid.uuid4().hex[:6]}"
+    assert profile_path("smoke", "teacher", missing, existing=True) == REPO / missing  # given: kept as is
+    with pytest.raises(KeyError, match="unknown folder kind"):
+        profile_path("smoke", "nothing")
+
+
+def test_config_table_lists_only_what_differs_from_the_profile() -> None:
+    from distilvpr_lib.analysis.report import config_table
+    from distilvpr_lib.config import config_changes, notebook_config, profile_config
+
+    same = notebook_config("smoke", {"data.dataset_dir": None, "train.epochs": None})
+    assert config_changes(same) == {}  # the resolved (absolute) dataset path names the profile's folder
+    cfg = notebook_config("smoke", {"train.epochs": 1, "distill.curvature": 0.5}, {"train.milestones": [1, 2]})
+    assert config_changes(cfg) == {"distill.curvature": (0.1, 0.5), "train.epochs": (2, 1),
+                                   "train.milestones": ((1,), (1, 2))}
+    table = config_table(cfg)
+    assert list(table.index) == ["distill.curvature", "train.epochs", "train.milestones"]
+    assert table.loc["train.epochs"].tolist() == ["2", "1"]
+    assert config_changes(cfg, profile="cpu")["train.epochs"] == (12, 1)  # against another profile
+    assert config_changes(profile_config("cpu"), profile="smoke")["data.dataset_dir"] == ("data/smoke", "data/cpu")
+
+
+def test_finished_runs_are_the_profile_folders_with_test_results(tmp_path: Path, monkeypatch) -> None:
+    from distilvpr_lib.analysis.run_results import finished_runs
+    from distilvpr_lib.paths import PROJECT_ROOT_ENV
+
+    root = tmp_path / "project"
+    (root / "notebooks").mkdir(parents=True)
+    (root / "pyproject.toml").write_text("")
+    (root / "ablations").mkdir()
+    (root / "ablations" / "smoke.yaml").write_text("name: smokegrid\n")
+    monkeypatch.setenv(PROJECT_ROOT_ENV, str(root))
+    assert finished_runs("smoke") == {}  # nothing finished: nothing to browse (notebook 05 says so)
+    for folder in ("teacher_weights/smoke", "runs/smokegrid/nokd__seed0", "runs/smokegrid/nokd__seed1",
+                   "runs/smokegrid/broken__seed0", "runs/distill-smoke"):
+        (root / folder).mkdir(parents=True)
+    for folder in ("teacher_weights/smoke", "runs/smokegrid/nokd__seed0", "runs/smokegrid/nokd__seed1"):
+        (root / folder / "test_results.npz").write_bytes(b"")
+    assert finished_runs("smoke") == {"teacher": root / "teacher_weights/smoke",
+                                      "nokd": root / "runs/smokegrid/nokd__seed0"}
+
+
+def test_show_figure_saves_and_shows_only_in_a_kernel(tmp_path: Path, monkeypatch) -> None:
+    from matplotlib.figure import Figure
+
+    from distilvpr_lib.viz import show_figure
+
+    fig = Figure()
+    fig.add_subplot().plot([0, 1])
+    shown: list = []
+    monkeypatch.setattr("IPython.display.display", lambda obj: shown.append(obj))
+    monkeypatch.setattr("distilvpr_lib.viz._common.in_notebook", lambda: False)
+    assert show_figure(fig, tmp_path / "a" / "f.png") is None
+    assert (tmp_path / "a" / "f.png").read_bytes().startswith(b"\x89PNG") and shown == []
+    monkeypatch.setattr("distilvpr_lib.viz._common.in_notebook", lambda: True)
+    show_figure(fig, tmp_path / "g.png")
+    assert len(shown) == 1 and shown[0].data == (tmp_path / "g.png").read_bytes()
+
+
+def test_progress_bars_are_off_in_a_kernel_without_a_jupyter_frontend(monkeypatch) -> None:
+    from distilvpr_lib import progress
+
+    monkeypatch.delenv(progress.PROGRESS_ENV, raising=False)
+    monkeypatch.setattr(progress, "_in_kernel", lambda: False)
+    assert progress.progress_mode() == "text"  # the command line
+    monkeypatch.setattr(progress, "_in_kernel", lambda: True)
+    monkeypatch.delenv("JPY_SESSION_NAME", raising=False)
+    assert progress.progress_mode() == "off"  # papermill / nbclient: nobody renders a widget
+    assert progress.progress_bar(range(3)).disable
+    monkeypatch.setenv("JPY_SESSION_NAME", "notebooks/02_teacher_training.ipynb")
+    assert progress.progress_mode() == "widget"  # JupyterLab
+    monkeypatch.setenv(progress.PROGRESS_ENV, "text")
+    assert progress.progress_mode() == "text"
+
+
+@pytest.mark.slow
+@pytest.mark.notebooks
+def test_browser_opens_without_parameters_when_nothing_is_finished(tmp_path: Path) -> None:
+    """Notebook 05 with ``models`` left empty and no finished run of the profile: a one-line message, no error
+    (a kernel start; nothing is trained or evaluated)."""
+    from distilvpr_lib.paths import PROJECT_ROOT_ENV
+
+    root = tmp_path / "project"  # an empty project: no teacher, run or batch of the profile
+    (root / "notebooks").mkdir(parents=True)
+    (root / "pyproject.toml").write_text("")
+    executed = tmp_path / "05.ipynb"
+    proc = subprocess.run([sys.executable, "-m", "papermill", str(NOTEBOOK_DIR / "05_retrieval_browser.ipynb"),
+                           str(executed), "-p", "profile", "smoke", "--cwd", str(NOTEBOOK_DIR), "--no-progress-bar",
+                           "--log-level", "WARNING", "--execution-timeout", "300"],
+                          capture_output=True, text=True, env=dict(os.environ, **{PROJECT_ROOT_ENV: str(root)}))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = "".join(o.get("text", "") for c in _code_cells(nbformat.read(executed, 4)) for o in c.outputs)
+    assert "nothing to browse: no finished run of profile 'smoke'" in text
+    assert (root / "runs" / "browser-smoke" / "metrics.json").is_file()

@@ -17,6 +17,7 @@ from distilvpr_lib.engine.train.checkpoint import load_checkpoint, load_weights
 from distilvpr_lib.engine.train.seeding import capture_rng_state, configure_determinism, restore_rng_state, seed_everything
 from distilvpr_lib.engine.runs.teacher_cache import TeacherCache
 from distilvpr_lib.engine.train.devices import resolve_device
+from distilvpr_lib.errors import OptionError
 from distilvpr_lib.engine.train.loop import Trainer
 from distilvpr_lib.engine.train.objectives import StudentObjective, TeacherObjective
 from distilvpr_lib.engine.train.optim import (
@@ -393,7 +394,7 @@ def test_resolve_device():
     assert resolve_device("cpu").type == "cpu"
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     if not torch.cuda.is_available():
-        with pytest.raises(RuntimeError, match="CUDA is not available"):
+        with pytest.raises(OptionError, match="CUDA is not available"):
             resolve_device("cuda")
 
 

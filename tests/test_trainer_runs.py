@@ -12,6 +12,7 @@ from distilvpr_lib.config import apply_overrides, profile_config
 from distilvpr_lib.engine.evaluation import embed
 from distilvpr_lib.engine.train.checkpoint import load_checkpoint, load_weights
 from distilvpr_lib.engine.runs.run_evaluation import evaluate_run
+from distilvpr_lib.engine.runs.run_folder import RunConfigMismatchError
 from distilvpr_lib.engine.runs.student_run import distill_student
 from distilvpr_lib.engine.runs.student_cache import get_teacher_cache
 from distilvpr_lib.engine.runs.teacher_run import train_teacher
@@ -19,10 +20,12 @@ from distilvpr_lib.engine.runs.teacher_cache import TeacherCache
 from distilvpr_lib.errors import OptionError
 from distilvpr_lib.losses.distiller import Distiller
 
-TEACHER_FILES = ("config.json", "teacher.pt", "metrics.json", "test_results.npz", "teacher_cache.pt",
-                 "checkpoints/last.pt", "checkpoints/best.pt", "tensorboard")
-STUDENT_FILES = ("config.json", "student.pt", "metrics.json", "test_results.npz", "checkpoints/last.pt",
-                 "checkpoints/best.pt", "tensorboard")
+TEACHER_FILES = ("config.json", "teacher.pt", "metrics.json", "test_results.npz", "teacher_cache.pt", "run.log",
+                 "summary.json", "tensorboard")
+STUDENT_FILES = ("config.json", "student.pt", "metrics.json", "test_results.npz", "run.log", "summary.json",
+                 "tensorboard")
+#: What a complete run does not keep: the checkpoints only a resume needs, the writer's lock.
+NOT_KEPT = ("checkpoints", ".distilvpr.lock")
 
 
 def _cfg(dataset, **overrides):
@@ -69,6 +72,7 @@ def test_nokd_student_selects_on_validation_only(smoke_dataset, tmp_path, monkey
     assert calls == ["validation", "validation", "test"]
     for name in STUDENT_FILES:
         assert (tmp_path / "run" / name).exists(), name
+    assert not [name for name in NOT_KEPT if (tmp_path / "run" / name).exists()]
     assert metrics["kind"] == "student" and metrics["method"] == "nokd"
     assert [e["epoch"] for e in metrics["epochs"]] == [1, 2]
     assert set(metrics["final_losses"]) == {"triplet", "total"}
@@ -80,10 +84,23 @@ def test_nokd_student_selects_on_validation_only(smoke_dataset, tmp_path, monkey
     assert metrics["embedding_norms"]["student"]["max"] >= metrics["embedding_norms"]["student"]["mean"] > 0
     on_disk = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert on_disk["test"]["AR@1"] == pytest.approx(metrics["test"]["AR@1"])
-    # the written student is the selected one
-    best_weights = load_weights(tmp_path / "run" / "checkpoints" / "best.pt")
-    student = load_weights(tmp_path / "run" / "student.pt")
-    assert all(torch.equal(best_weights[k], student[k]) for k in student)
+    # summary.json: one screen of the run
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["best_epoch"] == metrics["best_epoch"] and summary["test"]["AR@1"] == metrics["test"]["AR@1"]
+    assert summary["config_changes"] == {"data.dataset_dir": {"profile": "data/smoke", "run": str(smoke_dataset)},
+                                         "distill.method": {"profile": "distilvpr", "run": "nokd"}}
+    assert summary["skipped_batches"] == sum(e["skipped_batches"] for e in metrics["epochs"])
+    log = (tmp_path / "run" / "run.log").read_text()
+    assert log.count("student (nokd): selected epoch") == 1 and "epoch   2" in log
+    # re-run complete: nothing trained or evaluated; with more epochs (no last.pt to continue from): refused
+    # before anything is written, the complete record kept
+    calls.clear()
+    assert distill_student(_cfg(smoke_dataset), None, tmp_path / "run", method="nokd", progress=False) == on_disk
+    assert calls == []
+    with pytest.raises(RunConfigMismatchError, match="complete run of 2 epochs"):
+        distill_student(_cfg(smoke_dataset, **{"train.epochs": 3}), None, tmp_path / "run", method="nokd",
+                        progress=False)
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text()) == on_disk
     # evaluate_run reproduces the test summary from the folder
     summary, _ = evaluate_run(tmp_path / "run", device="cpu", progress=False)
     assert summary["kind"] == "student" and summary["AR@1"] == pytest.approx(metrics["test"]["AR@1"])
@@ -144,12 +161,17 @@ def test_term_override_and_dimension_mismatch(smoke_dataset, tmp_path):
 
 @pytest.mark.slow
 def test_teacher_run_writes_everything_then_distils_and_resumes(smoke_dataset, tmp_path, monkeypatch):
-    cfg = _cfg(smoke_dataset, **{"train.deterministic": True})
+    # keep_checkpoints: the complete runs stay extendable (the resume below continues a complete 1-epoch run)
+    cfg = _cfg(smoke_dataset, **{"train.deterministic": True, "train.keep_checkpoints": True})
     calls = _spy_evaluations(monkeypatch)
     metrics = train_teacher(cfg, tmp_path / "teacher", progress=False)
     assert calls == ["validation", "validation", "test"]
     for name in TEACHER_FILES:
         assert (tmp_path / "teacher" / name).exists(), name
+    # the selected weights are stored once: checkpoints/best.pt is a hard link to teacher.pt
+    best, teacher_pt = tmp_path / "teacher" / "checkpoints" / "best.pt", tmp_path / "teacher" / "teacher.pt"
+    assert best.stat().st_ino == teacher_pt.stat().st_ino
+    assert not (tmp_path / "teacher" / ".distilvpr.lock").exists()
     assert metrics["kind"] == "teacher" and len(metrics["epochs"]) == 2
     assert set(metrics["final_losses"]) == {"triplet_embedding", "triplet_cloud_embedding", "total"}
     assert metrics["epochs"][0]["lr"] == {"image": cfg.train.image_lr, "cloud": cfg.train.cloud_lr}
@@ -172,10 +194,10 @@ def test_teacher_run_writes_everything_then_distils_and_resumes(smoke_dataset, t
     assert resumed["test"]["AR@1"] == pytest.approx(metrics["test"]["AR@1"])
     assert torch.equal(TeacherCache.load(tmp_path / "resumed" / "teacher_cache.pt").embeddings, cache.embeddings)
 
-    # a complete run re-run: no training, same results
+    # a complete run re-run: nothing to do, the recorded results
     calls.clear()
     again = train_teacher(cfg, tmp_path / "teacher", progress=False)
-    assert calls == ["test"] and again["epochs"] == metrics["epochs"]
+    assert calls == [] and again["epochs"] == metrics["epochs"]
 
     # the student reuses the cache; a changed teacher.pt makes it stale and it is rebuilt
     student = distill_student(apply_overrides(cfg, {"train.epochs": 1}), tmp_path / "teacher", tmp_path / "student",
@@ -184,10 +206,15 @@ def test_teacher_run_writes_everything_then_distils_and_resumes(smoke_dataset, t
     weights = load_weights(tmp_path / "teacher" / "teacher.pt")
     weights = {k: (v + 0.01 if v.is_floating_point() else v) for k, v in weights.items()}
     torch.save(weights, tmp_path / "teacher" / "teacher.pt")
+    own_cache = (tmp_path / "teacher" / "teacher_cache.pt").read_bytes()
     rebuilt = get_teacher_cache(tmp_path / "teacher", cfg, benchmark, torch.device("cpu"), progress=False)
     assert not torch.equal(rebuilt.embeddings, cache.embeddings)
-    assert TeacherCache.load(tmp_path / "teacher" / "teacher_cache.pt").metadata["teacher_weights_sha256"] == \
-        rebuilt.metadata["teacher_weights_sha256"]
+    # built beside the old one (teacher_cache-<key16>.pt), which other runs may be reading: never overwritten
+    assert (tmp_path / "teacher" / "teacher_cache.pt").read_bytes() == own_cache
+    beside = TeacherCache.load(rebuilt.metadata["path"])
+    assert beside.metadata["path"].startswith(str(tmp_path / "teacher" / "teacher_cache-"))
+    assert beside.metadata["teacher_weights_sha256"] == rebuilt.metadata["teacher_weights_sha256"] != \
+        cache.metadata["teacher_weights_sha256"]
 
 
 def test_same_seed_same_threads_gives_identical_results(smoke_dataset, tmp_path):

@@ -175,6 +175,24 @@ def test_training_curves_read_the_engine_metrics_schema() -> None:
         F.metrics_history({"test": {"AR@1": 1.0}})
 
 
+def test_training_curves_mark_the_selected_epoch_with_integer_ticks() -> None:
+    """The circles sit at the validation-selected epoch (epoch 2: AR@5 peaks at 3), ticks are whole epochs, and a
+    one-epoch run is drawn as visible points."""
+    metrics = {"best_epoch": 2, "epochs": [
+        {"epoch": e, "losses": {"total": 1.0 / e}, "validation": {"AR@1": a, "AR@5": b}}
+        for e, a, b in ((1, 40.0, 60.0), (2, 55.0, 70.0), (3, 50.0, 75.0))]}
+    ax_loss, ax_rec = F.training_curves(metrics).axes
+    circled = np.concatenate([c.get_offsets() for c in ax_rec.collections])
+    assert circled.tolist() == [[2.0, 55.0], [2.0, 70.0]]
+    for ax in (ax_loss, ax_rec):
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks and all(float(t).is_integer() for t in ticks), ticks
+    one = {"best_epoch": 1, "epochs": metrics["epochs"][:1]}
+    ax_loss, ax_rec = F.training_curves(one).axes
+    lines = [l for l in ax_loss.lines + ax_rec.lines if not l.get_label().startswith("_")]
+    assert lines and all(l.get_marker() == "o" and l.get_markersize() >= 6 for l in lines)
+
+
 def test_ablation_bars_show_the_mean_over_seeds_with_sd_error_bars() -> None:
     runs = pd.DataFrame({"variation": ["nokd"] * 3 + ["distilvpr"] * 3 + ["broken"],
                          "status": ["ok"] * 6 + ["failed"],

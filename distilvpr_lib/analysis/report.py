@@ -47,6 +47,18 @@ def comparison_table(runs: Mapping[str, str | os.PathLike]) -> pd.DataFrame:
     return pd.DataFrame.from_dict(rows, orient="index").astype(float)
 
 
+def config_table(cfg: Any) -> pd.DataFrame:
+    """What a run's config sets differently from its profile, one row per ``section.field`` with columns
+    ``profile`` and ``this run`` (:func:`distilvpr_lib.config.config_changes`); empty when nothing differs."""
+    from distilvpr_lib.config import config_changes
+
+    changes = config_changes(cfg)
+    rows = {key: {"profile": repr(old), "this run": repr(new)} for key, (old, new) in changes.items()}
+    table = pd.DataFrame.from_dict(rows, orient="index", columns=["profile", "this run"])
+    table.index.name = f"{cfg.profile} profile"
+    return table
+
+
 def embedding_norm_table(metrics: Mapping[str, Any], curvature: float = 0.1) -> pd.DataFrame:
     """Student / teacher embedding norms and where they land in the Poincaré ball of curvature ``c``.
 
@@ -149,7 +161,7 @@ def loss_magnitudes(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------------------
-# Paired statistics over seeds (the study, README "Study")
+# Paired statistics over seeds (the study, docs/study/LOG.md)
 # ---------------------------------------------------------------------------
 #: Columns of :func:`paired_statistics`.
 PAIRED_COLUMNS: tuple[str, ...] = ("n_pairs", "mean", "std", "baseline_mean", "baseline_std", "delta", "delta_std",
@@ -282,7 +294,7 @@ def choose_on_validation(runs: pd.DataFrame, prefix: str = "distilvpr",
 
 def study_table(runs: pd.DataFrame, baseline: str = "nokd", metrics: tuple[str, ...] = TABLE_METRICS,
                 **kwargs: Any) -> pd.DataFrame:
-    """The README's study table: per variation mean ± std of each test metric, and Δ AR@1 to ``baseline``
+    """The study table: per variation mean ± std of each test metric, and Δ AR@1 to ``baseline``
     paired by seed with its bootstrap CI and p-values (t, Wilcoxon).
 
     Args:
@@ -417,7 +429,7 @@ def diagnostics_table(epochs: pd.DataFrame, last_fraction: float = 0.25) -> pd.D
     its mined distances ``mean_pos_dist`` / ``mean_neg_dist`` (each anchor's hardest positive / negative, on
     the embeddings the task sees), ``active_fraction`` and its weighted loss ``loss.<task term>`` — equal
     distances with the loss at ``weight × margin`` is the degenerate point where the triplet no longer
-    separates positives from negatives (README, Study, Result 7).
+    separates positives from negatives (docs/study/LOG.md, Result 7).
 
     Args:
         epochs: :func:`epoch_table` output.

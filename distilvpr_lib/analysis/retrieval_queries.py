@@ -29,7 +29,7 @@ def results_table(results: Mapping[str, Any]) -> "pd.DataFrame":
         n_eval = sum(len(p.query_indices) for p in res.retrievals.values())
         n_wrong = sum(len(wrong_queries(res, i, j)) for i, j in res.retrievals)
         rows.append({"model": label, **res.summary(), "evaluated queries": n_eval, "wrong at top-1": n_wrong})
-    return pd.DataFrame(rows).set_index("model")
+    return pd.DataFrame(rows, columns=["model"] if not rows else None).set_index("model")
 
 
 def retrieval_report(results: Mapping[str, Any], rendered: Sequence[Mapping[str, Any]] = (),
@@ -44,13 +44,12 @@ def retrieval_report(results: Mapping[str, Any], rendered: Sequence[Mapping[str,
     student = student or default_student(list(results))
     right_wrong: dict[str, int] = {}
     labels = list(results)
-    first = results[labels[0]]
     for a in labels:
         for b in labels:
             if a == b:
                 continue
             count = 0
-            for i, j in first.retrievals:
+            for i, j in results[labels[0]].retrievals:
                 common = common_queries(results, i, j)
                 wrong_a = set(wrong_queries(results[a], i, j).tolist())
                 wrong_b = set(wrong_queries(results[b], i, j).tolist())

@@ -87,6 +87,27 @@ def gather_results(benchmark: Any, results: Mapping[str, str | Path] | None = No
     return out
 
 
+def finished_runs(profile: str) -> dict[str, Path]:
+    """The finished model folders of ``profile`` (notebook 05's default ``models``), each holding its
+    ``test_results.npz``: the profile's teacher (label ``teacher``), notebook 03's student run (its folder name)
+    and the seed-0 runs of the profile's batch (their variation names). Empty when none is finished.
+    """
+    from distilvpr_lib.config import profile_folders
+    from distilvpr_lib.paths import project_path
+
+    folders = profile_folders(profile)
+    found: dict[str, Path] = {}
+    candidates = [("teacher", project_path(folders.teacher)), (Path(folders.distill_run).name,
+                                                               project_path(folders.distill_run))]
+    batch = project_path(folders.batch)
+    if batch is not None and batch.is_dir():
+        candidates += [(run.name.split("__seed")[0], run) for run in sorted(batch.glob("*__seed0"))]
+    for label, folder in candidates:
+        if folder is not None and (folder / TEST_RESULTS_FILE).is_file():
+            found[label] = folder
+    return found
+
+
 def check_results(results: Mapping[str, Any], benchmark: Any, split: str = "test") -> None:
     """Check that every results object was computed on ``benchmark``'s ``split`` (same set sizes)
     and kept its retrievals.

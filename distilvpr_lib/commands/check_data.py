@@ -21,7 +21,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("dataset_dir", help="the dataset folder")
     parser.add_argument("--image-dir", default=None,
                         help="image folder (default: <dataset_dir>/images for Oxford, next to the clouds for Boreas)")
-    parser.add_argument("--layout", default="auto", choices=(AUTO_LAYOUT, *LAYOUTS))
+    parser.add_argument("--layout", default="auto", choices=(AUTO_LAYOUT, *LAYOUTS),
+                        help="dataset layout (default %(default)s: detected from the folder's files)")
     parser.add_argument("--deep", action="store_true",
                         help="decode every image completely (default: read each image's header)")
     parser.set_defaults(func=run)

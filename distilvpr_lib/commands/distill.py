@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from distilvpr_lib.commands.train_teacher import add_common_training_options, build_config, fail, format_summary
+from distilvpr_lib.commands.train_teacher import add_common_training_options, build_config, fail
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -62,8 +62,9 @@ def run(args: argparse.Namespace) -> int:
 
     metrics = distill_student(cfg, args.teacher, out, resume=not args.no_resume, progress=not args.quiet,
                               preflight=False)
+    from distilvpr_lib.engine.runs.run_setup import summary_text
     from distilvpr_lib.engine.train.distributed import is_main_process
 
-    if is_main_process():  # under torchrun every rank returns the same metrics; print once
-        print(format_summary(f"student ({cfg.distill.method})", metrics))
+    if args.quiet and is_main_process():  # the pipeline printed the summary unless quiet; print it once
+        print(summary_text(f"student ({cfg.distill.method})", metrics, out))
     return 0

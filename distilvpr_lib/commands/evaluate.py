@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from distilvpr_lib.config import AUTO_LAYOUT, LAYOUTS
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``evaluate`` subcommand."""
@@ -22,7 +24,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", required=True, help="teacher folder or run folder (with config.json)")
     parser.add_argument("--dataset", default=None, help="benchmark folder (default: the one in the folder's config)")
     parser.add_argument("--image-dir", default=None, help="image folder override")
-    parser.add_argument("--split", default="test", choices=("test", "validation"))
+    parser.add_argument("--split", default="test", choices=("test", "validation"),
+                        help="split evaluated (default %(default)s; validation is the split epochs are selected on)")
+    parser.add_argument("--layout", default=AUTO_LAYOUT, choices=(AUTO_LAYOUT, *LAYOUTS),
+                        help="layout of the evaluated dataset (default auto: detected from its files)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default %(default)s)")
     parser.add_argument("--save", default=None, help="write the RetrievalResults here (.npz or .json)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -41,12 +46,16 @@ def run(args: argparse.Namespace) -> int:
         return fail(f"--model {args.model}: no such folder")
     # Bad files (a missing cloud, a corrupt teacher.pt) propagate to the CLI boundary: one line, exit 1.
     # Checked before the evaluation code (and torch) is imported.
-    preflight_evaluate(args.model, dataset_dir=args.dataset, split=args.split, image_dir=args.image_dir)
+    from distilvpr_lib.config_checks import check_device_name
+
+    check_device_name(args.device, "--device")
+    preflight_evaluate(args.model, dataset_dir=args.dataset, split=args.split, image_dir=args.image_dir,
+                       layout=args.layout)
     from distilvpr_lib.engine.runs.run_evaluation import evaluate_run
 
     summary, _ = evaluate_run(args.model, dataset_dir=args.dataset, split=args.split, device=args.device,
                               image_dir=args.image_dir, progress=not args.quiet, results_path=args.save,
-                              preflight=False)
+                              preflight=False, layout=args.layout)
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0

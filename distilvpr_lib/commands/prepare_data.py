@@ -22,7 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "is written beside them as <name>.rebuilt.pickle) unless --force.",
     )
     parser.add_argument("dataset_dir", help="the dataset folder (holding oxford/<run>/...)")
-    parser.add_argument("--layout", default="oxford", choices=LAYOUTS)
+    parser.add_argument("--layout", default="oxford", choices=LAYOUTS,
+                        help="layout of the source data (default %(default)s)")
     parser.add_argument("--force", action="store_true",
                         help="replace existing benchmark pickles that differ from the rebuilt ones")
     parser.add_argument("--validation-fraction", type=float, default=None,

@@ -15,8 +15,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "study-table",
         help="recompute a study table from a per-run CSV (docs/study/**/study_runs.csv), against any baseline",
-        description="The README's study table from a per-run CSV: per variation mean ± std of the test metrics "
-                    "and Δ AR@1 to the baseline, paired by seed (95 %% BCa bootstrap interval, paired t, "
+        description="The study table from a per-run CSV: per variation mean ± std of the test metrics "
+                    "and Δ AR@1 to the baseline, paired by seed (95 % BCa bootstrap interval, paired t, "
                     "Wilcoxon). Printed as markdown.",
     )
     parser.add_argument("runs_csv", help="a per-run study CSV (notebook 04 writes study_runs.csv)")

@@ -1,7 +1,10 @@
-"""``distilvpr synth --profile {smoke,cpu,study,paper} --out DIR [--seed N] [--layout {oxford,boreas}]``.
+"""``distilvpr synth --profile {smoke,cpu,study,paper} --out DIR [--seed N] [--layout {oxford,boreas}]
+[--boreas-poses {procedural,DIR}]``.
 
 Generates the procedural multi-modal dataset (clouds, images, CSVs, pickles) into ``DIR``;
-re-running completes an interrupted generation (only missing files are rendered).
+re-running completes an interrupted generation (only missing files are rendered). The Boreas layout is
+driven by procedural drives of one generated route (the default, ``--boreas-poses procedural``: nothing
+outside the repository is needed) or by the real Boreas trajectories of a poses folder (docs/DATA.md).
 :func:`ensure_dataset` runs it from Python when a folder holds no benchmark yet (notebook 01).
 """
 
@@ -20,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     parser = subparsers.add_parser(
         "synth",
-        help="generate the procedural multi-modal dataset (Oxford layout)",
+        help="generate the procedural multi-modal dataset (Oxford or Boreas layout)",
         description="Generate synthetic runs of one procedural city (LiDAR submaps, camera images, location "
                     "CSVs and benchmark pickles). Same seed -> identical files; an interrupted generation "
                     "is completed on re-run.",
@@ -29,9 +32,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", default=None, help="output folder (default: the profile's data.dataset_dir)")
     parser.add_argument("--seed", type=int, default=None, help="generator seed (default: the profile's synth.seed)")
     parser.add_argument("--layout", default="oxford", choices=LAYOUTS,
-                        help="on-disk layout (default: oxford; boreas drives the real Boreas trajectories)")
-    parser.add_argument("--boreas-poses", default=None,
-                        help="folder of real Boreas poses for --layout boreas (default: $DISTILVPR_REAL_DATA/boreas_poses)")
+                        help="on-disk layout (default: oxford; boreas: a suburban road driven repeatedly)")
+    parser.add_argument("--boreas-poses", default=None, metavar="{procedural,DIR}",
+                        help="--layout boreas only: the drives. 'procedural' (default): the profile's n_runs "
+                             "drives of one generated route, from the seed alone; DIR: the real Boreas drives "
+                             "of DIR/<run>/applanix/*_poses.csv (e.g. $DISTILVPR_REAL_DATA/boreas_poses)")
+    parser.add_argument("--route-length", type=float, default=None, metavar="M",
+                        help="route length in metres (default: the profile's synth.route_length_m); a Boreas "
+                             "dataset needs about 500 m for a training region at the smoke profile")
     parser.add_argument("--workers", type=int, default=None, help="rendering processes (default: the profile's)")
     parser.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
     parser.set_defaults(func=run)
@@ -43,6 +51,14 @@ def run(args: argparse.Namespace) -> int:
     from distilvpr_lib.data.synth.generate import generate_dataset
 
     cfg = profile_config(args.profile)
+    if args.boreas_poses is not None and args.layout != Layout.BOREAS:
+        print(f"synth: error: --boreas-poses {args.boreas_poses} applies to --layout boreas only", file=sys.stderr)
+        return 2
+    if args.route_length is not None:
+        if not args.route_length > 0:
+            print(f"synth: error: --route-length must be > 0, got {args.route_length:g}", file=sys.stderr)
+            return 2
+        cfg.synth.route_length_m = float(args.route_length)
     out = args.out or (cfg.data.dataset_dir + ("_boreas" if args.layout == Layout.BOREAS else ""))
     try:
         report = generate_dataset(out, cfg.synth, seed=args.seed, layout=args.layout, workers=args.workers,
@@ -53,10 +69,16 @@ def run(args: argparse.Namespace) -> int:
     if report.already_complete:
         print(f"synth: {out} is already complete ({report.clouds_total} clouds, {report.images_total} images)")
         return 0
-    print(f"synth: wrote {report.clouds_written} clouds and {report.images_written} images into {out} "
-          f"({report.clouds_total} clouds, {report.images_total} images in all) in {report.total_seconds:.1f} s "
+    resumed = (report.clouds_written, report.images_written) != (report.clouds_total, report.images_total)
+    in_all = f" ({report.clouds_total} clouds, {report.images_total} images in all)" if resumed else ""
+    print(f"synth: wrote {report.clouds_written} clouds and {report.images_written} images into {out}{in_all} "
+          f"in {report.total_seconds:.1f} s "
           f"[LiDAR {report.lidar_seconds:.1f} s, camera {report.camera_seconds:.1f} s of worker time]")
-    print(f"synth: runs {', '.join(report.runs)}; route {report.world_summary.get('route_length_m', 0):.0f} m")
+    drives = ""
+    if args.layout == Layout.BOREAS:
+        drives = (" driven by procedural drives" if report.world_summary.get("trajectories") == "procedural"
+                  else f" driven by the real drives of {args.boreas_poses}")
+    print(f"synth: runs {', '.join(report.runs)}; route {report.world_summary.get('route_length_m', 0):.0f} m{drives}")
     if report.splits_summary:
         s = report.splits_summary
         print(f"synth: training tuples {s['training_tuples']}, test queries {sum(s['test_query'])}, "

@@ -3,8 +3,9 @@
 
 Trains the multi-modal teacher (engine.runs.teacher_run.train_teacher): the epoch is selected on the validation
 split, the selected teacher is evaluated on the test split and its training-set embeddings are
-cached. Writes ``config.json``, ``teacher.pt``, ``metrics.json``, ``test_results.npz``,
-``teacher_cache.pt``, ``checkpoints/`` and ``tensorboard/`` into ``--out``; re-running resumes.
+cached. Writes ``config.json``, ``teacher.pt``, ``metrics.json``, ``summary.json``, ``run.log``,
+``test_results.npz``, ``teacher_cache.pt`` and ``tensorboard/`` into ``--out`` (``checkpoints/`` while it can
+resume); re-running resumes an unfinished run and returns a complete one.
 
 Distributed (DDP) training: the same command under ``torchrun``, e.g.
 ``torchrun --nproc-per-node 2 -m distilvpr_lib.cli train-teacher --dataset DIR ...`` (see docs/SCALING.md).
@@ -19,7 +20,7 @@ import sys
 from collections.abc import Iterable
 from typing import Any
 
-from distilvpr_lib.config import PROFILES, ExperimentConfig
+from distilvpr_lib.config import AUTO_LAYOUT, LAYOUTS, PROFILES, ExperimentConfig
 
 
 # ---------------------------------------------------------------------------
@@ -35,6 +36,11 @@ def add_common_training_options(parser: argparse.ArgumentParser, default_profile
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: the profile's train.seed)")
     parser.add_argument("--epochs", type=int, default=None, help="epochs (default: the profile's)")
     parser.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N (default: the profile's)")
+    parser.add_argument("--layout", default=AUTO_LAYOUT, choices=(AUTO_LAYOUT, *LAYOUTS),
+                        help="dataset layout (default auto: detected from --dataset's files)")
+    parser.add_argument("--cache-dir", default=None,
+                        help="folder of the image cache when data.image_cache is on (default: $DISTILVPR_CACHE_DIR, "
+                             "else <dataset>/.cache when writable, else the run folder)")
     parser.add_argument("--no-resume", action="store_true", help="start over even if --out holds a checkpoint")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
 
@@ -127,7 +133,27 @@ def build_config(args: argparse.Namespace, allow_terms: bool = False) -> Experim
         explicit["train.device"] = args.device
     if getattr(args, "backend", None):
         explicit["model.sparse_backend"] = args.backend
+    if getattr(args, "cache_dir", None) is not None:
+        explicit["data.image_cache_dir"] = args.cache_dir
+    layout = getattr(args, "layout", AUTO_LAYOUT)
+    if layout != AUTO_LAYOUT:
+        explicit["data.layout"] = layout
+    elif not any(item.partition("=")[0].strip() in {"data.layout", "layout"}
+                 for group in args.overrides for item in group):
+        explicit["data.layout"] = detected_layout(args.dataset, cfg.data.layout)
     return apply_overrides(cfg, explicit)
+
+
+def detected_layout(dataset_dir: str, fallback: str) -> str:
+    """The layout of ``dataset_dir`` from its files (``--layout auto``), recorded in the run's config.json;
+    ``fallback`` when the folder is not recognised (the preflight then names the problem)."""
+    from distilvpr_lib.data.benchmark import detect_layout
+    from distilvpr_lib.errors import DistilVPRError
+
+    try:
+        return detect_layout(dataset_dir)
+    except (DistilVPRError, OSError):
+        return fallback
 
 
 def fail(message: str) -> int:
@@ -157,11 +183,13 @@ def run(args: argparse.Namespace) -> int:
     """Resolve the config, train, print the test summary; 0 on success, 2 on bad options."""
     from pathlib import Path
 
+    from distilvpr_lib.config import profile_folders
+
     try:
         cfg = build_config(args)
     except (KeyError, ValueError) as exc:
         return fail(str(exc.args[0]) if exc.args else str(exc))
-    out = Path(args.out or Path("teacher_weights") / args.profile)
+    out = Path(args.out or profile_folders(args.profile).teacher)
     # the inputs first, before torch is imported: bad input fails in about a second, nothing written
     from distilvpr_lib.engine.runs.preflight import preflight_train_teacher
 
@@ -169,27 +197,9 @@ def run(args: argparse.Namespace) -> int:
     from distilvpr_lib.engine.runs.teacher_run import train_teacher
 
     metrics = train_teacher(cfg, out, resume=not args.no_resume, progress=not args.quiet, preflight=False)
+    from distilvpr_lib.engine.runs.run_setup import summary_text
     from distilvpr_lib.engine.train.distributed import is_main_process
 
-    if is_main_process():  # under torchrun every rank returns the same metrics; print once
-        print(format_summary("teacher", metrics))
+    if args.quiet and is_main_process():  # the pipeline printed the summary unless quiet; print it once
+        print(summary_text("teacher", metrics, out))
     return 0
-
-
-def format_summary(title: str, metrics: dict[str, Any]) -> str:
-    """A few lines: selected epoch, validation and test recalls, per-run test AR@1, final losses."""
-    lines = [f"{title}: selected epoch {metrics.get('best_epoch')} ({metrics.get('selection')})"]
-    for split in ("validation", "test"):
-        summary = metrics.get(split) or {}
-        recalls = "  ".join(f"{k}={v:.2f}" for k, v in summary.items() if k.startswith("AR@") and v is not None)
-        if recalls:
-            lines.append(f"  {split:<10} {recalls}")
-    per_run = (metrics.get("test") or {}).get("per_run_AR@1") or {}
-    if per_run:
-        lines.append("  test AR@1 per database run: "
-                     + ", ".join(f"{k}={v:.1f}" for k, v in per_run.items() if v is not None))
-    losses = metrics.get("final_losses") or {}
-    if losses:
-        lines.append("  final losses: " + "  ".join(f"{k}={v:.4g}" for k, v in losses.items()))
-    return "\n".join(lines)
-

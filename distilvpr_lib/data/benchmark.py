@@ -162,6 +162,17 @@ class Benchmark:
         if layout not in LAYOUTS:
             raise KeyError(f"unknown layout {layout!r}; known layouts: {list(LAYOUTS)}")
         files = LAYOUT_FILES[layout]
+        if not any((dataset_dir / name).is_file() for key in ("training", "test_database", "test_query")
+                   for name in files[key]):
+            try:
+                found = detect_layout(dataset_dir)
+            except DataFormatError:
+                found = layout
+            if found != layout:
+                raise DataFormatError(
+                    f"{dataset_dir}: {'an' if found[0] in 'aeiou' else 'a'} {found}-layout dataset, read as {layout} (no {files['training'][0]} or "
+                    f"{files['test_database'][0]})", hint=f"use --layout {found} or {AUTO_LAYOUT}; in a notebook or "
+                    f"--set: data.layout={found}")
 
         training_path = _first_existing(dataset_dir, files["training"])
         training = load_training_tuples(training_path) if training_path else {}

@@ -10,6 +10,7 @@ recomputation from the stored positions (25 m, the PointNetVLAD rule).
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,8 @@ import numpy as np
 from distilvpr_lib.config import AUTO_LAYOUT, TRUE_NEIGHBOUR_RADIUS_M, Layout
 from distilvpr_lib.data.benchmark import Benchmark
 from distilvpr_lib.data.clouds import read_cloud_file, timestamp_from_path
-from distilvpr_lib.data.files import PathLike
-from distilvpr_lib.data.images import check_image_file
+from distilvpr_lib.data.files import PathLike, safe_resolve, symlink_problem
+from distilvpr_lib.data.images import check_image_file, image_size_problems
 from distilvpr_lib.data.locations import read_locations_csv
 from distilvpr_lib.data.splits import (
     BOREAS_CLOUD_FOLDER,
@@ -147,12 +148,14 @@ def _scan_cloud_files(benchmark: Benchmark, report: DatasetReport) -> dict[str, 
 def check_images(benchmark: Benchmark, rel_paths: list[str], report: DatasetReport,
                  decode: bool = False) -> tuple[int, int]:
     """Check every image of the sub-maps ``rel_paths``: listed in the index, present, header readable
-    (``decode``: every pixel decodes). Adds one problem per bad image.
+    (``decode``: every pixel decodes), and all of one size (the most common one: a batch stacks them).
+    Adds one problem per bad image.
 
     Returns:
         ``(good, total)``: readable images and images looked at.
     """
     good = total = 0
+    sizes: dict[Path, tuple[int, int]] = {}
     for rel in rel_paths:
         try:
             count = benchmark.image_count(rel)
@@ -163,11 +166,17 @@ def check_images(benchmark: Benchmark, rel_paths: list[str], report: DatasetRepo
         for k in range(max(count, 1)):
             total += 1
             try:
-                check_image_file(benchmark.image_path(rel, k), decode=decode)
+                path = benchmark.image_path(rel, k)
+                sizes[path] = check_image_file(path, decode=decode)
                 good += 1
             except (DataFormatError, IndexError) as exc:
                 report.add_problem(str(exc))
-    return good, total
+    odd = image_size_problems(sizes)
+    for problem in odd:
+        report.add_problem(str(problem))
+    if sizes:
+        report.stats["image_size"] = Counter(sizes.values()).most_common(1)[0][0]
+    return good - len(odd), total
 
 
 def check_dataset(dataset_dir: PathLike, image_dir: PathLike | None = None, layout: str = AUTO_LAYOUT,
@@ -197,12 +206,21 @@ def check_dataset(dataset_dir: PathLike, image_dir: PathLike | None = None, layo
     kinds = _scan_cloud_files(benchmark, report)
     referenced = benchmark.all_rel_paths()
     to_read: dict[Path, None] = {}
+    looping: set[Path] = set()
     for files in kinds.values():
         for f in files:
-            to_read.setdefault(f.resolve(), None)
+            try:
+                to_read.setdefault(safe_resolve(f), None)
+            except DataFormatError as exc:
+                report.add_problem(str(exc))
+                looping.add(f)
     for rel in referenced:
         path = benchmark.cloud_path(rel)
-        if not path.is_file():
+        if path in looping:
+            continue
+        if path.is_symlink() and not path.exists():
+            report.add_problem(str(DataFormatError(symlink_problem(path), path=path, hint="remove or fix the link")))
+        elif not path.is_file():
             report.add_problem(f"{path}: cloud referenced by the benchmark pickles not found")
         else:
             to_read.setdefault(path.resolve(), None)

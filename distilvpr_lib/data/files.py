@@ -8,6 +8,7 @@ written file behind.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import math
@@ -20,7 +21,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from distilvpr_lib.errors import DataFormatError, MissingDataError
+from distilvpr_lib.errors import DataFormatError, DiskFullError, MissingDataError, disk_full_error
 
 PathLike = str | os.PathLike
 
@@ -73,8 +74,31 @@ def remove_stale_temp_files(folder: PathLike, recursive: bool = True) -> list[Pa
     return removed
 
 
+#: ``errno`` values of a full disk or quota.
+DISK_FULL_ERRNOS: frozenset[int] = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def _disk_full_for(exc: BaseException, path: Path, needed: int | None) -> DiskFullError | None:
+    """A :class:`DiskFullError` naming ``path`` when ``exc`` is a failed write on a full disk, else ``None``.
+
+    An ``OSError`` ENOSPC / EDQUOT is one; so is the ``RuntimeError`` torch's zip writer raises for a failed
+    write ("file write failed") when the disk holding ``path`` has less free space than the write needed.
+    """
+    if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+        return disk_full_error(path, needed=needed, reason=exc.strerror)
+    if isinstance(exc, RuntimeError) and "write failed" in str(exc):
+        import shutil
+
+        with contextlib.suppress(OSError):
+            free = shutil.disk_usage(path.parent).free
+            if free < max(needed or 0, 1 << 20):
+                return disk_full_error(path, needed=needed)
+    return None
+
+
 @contextlib.contextmanager
-def atomic_write(path: PathLike, mode: str = "wb", encoding: str | None = None) -> Iterator[IO[Any]]:
+def atomic_write(path: PathLike, mode: str = "wb", encoding: str | None = None,
+                 size_hint: int | None = None) -> Iterator[IO[Any]]:
     """Open a temporary file next to ``path``; on a clean exit it replaces ``path`` atomically.
 
     Use for every file the project writes (data, results, checkpoints)::
@@ -92,6 +116,11 @@ def atomic_write(path: PathLike, mode: str = "wb", encoding: str | None = None) 
         path: final file path.
         mode: ``"wb"`` (default) or ``"w"`` (text; ``encoding`` defaults to UTF-8).
         encoding: text encoding for ``mode="w"``.
+        size_hint: the bytes the write will need, when known (for the disk-full message).
+
+    Raises:
+        DiskFullError: the disk or quota filled up (``ENOSPC`` / ``EDQUOT``), naming ``path`` and the space
+            needed; ``path`` is untouched.
     """
     if mode not in {"wb", "w"}:
         raise ValueError(f"atomic_write supports modes 'wb' and 'w', got {mode!r}")
@@ -110,9 +139,12 @@ def atomic_write(path: PathLike, mode: str = "wb", encoding: str | None = None) 
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        full = _disk_full_for(exc, path, size_hint)
+        if full is not None:
+            raise full from exc
         raise
 
 
@@ -132,9 +164,12 @@ def atomic_output_path(path: PathLike) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        full = _disk_full_for(exc, path, None)
+        if full is not None:
+            raise full from exc
         raise
 
 
@@ -183,6 +218,31 @@ def write_json(path: PathLike, obj: Any, sort_keys: bool = False, default: Any =
     return path
 
 
+def symlink_problem(path: PathLike) -> str:
+    """What is wrong with a symbolic link that leads nowhere: a loop, or a dangling link (target named)."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symlink loop (a symbolic link that points, through others, back to itself)"
+    try:
+        target = os.readlink(path)
+    except OSError:
+        target = "?"
+    return f"dangling symbolic link (its target {target} does not exist)"
+
+
+def safe_resolve(path: Path) -> Path:
+    """``path.resolve()``, raising :class:`DataFormatError` naming ``path`` for a symlink loop (Python raises
+    ``RuntimeError`` or ``OSError`` ELOOP there, depending on its version)."""
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError) as exc:
+        if isinstance(exc, OSError) and exc.errno != errno.ELOOP:
+            raise
+        raise DataFormatError(symlink_problem(path), path=path, hint="remove or fix the link") from exc
+
+
 def require_file(path: Path, what: str) -> None:
     """Check that ``path`` is an existing regular file before a reader opens it.
 
@@ -194,6 +254,8 @@ def require_file(path: Path, what: str) -> None:
         MissingDataError: ``<path>: <what> not found``. DataFormatError: ``<path>: <what> is not a regular file``.
     """
     if not path.exists():
+        if path.is_symlink():
+            raise DataFormatError(symlink_problem(path), path=path, hint="remove or fix the link")
         raise MissingDataError(f"{path}: {what} not found")
     if not path.is_file():
         raise DataFormatError(f"{path}: {what} is not a regular file")

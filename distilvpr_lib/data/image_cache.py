@@ -23,6 +23,7 @@ would be worse than stopping.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
@@ -35,13 +36,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from distilvpr_lib.config import IMAGENET_MEAN, IMAGENET_STD
+from distilvpr_lib.config import IMAGE_CACHE_FOLDER, IMAGENET_MEAN, IMAGENET_STD
 from distilvpr_lib.data.augment import ERASING_PROBABILITY, ERASING_RATIO, ERASING_SCALE
 from distilvpr_lib.data.files import atomic_output_path, atomic_write, file_sha256
 from distilvpr_lib.errors import DataFormatError
 
 CACHE_VERSION = 1
-DEFAULT_CACHE_FOLDER = ".cache"
+DEFAULT_CACHE_FOLDER = IMAGE_CACHE_FOLDER
 
 
 class ImageCacheError(DataFormatError):
@@ -109,6 +110,19 @@ def _training_keys(benchmark: Any, k_max: int) -> tuple[list[str], list[Path]]:
     return keys, paths
 
 
+def _reserve(path: Path) -> None:
+    """Allocate every byte of the (sparse) memory-mapped file now, where the OS supports it."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    with open(path, "r+b") as handle:
+        try:
+            os.posix_fallocate(handle.fileno(), 0, os.fstat(handle.fileno()).st_size)
+        except OSError as exc:
+            if exc.errno in (errno.EINVAL, errno.EOPNOTSUPP):  # a file system without it: write as before
+                return
+            raise
+
+
 def _read_rgb(path: Path) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
@@ -170,6 +184,7 @@ def open_training_image_cache(benchmark: Any, cache_dir: str | Path | None = Non
         print(f"image cache: decoding {len(keys)} training images into {npy}")
     with atomic_output_path(npy) as tmp:
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(keys), height, width, 3))
+        _reserve(tmp)  # a full disk is an OSError here (-> "disk full"), not a SIGBUS while writing the pixels
         for i, path in enumerate(paths):
             pixels = first if i == 0 else _read_rgb(path)
             if pixels.shape != (height, width, 3):

@@ -25,7 +25,9 @@ class DistillLoss(nn.Module):
     * ``grouped``: ``True`` when the loss is switched on by one *group* weight (its ``name``,
       e.g. ``rkdg``) multiplied by per-term *internal* weights (``rkdg_distance``...);
       ``False`` when every term has its own weight (default 0);
-    * ``requires_masks``: the forward needs ``positives_mask``/``negatives_mask``.
+    * ``requires_masks``: the forward needs ``positives_mask``/``negatives_mask``;
+    * ``dimension_free``: the loss compares only each agent's own (B, B) relations, so student and teacher
+      descriptors may differ in dimension (e.g. distilling a single teacher head); the others need (B, D) pairs.
 
     ``forward`` returns the UNWEIGHTED terms; :class:`~distilvpr_lib.losses.distiller.Distiller`
     applies the weights. The teacher is treated as a constant (callers pass it detached;
@@ -36,6 +38,7 @@ class DistillLoss(nn.Module):
     components: ClassVar[tuple[str, ...]] = ("",)
     grouped: ClassVar[bool] = False
     requires_masks: ClassVar[bool] = False
+    dimension_free: ClassVar[bool] = False
 
     @classmethod
     def from_config(cls, cfg: "DistillConfig") -> "DistillLoss":
@@ -69,7 +72,7 @@ class DistillLoss(nn.Module):
         Checks the (B, D_s) / (B, D_t) pair (dimensions may differ), detaches the teacher and computes
         ``components[suffix](student, teacher)`` for every wanted term, in ``components`` order.
         """
-        check_pair(student, teacher, self.name, same_dim=False)
+        check_pair(student, teacher, self.name, same_dim=not self.dimension_free)
         wanted = self._wanted(terms)
         teacher = teacher.detach()
         out: dict[str, torch.Tensor] = {}

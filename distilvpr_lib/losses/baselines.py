@@ -57,6 +57,8 @@ class RKDLoss(DistillLoss):
     Park, Kim, Lu, Cho, "Relational Knowledge Distillation", CVPR 2019.
     """
 
+    dimension_free = True
+
     components: ClassVar[tuple[str, ...]] = ("distance", "angle")
     grouped: ClassVar[bool] = True
 
@@ -92,6 +94,8 @@ class PKTLoss(DistillLoss):
     Passalis, Tefas, "Learning Deep Representations with Probabilistic Knowledge Transfer", ECCV 2018.
     """
 
+    dimension_free = True
+
     def __init__(self, eps: float = 1e-7):
         super().__init__()
         self.eps = float(eps)
@@ -101,7 +105,7 @@ class PKTLoss(DistillLoss):
         return cls(cfg.pkt_eps)
 
     def forward(self, student, teacher, positives_mask=None, negatives_mask=None, *, terms=None):
-        check_pair(student, teacher, "pkt", same_dim=False)
+        check_pair(student, teacher, "pkt", same_dim=not self.dimension_free)
         self._wanted(terms)
         p_student = _pkt_conditional(student, self.eps)
         p_teacher = _pkt_conditional(teacher.detach(), self.eps)
@@ -119,8 +123,10 @@ class SPLoss(DistillLoss):
     Tung, Mori, "Similarity-Preserving Knowledge Distillation", ICCV 2019.
     """
 
+    dimension_free = True
+
     def forward(self, student, teacher, positives_mask=None, negatives_mask=None, *, terms=None):
-        check_pair(student, teacher, "sp", same_dim=False)
+        check_pair(student, teacher, "sp", same_dim=not self.dimension_free)
         self._wanted(terms)
         batch = student.shape[0]
         g_student = relations.l2_normalize(student @ student.T)

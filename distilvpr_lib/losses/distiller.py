@@ -34,20 +34,21 @@ from torch import nn
 
 from distilvpr_lib.config import parse_method_name
 
+from .plugins import load_loss_plugins
 from .registry import LOSSES
+from .relations import GEOMETRIES
 
 if TYPE_CHECKING:  # pragma: no cover
     from distilvpr_lib.config import DistillConfig
 
-_GEOMETRIES = ("euclidean", "spherical", "hyperbolic")
-_ST2SS = {f"cross_{g}_st2ss": 0.1 for g in _GEOMETRIES}
-_TT2ST = {f"cross_{g}_tt2st": 0.1 for g in _GEOMETRIES}
+_ST2SS = {f"cross_{g}_st2ss": 0.1 for g in GEOMETRIES}
+_TT2ST = {f"cross_{g}_tt2st": 0.1 for g in GEOMETRIES}
 
 #: Preset name -> weight spec (see the module docstring). docs/METHOD.md §4.5 and §7.
 PRESETS: dict[str, dict[str, float]] = {
     # B0: student without distillation
     "nokd": {},
-    # F: full DistilVPR, Oxford (README): 10·RKD-G(1/1/1) + 0.1·(E + S + H) st2ss
+    # F: full DistilVPR, Oxford (the reference README, docs/METHOD.md §7): 10·RKD-G(1/1/1) + 0.1·(E + S + H) st2ss
     "distilvpr": {"rkdg": 10.0, **_ST2SS},
     # F on Boreas: RKD-G weight 1
     "distilvpr_boreas": {"rkdg": 1.0, **_ST2SS},
@@ -81,8 +82,27 @@ PRESETS: dict[str, dict[str, float]] = {
 }
 
 
+def register_preset(name: str, spec: dict[str, float]) -> None:
+    """Add a preset (a weight spec, module docstring) under ``name`` — what a loss plugin calls
+    (``losses.plugins``); the name then takes the method-name modifiers like every preset.
+
+    Raises:
+        ValueError: ``name`` is not a plain preset name (no ``_x`` / ``_lr`` / ``_norm`` modifiers), or it is taken
+            by another spec.
+        KeyError: a weight name no registered loss knows.
+    """
+    if parse_method_name(name).name != name or parse_method_name(name).base != name:
+        raise ValueError(f"preset name {name!r} must not end in a method-name modifier (_x, _lr, _norm)")
+    spec = {str(k): float(v) for k, v in spec.items()}
+    _check_names(spec, f"preset {name!r}")
+    if name in PRESETS and PRESETS[name] != spec:
+        raise ValueError(f"preset {name!r} exists with other weights: {PRESETS[name]}")
+    PRESETS[name] = spec
+
+
 def known_weight_names() -> list[str]:
     """Every name a weight spec may use: all term names plus the group names of grouped losses."""
+    load_loss_plugins()
     names: set[str] = set()
     for name, cls in LOSSES.items():
         names.update(cls.term_names())
@@ -130,6 +150,7 @@ def resolve_term_weights(cfg: "DistillConfig") -> dict[str, float]:
     Raises:
         KeyError: unknown ``cfg.method`` (lists the presets) or unknown names in ``cfg.terms``.
     """
+    load_loss_plugins()
     try:
         parsed = parse_method_name(cfg.method)
     except ValueError as exc:
@@ -157,9 +178,6 @@ def resolve_term_weights(cfg: "DistillConfig") -> dict[str, float]:
     return weights
 
 
-#: Losses whose terms compare each agent's own (B, B) relations only (RKD-G, RKD, PKT, SP), so the student
-#: and teacher descriptors may differ in dimension (e.g. distilling a single teacher head).
-DIMENSION_FREE_LOSSES: frozenset[str] = frozenset({"rkdg", "rkdg2", "rkd", "pkt", "sp"})
 
 
 class Distiller(nn.Module):
@@ -191,7 +209,7 @@ class Distiller(nn.Module):
     @property
     def dimension_free(self) -> bool:
         """Whether every active loss compares only each agent's own relations (any teacher dimension)."""
-        return all(name in DIMENSION_FREE_LOSSES for name in self.losses)
+        return all(type(loss).dimension_free for loss in self.losses.values())
 
     @property
     def requires_masks(self) -> bool:

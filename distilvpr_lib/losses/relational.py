@@ -182,6 +182,8 @@ class RKDGLoss(DistillLoss):
     Park, Kim, Lu, Cho, "Relational Knowledge Distillation", CVPR 2019; Wang et al., DistilVPR, AAAI 2024.
     """
 
+    dimension_free = True
+
     components: ClassVar[tuple[str, ...]] = ("distance", "angle", "geodesic")
     grouped: ClassVar[bool] = True
 
@@ -361,8 +363,3 @@ class CrossSphericalPoincareLoss(CrossAgentLoss):
 
     geometry = "spherical"
     mapping = "poincare"
-
-
-def cross_agent_terms(geometries: Collection[str] = relations.GEOMETRIES, direction: str = "st2ss") -> list[str]:
-    """Term names ``cross_<g>_<direction>`` for the given geometries."""
-    return [f"cross_{g}_{direction}" for g in geometries]

@@ -7,7 +7,7 @@ the weight and the radius fixed rather than learned).
 Its gradient on ``x_i``, ``2(‖x_i‖ − R) x_i / (B ‖x_i‖)``, is radial: it changes each embedding's norm and
 nothing else, so it is orthogonal to the gradient of any loss computed on L2-normalised embeddings (the study's
 normalised task, ``train.task_normalize``). It is the study's control for the scale the distillation terms hold
-(README, "Study").
+(docs/study/LOG.md).
 """
 
 from __future__ import annotations

@@ -101,6 +101,33 @@ def save_figure(fig: Figure, path: str | Path, dpi: int | None = None) -> Path:
     return path
 
 
+def in_notebook() -> bool:
+    """True inside a Jupyter kernel (JupyterLab, papermill, nbclient), where rich outputs are shown."""
+    import sys
+
+    shell = getattr(sys.modules.get("IPython"), "get_ipython", lambda: None)()
+    return shell is not None and getattr(shell, "kernel", None) is not None
+
+
+def show_figure(fig: Figure, path: str | Path | None = None, dpi: int | None = None) -> None:
+    """Save ``fig`` as PNG at ``path`` (when given, atomically, parents created) and show it inline.
+
+    In a Jupyter kernel the figure is displayed as an ``image/png`` output of the running cell (so it also lands
+    in a papermill copy); elsewhere (a script, a test) it is only saved. Returns ``None``, so a cell ending in
+    ``show_figure(...)`` shows the figure and no path.
+    """
+    data = figure_png(fig, dpi)
+    if path is not None:
+        from distilvpr_lib.data.files import atomic_write
+
+        with atomic_write(Path(path), "wb") as handle:
+            handle.write(data)
+    if in_notebook():
+        from IPython.display import Image, display
+
+        display(Image(data=data, format="png"))
+
+
 def write_metrics(out: str | Path, metrics: Mapping[str, Any], name: str = "metrics.json") -> Path:
     """Write ``metrics`` as strict JSON to ``<out>/<name>`` atomically (NaN -> null, sorted keys); returns the path
     (:func:`distilvpr_lib.data.files.write_json`)."""

@@ -47,6 +47,7 @@ def epoch_curves(epochs: "pd.DataFrame", columns: Sequence[str] = ("val_AR@1", "
         variations: which variations (default all).
     """
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     columns = [c for c in columns if c in epochs]
     fig, axes = plt.subplots(1, max(len(columns), 1), figsize=(4.6 * max(len(columns), 1), 3.4), squeeze=False)
@@ -58,9 +59,11 @@ def epoch_curves(epochs: "pd.DataFrame", columns: Sequence[str] = ("val_AR@1", "
                 continue
             g = sel.groupby("epoch")[col]
             mean = g.mean()
-            ax.plot(mean.index, mean.to_numpy(), label=f"{name} ({sel['seed'].nunique()} seeds)")
+            ax.plot(mean.index, mean.to_numpy(), marker="o", markersize=3 if len(mean) > 1 else 7,
+                    label=f"{name} ({sel['seed'].nunique()} seeds)")
             ax.fill_between(mean.index, g.min().to_numpy(), g.max().to_numpy(), alpha=0.15)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(col)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)

@@ -1,9 +1,11 @@
-"""Boreas layout: the generator driven along real Boreas trajectories (docs/METHOD.md §2.2).
+"""Boreas layout: the generator driven along procedural or real Boreas trajectories (docs/METHOD.md §2.2).
 
-The world is built around the first real drive of ``boreas_poses/`` (a suburban arterial road
-along the driven path: detached houses and low commercial blocks turned to face the road, front
-yards, boulevard trees, lamps), and every run follows one of the real drives (with its real LiDAR
-and camera timestamps, shifted to the run's date) under its own condition. Written layout::
+The drives are ``synth.n_runs`` procedural drives of one generated route (the default, from the seed
+alone: :mod:`.boreas_route`, docs/DATA.md) or the real drives of a ``boreas_poses/`` folder. The world is
+built around the first drive (a suburban arterial road along the driven path: detached houses and low
+commercial blocks turned to face the road, front yards, boulevard trees, lamps), and every run follows
+one of the drives (with its LiDAR and camera timestamps, shifted to the run's date) under its own
+condition. Written layout::
 
     <run>/lidar_1_4096_interval10/<ts>.npy            (4096, 3) float32, metric, LiDAR frame, ground removed
     <run>/camera_lidar_interval10/<image_ts>.png       forward camera
@@ -68,13 +70,8 @@ from distilvpr_lib.data.splits import (
     make_training_tuples,
     write_lidar2image_ndx,
 )
-from distilvpr_lib.data.synth.boreas_world import (
-    DriveTrack,
-    boreas_transients,
-    build_road_world,
-    default_boreas_poses_dir,
-    load_real_drives,
-)
+from distilvpr_lib.data.synth.boreas_route import PROCEDURAL_POSES, boreas_drives, checked_poses, is_procedural
+from distilvpr_lib.data.synth.boreas_world import DriveTrack, boreas_transients, build_road_world
 from distilvpr_lib.data.synth.camera import CAMERA_HEIGHT_M, CAMERA_PITCH_DEG, CameraModel, render_image
 from distilvpr_lib.data.synth.conditions import RunCondition, sample_conditions, start_time_us
 from distilvpr_lib.data.synth.lidar import (
@@ -163,12 +160,17 @@ class BoreasPlan:
 
 
 def plan_boreas(cfg: SynthConfig, poses_dir: PathLike | None = None, seed: int | None = None) -> BoreasPlan:
-    """World around the first real drive, and every run's submaps and images (nothing rendered)."""
+    """World around the first drive, and every run's submaps and images (nothing rendered).
+
+    ``poses_dir``: a folder of real Boreas poses, or ``None`` / ``"procedural"`` (:func:`.boreas_route.boreas_drives`).
+    """
     seed = cfg.seed if seed is None else int(seed)
-    drives = load_real_drives(poses_dir or default_boreas_poses_dir())
+    drives = boreas_drives(poses_dir, seed, cfg.n_runs, cfg.route_length_m)
     origin = np.round(drives[0].lidar_en[0] / 100.0) * 100.0
     tracks = [DriveTrack.create(d, origin) for d in drives]
     world = build_road_world(seed, tracks[0], cfg.route_length_m)
+    if is_procedural(poses_dir):
+        world.summary["trajectories"] = PROCEDURAL_POSES
     conditions = sample_conditions(seed, cfg.n_runs)
     used: set[str] = set()
     runs = []
@@ -331,7 +333,7 @@ def _boreas_job(job: tuple[int, list[int], str]) -> JobResult:
     return JobResult(clouds, images, lidar_s, camera_s, len(submap_ids))
 
 
-def _init_boreas_worker(cfg_dict: dict[str, Any], poses_dir: str, seed: int) -> None:
+def _init_boreas_worker(cfg_dict: dict[str, Any], poses_dir: PathLike, seed: int) -> None:
     global _BSTATE
     _BSTATE = _make_state(plan_boreas(SynthConfig(**cfg_dict), poses_dir, seed))
 
@@ -431,8 +433,8 @@ class BoreasWriter(LayoutWriter):
     """The Boreas layout for :func:`~.skeleton.run_generation`.
 
     Args:
-        poses_dir: the real Boreas poses (default ``$DISTILVPR_REAL_DATA/boreas_poses`` or
-            ``../shared/data/real/boreas_poses``).
+        poses_dir: a folder of real Boreas poses (e.g. :func:`.boreas_world.default_boreas_poses_dir`; checked
+            here, before anything is written: ``FileNotFoundError``), or ``None`` / ``"procedural"`` (default).
     """
 
     layout = Layout.BOREAS.value
@@ -441,7 +443,12 @@ class BoreasWriter(LayoutWriter):
     ordered_results = True
 
     def __init__(self, poses_dir: PathLike | None = None) -> None:
-        self.poses = Path(poses_dir) if poses_dir is not None else default_boreas_poses_dir()
+        self.procedural = is_procedural(poses_dir)
+        self.poses: str | Path = PROCEDURAL_POSES if self.procedural else checked_poses(poses_dir)  # type: ignore[arg-type]
+
+    def record_extra(self) -> dict[str, Any]:
+        # the real-poses record is the one from before procedural drives; neither completes the other's folder
+        return {"boreas_trajectories": PROCEDURAL_POSES} if self.procedural else {}
 
     def plan(self, cfg: SynthConfig, seed: int) -> BoreasPlan:
         return plan_boreas(cfg, self.poses, seed)
@@ -492,7 +499,7 @@ class BoreasWriter(LayoutWriter):
             _BSTATE = previous
 
     def pool_initializer(self, cfg: SynthConfig, seed: int) -> tuple[Any, tuple[Any, ...]]:
-        return _init_boreas_worker, (dataclasses.asdict(cfg), str(self.poses), seed)
+        return _init_boreas_worker, (dataclasses.asdict(cfg), self.poses, seed)
 
     def finish(self, plan: BoreasPlan, out: Path, report: GenerationReport) -> None:
         ndx = {sp.timestamp: list(sp.image_timestamps) for r in plan.runs for sp in r.submaps}
@@ -502,7 +509,7 @@ class BoreasWriter(LayoutWriter):
 
 def generate_boreas_dataset(out_dir: PathLike, cfg: SynthConfig, seed: int | None = None, workers: int | None = None,
                             progress: Progress = True, poses_dir: PathLike | None = None) -> GenerationReport:
-    """Generate (or complete) a Boreas-layout dataset in ``out_dir``; see the module docstring."""
+    """Generate (or complete) a Boreas-layout dataset in ``out_dir`` (``poses_dir``: see :class:`BoreasWriter`)."""
     return run_generation(BoreasWriter(poses_dir), out_dir, cfg, seed=seed, workers=workers, progress=progress)
 
 

@@ -68,12 +68,13 @@ class JobResult(NamedTuple):
     units: int
 
 
-def config_record(cfg: SynthConfig, seed: int, layout: str) -> dict[str, Any]:
-    """The content of ``synth_config.json``: generator version, layout, settings and seed (not ``workers``)."""
+def config_record(cfg: SynthConfig, seed: int, layout: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The content of ``synth_config.json``: generator version, layout, settings and seed (not ``workers``),
+    plus the layout writer's ``extra`` inputs (:meth:`LayoutWriter.record_extra`)."""
     d = dataclasses.asdict(cfg)
     d.pop("workers", None)  # does not change the bytes
     d["seed"] = seed
-    return {"generator_version": GENERATOR_VERSION, "layout": layout, "synth": d}
+    return {"generator_version": GENERATOR_VERSION, "layout": layout, "synth": d, **(extra or {})}
 
 
 def json_bytes(obj: Any) -> bytes:
@@ -133,6 +134,11 @@ class LayoutWriter:
         ``.world.summary`` and ``.eval_runs()``."""
         raise NotImplementedError
 
+    def record_extra(self) -> dict[str, Any]:
+        """Inputs beyond the settings and the seed that change the bytes, recorded in ``synth_config.json``
+        (a folder generated with other ones is refused). None by default."""
+        return {}
+
     def manifest(self, plan: Any) -> dict[str, Any]:
         """The content of ``synth_manifest.json``."""
         raise NotImplementedError
@@ -185,7 +191,7 @@ def run_generation(writer: LayoutWriter, out_dir: PathLike, cfg: SynthConfig, se
     out.mkdir(parents=True, exist_ok=True)
     seed = cfg.seed if seed is None else int(seed)
     workers = cfg.workers if workers is None else int(workers)
-    record = config_record(cfg, seed, writer.layout)
+    record = config_record(cfg, seed, writer.layout, writer.record_extra())
     config_path = out / CONFIG_FILE
     if config_path.is_file():
         existing = json.loads(config_path.read_text())
@@ -211,9 +217,9 @@ def run_generation(writer: LayoutWriter, out_dir: PathLike, cfg: SynthConfig, se
     jobs, total = writer.jobs(plan, out)
     bar = None
     if progress is True and total:
-        from tqdm.auto import tqdm
+        from distilvpr_lib.progress import progress_bar
 
-        bar = tqdm(total=total, desc=writer.progress_desc.format(name=out.name), unit=writer.progress_unit)
+        bar = progress_bar(total=total, desc=writer.progress_desc.format(name=out.name), unit=writer.progress_unit)
     done = 0
 
     def update(result: JobResult) -> None:

@@ -91,9 +91,9 @@ def compute_embeddings(
 
     batches = loader
     if progress:
-        from tqdm.auto import tqdm
+        from distilvpr_lib.progress import progress_bar
 
-        batches = tqdm(loader, desc=f"embedding ({key})", leave=False)
+        batches = progress_bar(loader, desc="embedding" if key == "embedding" else f"embedding ({key})", leave=False)
     was_training = model.training
     model.eval()
     chunks: list[np.ndarray] = []

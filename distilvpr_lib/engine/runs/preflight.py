@@ -13,8 +13,8 @@ project error (:mod:`distilvpr_lib.errors`) naming the file, and creates nothing
 * **weights** — ``teacher.pt`` / ``student.pt`` / a resumable ``checkpoints/last.pt`` load with
   ``weights_only=True`` and their state_dict keys and shapes match the model of the config (the message
   lists the first mismatches), a teacher cache is readable;
-* **the output folder** — not a file, writable, not locked by another process, and (resuming) not a run
-  of another configuration.
+* **the output folder** — not a file, writable, not locked by another process, and (resuming, or re-running
+  a finished run) not a run of another configuration or dataset (every field that differs named, old → new).
 
 ``batch`` checks its grid's datasets and teachers with these functions (``distilvpr_lib.batch.preflight_grid``).
 
@@ -25,17 +25,20 @@ seconds (``benchmarks/bench_preflight.py``).
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from distilvpr_lib.config_checks import check_config_values
 from distilvpr_lib.data.clouds import BIN_CLOUD_BYTES, describe_bad_bin_size
-from distilvpr_lib.data.images import check_image_file
+from distilvpr_lib.data.files import symlink_problem
+from distilvpr_lib.data.images import check_image_file, image_size_problems
+from distilvpr_lib.engine.runs.cache_dirs import nearest_existing, probe_writable, resolve_image_cache_dir
 from distilvpr_lib.errors import (
     CheckpointError,
     DataFormatError,
@@ -84,7 +87,13 @@ def _check_cloud_size(path: Path) -> None:
     try:
         size = path.stat().st_size
     except FileNotFoundError:
+        if path.is_symlink():
+            raise DataFormatError(symlink_problem(path), path=path, hint="remove or fix the link") from None
         raise MissingDataError("cloud referenced by the benchmark pickles not found", path=path) from None
+    except OSError as exc:  # ELOOP: a symlink loop; EACCES ...
+        if exc.errno == errno.ELOOP:
+            raise DataFormatError(symlink_problem(path), path=path, hint="remove or fix the link") from None
+        raise DataFormatError(f"cannot read ({exc.strerror or exc})", path=path) from None
     if path.is_dir():
         raise DataFormatError("is a folder, expected a point cloud file", path=path)
     if path.suffix == ".bin":
@@ -126,8 +135,12 @@ def required_rel_paths(benchmark: "Benchmark", training: bool, splits: Iterable[
 
 def preflight_dataset(dataset_dir: PathLike, image_dir: PathLike | None = None, layout: str = "auto",
                       training: bool = True, splits: Iterable[str] = ("test",), need_images: bool = True,
-                      decode_images: bool = False, report: PreflightReport | None = None) -> "Benchmark":
+                      decode_images: bool = False, report: PreflightReport | None = None,
+                      expected_size: tuple[int, int] | None = None) -> "Benchmark":
     """Load a benchmark and check every file the run will read (see the module docstring).
+
+    Every image the run reads must have one size (batches stack them), ``expected_size`` (width, height)
+    when given; a training set must hold a tuple with a positive and a negative (else every batch is skipped).
 
     Args:
         training: the run trains: training tuples must exist and their clouds / images are checked.
@@ -170,17 +183,24 @@ def preflight_dataset(dataset_dir: PathLike, image_dir: PathLike | None = None, 
             problems.append(exc)
     images = 0
     if need_images:
+        sizes: dict[Path, tuple[int, int]] = {}
         for rel in rel_paths:
             try:
                 count = benchmark.image_count(rel)
                 for k in range(max(count, 1)):
-                    check_image_file(benchmark.image_path(rel, k), decode=decode_images)
+                    path = benchmark.image_path(rel, k)
+                    sizes[path] = check_image_file(path, decode=decode_images)
                     images += 1
             except DistilVPRError as exc:
                 exc.hint = exc.hint or _DAMAGED_HINT
                 problems.append(exc)
             except IndexError as exc:
                 problems.append(DataFormatError(str(exc)))
+        problems.extend(image_size_problems(sizes, expected_size))
+    if training and not problems:
+        problem = training_set_problem(benchmark)
+        if problem is not None:
+            problems.append(problem)
     if problems:
         raise _first_problem(problems, dataset_dir)
     if report is not None:
@@ -188,6 +208,28 @@ def preflight_dataset(dataset_dir: PathLike, image_dir: PathLike | None = None, 
         report.images += images
         report.benchmark = benchmark
     return benchmark
+
+
+def training_set_problem(benchmark: "Benchmark") -> DistilVPRError | None:
+    """Why no batch of the training set could form a triplet, or ``None``.
+
+    A training step needs, within a batch, an anchor with a positive (a sub-map within 10 m) and a negative
+    (one farther than 50 m). When no training tuple has both, every batch is skipped, so refuse up front.
+    """
+    import numpy as np
+
+    tuples = benchmark.training_tuples
+    n = len(tuples)
+    if any(len(t.positives) and len(set(np.asarray(t.non_negatives).tolist()) | {t.id}) < n for t in tuples.values()):
+        return None
+    from distilvpr_lib.data.benchmark import LAYOUT_FILES
+
+    training_file = benchmark.dataset_dir / LAYOUT_FILES[benchmark.layout]["training"][0]
+    return DataFormatError(
+        f"no training tuple has both a positive (<= 10 m) and a negative (> 50 m) among the {n} training "
+        "sub-maps, so every batch would be skipped", path=training_file,
+        hint="the training region is too small: generate the dataset with a longer route (distilvpr synth "
+             "--route-length 500 ..., or a larger --profile), or use a larger real dataset")
 
 
 # ---------------------------------------------------------------------------
@@ -243,7 +285,9 @@ def _read_config(folder: Path, what: str) -> "ExperimentConfig":
         raise MissingCheckpointError(f"configuration of the {what} not found", path=path,
                                      hint=f"is {folder} a folder written by this workbench?")
     try:
-        return ExperimentConfig.load(path)
+        return ExperimentConfig.load(path)  # names the file and the field (DataFormatError)
+    except DistilVPRError:
+        raise
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"unreadable JSON ({exc})", path=path) from exc
     except (KeyError, TypeError, ValueError) as exc:
@@ -312,16 +356,12 @@ def preflight_out_dir(out_dir: PathLike, check_lock: bool | None = None) -> None
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise RunFolderError("is a file, not a run folder", path=out_dir, hint="choose another --out")
-    ancestor = out_dir
-    while not ancestor.exists():
-        if ancestor.parent == ancestor:
-            break
-        ancestor = ancestor.parent
+    ancestor = nearest_existing(out_dir)
     if not ancestor.is_dir():
         raise RunFolderError("cannot create the run folder: a file stands in its path", path=ancestor,
                              hint="choose another --out")
     try:
-        tempfile.TemporaryDirectory(dir=ancestor, prefix=".distilvpr-write-probe-").cleanup()
+        probe_writable(ancestor)
     except OSError as exc:
         raise RunFolderError(f"not writable ({exc.strerror or exc})", path=ancestor,
                              hint="check its permissions, or choose another --out") from exc
@@ -329,25 +369,37 @@ def preflight_out_dir(out_dir: PathLike, check_lock: bool | None = None) -> None
         check_not_locked(out_dir)
 
 
+def preflight_image_cache_dir(cfg: "ExperimentConfig", out_dir: PathLike) -> Path | None:
+    """With ``data.image_cache`` on: the folder the image cache will use (:func:`resolve_image_cache_dir`)."""
+    if not cfg.data.image_cache:
+        return None
+    return resolve_image_cache_dir(cfg, out_dir)
+
+
 def preflight_resume(cfg: "ExperimentConfig", out_dir: PathLike, kind: str, resume: bool,
                      report: PreflightReport | None = None) -> None:
-    """Resuming: the folder's run has this configuration and its ``checkpoints/last.pt`` fits the model."""
+    """Resuming: the folder's run has this configuration and dataset (every field, the dataset's fingerprint:
+    :func:`~distilvpr_lib.engine.runs.run_folder.check_resumable`) and its ``checkpoints/last.pt`` fits the model.
+    A finished run without its checkpoint is compared too."""
     out_dir = Path(out_dir)
-    if not resume or not (out_dir / "checkpoints").is_dir():  # a fresh run: nothing to load (nor torch to import)
+    has_config = (out_dir / "config.json").is_file()
+    if not resume or not (has_config or (out_dir / "checkpoints").is_dir()):  # fresh: nothing to compare or load
         return
     from distilvpr_lib.engine.train.checkpoint import LAST_CHECKPOINT_NAME, check_state_dict, load_checkpoint
     from distilvpr_lib.engine.runs.run_folder import check_resumable
 
     last = out_dir / "checkpoints" / LAST_CHECKPOINT_NAME
     if not last.is_file():
+        if has_config:
+            check_resumable(cfg, out_dir, resume)
         return
-    check_resumable(cfg, out_dir, resume)
     hint = "delete it, or run with --no-resume to start over"
     try:
         state = load_checkpoint(last)
     except CheckpointError as exc:
         exc.hint = hint
         raise
+    check_resumable(cfg, out_dir, resume, checkpoint=state)
     model_state = state.get("model")
     if not isinstance(model_state, dict):
         raise CheckpointError("training checkpoint without model weights", path=last, hint=hint)
@@ -375,6 +427,7 @@ def preflight_train_teacher(cfg: "ExperimentConfig", out_dir: PathLike, resume: 
     a checkpoint to resume. Raises the first problem (module docstring); returns what was checked."""
     started = time.perf_counter()
     report = PreflightReport()
+    check_config_values(cfg)
     preflight_out_dir(out_dir)
     preflight_resume(cfg, out_dir, "teacher", resume, report)
     _dataset_of(cfg, True, _training_splits(cfg), report)
@@ -388,7 +441,9 @@ def preflight_distill(cfg: "ExperimentConfig", teacher_dir: PathLike | None, out
     checkpoint to resume."""
     started = time.perf_counter()
     report = PreflightReport()
+    check_config_values(cfg)
     preflight_out_dir(out_dir)
+    preflight_image_cache_dir(cfg, out_dir)
     if teacher_dir is not None:
         preflight_teacher_folder(teacher_dir, cfg, report)
     preflight_resume(cfg, out_dir, "student", resume, report)
@@ -398,8 +453,10 @@ def preflight_distill(cfg: "ExperimentConfig", teacher_dir: PathLike | None, out
 
 
 def preflight_evaluate(model_dir: PathLike, dataset_dir: PathLike | None = None, split: str = "test",
-                       image_dir: PathLike | None = None) -> PreflightReport:
-    """What ``evaluate`` reads: the folder's config and weights (fitting it), the split's clouds and images."""
+                       image_dir: PathLike | None = None, layout: str | None = None) -> PreflightReport:
+    """What ``evaluate`` reads: the folder's config and weights (fitting it), the split's clouds and images.
+
+    ``layout``: the evaluated dataset's (``"auto"``: detected); ``None`` = the folder's ``data.layout``."""
     from distilvpr_lib.engine.runs.run_folder import STUDENT_WEIGHTS_FILE, TEACHER_WEIGHTS_FILE
 
     started = time.perf_counter()
@@ -415,11 +472,13 @@ def preflight_evaluate(model_dir: PathLike, dataset_dir: PathLike | None = None,
                                      path=model_dir, hint="is it a finished teacher folder or student run?")
     preflight_dataset(dataset_dir if dataset_dir is not None else cfg.data.dataset_dir,
                       image_dir=image_dir if image_dir is not None else cfg.data.image_dir,
-                      layout=cfg.data.layout, training=False, splits=(split,), report=report)
+                      layout=cfg.data.layout if layout is None else layout, training=False, splits=(split,),
+                      report=report)
     report.seconds = time.perf_counter() - started
     return report
 
 
-__all__ = ["PreflightReport", "expected_state_shapes", "preflight_dataset", "preflight_distill",
-           "preflight_evaluate", "preflight_out_dir", "preflight_resume", "preflight_teacher_folder",
-           "preflight_train_teacher", "preflight_weights", "required_rel_paths"]
+__all__ = ["PreflightReport", "expected_state_shapes", "image_size_problems", "preflight_dataset",
+           "preflight_distill", "preflight_evaluate", "preflight_image_cache_dir", "preflight_out_dir",
+           "preflight_resume", "preflight_teacher_folder", "preflight_train_teacher", "preflight_weights",
+           "required_rel_paths", "training_set_problem"]

@@ -50,8 +50,8 @@ def evaluate_split(model: nn.Module, benchmark: "Benchmark", split: str, cfg: Ex
 
 def evaluate_run(model_dir: PathLike, dataset_dir: PathLike | None = None, split: str = "test",
                  device: str = "auto", image_dir: PathLike | None = None, progress: bool = True,
-                 results_path: PathLike | None = None,
-                 preflight: bool = True) -> tuple[dict[str, Any], "RetrievalResults"]:
+                 results_path: PathLike | None = None, preflight: bool = True,
+                 layout: str | None = None) -> tuple[dict[str, Any], "RetrievalResults"]:
     """Evaluate a teacher folder or student run on a split of a benchmark.
 
     Args:
@@ -63,6 +63,8 @@ def evaluate_run(model_dir: PathLike, dataset_dir: PathLike | None = None, split
         results_path: where to save the RetrievalResults (``.npz``/``.json``), optional.
         preflight: check the folder and the split first (:func:`~distilvpr_lib.engine.runs.preflight.preflight_evaluate`);
             ``False`` only when the caller has just run that check (the CLI does, before torch is imported).
+        layout: the evaluated dataset's layout (``"auto"``: detected from its files); ``None`` = the folder's
+            ``data.layout``.
 
     Returns:
         ``(summary dict, RetrievalResults)``; the summary has AR@1/5/10/1% and per-run AR@1.
@@ -70,7 +72,7 @@ def evaluate_run(model_dir: PathLike, dataset_dir: PathLike | None = None, split
     from distilvpr_lib.engine.runs.preflight import preflight_evaluate
 
     if preflight:
-        preflight_evaluate(model_dir, dataset_dir=dataset_dir, split=split, image_dir=image_dir)
+        preflight_evaluate(model_dir, dataset_dir=dataset_dir, split=split, image_dir=image_dir, layout=layout)
     torch_device = resolve_device(device)
     model, cfg, kind = load_model_from_dir(model_dir, torch_device)
     overrides = {}
@@ -78,6 +80,8 @@ def evaluate_run(model_dir: PathLike, dataset_dir: PathLike | None = None, split
         overrides["dataset_dir"] = str(dataset_dir)
     if image_dir is not None:
         overrides["image_dir"] = str(image_dir)
+    if layout is not None:
+        overrides["layout"] = layout
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **overrides))
     benchmark = load_benchmark(cfg)
     results = evaluate_split(model, benchmark, split, cfg, torch_device, progress=progress)

@@ -9,16 +9,22 @@ checkpoints and TensorBoard)::
     metrics.json        per-epoch losses, validation summaries, best epoch, test summary, ...
     test_results.npz    the selected teacher's RetrievalResults on the test split (browser input)
     teacher_cache.pt    teacher embeddings of every training sub-map (see engine.runs.teacher_cache)
-    checkpoints/        last.pt (exact resume) and best.pt
+    teacher_cache-<key16>.pt   caches of the same dataset for other inputs (built by students; never overwritten)
+    summary.json        one screen: config changes vs the profile, selected epoch, recalls, skipped batches, time
+    run.log             the run's console lines (appended across resumes)
+    checkpoints/        last.pt (exact resume) and best.pt, while the run can resume; removed when it completes
+                        (``train.keep_checkpoints`` keeps last.pt, best.pt then a hard link to the weights)
     tensorboard/        scalars
 
 A student run folder ``runs/<name>/`` (:func:`~distilvpr_lib.engine.runs.student_run.distill_student`) holds the
-same files, ``student.pt`` instead of ``teacher.pt`` and no cache.
+same files, ``student.pt`` instead of ``teacher.pt`` and no cache (except ``teacher_cache-<key16>.pt`` when the
+student trains on another dataset than its teacher's: see engine.runs.student_cache).
 
 ``metrics.json`` schema (all recalls in percent)::
 
     kind: "teacher" | "student";  method: "teacher" | distillation preset;  profile, seed, device
-    dataset_dir, teacher_dir (student), status: "complete"
+    dataset_dir, dataset_fingerprint (data.fingerprint.dataset_fingerprint: the data the weights were trained on)
+    teacher_dir, teacher_cache: {file, cache_key} | null (student), status: "complete"
     epochs: [{epoch, lr: {group: lr}, losses: {term: mean, total: mean}, stats: {...},
               batches, skipped_batches, seconds, validation: {AR@1, AR@5, AR@10, AR@1%,
               per_run_AR@1: {run: AR@1}, seconds} | null}]
@@ -48,8 +54,9 @@ from torch import nn
 
 from distilvpr_lib.config import ExperimentConfig
 from distilvpr_lib.data.files import file_sha256, write_json
-from distilvpr_lib.engine.train.checkpoint import LAST_CHECKPOINT_NAME, load_state_dict_checked, save_weights
-from distilvpr_lib.errors import CheckpointError, MissingCheckpointError, RunFolderError
+from distilvpr_lib.engine.train.checkpoint import (BEST_WEIGHTS_NAME, LAST_CHECKPOINT_NAME, load_state_dict_checked,
+                                                   save_weights)
+from distilvpr_lib.errors import CheckpointError, DistilVPRError, MissingCheckpointError, RunFolderError
 
 if TYPE_CHECKING:  # pragma: no cover
     from distilvpr_lib.models.reference_import import ReferenceTeacherImport
@@ -79,7 +86,9 @@ def load_run_config(run_dir: PathLike) -> ExperimentConfig:
         raise MissingCheckpointError("run configuration not found", path=path,
                                      hint=f"is {run_dir} a teacher folder or run folder?")
     try:
-        return ExperimentConfig.load(path)
+        return ExperimentConfig.load(path)  # a DataFormatError naming the file and the field
+    except DistilVPRError:
+        raise
     except (ValueError, KeyError, TypeError) as exc:  # JSONDecodeError is a ValueError
         raise CheckpointError(f"not a readable run configuration ({type(exc).__name__}: {exc})", path=path,
                               hint="restore it, or re-create the folder") from exc
@@ -94,7 +103,7 @@ def _without_pretrained(model_cfg: Any) -> Any:
 RUNTIME_FIELDS: tuple[str, ...] = (
     "train.amp_dtype", "train.channels_last", "train.sync_batchnorm", "train.distributed_backend",
     "train.distributed_timeout_s", "data.persistent_workers", "data.image_cache", "data.image_cache_dir",
-    "train.loss_diagnostics",
+    "train.loss_diagnostics", "train.keep_checkpoints",
 )
 
 
@@ -125,22 +134,248 @@ def config_fingerprint(cfg: "ExperimentConfig", ignore: Iterable[str] = ()) -> s
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=list).encode()).hexdigest()[:16]
 
 
-def check_resumable(cfg: ExperimentConfig, out_dir: PathLike, resume: bool) -> None:
-    """Refuse (before ``config.json`` is overwritten) to resume a folder that holds a run of another configuration.
+#: Fields that may differ between a run and its resume (:func:`check_resumable`): where and how it executes, not
+#: what it computes (a run may resume on other hardware, with other workers or another number of processes).
+RESUME_EXEMPT_FIELDS: tuple[str, ...] = ("train.device", "train.eval_batch_size", "data.num_workers",
+                                         *RUNTIME_FIELDS)
+#: Sections that configure other commands (generating the dataset, pre-training the image prior): the dataset's
+#: fingerprint and ``model.pretrained_image_weights`` stand for what they made.
+OTHER_COMMAND_SECTIONS: tuple[str, ...] = ("synth", "prior")
+#: Compared through the dataset's fingerprint (its content), not as paths: a moved dataset is the same dataset.
+DATASET_PATH_FIELDS: tuple[str, ...] = ("data.dataset_dir", "data.image_dir")
+#: Paths compared after resolving them (a notebook writes them absolute, the command line as given).
+_RESOLVED_PATH_FIELDS: tuple[str, ...] = ("model.pretrained_image_weights",)
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfigDifference:
+    """One way a run folder's run differs from the one asked for: ``field old → new (note)``."""
+
+    field: str
+    old: Any
+    new: Any
+    note: str = ""
+
+    def __str__(self) -> str:
+        text = f"{self.field} {_show(self.old)} → {_show(self.new)}"
+        return f"{text} ({self.note})" if self.note else text
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, default=list, sort_keys=True)
+
+
+def _flat_config(cfg: ExperimentConfig) -> dict[str, Any]:
+    """``{"section.field": value}`` with JSON values (tuples as lists), ``profile`` as itself."""
+    flat: dict[str, Any] = {}
+    for section, values in json.loads(json.dumps(cfg.to_dict(), default=list)).items():
+        if isinstance(values, dict):
+            flat.update({f"{section}.{name}": value for name, value in values.items()})
+        else:
+            flat[section] = values
+    return flat
+
+
+def _resolved(value: Any) -> Any:
+    return str(Path(value).resolve()) if isinstance(value, str) and value not in ("", "hub") else value
+
+
+def config_differences(previous: ExperimentConfig, cfg: ExperimentConfig) -> list[ConfigDifference]:
+    """Every config field in which ``cfg`` differs from ``previous``, except :data:`RESUME_EXEMPT_FIELDS`, the
+    sections of :data:`OTHER_COMMAND_SECTIONS`, :data:`DATASET_PATH_FIELDS` (see :func:`resume_differences`) and
+    ``train.epochs`` (a run may be extended). Sorted by field name."""
+    old, new = _flat_config(previous), _flat_config(cfg)
+    skip = {*RESUME_EXEMPT_FIELDS, *DATASET_PATH_FIELDS, "train.epochs"}
+    differences = []
+    for name in sorted(set(old) | set(new)):
+        if name in skip or name.partition(".")[0] in OTHER_COMMAND_SECTIONS:
+            continue
+        a, b = old.get(name), new.get(name)
+        if name in _RESOLVED_PATH_FIELDS:
+            a, b = _resolved(a), _resolved(b)
+        if a != b:
+            differences.append(ConfigDifference(name, old.get(name), new.get(name)))
+    return differences
+
+
+@dataclasses.dataclass(frozen=True)
+class PreviousRun:
+    """What a run folder says about the run it holds: epochs trained, and the dataset it trained on."""
+
+    epochs_done: int
+    dataset_fingerprint: str | None
+    source: Path
+
+
+def _read_checkpoint_cheaply(path: Path) -> dict[str, Any]:
+    """A training checkpoint memory-mapped (its scalars read, its tensors not); an unreadable one raises
+    :func:`~distilvpr_lib.engine.train.checkpoint.load_checkpoint`'s one-line error."""
+    from distilvpr_lib.engine.train.checkpoint import load_checkpoint
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - the full loader names the file and the problem
+        return load_checkpoint(path)
+    if not isinstance(state, dict) or "epoch" not in state:
+        return load_checkpoint(path)
+    return state
+
+
+def previous_run(out_dir: PathLike, checkpoint: dict[str, Any] | None = None) -> PreviousRun | None:
+    """The run a folder holds: from ``checkpoints/last.pt`` (``epoch``; the ``run`` record with the dataset
+    fingerprint), else from a finished run's ``metrics.json`` beside its weights; ``None`` when it holds none.
+
+    Args:
+        checkpoint: ``last.pt``'s content when the caller has loaded it already.
+    """
+    out_dir = Path(out_dir)
+    last = out_dir / "checkpoints" / LAST_CHECKPOINT_NAME
+    if checkpoint is not None or last.is_file():
+        state = checkpoint if checkpoint is not None else _read_checkpoint_cheaply(last)
+        record = state.get("run") if isinstance(state.get("run"), dict) else {}
+        fingerprint = record.get("dataset_fingerprint")
+        return PreviousRun(int(state.get("epoch", 0)), fingerprint if isinstance(fingerprint, str) else None, last)
+    metrics_path = out_dir / METRICS_FILE
+    if not any((out_dir / name).is_file() for name in (STUDENT_WEIGHTS_FILE, TEACHER_WEIGHTS_FILE)):
+        return None
+    try:
+        metrics = json.loads(metrics_path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(metrics, dict) or metrics.get("status") != "complete":
+        return None
+    fingerprint = metrics.get("dataset_fingerprint")
+    epochs = metrics.get("epochs")
+    return PreviousRun(len(epochs) if isinstance(epochs, list) else 0,
+                       fingerprint if isinstance(fingerprint, str) else None, metrics_path)
+
+
+def resume_differences(previous: ExperimentConfig, cfg: ExperimentConfig, run: PreviousRun,
+                       dataset_fingerprint: str | None) -> list[ConfigDifference]:
+    """How the run asked for (``cfg`` on the dataset of ``dataset_fingerprint``) differs from the folder's
+    (``previous``, ``run``): :func:`config_differences`, plus
+
+    * ``dataset``: the fingerprints differ (both known); for a folder that records none, the resolved
+      ``data.dataset_dir`` / ``data.image_dir`` paths are compared instead;
+    * ``train.epochs``: fewer epochs than the folder has already trained (more extend the run).
+    """
+    from distilvpr_lib.data.fingerprint import short_fingerprint
+
+    differences = config_differences(previous, cfg)
+    if run.dataset_fingerprint is not None and dataset_fingerprint is not None:
+        if run.dataset_fingerprint != dataset_fingerprint:
+            differences.insert(0, ConfigDifference(
+                "dataset", f"{previous.data.dataset_dir} (fingerprint {short_fingerprint(run.dataset_fingerprint)})",
+                f"{cfg.data.dataset_dir} (fingerprint {short_fingerprint(dataset_fingerprint)})"))
+    else:
+        for name in DATASET_PATH_FIELDS:
+            section, _, field_name = name.partition(".")
+            old, new = getattr(previous.data, field_name), getattr(cfg.data, field_name)
+            if _resolved(old) != _resolved(new):
+                differences.insert(0, ConfigDifference(name, old, new))
+    if cfg.train.epochs < run.epochs_done:
+        differences.append(ConfigDifference("train.epochs", previous.train.epochs, cfg.train.epochs,
+                                            f"{run.epochs_done} epochs already trained"))
+    return differences
+
+
+def check_resumable(cfg: ExperimentConfig, out_dir: PathLike, resume: bool, dataset_fingerprint: str | None = None,
+                    checkpoint: dict[str, Any] | None = None) -> None:
+    """Refuse, before anything is written, to continue a folder that holds a run of another configuration.
+
+    A folder holds a run when it has ``checkpoints/last.pt``, or a finished run's weights and ``metrics.json``,
+    beside its ``config.json``. Resuming it (``resume``) — or re-running a finished one — must ask for the same
+    run: every config field (:func:`resume_differences`: all but :data:`RESUME_EXEMPT_FIELDS`, the sections of
+    other commands, and more epochs than trained) and the same dataset (its fingerprint). So ``config.json``
+    always describes the weights beside it.
+
+    Args:
+        dataset_fingerprint: the dataset's :func:`~distilvpr_lib.data.fingerprint.dataset_fingerprint` when the
+            caller has it (else computed from ``cfg.data`` when the folder records one).
+        checkpoint: ``last.pt``'s content when the caller has loaded it already.
 
     Raises:
-        RunConfigMismatchError: (a ValueError) ``resume`` and ``out_dir`` has a ``checkpoints/last.pt`` and a ``config.json`` whose
-            :func:`config_fingerprint` differs from ``cfg``'s.
+        RunConfigMismatchError: (a RunFolderError, exit status 1) naming every field that differs, old → new,
+            in one line; ``--no-resume`` (``resume=False``) starts over instead.
     """
     out_dir = Path(out_dir)
     config_path = out_dir / CONFIG_FILE
-    if resume and (out_dir / "checkpoints" / LAST_CHECKPOINT_NAME).is_file() and config_path.is_file():
-        # Refuse before overwriting config.json: the folder holds a run of another configuration.
-        previous = ExperimentConfig.load(config_path)
-        if config_fingerprint(previous) != config_fingerprint(cfg):
-            raise RunConfigMismatchError(
-                f"holds a checkpoint of another configuration (see {config_path})", path=out_dir,
-                hint="--no-resume (resume=False) starts over, or use another output folder")
+    if not resume or not config_path.is_file():
+        return
+    run = previous_run(out_dir, checkpoint)
+    if run is None:
+        return
+    previous = load_run_config(out_dir)
+    if run.dataset_fingerprint is not None and dataset_fingerprint is None:
+        from distilvpr_lib.data.fingerprint import dataset_fingerprint as compute
+
+        dataset_fingerprint = compute(cfg.data.dataset_dir, cfg.data.image_dir)
+    differences = resume_differences(previous, cfg, run, dataset_fingerprint)
+    if differences:
+        raise RunConfigMismatchError(
+            f"holds a run of another configuration: {'; '.join(str(d) for d in differences)}", path=out_dir,
+            hint="--no-resume starts over and replaces it, or choose another --out")
+
+
+def completed_run(cfg: ExperimentConfig, out_dir: PathLike, resume: bool, weights_file: str) -> dict[str, Any] | None:
+    """The ``metrics.json`` of a run that already completed in ``out_dir`` with this configuration (nothing to do),
+    else ``None`` (train, or resume from ``checkpoints/last.pt`` when it is there).
+
+    A completed run keeps no ``checkpoints/last.pt`` (unless ``train.keep_checkpoints``), so this is the check that
+    protects it: with ``resume`` a folder holding a complete run of another configuration, or of another number of
+    epochs, is refused.
+
+    Raises:
+        RunConfigMismatchError: ``resume`` and the complete run in ``out_dir`` differs from ``cfg`` (its
+            :func:`config_fingerprint` or ``train.epochs``) and cannot be resumed (no ``last.pt``).
+    """
+    out_dir = Path(out_dir)
+    metrics_path, config_path = out_dir / METRICS_FILE, out_dir / CONFIG_FILE
+    if not resume or not (metrics_path.is_file() and config_path.is_file() and (out_dir / weights_file).is_file()):
+        return None
+    try:
+        metrics = json.loads(metrics_path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(metrics, dict) or metrics.get("status") != "complete":
+        return None
+    previous = ExperimentConfig.load(config_path)
+    same = config_fingerprint(previous) == config_fingerprint(cfg)
+    if same and previous.train.epochs == cfg.train.epochs:
+        return metrics
+    if (out_dir / "checkpoints" / LAST_CHECKPOINT_NAME).is_file():
+        return None  # a kept checkpoint: check_resumable and the trainer decide (e.g. more epochs)
+    what = "another configuration" if not same else f"{previous.train.epochs} epochs"
+    raise RunConfigMismatchError(
+        f"holds a complete run of {what} (see {config_path}) and no checkpoint to continue it from", path=out_dir,
+        hint="--no-resume (resume=False) starts over, or use another output folder "
+             "(train.keep_checkpoints=true keeps a run extendable)")
+
+
+def tidy_completed_run(out_dir: PathLike, weights_file: str, keep_checkpoints: bool) -> None:
+    """After ``metrics.json`` says ``complete``: store the selected weights once and drop what only a resume needs.
+
+    ``checkpoints/best.pt`` is byte-identical to ``<weights_file>`` (``teacher.pt`` / ``student.pt``): it is removed,
+    or with ``keep_checkpoints`` replaced by a hard link to it; ``checkpoints/last.pt`` is removed unless
+    ``keep_checkpoints``; an empty ``checkpoints/`` goes too.
+    """
+    checkpoints = Path(out_dir) / "checkpoints"
+    best, last = checkpoints / BEST_WEIGHTS_NAME, checkpoints / LAST_CHECKPOINT_NAME
+    weights = Path(out_dir) / weights_file
+    if best.is_file():
+        if keep_checkpoints and weights.is_file() and file_sha256(best) == file_sha256(weights):
+            link = best.with_name(f".{BEST_WEIGHTS_NAME}.link.tmp")
+            link.unlink(missing_ok=True)
+            os.link(weights, link)
+            os.replace(link, best)
+        elif not keep_checkpoints:
+            best.unlink()
+    if not keep_checkpoints:
+        last.unlink(missing_ok=True)
+    if checkpoints.is_dir() and not any(checkpoints.iterdir()):
+        checkpoints.rmdir()
 
 
 # ---------------------------------------------------------------------------
@@ -260,6 +495,8 @@ def import_reference_teacher(path: PathLike, out_dir: PathLike, base_config: Exp
     return write_reference_teacher(imported, out_dir, overwrite=overwrite)
 
 
-__all__ = ["CONFIG_FILE", "IMPORT_FILE", "METRICS_FILE", "RUNTIME_FIELDS", "STUDENT_WEIGHTS_FILE", "TEACHER_WEIGHTS_FILE",
-           "TEST_RESULTS_FILE", "check_resumable", "config_fingerprint", "load_model_from_dir", "load_run_config",
-           "import_reference_teacher", "load_teacher", "write_reference_teacher"]
+__all__ = ["CONFIG_FILE", "IMPORT_FILE", "METRICS_FILE", "RESUME_EXEMPT_FIELDS", "RUNTIME_FIELDS",
+           "STUDENT_WEIGHTS_FILE", "TEACHER_WEIGHTS_FILE", "TEST_RESULTS_FILE", "ConfigDifference", "PreviousRun",
+           "RunConfigMismatchError", "check_resumable", "completed_run", "config_differences", "config_fingerprint",
+           "previous_run", "resume_differences", "load_model_from_dir", "load_run_config",
+           "import_reference_teacher", "load_teacher", "tidy_completed_run", "write_reference_teacher"]

@@ -3,12 +3,14 @@
 :func:`guarded_run` wraps a training pipeline (``train_teacher``, ``distill_student``):
 
 * it takes an exclusive lock on ``<out>/.distilvpr.lock`` (``fcntl.flock``: released by the OS when the
-  process ends, even by ``kill -9``), so a second process writing the same ``--out`` gets a one-line
-  :class:`~distilvpr_lib.errors.RunFolderLockedError` naming the holder instead of interleaved checkpoints;
+  process ends, even by ``kill -9``; the file is removed on a normal exit), so a second process writing the
+  same ``--out`` gets a one-line :class:`~distilvpr_lib.errors.RunFolderLockedError` naming the holder instead
+  of interleaved checkpoints;
 * holding it, it removes the temporary files an interrupted atomic write left behind
   (:func:`distilvpr_lib.data.files.remove_stale_temp_files`);
 * when the pipeline raises, ``metrics.json`` records ``status: failed`` and the one-line error
-  (:func:`distilvpr_lib.errors.format_error`), then the error propagates.
+  (:func:`distilvpr_lib.errors.format_error`), then the error propagates; Ctrl-C or SIGTERM records
+  ``status: interrupted`` (the run resumes when re-run).
 
 Only the main process (rank 0 under ``torchrun``) locks and writes.
 """
@@ -47,11 +49,15 @@ def _holder(lock_path: Path) -> str:
 
 
 class RunFolderLock:
-    """An exclusive, non-blocking lock on a run folder (``with RunFolderLock(dir): ...``)."""
+    """An exclusive, non-blocking lock on a run folder (``with RunFolderLock(dir): ...``).
 
-    def __init__(self, folder: PathLike) -> None:
+    ``lock_file`` names the lock inside the folder (default :data:`LOCK_FILE`, the training pipeline's; a batch
+    launcher claims a run with its own, :data:`distilvpr_lib.executors.claims.CLAIM_FILE`).
+    """
+
+    def __init__(self, folder: PathLike, lock_file: str = LOCK_FILE) -> None:
         self.folder = Path(folder)
-        self.path = self.folder / LOCK_FILE
+        self.path = self.folder / lock_file
         self._fd: int | None = None
 
     def acquire(self) -> "RunFolderLock":
@@ -63,36 +69,44 @@ class RunFolderLock:
         self.folder.mkdir(parents=True, exist_ok=True)
         if fcntl is None:  # pragma: no cover
             return self
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise RunFolderLockedError(f"is being written by {_holder(self.path)}", path=self.folder,
+                                           hint="wait for it to finish, stop it, or choose another --out") from None
+            # the holder removes the file when it releases: a lock on a removed file is no lock, take the new one
+            with contextlib.suppress(FileNotFoundError):
+                if os.fstat(fd).st_ino == os.stat(self.path).st_ino:
+                    break
             os.close(fd)
-            raise RunFolderLockedError(f"is being written by {_holder(self.path)}", path=self.folder,
-                                       hint="wait for it to finish, stop it, or choose another --out") from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()} {socket.gethostname()} since {time.strftime('%Y-%m-%dT%H:%M:%S')}\n".encode())
         self._fd = fd
         return self
 
     def release(self) -> None:
-        """Unlock (the lock file stays; it is only a handle)."""
+        """Remove the lock file and unlock (a process killed with -9 leaves the file, unlocked, for the next)."""
         if self._fd is not None and fcntl is not None:
+            with contextlib.suppress(OSError):
+                self.path.unlink()  # still holding the lock: a waiting opener re-checks the file (acquire)
             with contextlib.suppress(OSError):
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
         self._fd = None
 
     def __enter__(self) -> "RunFolderLock":
-        return self.acquire()
+        return self if self._fd is not None else self.acquire()  # an acquired lock is held for the ``with`` body
 
     def __exit__(self, *exc: object) -> None:
         self.release()
 
 
-def check_not_locked(folder: PathLike) -> None:
+def check_not_locked(folder: PathLike, lock_file: str = LOCK_FILE) -> None:
     """Raise :class:`RunFolderLockedError` when another process holds ``folder``'s lock (creates nothing)."""
-    lock_path = Path(folder) / LOCK_FILE
+    lock_path = Path(folder) / lock_file
     if fcntl is None or not lock_path.is_file():
         return
     try:
@@ -111,6 +125,9 @@ def check_not_locked(folder: PathLike) -> None:
 def record_failure(out_dir: PathLike, kind: str, exc: BaseException) -> None:
     """Mark the run failed in ``metrics.json``: ``status: failed``, ``error`` (one line), ``failed_at``.
 
+    A ``KeyboardInterrupt`` (Ctrl-C, or SIGTERM as :class:`~distilvpr_lib.errors.RunInterrupted`) records
+    ``status: interrupted`` instead: the run stopped when told and resumes when re-run.
+
     An existing ``metrics.json`` keeps its other fields; writing never raises (the original error matters).
     """
     from distilvpr_lib.data.files import write_json
@@ -123,8 +140,11 @@ def record_failure(out_dir: PathLike, kind: str, exc: BaseException) -> None:
             loaded = json.loads(path.read_text())
             metrics = loaded if isinstance(loaded, dict) else {}
     metrics.setdefault("kind", kind)
-    metrics.update(status="failed", error="interrupted" if isinstance(exc, KeyboardInterrupt) else format_error(exc),
-                   failed_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    if isinstance(exc, KeyboardInterrupt):  # Ctrl-C or SIGTERM (errors.RunInterrupted): resumable, not failed
+        metrics.update(status="interrupted", error=f"interrupted by {exc}" if str(exc) else "interrupted",
+                       failed_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    else:
+        metrics.update(status="failed", error=format_error(exc), failed_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
     with contextlib.suppress(Exception):
         write_json(path, metrics)
 

@@ -20,7 +20,7 @@ from distilvpr_lib.data.files import write_json
 from distilvpr_lib.engine.train.console import say
 from distilvpr_lib.engine.train.distributed import DistributedContext, init_distributed
 from distilvpr_lib.engine.train.loop import SELECTION_RULE, TrainingHistory
-from distilvpr_lib.engine.runs.run_folder import CONFIG_FILE, check_resumable
+from distilvpr_lib.engine.runs.run_folder import CONFIG_FILE, check_resumable, tidy_completed_run
 from distilvpr_lib.engine.train.seeding import configure_determinism, seed_everything
 from distilvpr_lib.errors import MissingDataError
 
@@ -53,14 +53,19 @@ def check_benchmark(benchmark: "Benchmark", cfg: ExperimentConfig, need_images: 
                  "train.use_validation_split=false (then the last epoch is kept)")
 
 
-def make_cached_student_loader(benchmark: "Benchmark", cfg: ExperimentConfig, progress: bool = True) -> Any:
+def make_cached_student_loader(benchmark: "Benchmark", cfg: ExperimentConfig, progress: bool = True,
+                               out_dir: PathLike | None = None) -> Any:
     """The student's training batches from the decoded image cache, augmented in batches (``data.image_cache``;
-    single process). Same sampler, seed and batch keys as :func:`make_training_loader` (no clouds)."""
+    single process). Same sampler, seed and batch keys as :func:`make_training_loader` (no clouds).
+
+    The cache lives where :func:`~distilvpr_lib.engine.runs.cache_dirs.resolve_image_cache_dir` says (the
+    dataset's ``.cache`` when writable, else the run folder ``out_dir``), so read-only datasets work."""
     from distilvpr_lib.data.image_cache import BatchImageAugment, CachedStudentLoader, open_training_image_cache
     from distilvpr_lib.data.sampler import PositivePairBatchSampler
+    from distilvpr_lib.engine.runs.cache_dirs import resolve_image_cache_dir
 
-    cache = open_training_image_cache(benchmark, cfg.data.image_cache_dir, k_max=cfg.data.image_lidar_k,
-                                      progress=progress)
+    cache_dir = resolve_image_cache_dir(cfg, out_dir) if out_dir is not None else cfg.data.image_cache_dir
+    cache = open_training_image_cache(benchmark, cache_dir, k_max=cfg.data.image_lidar_k, progress=progress)
     augment = BatchImageAugment(cfg.data.bcs_aug_rate, cfg.data.hue_aug_rate, train=cfg.data.augment_images)
     sampler = PositivePairBatchSampler(benchmark.training_tuples, cfg.train.batch_size, seed=cfg.train.seed)
     return CachedStudentLoader(cache, benchmark, sampler, augment, image_lidar_k=cfg.data.image_lidar_k)
@@ -100,15 +105,33 @@ def describe_world(ctx: DistributedContext) -> str:
     return f" x {ctx.world_size} processes ({ctx.backend})" if ctx.is_distributed else ""
 
 
-def start_run(cfg: ExperimentConfig, out_dir: PathLike, resume: bool) -> tuple[Path, DistributedContext]:
-    """Open a run: refuse a folder of another configuration, initialise the process group (torchrun),
-    create the folder and write ``config.json`` (rank 0), seed and set determinism.
+def run_dataset_fingerprint(cfg: ExperimentConfig) -> str:
+    """The fingerprint of the run's dataset and image folders (:func:`~distilvpr_lib.data.fingerprint.dataset_fingerprint`):
+    recorded in the checkpoint and ``metrics.json``, compared on resume, part of the teacher cache's key."""
+    from distilvpr_lib.data.fingerprint import dataset_fingerprint
+
+    return dataset_fingerprint(cfg.data.dataset_dir, cfg.data.image_dir)
+
+
+def run_record(cfg: ExperimentConfig, dataset_fingerprint: str) -> dict[str, Any]:
+    """What a run stores about its inputs in every checkpoint (``run``) and in ``metrics.json``."""
+    return {"dataset_fingerprint": dataset_fingerprint, "dataset_dir": str(cfg.data.dataset_dir),
+            "image_dir": None if cfg.data.image_dir is None else str(cfg.data.image_dir)}
+
+
+def start_run(cfg: ExperimentConfig, out_dir: PathLike, resume: bool,
+              dataset_fingerprint: str | None = None) -> tuple[Path, DistributedContext]:
+    """Open a run: refuse a folder of another configuration or dataset (:func:`check_resumable`), initialise the
+    process group (torchrun), create the folder and write ``config.json`` (rank 0), seed and set determinism.
+
+    Args:
+        dataset_fingerprint: :func:`run_dataset_fingerprint` when the caller has it (else computed when needed).
 
     Returns:
         ``(out_dir as a Path, the DistributedContext)``.
     """
     out_dir = Path(out_dir)
-    check_resumable(cfg, out_dir, resume)
+    check_resumable(cfg, out_dir, resume, dataset_fingerprint=dataset_fingerprint)
     ctx = init_distributed(cfg.train.device, cfg.train.distributed_backend, cfg.train.distributed_timeout_s)
     if ctx.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -138,13 +161,59 @@ def history_metrics(history: TrainingHistory) -> dict[str, Any]:
     }
 
 
-def print_summary(kind: str, metrics: Mapping[str, Any], out_dir: Path, progress: bool) -> None:
-    """The closing console line of a run: best epoch, selection rule, test recalls, the folder."""
-    test = metrics.get("test") or {}
-    parts = "  ".join(f"{k}={v:.2f}" for k, v in test.items() if k.startswith("AR@") and v is not None)
-    say(f"{kind}: best epoch {metrics.get('best_epoch')} ({metrics.get('selection')}); test {parts}; "
-        f"wrote {out_dir}", progress)
+#: One screen about a finished run, beside ``metrics.json``: what differs from the profile, the selected epoch,
+#: its validation and test recalls, skipped batches, wall time.
+SUMMARY_FILE = "summary.json"
 
 
-__all__ = ["check_benchmark", "describe_world", "history_metrics", "make_training_loader", "print_summary",
-           "start_run"]
+def summary_text(kind: str, metrics: Mapping[str, Any], out_dir: Path) -> str:
+    """The closing lines of a run: selected epoch and rule, validation and test recalls, per-run test AR@1,
+    final losses, skipped batches, wall time and the folder."""
+    lines = [f"{kind}: selected epoch {metrics.get('best_epoch')} ({metrics.get('selection')})"]
+    for split in ("validation", "test"):
+        summary = metrics.get(split) or {}
+        recalls = "  ".join(f"{k}={v:.2f}" for k, v in summary.items() if k.startswith("AR@") and v is not None)
+        if recalls:
+            lines.append(f"  {split:<10} {recalls}")
+    per_run = (metrics.get("test") or {}).get("per_run_AR@1") or {}
+    if per_run:
+        lines.append("  test AR@1 per database run: "
+                     + ", ".join(f"{k}={v:.1f}" for k, v in per_run.items() if v is not None))
+    losses = metrics.get("final_losses") or {}
+    if losses:
+        lines.append("  final losses: " + "  ".join(f"{k}={v:.4g}" for k, v in losses.items()))
+    skipped = sum(int(e.get("skipped_batches", 0)) for e in metrics.get("epochs") or [])
+    if skipped:
+        total = skipped + sum(int(e.get("batches", 0)) for e in metrics.get("epochs") or [])
+        lines.append(f"  skipped {skipped} of {total} batches (no positive or no negative pair in the batch)")
+    lines.append(f"  {metrics.get('wall_time_s', 0.0):.1f} s; wrote {out_dir}")
+    return "\n".join(lines)
+
+
+def finish_run(kind: str, metrics: Mapping[str, Any], cfg: ExperimentConfig, out_dir: Path,
+               progress: bool) -> dict[str, Any]:
+    """The one closing step of both pipelines (rank 0), once ``metrics.json`` says ``complete``: write
+    ``summary.json``, print the summary once (:func:`summary_text`; also kept in ``run.log``), and keep the
+    selected weights once, without the checkpoints only a resume needs
+    (:func:`~distilvpr_lib.engine.runs.run_folder.tidy_completed_run`). Returns the summary written."""
+    from distilvpr_lib.config import config_changes
+
+    epochs = metrics.get("epochs") or []
+    summary = {
+        "kind": metrics.get("kind"), "method": metrics.get("method"), "profile": cfg.profile, "seed": cfg.train.seed,
+        "config_changes": {key: {"profile": old, "run": new} for key, (old, new) in config_changes(cfg).items()},
+        "epochs": len(epochs), "best_epoch": metrics.get("best_epoch"), "selection": metrics.get("selection"),
+        "validation": {k: v for k, v in (metrics.get("validation") or {}).items() if k.startswith("AR@")},
+        "test": {k: v for k, v in (metrics.get("test") or {}).items() if k.startswith("AR@")},
+        "skipped_batches": sum(int(e.get("skipped_batches", 0)) for e in epochs),
+        "batches": sum(int(e.get("batches", 0)) for e in epochs),
+        "wall_time_s": metrics.get("wall_time_s"),
+    }
+    write_json(out_dir / SUMMARY_FILE, summary)
+    say(summary_text(kind, metrics, out_dir), progress)
+    tidy_completed_run(out_dir, (metrics.get("files") or {})["weights"], cfg.train.keep_checkpoints)
+    return summary
+
+
+__all__ = ["check_benchmark", "describe_world", "finish_run", "history_metrics", "make_training_loader",
+           "run_dataset_fingerprint", "run_record", "start_run", "summary_text"]

@@ -41,7 +41,9 @@ from distilvpr_lib.engine.runs.run_folder import (
     METRICS_FILE,
     STUDENT_WEIGHTS_FILE,
     TEST_RESULTS_FILE,
+    completed_run,
     config_fingerprint,
+    tidy_completed_run,
 )
 from distilvpr_lib.engine.runs.run_setup import (
     check_benchmark,
@@ -49,7 +51,9 @@ from distilvpr_lib.engine.runs.run_setup import (
     history_metrics,
     make_cached_student_loader,
     make_training_loader,
-    print_summary,
+    finish_run,
+    run_dataset_fingerprint,
+    run_record,
     start_run,
 )
 from distilvpr_lib.engine.runs.student_cache import get_teacher_cache
@@ -91,6 +95,7 @@ def distill_student(cfg: ExperimentConfig, teacher_dir: PathLike | None, out_dir
     from distilvpr_lib.engine.train.distributed import is_main_process
     from distilvpr_lib.engine.runs.preflight import preflight_distill
     from distilvpr_lib.engine.runs.run_guard import guarded_run
+    from distilvpr_lib.engine.train.console import run_log
     from distilvpr_lib.losses.distiller import Distiller
 
     if method is not None:
@@ -105,7 +110,13 @@ def distill_student(cfg: ExperimentConfig, teacher_dir: PathLike | None, out_dir
         raise OptionError(option_problem)
     if preflight:
         preflight_distill(cfg, teacher_dir, out_dir, resume=resume)  # every input checked before anything is written
-    with guarded_run(out_dir, "student", enabled=is_main_process()):
+    done = completed_run(cfg, out_dir, resume, STUDENT_WEIGHTS_FILE)  # refuses another complete run, before any write
+    with guarded_run(out_dir, "student", enabled=is_main_process()), run_log(out_dir, enabled=is_main_process()):
+        if done is not None:  # a complete run of this configuration: nothing to train (it kept no last.pt)
+            tidy_completed_run(out_dir, STUDENT_WEIGHTS_FILE, cfg.train.keep_checkpoints)
+            say(f"student: {out_dir} already holds this run, complete (see its metrics.json and summary.json)",
+                progress and is_main_process())
+            return done
         return _distill_student(cfg, teacher_dir, out_dir, resume=resume, progress=progress)
 
 def _distill_student(cfg: ExperimentConfig, teacher_dir: PathLike | None, out_dir: PathLike, resume: bool = True,
@@ -119,7 +130,8 @@ def _distill_student(cfg: ExperimentConfig, teacher_dir: PathLike | None, out_di
     started = time.time()
     distiller = Distiller(cfg.distill)  # validates method and term names before any work
     use_distiller = bool(distiller.weights)
-    out_dir, ctx = start_run(cfg, out_dir, resume)
+    fingerprint = run_dataset_fingerprint(cfg)
+    out_dir, ctx = start_run(cfg, out_dir, resume, dataset_fingerprint=fingerprint)
     device = ctx.device
     progress = progress and ctx.is_main
     benchmark = load_benchmark(cfg)
@@ -128,8 +140,9 @@ def _distill_student(cfg: ExperimentConfig, teacher_dir: PathLike | None, out_di
     cache = None
     if teacher_dir is not None and (use_distiller or (Path(teacher_dir) / cache_file_name(
             cfg.train.clean_teacher_cache, cfg.train.seed, cfg.distill.teacher_head)).is_file()):
+        # never touches the training's random generators: the same weights whether it is read or built
         cache = get_teacher_cache(teacher_dir, cfg, benchmark, device, progress=progress, out_dir=out_dir,
-                                  distributed=ctx)
+                                  distributed=ctx, dataset_fingerprint=fingerprint)
         if use_distiller and cache.dim != cfg.model.student_dim and not distiller.dimension_free:
             raise ValueError(
                 f"student_dim={cfg.model.student_dim} but the teacher embeddings in {cache.metadata.get('path')} have "
@@ -140,7 +153,7 @@ def _distill_student(cfg: ExperimentConfig, teacher_dir: PathLike | None, out_di
     scheduler = build_scheduler(optimizer, cfg.train)
     # The student sees images only: skip the (unused) cloud augmentation work.
     if cfg.data.image_cache and not ctx.is_distributed:
-        loader = make_cached_student_loader(benchmark, cfg, progress)
+        loader = make_cached_student_loader(benchmark, cfg, progress, out_dir=out_dir)
     else:
         loader = make_training_loader(benchmark, cfg, ctx, data_cfg=dataclasses.replace(cfg.data, augment_clouds=False))
     objective = StudentObjective(cfg.train, cache, distiller.to(device) if use_distiller else None,
@@ -158,7 +171,7 @@ def _distill_student(cfg: ExperimentConfig, teacher_dir: PathLike | None, out_di
         f"-> {out_dir}", progress)
     trainer = Trainer(student, objective, optimizer, scheduler, loader, cfg.train, out_dir, validate=validate,
                       device=device, fingerprint=config_fingerprint(cfg), progress=progress,
-                      distributed=ctx if ctx.is_distributed else None)
+                      distributed=ctx if ctx.is_distributed else None, run_record=run_record(cfg, fingerprint))
     history = trainer.fit(resume=resume)
     if not ctx.is_main:  # rank 0 selects, tests and writes
         metrics_from_main = ctx.broadcast_object(None)
@@ -180,10 +193,13 @@ def _distill_student(cfg: ExperimentConfig, teacher_dir: PathLike | None, out_di
         "profile": cfg.profile,
         "seed": cfg.train.seed,
         "device": str(device),
-        # results depend on it: float sums split over threads round differently (README, "Results at the cpu profile")
+        # results depend on it: float sums split over threads round differently (docs/study/LOG.md, "The cpu profile")
         "cpu_threads": torch.get_num_threads(),
         "dataset_dir": str(cfg.data.dataset_dir),
+        "dataset_fingerprint": fingerprint,
         "teacher_dir": None if teacher_dir is None else str(teacher_dir),
+        "teacher_cache": None if cache is None else {"file": cache.metadata.get("path"),
+                                                     "cache_key": cache.metadata.get("cache_key")},
         "status": "complete",
         **history_metrics(history),
         "test": retrieval_summary(test_results),
@@ -193,12 +209,13 @@ def _distill_student(cfg: ExperimentConfig, teacher_dir: PathLike | None, out_di
         "embedding_norms": norms,
         "wall_time_s": round(time.time() - started, 3),
         "files": {"config": CONFIG_FILE, "weights": STUDENT_WEIGHTS_FILE, "test_results": TEST_RESULTS_FILE,
-                  "checkpoint": "checkpoints/last.pt", "tensorboard": "tensorboard"},
+                  "tensorboard": "tensorboard",
+                  **({"checkpoint": "checkpoints/last.pt"} if cfg.train.keep_checkpoints else {})},
     }
     if ctx.is_distributed:
         metrics["world_size"] = ctx.world_size
     write_json(out_dir / METRICS_FILE, metrics)
-    print_summary(f"student ({cfg.distill.method})", metrics, out_dir, progress)
+    finish_run(f"student ({cfg.distill.method})", metrics, cfg, out_dir, progress)
     ctx.broadcast_object(metrics)
     shutdown_distributed(ctx)
     return metrics

@@ -17,7 +17,16 @@ File format (``teacher_cache.pt``, read with ``torch.load(weights_only=True)``):
     {"format": "distilvpr-teacher-cache/1",
      "embeddings": {rel_path: (D,) float32 tensor},     # rows of one shared storage
      "metadata": {"teacher_config_hash", "teacher_weights_sha256", "dataset_dir", "count",
-                  "dim", "clean", "seed", "created"}}
+                  "dim", "clean", "seed", "created",
+                  "cache_key", "key_fields"}}               # what the cache depends on (below)
+
+**The key.** A cache is valid only for what it was computed from: :func:`teacher_cache_key_fields` lists it —
+the teacher's weights (SHA-256 of ``teacher.pt``) and architecture, the head, the dataset's content
+(:func:`~distilvpr_lib.data.fingerprint.dataset_fingerprint` of the dataset folder *and* the image folder),
+the training images' size, the voxel size, and for the augmented (reference) cache its seed and augmentation
+settings — and :func:`teacher_cache_key` hashes it. A cache whose recorded ``cache_key`` differs is never
+used, and never overwritten: the new one is written beside it as :func:`keyed_cache_file_name`
+(``teacher_cache-<key16>.pt``), see :mod:`distilvpr_lib.engine.runs.student_cache`.
 
 A student run gets its cache through :func:`distilvpr_lib.engine.runs.student_cache.get_teacher_cache`.
 """
@@ -68,6 +77,80 @@ def cache_file_name(clean: bool, seed: int, head: str = "embedding") -> str:
         raise KeyError(f"unknown teacher head {head!r}; known: {list(TEACHER_CACHE_HEADS)}")
     name = CLEAN_CACHE_NAME if clean else f"teacher_cache_augmented_seed{int(seed)}.pt"
     return name if head == "embedding" else name.replace(".pt", f"_{head}.pt")
+
+
+def keyed_cache_file_name(clean: bool, seed: int, head: str, key: str) -> str:
+    """:func:`cache_file_name` with the first 16 characters of the cache key before ``.pt``
+    (``teacher_cache-3f2a9c0e11d4b7a2.pt``): the file of a cache built for other inputs than the folder's own."""
+    return cache_file_name(clean, seed, head)[:-len(".pt")] + f"-{key[:16]}.pt"
+
+
+#: Data settings of the augmented (reference) cache's single random view (``clean=False``), beside its seed.
+AUGMENTATION_FIELDS: tuple[str, ...] = ("augment_clouds", "augment_images", "bcs_aug_rate", "hue_aug_rate",
+                                        "image_lidar_k")
+
+
+def teacher_cache_key_fields(*, teacher_weights_sha256: str | None, teacher_config_hash: str | None, head: str,
+                             dataset_fingerprint: str, image_size: tuple[int, int] | None,
+                             data_cfg: "DataConfig", clean: bool, seed: int) -> dict[str, Any]:
+    """Everything a teacher cache's embeddings depend on (plain JSON values; hashed by :func:`teacher_cache_key`).
+
+    Args:
+        teacher_weights_sha256: SHA-256 of ``teacher.pt`` (:func:`~distilvpr_lib.data.files.file_sha256`).
+        teacher_config_hash: :func:`model_config_hash` of the teacher's model config.
+        head: the cached head (:data:`TEACHER_CACHE_HEADS`).
+        dataset_fingerprint: :func:`~distilvpr_lib.data.fingerprint.dataset_fingerprint` of the dataset and
+            image folders (their files' content: sub-maps, positions, image files and sizes).
+        image_size: ``(height, width)`` of the training images (the teacher sees them unresized).
+        data_cfg: the voxel size always; for ``clean=False`` the augmentation settings
+            (:data:`AUGMENTATION_FIELDS`) too.
+        clean: un-augmented inputs, or the reference's single augmented view.
+        seed: the augmented view's seed (left out of a clean cache's key: it does not change it).
+
+    Returns:
+        ``{"format", "teacher_weights_sha256", "teacher_config_hash", "head", "dataset_fingerprint",
+        "image_size", "quantization_size", "clean"}`` plus ``"seed"`` and the augmentation fields when not clean.
+    """
+    fields: dict[str, Any] = {
+        "format": CACHE_FORMAT,
+        "teacher_weights_sha256": teacher_weights_sha256,
+        "teacher_config_hash": teacher_config_hash,
+        "head": head,
+        "dataset_fingerprint": dataset_fingerprint,
+        "image_size": None if image_size is None else [int(image_size[0]), int(image_size[1])],
+        "quantization_size": float(data_cfg.quantization_size),
+        "clean": bool(clean),
+    }
+    if not clean:
+        fields["seed"] = int(seed)
+        fields.update({name: getattr(data_cfg, name) for name in AUGMENTATION_FIELDS})
+    return fields
+
+
+def teacher_cache_key(fields: Mapping[str, Any]) -> str:
+    """Hex SHA-256 of :func:`teacher_cache_key_fields`' canonical JSON: two caches with the same key hold the
+    same embeddings."""
+    return hashlib.sha256(json.dumps(dict(fields), sort_keys=True, default=list).encode()).hexdigest()
+
+
+def describe_key_change(recorded: Mapping[str, Any] | None, fields: Mapping[str, Any]) -> str:
+    """Which inputs of a cache differ from the ones wanted, for a message: ``"dataset_fingerprint, image_size"``
+    (``"unrecorded inputs"`` for a cache written before caches were keyed)."""
+    if not recorded:
+        return "unrecorded inputs (a cache written before caches were keyed)"
+    changed = [name for name in sorted(set(recorded) | set(fields)) if recorded.get(name) != fields.get(name)]
+    return ", ".join(changed) or "its key"
+
+
+def training_image_size(benchmark: "Benchmark") -> tuple[int, int] | None:
+    """``(height, width)`` of the first training sub-map's nearest image (header only); ``None`` without images."""
+    from distilvpr_lib.data.images import check_image_file
+
+    if not benchmark.has_images or not benchmark.training_tuples:
+        return None
+    first = benchmark.training_tuples[min(benchmark.training_tuples)].rel_scan_filepath
+    width, height = check_image_file(benchmark.image_path(first, 0))
+    return int(height), int(width)
 
 
 class HeadAsEmbedding(nn.Module):
@@ -252,7 +335,7 @@ def build_teacher_cache(
         A :class:`TeacherCache` with one entry per training tuple (on every rank).
     """
     from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
+    from distilvpr_lib.progress import progress_bar
 
     from distilvpr_lib.data.collate import make_collate_fn
     from distilvpr_lib.data.datasets import TrainingDataset
@@ -286,7 +369,7 @@ def build_teacher_cache(
         if not clean:
             seed_everything(seed)
         with torch.no_grad():
-            for batch in tqdm(loader, desc="teacher cache", disable=not progress, leave=False):
+            for batch in progress_bar(loader, desc="teacher cache", disable=not progress, leave=False):
                 batch = move_to_device(batch, device)
                 embedding = teacher(batch)["embedding"].float()
                 chunks.append(embedding.cpu())

@@ -36,17 +36,28 @@ from distilvpr_lib.engine.runs.run_folder import (
     METRICS_FILE,
     TEACHER_WEIGHTS_FILE,
     TEST_RESULTS_FILE,
+    completed_run,
     config_fingerprint,
+    tidy_completed_run,
 )
 from distilvpr_lib.engine.runs.run_setup import (
     check_benchmark,
     describe_world,
     history_metrics,
     make_training_loader,
-    print_summary,
+    finish_run,
+    run_dataset_fingerprint,
+    run_record,
     start_run,
 )
-from distilvpr_lib.engine.runs.teacher_cache import build_teacher_cache, cache_file_name, model_config_hash
+from distilvpr_lib.engine.runs.teacher_cache import (
+    build_teacher_cache,
+    cache_file_name,
+    model_config_hash,
+    teacher_cache_key,
+    teacher_cache_key_fields,
+    training_image_size,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from distilvpr_lib.engine.evaluation.results import RetrievalResults
@@ -72,10 +83,17 @@ def train_teacher(cfg: ExperimentConfig, out_dir: PathLike, resume: bool = True,
     from distilvpr_lib.engine.train.distributed import is_main_process
     from distilvpr_lib.engine.runs.preflight import preflight_train_teacher
     from distilvpr_lib.engine.runs.run_guard import guarded_run
+    from distilvpr_lib.engine.train.console import run_log
 
     if preflight:
         preflight_train_teacher(cfg, out_dir, resume=resume)  # every input checked before anything is written
-    with guarded_run(out_dir, "teacher", enabled=is_main_process()):
+    done = completed_run(cfg, out_dir, resume, TEACHER_WEIGHTS_FILE)  # refuses another complete run, before any write
+    with guarded_run(out_dir, "teacher", enabled=is_main_process()), run_log(out_dir, enabled=is_main_process()):
+        if done is not None:  # a complete run of this configuration: nothing to train (it kept no last.pt)
+            tidy_completed_run(out_dir, TEACHER_WEIGHTS_FILE, cfg.train.keep_checkpoints)
+            say(f"teacher: {out_dir} already holds this run, complete (see its metrics.json and summary.json)",
+                progress and is_main_process())
+            return done
         return _train_teacher(cfg, out_dir, resume=resume, progress=progress)
 
 def _train_teacher(cfg: ExperimentConfig, out_dir: PathLike, resume: bool = True,
@@ -84,7 +102,8 @@ def _train_teacher(cfg: ExperimentConfig, out_dir: PathLike, resume: bool = True
     from distilvpr_lib.models import build_teacher
 
     started = time.time()
-    out_dir, ctx = start_run(cfg, out_dir, resume)
+    fingerprint = run_dataset_fingerprint(cfg)
+    out_dir, ctx = start_run(cfg, out_dir, resume, dataset_fingerprint=fingerprint)
     device = ctx.device
     progress = progress and ctx.is_main
     benchmark = load_benchmark(cfg)
@@ -101,7 +120,7 @@ def _train_teacher(cfg: ExperimentConfig, out_dir: PathLike, resume: bool = True
         f"{cfg.train.epochs} epochs on {device}{describe_world(ctx)} -> {out_dir}", progress)
     trainer = Trainer(model, TeacherObjective(cfg.train), optimizer, scheduler, loader, cfg.train, out_dir,
                       validate=validate, device=device, fingerprint=config_fingerprint(cfg), progress=progress,
-                      distributed=ctx if ctx.is_distributed else None)
+                      distributed=ctx if ctx.is_distributed else None, run_record=run_record(cfg, fingerprint))
     history = trainer.fit(resume=resume)
 
     # Final stage: selected weights -> teacher.pt, test evaluation (rank 0), cache (sharded over the ranks).
@@ -115,11 +134,15 @@ def _train_teacher(cfg: ExperimentConfig, out_dir: PathLike, resume: bool = True
         test_results.save(out_dir / TEST_RESULTS_FILE)
         weights_sha = file_sha256(weights_path)
     weights_sha = ctx.broadcast_object(weights_sha)
+    key_fields = teacher_cache_key_fields(
+        teacher_weights_sha256=weights_sha, teacher_config_hash=model_config_hash(cfg.model), head="embedding",
+        dataset_fingerprint=fingerprint, image_size=training_image_size(benchmark), data_cfg=cfg.data,
+        clean=cfg.train.clean_teacher_cache, seed=cfg.train.seed)
     cache = build_teacher_cache(
         model, benchmark, cfg.data, cfg.train.eval_batch_size, device,
         clean=cfg.train.clean_teacher_cache, seed=cfg.train.seed, progress=progress,
-        metadata={"teacher_config_hash": model_config_hash(cfg.model),
-                  "teacher_weights_sha256": weights_sha},
+        metadata={"teacher_config_hash": key_fields["teacher_config_hash"], "teacher_weights_sha256": weights_sha,
+                  "cache_key": teacher_cache_key(key_fields), "key_fields": key_fields},
         distributed=ctx if ctx.is_distributed else None)
     cache_name = cache_file_name(cfg.train.clean_teacher_cache, cfg.train.seed)
     if not ctx.is_main:
@@ -134,9 +157,10 @@ def _train_teacher(cfg: ExperimentConfig, out_dir: PathLike, resume: bool = True
         "profile": cfg.profile,
         "seed": cfg.train.seed,
         "device": str(device),
-        # results depend on it: float sums split over threads round differently (README, "Results at the cpu profile")
+        # results depend on it: float sums split over threads round differently (docs/study/LOG.md, "The cpu profile")
         "cpu_threads": torch.get_num_threads(),
         "dataset_dir": str(cfg.data.dataset_dir),
+        "dataset_fingerprint": fingerprint,
         "status": "complete",
         **history_metrics(history),
         "test": retrieval_summary(test_results),
@@ -147,12 +171,13 @@ def _train_teacher(cfg: ExperimentConfig, out_dir: PathLike, resume: bool = True
                           "clean": cfg.train.clean_teacher_cache},
         "wall_time_s": round(time.time() - started, 3),
         "files": {"config": CONFIG_FILE, "weights": TEACHER_WEIGHTS_FILE, "test_results": TEST_RESULTS_FILE,
-                  "teacher_cache": cache_name, "checkpoint": "checkpoints/last.pt", "tensorboard": "tensorboard"},
+                  "teacher_cache": cache_name, "tensorboard": "tensorboard",
+                  **({"checkpoint": "checkpoints/last.pt"} if cfg.train.keep_checkpoints else {})},
     }
     if ctx.is_distributed:
         metrics["world_size"] = ctx.world_size
     write_json(out_dir / METRICS_FILE, metrics)
-    print_summary("teacher", metrics, out_dir, progress)
+    finish_run("teacher", metrics, cfg, out_dir, progress)
     ctx.broadcast_object(metrics)
     shutdown_distributed(ctx)
     return metrics

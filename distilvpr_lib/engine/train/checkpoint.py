@@ -18,6 +18,7 @@ compare a state_dict's keys and shapes with what a model expects and name the fi
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -55,9 +56,18 @@ def save_checkpoint(path: PathLike, state: dict[str, Any]) -> Path:
     path = Path(path)
     payload = dict(state)
     payload["format"] = CHECKPOINT_FORMAT
-    with atomic_write(path, "wb") as handle:
-        torch.save(payload, handle)
+    _save_atomically(path, payload)
     return path
+
+
+def _save_atomically(path: Path, obj: Any) -> None:
+    """``torch.save`` into memory, then one atomic write: a full disk is an ``OSError`` that
+    :func:`~distilvpr_lib.data.files.atomic_write` reports as "disk full" with the bytes needed."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    data = buffer.getbuffer()
+    with atomic_write(path, "wb", size_hint=data.nbytes) as handle:
+        handle.write(data)
 
 
 def load_checkpoint(path: PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -93,8 +103,7 @@ def save_weights(path: PathLike, state_dict: dict[str, torch.Tensor]) -> Path:
     """Write a bare ``state_dict`` atomically (tensors moved to CPU first)."""
     path = Path(path)
     cpu_state = {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in state_dict.items()}
-    with atomic_write(path, "wb") as handle:
-        torch.save(cpu_state, handle)
+    _save_atomically(path, cpu_state)
     return path
 
 

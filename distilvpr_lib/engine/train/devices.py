@@ -19,14 +19,15 @@ def resolve_device(name: str) -> torch.device:
     """``"auto"`` -> CUDA when available else CPU; otherwise ``torch.device(name)``.
 
     Raises:
-        RuntimeError: a CUDA device was asked for but CUDA is not available.
+        ConfigValueError: (an OptionError, exit status 2) an unknown device name, or a CUDA device asked for
+            where CUDA is not available (:func:`distilvpr_lib.config.check_device_name`).
     """
+    from distilvpr_lib.config_checks import check_device_name
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"train.device={name!r} but CUDA is not available; use 'cpu' or 'auto'")
-    return device
+    check_device_name(name)
+    return torch.device(name)
 
 
 #: ``TrainConfig.amp_dtype`` values.

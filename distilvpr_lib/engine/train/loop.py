@@ -45,6 +45,7 @@ from distilvpr_lib.engine.train.checkpoint import (
     save_checkpoint,
     save_weights,
 )
+from distilvpr_lib.engine.train.console import say
 from distilvpr_lib.engine.train.devices import keep_float32_under_autocast, move_to_device, resolve_amp_dtype
 from distilvpr_lib.engine.train.distributed import (
     DistributedContext,
@@ -118,6 +119,8 @@ class Trainer:
             (no selection: the last epoch is kept).
         device: where the model and batches live.
         fingerprint: config hash stored in the checkpoint; resuming with another one is refused.
+        run_record: plain values stored in the checkpoint as ``run`` (the run pipelines record the dataset's
+            fingerprint there, for the resume check of ``engine.runs.run_folder.check_resumable``).
         progress: tqdm bars and per-epoch lines.
         tensorboard: write TensorBoard scalars.
         distributed: the :class:`~distilvpr_lib.engine.train.distributed.DistributedContext` of a torchrun run
@@ -147,6 +150,7 @@ class Trainer:
         progress: bool = True,
         tensorboard: bool = True,
         distributed: DistributedContext | None = None,
+        run_record: Mapping[str, Any] | None = None,
     ) -> None:
         self.model = model
         self.objective = objective
@@ -158,6 +162,7 @@ class Trainer:
         self.validate = validate
         self.device = torch.device(device)
         self.fingerprint = fingerprint
+        self.run_record = dict(run_record or {})
         self.ctx = distributed if distributed is not None else single_process_context(self.device)
         self.progress = progress and self.ctx.is_main
         self.tensorboard = tensorboard and self.ctx.is_main
@@ -187,10 +192,7 @@ class Trainer:
         if not self.ctx.is_main:
             return
         log.info(message)
-        if self.progress:
-            from tqdm.auto import tqdm
-
-            tqdm.write(message)
+        say(message, self.progress)
 
     def _sampler(self) -> Any:
         return getattr(self.train_loader, "batch_sampler", None)
@@ -216,6 +218,7 @@ class Trainer:
             "best_metric": self.history.best_metric,
             "history": self.history.epochs,
             "fingerprint": self.fingerprint,
+            "run": self.run_record,
         }
 
     def _resume_state(self) -> dict[str, Any] | None:
@@ -256,7 +259,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ epochs
     def _train_one_epoch(self, epoch: int) -> dict[str, Any]:
-        from tqdm.auto import tqdm
+        from distilvpr_lib.progress import progress_bar
 
         sampler = self._sampler()
         if sampler is not None and hasattr(sampler, "set_epoch"):
@@ -276,7 +279,7 @@ class Trainer:
             total = len(self.train_loader)  # type: ignore[arg-type]
         except TypeError:
             total = None
-        bar = tqdm(self.train_loader, total=total, desc=f"epoch {epoch}/{self.train_cfg.epochs}",
+        bar = progress_bar(self.train_loader, total=total, desc=f"epoch {epoch}/{self.train_cfg.epochs}",
                    disable=not self.progress, leave=False, dynamic_ncols=True)
         for batch in bar:
             if self.ctx.is_distributed:
@@ -474,6 +477,10 @@ def _epoch_line(record: Mapping[str, Any], history: TrainingHistory) -> str:
     line = f"epoch {record['epoch']:3d}  {losses}  lr={lrs}  {record['seconds']:.1f}s"
     if "active_fraction" in record["stats"]:
         line += f"  active={record['stats']['active_fraction']:.2f}"
+    if record.get("skipped_batches"):
+        total = record["batches"] + record["skipped_batches"]
+        line += (f"  skipped {record['skipped_batches']}/{total} batches (no positive or no negative pair in the "
+                 "batch)")
     val = record.get("validation")
     if val:
         ar1 = val.get("AR@1")

@@ -168,16 +168,16 @@ class StudentObjective:
                  distiller: nn.Module | None = None, triplet: nn.Module | None = None,
                  curvature: float | None = None, distill_until: int = 0, distill_from: int = 1) -> None:
         problem = distill_window_problem(distill_from, distill_until) or ring_problem(
-            getattr(train_cfg, "ring_weight", 0.0), getattr(train_cfg, "ring_radius", 1.0))
+            train_cfg.ring_weight, train_cfg.ring_radius)
         if problem:
             raise ValueError(problem)
         self.distill_from, self.distill_until = int(distill_from), int(distill_until)
         self.distill_active = True
         self.task_weight = float(train_cfg.student_task_weight)
-        self.task_normalize = bool(getattr(train_cfg, "task_normalize", False))
-        self.ring_weight = float(getattr(train_cfg, "ring_weight", 0.0))
-        self.ring_radius = float(getattr(train_cfg, "ring_radius", 1.0))
-        self.diagnostics = bool(getattr(train_cfg, "loss_diagnostics", False))
+        self.task_normalize = bool(train_cfg.task_normalize)
+        self.ring_weight = float(train_cfg.ring_weight)
+        self.ring_radius = float(train_cfg.ring_radius)
+        self.diagnostics = bool(train_cfg.loss_diagnostics)
         self.curvature = curvature
         self.triplet = triplet if triplet is not None else _make_triplet(train_cfg.margin)
         self.distiller = distiller

@@ -84,7 +84,7 @@ def plot_run_map(benchmark: Any, runs: Sequence[str] | None = None, title: str |
     if len(run_names) > 12:
         ax_runs.legend_ = None
     else:
-        ax_runs.legend(fontsize=7, loc="best", markerscale=2, title="run", title_fontsize=8)
+        ax_runs.legend(fontsize=9, loc="best", markerscale=3, title="run", title_fontsize=10)
     ax_runs.set_title("sub-maps by run")
 
     unused = places[places["role"].isin(["validation database", "test database"])]
@@ -110,7 +110,7 @@ def plot_run_map(benchmark: Any, runs: Sequence[str] | None = None, title: str |
     ax_runs.set_xlim(*xlim)
     ax_runs.set_ylim(*ylim)
     handles, labels = ax_roles.get_legend_handles_labels()
-    ax_roles.legend(handles, labels, fontsize=7, loc="best", markerscale=2)
+    ax_roles.legend(handles, labels, fontsize=9, loc="best", markerscale=3)
     fig.suptitle(title or f"{Path(benchmark.dataset_dir).name}: {len(run_names)} runs")
     fig.tight_layout()
     return fig

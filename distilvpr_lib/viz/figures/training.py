@@ -88,9 +88,12 @@ def plot_training_curves(metrics: Mapping[str, Any] | Sequence[Mapping[str, Any]
     Left panel: every column whose name contains ``loss`` (or starts with ``term/``), log scale when
     all positive — for the engine's records these are ``losses/<term>`` and ``losses/total``.
     Right panel: every recall column (``AR@``/``recall``, per-run columns left out), e.g.
-    ``validation/AR@1`` per epoch, with the best value circled. A dotted line marks ``best_epoch``
-    (the validation-selected epoch) when the metrics dict has one.
+    ``validation/AR@1`` per epoch. A dotted line marks ``best_epoch`` (the validation-selected epoch) when the
+    metrics dict has one, and each recall is circled at that epoch (without one: at its own best). Epoch axes
+    have integer ticks; a one-epoch run is drawn as points.
     """
+    from matplotlib.ticker import MaxNLocator
+
     frame = metrics if isinstance(metrics, pd.DataFrame) else metrics_history(metrics)
     best_epoch = metrics.get("best_epoch") if isinstance(metrics, Mapping) else None
     if x is None:
@@ -100,9 +103,10 @@ def plot_training_curves(metrics: Mapping[str, Any] | Sequence[Mapping[str, Any]
     recall_cols = [c for c in frame.columns if c != x and _is_recall(c) and frame[c].notna().any()]
     fig = new_figure(12, 4.2)
     ax_loss, ax_rec = fig.subplots(1, 2)
+    markersize = 3 if len(xs) > 1 else 7  # one epoch: a point, not an empty curve
     for c in loss_cols:
         mask = frame[c].notna().to_numpy()
-        ax_loss.plot(xs[mask], frame[c].to_numpy()[mask], marker="o", markersize=3, label=c)
+        ax_loss.plot(xs[mask], frame[c].to_numpy()[mask], marker="o", markersize=markersize, label=c)
     if loss_cols:
         values = frame[loss_cols].to_numpy(dtype=float)
         if np.nanmin(values) > 0:
@@ -115,9 +119,10 @@ def plot_training_curves(metrics: Mapping[str, Any] | Sequence[Mapping[str, Any]
     for c in recall_cols:
         mask = frame[c].notna().to_numpy()
         values = frame[c].to_numpy()[mask]
-        ax_rec.plot(xs[mask], values, marker="o", markersize=3, label=c)
+        ax_rec.plot(xs[mask], values, marker="o", markersize=markersize, label=c)
+        selected = np.flatnonzero(xs[mask] == best_epoch) if best_epoch is not None and x == "epoch" else []
         if len(values):
-            best = int(np.nanargmax(values))
+            best = int(selected[0]) if len(selected) else int(np.nanargmax(values))
             ax_rec.scatter([xs[mask][best]], [values[best]], s=80, facecolors="none", edgecolors="k", zorder=5)
     if recall_cols:
         ax_rec.legend(fontsize=7)
@@ -125,7 +130,12 @@ def plot_training_curves(metrics: Mapping[str, Any] | Sequence[Mapping[str, Any]
     else:
         ax_rec.text(0.5, 0.5, "no recall columns", ha="center", va="center", transform=ax_rec.transAxes)
     ax_rec.set_xlabel(x or "record")
-    ax_rec.set_title("validation recall (best circled)")
+    selected_epoch = best_epoch is not None and x == "epoch"
+    ax_rec.set_title("validation recall (selected epoch circled)" if selected_epoch else
+                     "validation recall (best circled)")
+    if x == "epoch":
+        for ax in (ax_loss, ax_rec):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if best_epoch is not None and x == "epoch":
         for ax in (ax_loss, ax_rec):
             ax.axvline(float(best_epoch), color="#555555", linestyle=":", linewidth=1)

@@ -1,0 +1,138 @@
+"""What a batch run folder records, and what a re-run makes of it (``distilvpr batch``, issue 25).
+
+A run of a batch is the folder ``<out>/<batch>/<run>/`` holding ``parameters.yaml`` (the parameters it ran
+with, ``out`` included), ``status.json`` (``running`` / ``ok`` / ``failed`` / ``interrupted``, seconds,
+papermill's warnings, the error in one line), ``notebook.ipynb`` (the executed copy) and the notebook's
+``metrics.json``. A completed run whose record differs from the parameters the grid now asks is *stale*
+(:func:`parameter_changes`); a run folder about to be re-run with other parameters is moved aside to
+``<batch>/.stale/`` (:func:`move_aside`) so that no folder mixes two sets of parameters.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+#: Name of the notebook parameter that receives the run folder.
+OUT_PARAMETER = "out"
+METRICS_FILE = "metrics.json"
+STATUS_FILE = "status.json"
+PARAMETERS_FILE = "parameters.yaml"
+EXECUTED_NOTEBOOK = "notebook.ipynb"
+#: Folder of a batch where runs replaced because their parameters changed are kept (``<run>.<time>/``).
+STALE_DIR = ".stale"
+#: Lines papermill logs when a run may not be what its parameters say (kept in status.json; the run fails).
+#: ("Unable to parse line N" alone is not kept: it matters only for a parameter passed, which papermill then
+#: reports as unknown.)
+PAPERMILL_WARNINGS: tuple[str, ...] = ("Passed unknown parameter", "does not contain a cell with tag 'parameters'",
+                                       "does not support parameter introspection")
+
+
+def run_is_complete(run_dir: Path) -> bool:
+    """True when the run folder holds metrics and an ``ok`` status."""
+    status = run_dir / STATUS_FILE
+    if not (run_dir / METRICS_FILE).is_file() or not status.is_file():
+        return False
+    try:
+        return json.loads(status.read_text()).get("status") == "ok"
+    except json.JSONDecodeError:
+        return False
+
+
+# ---------------------------------------------------------------------------
+# Stale runs: a run folder records the parameters it ran with
+# ---------------------------------------------------------------------------
+class _Unset:
+    def __repr__(self) -> str:
+        return "(unset)"
+
+
+#: A parameter one side of a comparison does not give.
+UNSET = _Unset()
+
+
+def parameter_changes(run_dir: Path, parameters: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """How the parameters recorded in ``run_dir/parameters.yaml`` differ from ``parameters``.
+
+    Returns ``{name: (recorded, asked)}`` for every parameter that differs (:data:`UNSET` where one side
+    lacks it); ``out`` (the run folder) is not compared. A folder without a readable record differs in
+    every parameter; a folder that does not exist differs in none.
+    """
+    if not run_dir.exists():
+        return {}
+    try:
+        recorded = yaml.safe_load((run_dir / PARAMETERS_FILE).read_text())
+    except (OSError, yaml.YAMLError):
+        recorded = None
+    recorded = recorded if isinstance(recorded, dict) else {}
+    asked = yaml.safe_load(yaml.safe_dump(parameters))  # as the record holds them
+    changes = {}
+    for key in sorted(set(recorded) | set(asked), key=str):
+        if key == OUT_PARAMETER:
+            continue
+        old, new = recorded.get(key, UNSET), asked.get(key, UNSET)
+        if old != new or type(old) is not type(new):
+            changes[key] = (old, new)
+    return changes
+
+
+def format_changes(changes: dict[str, tuple[Any, Any]]) -> str:
+    """``"epochs: 3 -> 1, method: 'rkd' -> 'pkt'"``."""
+    return ", ".join(f"{key}: {old!r} -> {new!r}" for key, (old, new) in changes.items())
+
+
+def move_aside(run_dir: Path) -> Path:
+    """Move a run folder to ``<batch>/.stale/<run>.<time>/`` (kept, out of the batch's tables); returns it.
+
+    Raises:
+        RunFolderLockedError: another process is writing the run folder.
+    """
+    from distilvpr_lib.engine.runs.run_guard import check_not_locked
+
+    check_not_locked(run_dir)
+    aside = run_dir.parent / STALE_DIR
+    aside.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    target, n = aside / f"{run_dir.name}.{stamp}", 1
+    while target.exists():
+        target, n = aside / f"{run_dir.name}.{stamp}-{n}", n + 1
+    os.replace(run_dir, target)
+    return target
+
+
+def papermill_warnings(stderr: str) -> list[str]:
+    """Papermill's warnings in a run's stderr that mean the run may not be what its parameters say."""
+    return [line.strip() for line in stderr.splitlines() if any(w in line for w in PAPERMILL_WARNINGS)]
+
+
+def notebook_error(executed: Path) -> str | None:
+    """The error a failed executed notebook shows, in one line (``"<Type>: <message>"``), or ``None``."""
+    try:
+        nb = json.loads(executed.read_text())
+    except (OSError, ValueError):
+        return None
+    for cell in nb.get("cells", []) if isinstance(nb, dict) else []:
+        for output in cell.get("outputs") or []:
+            if isinstance(output, dict) and output.get("output_type") == "error":
+                text = f"{output.get('ename', 'Error')}: {output.get('evalue', '')}"
+                return " ".join(text.split())
+    return None
+
+
+def last_error_line(stderr: str) -> str:
+    """The last line of ``stderr`` that names an error (whole, however long), else its last line."""
+    lines = [ln.strip() for ln in stderr.strip().splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if "Error" in ln or "Exception" in ln:
+            return ln
+    return lines[-1] if lines else ""
+
+
+__all__ = ["EXECUTED_NOTEBOOK", "METRICS_FILE", "OUT_PARAMETER", "PAPERMILL_WARNINGS", "PARAMETERS_FILE", "STALE_DIR",
+           "STATUS_FILE", "UNSET", "format_changes", "last_error_line", "move_aside", "notebook_error",
+           "papermill_warnings", "parameter_changes", "run_is_complete"]

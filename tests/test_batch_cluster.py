@@ -1,0 +1,171 @@
+"""Grids on a cluster at the smoke profile (issue 28): the SLURM job-array script, and a lost Dask worker.
+
+The script ``docs/slurm_array.sh`` is executed as it is: ``submit`` with a stand-in ``sbatch`` that records what
+it is asked to submit, then the array tasks' mode ``run`` with ``SLURM_ARRAY_TASK_ID`` given by hand, then the
+analysis (notebook 04).
+
+A lost Dask worker costs nothing: SIGKILL of the worker process running a smoke distillation run
+(after its first epoch's checkpoint) makes the scheduler resubmit the task; the run resumes from
+``checkpoints/last.pt`` and its ``student.pt`` is byte-identical to the same run left alone.
+
+Two runs with identical parameters (``reference`` and ``victim``) go to a LocalCluster of 2 workers (one run
+slot, one thread budget each); the worker running ``victim`` is killed with ``kill -9``. The papermill child of
+the killed worker dies with it (:func:`distilvpr_lib.executors.claims.die_with_parent`) and the kernel follows, so the
+resubmitted task finds the run folder free.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+pytestmark = [pytest.mark.slow, pytest.mark.notebooks]
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def smoke_teacher_folder(smoke_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from distilvpr_lib.config import apply_overrides, profile_config
+    from distilvpr_lib.engine.runs.teacher_run import train_teacher
+
+    cfg = apply_overrides(profile_config("smoke"), {"data.dataset_dir": str(smoke_dataset), "train.epochs": 1})
+    folder = tmp_path_factory.mktemp("teacher") / "teacher"
+    train_teacher(cfg, folder, progress=False)
+    return folder
+
+
+def _smoke_grid(path: Path, dataset: Path, teacher: Path, name: str, epochs: int, variations: list[dict]) -> Path:
+    path.write_text(yaml.safe_dump({
+        "name": name, "notebook": "notebooks/03_distillation.ipynb", "seeds": [0],
+        "base": {"dataset": str(dataset), "teacher": str(teacher), "profile": "smoke", "epochs": epochs},
+        "variations": variations}))
+    return path
+
+
+def test_slurm_array_script_runs_the_grid_by_index_then_notebook_04(smoke_dataset: Path, smoke_teacher_folder: Path,
+                                                                     tmp_path: Path) -> None:
+    grid = _smoke_grid(tmp_path / "grid.yaml", smoke_dataset, smoke_teacher_folder, "array", 1,
+                       [{"name": "nokd", "method": "nokd"}, {"name": "distilvpr", "method": "distilvpr"}])
+    out = tmp_path / "runs"
+    bin_dir = tmp_path / "bin"  # `distilvpr` of this checkout, and a stand-in sbatch that records its arguments
+    bin_dir.mkdir()
+    (bin_dir / "distilvpr").write_text(f"#!/bin/sh\nexec {sys.executable} -m distilvpr_lib.cli \"$@\"\n")
+    (bin_dir / "sbatch").write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'sbatch.log'}\n"
+                                    "n=$(wc -l < " + str(tmp_path / "sbatch.log") + ")\necho \"$((4240 + n));cluster\"\n")
+    for tool in ("distilvpr", "sbatch"):
+        (bin_dir / tool).chmod(0o755)
+    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", PYTHON=sys.executable,
+               PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    env.pop("SLURM_ARRAY_TASK_ID", None)
+    script = REPO / "docs" / "slurm_array.sh"
+
+    def sh(*args: str, **extra: str) -> subprocess.CompletedProcess:
+        proc = subprocess.run(["bash", str(script), *args], cwd=REPO, env={**env, **extra}, capture_output=True,
+                              text=True, timeout=900)
+        assert proc.returncode == 0, (args, proc.stdout[-2000:], proc.stderr[-4000:])
+        return proc
+
+    submitted = sh("submit", str(grid), str(out))
+    assert "submitted 2 runs as array job 4241; notebook 04 as job 4242 after it" in submitted.stdout
+    calls = (tmp_path / "sbatch.log").read_text().splitlines()
+    assert calls[0].startswith("--parsable --array=0-1%50 ") and calls[0].endswith(f"{script} run {grid} {out}")
+    assert "--dependency=afterany:4241" in calls[1] and calls[1].endswith(f"{script} analyse {grid} {out}")
+    assert not out.exists(), "submit runs nothing itself"
+
+    for index in ("1", "0"):  # what sbatch --array would pass, in any order
+        ran = sh("run", str(grid), str(out), SLURM_ARRAY_TASK_ID=index, SLURM_CPUS_PER_TASK="1")
+        assert "1 succeeded, 0 skipped (already done), 0 failed" in ran.stdout
+    batch = out / "array"
+    record = json.loads((batch / "batch.json").read_text())
+    assert [(r["name"], r["status"]) for r in record["runs"]] == [("nokd__seed0", "ok"), ("distilvpr__seed0", "ok")]
+    assert json.loads((batch / "nokd__seed0" / "metrics.json").read_text())["method"] == "nokd"
+    assert json.loads((batch / "distilvpr__seed0" / "metrics.json").read_text())["method"] == "distilvpr"
+
+    analysed = sh("analyse", str(grid), str(out))
+    assert "analysis:" in analysed.stdout
+    assert (batch / "analysis" / "metrics.json").is_file() and (batch / "analysis" / "ablation_bars.png").is_file()
+
+
+def test_two_launchers_share_a_smoke_grid_folder(smoke_dataset: Path, smoke_teacher_folder: Path,
+                                                 tmp_path: Path) -> None:
+    """Two ``distilvpr batch`` on one grid folder at once: each run executed once, both exit 0, batch.json agrees."""
+    from distilvpr_lib.batch import Grid
+    from distilvpr_lib.batch_ledger import batch_state
+
+    grid = _smoke_grid(tmp_path / "grid.yaml", smoke_dataset, smoke_teacher_folder, "shared", 1,
+                       [{"name": "nokd", "method": "nokd"}, {"name": "distilvpr", "method": "distilvpr"}])
+    out = tmp_path / "runs"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    command = [sys.executable, "-m", "distilvpr_lib.cli", "batch", str(grid), "--out", str(out)]
+    launchers = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                 for _ in range(2)]
+    results = [p.communicate(timeout=900) for p in launchers]
+    assert [p.returncode for p in launchers] == [0, 0], [e[-3000:] for _, e in results]
+    # a launcher counts as succeeded only the runs it executed: 2 in all means each run executed once
+    succeeded = [int(re.search(r": (\d+) succeeded", o).group(1)) for o, _ in results]
+    assert sum(succeeded) == 2 and "FAILED" not in "".join(o for o, _ in results), [o for o, _ in results]
+    record = json.loads((out / "shared" / "batch.json").read_text())
+    assert record["runs"] == batch_state(Grid.load(grid), out / "shared")
+    assert [(r["name"], r["status"]) for r in record["runs"]] == [("nokd__seed0", "ok"), ("distilvpr__seed0", "ok")]
+    for name in ("nokd__seed0", "distilvpr__seed0"):
+        printed = _stdout(out / "shared" / name / "notebook.ipynb")
+        assert len(re.findall(r"^epoch +1 ", printed, re.M)) == 1, printed
+
+
+def _stdout(notebook: Path) -> str:
+    nb = nbformat.read(notebook, as_version=4)
+    return "".join("".join(o.get("text", "")) for c in nb.cells for o in c.get("outputs", [])
+                   if o.get("output_type") == "stream")
+
+
+def test_killing_a_worker_mid_run_resumes_the_run_to_identical_weights(smoke_dataset: Path, smoke_teacher_folder: Path,
+                                                                       tmp_path: Path) -> None:
+    pytest.importorskip("distributed")
+    from distilvpr_lib.batch import run_batch
+    from distilvpr_lib.executors.backends import DaskExecutor
+
+    grid = _smoke_grid(tmp_path / "grid.yaml", smoke_dataset, smoke_teacher_folder, "loss", 2,
+                       [{"name": "reference", "method": "nokd"}, {"name": "victim", "method": "nokd"}])  # same run twice
+    out = tmp_path / "runs"
+    victim = out / "loss" / "victim__seed0"
+    executor = DaskExecutor.local(workers=2)
+    try:
+        outcome: dict = {}
+        launcher = threading.Thread(target=lambda: outcome.update(
+            summary=run_batch(grid, out_root=out, executor=executor, progress=False)))
+        launcher.start()
+        deadline = time.time() + 600
+        while not (victim / "checkpoints" / "last.pt").is_file():  # the end of epoch 1
+            assert launcher.is_alive() and time.time() < deadline, "the victim never reached its first checkpoint"
+            time.sleep(0.2)
+        processing = executor.client.processing()
+        address = next(a for a, keys in processing.items() if any("victim__seed0" in str(k) for k in keys))
+        pid = executor.client.run(os.getpid, workers=[address])[address]
+        os.kill(pid, signal.SIGKILL)
+        launcher.join(timeout=900)
+        assert not launcher.is_alive()
+    finally:
+        executor.close()
+    summary = outcome["summary"]
+    assert [(o.name, o.status) for o in summary.outcomes] == [("reference__seed0", "ok"), ("victim__seed0", "ok")], \
+        [o.error for o in summary.outcomes]
+    # resumed, not restarted: the re-executed notebook trained epoch 2 only
+    printed = _stdout(victim / "notebook.ipynb")
+    assert re.search(r"^epoch +2 ", printed, re.M) and not re.search(r"^epoch +1 ", printed, re.M), printed
+    reference = out / "loss" / "reference__seed0"
+    assert (victim / "student.pt").read_bytes() == (reference / "student.pt").read_bytes()
+    from distilvpr_lib.data.files import is_temp_file
+
+    assert not [p for p in victim.rglob("*") if is_temp_file(p)], "no temporary file left by the killed write"
