@@ -33,7 +33,11 @@ TUNING_COLUMNS: tuple[str, ...] = ("world", "method", "config", "weight_scale", 
                                    "selected_epoch", "val_ar1", "last_quarter_gain", "flat", "wall_time_s",
                                    "weights_sha256", "chosen", *FINGERPRINT_COLUMNS)
 #: The text of the answer when no final row is committed yet.
-NO_ROWS_ANSWER = "No benchmark rows committed yet; protocol: docs/benchmark/PROTOCOL.md."
+NO_ROWS_ANSWER = (
+    "**The benchmark has no rows yet.** Its protocol is pre-registered in\n"
+    "[docs/benchmark/PROTOCOL.md](docs/benchmark/PROTOCOL.md) (two worlds, eight rows, equal tuning on validation,\n"
+    "5 paired seeds, Holm-corrected paired t-tests); this block is generated from its CSVs by\n"
+    "`distilvpr benchmark answer ablations/benchmark.yaml` once they exist.")
 
 
 class FingerprintMismatchError(DataFormatError):
