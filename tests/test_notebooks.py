@@ -299,9 +299,9 @@ def test_every_notebook_runs_from_the_notebooks_folder_with_relative_paths(smoke
             "results": {"teacher": str(rel / "teacher" / "test_results.npz")},
             "n_queries": 1, "top_k": 3, "interactive": False, "out": str(rel / "05")})
         # 06 over a records folder without rows (tests/test_benchmark.py runs it over rows): it says so
-        executed = _papermill_in_notebooks_folder("06_benchmark_report", tmp_path, {
+        report = _papermill_in_notebooks_folder("06_benchmark_report", tmp_path, {
             "spec": "ablations/benchmark_smoke.yaml", "records": str(rel / "records"), "out": str(rel / "06")})
-        assert "The benchmark has no rows yet" in str(executed.cells), "06 does not say that no rows exist"
+        assert "The benchmark has no rows yet" in str(report.cells), "06 does not say that no rows exist"
 
         # every figure inline (02, 03 and 04 also save them), no path or frozen bar shown in its place
         for name, nb in executed.items():
