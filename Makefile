@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 SMOKE ?= 0
 PROFILE := $(if $(filter 1,$(SMOKE)),smoke,cpu)
 
-.PHONY: venv test test-fast demo data clean-runs bench api-docs
+.PHONY: venv test test-fast demo data clean-runs bench api-docs benchmark benchmark-report
 
 venv:
 	@bash scripts/bootstrap.sh
@@ -25,6 +25,18 @@ data: venv
 
 demo: venv
 	$(PY) -m distilvpr_lib.demo --profile $(PROFILE)
+
+# the pre-registered benchmark (docs/benchmark/PROTOCOL.md; resumable, stage by stage; hours)
+benchmark: venv
+	$(PY) -m distilvpr_lib.cli benchmark run ablations/benchmark.yaml
+
+# notebook 06 over the committed records -> docs/benchmark/REPORT.md (+ figures in docs/benchmark/REPORT_files/)
+benchmark-report: venv
+	mkdir -p runs/benchmark-report
+	$(PY) -m papermill notebooks/06_benchmark_report.ipynb runs/benchmark-report/notebook.ipynb \
+	  -p out runs/benchmark-report --cwd notebooks --log-level WARNING
+	$(PY) -m jupyter nbconvert --to markdown --no-input runs/benchmark-report/notebook.ipynb --output-dir docs/benchmark \
+	  --output REPORT
 
 bench: venv
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

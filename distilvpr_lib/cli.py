@@ -34,6 +34,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "distill",
     "evaluate",
     "batch",
+    "benchmark",
     "study_table",
     "train",
     "import_teacher",

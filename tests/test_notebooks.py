@@ -1,8 +1,8 @@
 """The committed notebooks are the source: clean, parameterised, short, on the public API, and kept so by the
 git filter; and every notebook runs from ``notebooks/`` (where JupyterLab starts its kernels).
 
-The static checks read all five notebooks (milliseconds). The run (marked ``notebooks``/``slow``) executes all
-five through papermill with ``cwd=notebooks/`` at the smoke profile, with relative path parameters, and checks
+The static checks read all six notebooks (milliseconds). The run (marked ``notebooks``/``slow``) executes all
+six through papermill with ``cwd=notebooks/`` at the smoke profile, with relative path parameters, and checks
 that everything lands under the project root and nothing under ``notebooks/``.
 """
 
@@ -54,9 +54,9 @@ def _parameters(nb: nbformat.NotebookNode) -> dict[str, ast.expr]:
     return params
 
 
-def test_the_five_notebooks_are_there() -> None:
+def test_the_six_notebooks_are_there() -> None:
     assert NOTEBOOKS == ["01_data_exploration", "02_teacher_training", "03_distillation", "04_ablation_analysis",
-                         "05_retrieval_browser"]
+                         "05_retrieval_browser", "06_benchmark_report"]
     assert not (REPO / "scripts" / "build_notebooks.py").exists(), "the notebooks are the source, not a builder"
 
 
@@ -298,6 +298,10 @@ def test_every_notebook_runs_from_the_notebooks_folder_with_relative_paths(smoke
             "dataset": dataset, "models": {"no-KD": str(rel / "batch" / "nokd__seed0")},
             "results": {"teacher": str(rel / "teacher" / "test_results.npz")},
             "n_queries": 1, "top_k": 3, "interactive": False, "out": str(rel / "05")})
+        # 06 over a records folder without rows (tests/test_benchmark.py runs it over rows): it says so
+        report = _papermill_in_notebooks_folder("06_benchmark_report", tmp_path, {
+            "spec": "ablations/benchmark_smoke.yaml", "records": str(rel / "records"), "out": str(rel / "06")})
+        assert "The benchmark has no rows yet" in str(report.cells), "06 does not say that no rows exist"
 
         # every figure inline (02, 03 and 04 also save them), no path or frozen bar shown in its place
         for name, nb in executed.items():

@@ -82,6 +82,45 @@ def shared_buildings(synth_a: SynthConfig, synth_b: SynthConfig) -> dict[str, An
     return {"buildings_a": int(len(a)), "buildings_b": int(len(b)), "shared": int(shared)}
 
 
+def dataset_locations(dataset_dir: str | Path) -> np.ndarray:
+    """(N, 2) UTM ``[northing, easting]`` of every sub-map a benchmark folder lists: its training tuples and the
+    database and query sets of its test and validation splits (duplicates kept)."""
+    from distilvpr_lib.data.benchmark import Benchmark
+
+    benchmark = Benchmark.load(dataset_dir)
+    points = [tuple(t.position) for t in benchmark.training_tuples.values()]
+    for split in ("test", "validation"):
+        if benchmark.has_split(split):
+            for sets in (benchmark.database_sets(split), benchmark.query_sets(split)):
+                points += [(float(e["northing"]), float(e["easting"])) for s in sets for e in s.values()]
+    return np.asarray(points, dtype=float).reshape(-1, 2)
+
+
+def shared_places(world_dir: str | Path, prior_dir: str | Path, radius_m: float | None = None) -> dict[str, Any]:
+    """The benchmark's "no shared place" check (docs/benchmark/PROTOCOL.md §2): is any location of the prior world
+    within the positive radius of a location of a benchmark world?
+
+    Args:
+        world_dir: a benchmark world's dataset folder.
+        prior_dir: the prior world's dataset folder.
+        radius_m: the distance that makes two sub-maps the same place (default: the positive radius, 10 m).
+
+    Returns:
+        ``{"world_locations", "prior_locations", "radius_m", "min_distance_m", "shared"}``: ``shared`` is the number
+        of prior-world locations within ``radius_m`` of some world location (0 = the check passes).
+    """
+    from scipy.spatial import cKDTree
+
+    from distilvpr_lib.config import POSITIVE_RADIUS_M
+
+    radius = float(POSITIVE_RADIUS_M if radius_m is None else radius_m)
+    world, prior = dataset_locations(world_dir), dataset_locations(prior_dir)
+    distances = cKDTree(world).query(prior)[0] if len(world) and len(prior) else np.empty(0)
+    return {"world_locations": int(len(world)), "prior_locations": int(len(prior)), "radius_m": radius,
+            "min_distance_m": float(distances.min()) if distances.size else None,
+            "shared": int((distances <= radius).sum())}
+
+
 def export_backbone(student: Any, path: str | Path) -> Path:
     """Write the truncated ResNet of an image network as a torchvision-style state_dict (atomic).
 
