@@ -92,7 +92,7 @@ def test_a_claimed_run_is_running_elsewhere_and_a_complete_one_is_skipped(tmp_pa
     assert json.loads((run_dir / "called.json").read_text())["env"]["CUDA_VISIBLE_DEVICES"] == "3"
     done = RunTask("r", run_dir, _ok_call, (run_dir,), done=lambda d: True)
     assert run_claimed(done, pool, writer_wait_s=0).state == SKIPPED
-    assert (run_dir / CLAIM_FILE).is_file() and not is_claimed(run_dir)  # released after each task
+    assert not (run_dir / CLAIM_FILE).exists() and not is_claimed(run_dir)  # released (no lock left) after each task
 
 
 def test_a_previous_writer_still_holding_the_run_folder_makes_it_running_elsewhere(tmp_path: Path) -> None:
@@ -123,11 +123,14 @@ def test_batch_state_is_derived_from_the_run_folders(tmp_path: Path) -> None:
         (batch / name).mkdir(parents=True)
         (batch / name / "status.json").write_text(json.dumps({"status": status, "error": "boom"}))
     (batch / "a__seed0" / "metrics.json").write_text("{}")
+    # a complete run is "ok" only with the grid's parameters on record (else it is stale)
+    (batch / "a__seed0" / "parameters.yaml").write_text(yaml.safe_dump(grid.runs()[0].parameters))
     with claim_run(batch / "b__seed0"):  # b__seed0 is being run; b__seed1's launcher died (no claim)
         record = write_batch_record(grid, batch)
     assert [r["status"] for r in record["runs"]] == ["ok", "failed", "running", "interrupted"]
     assert record["runs"][1]["error"] == "boom" and record["runs"][0]["error"] is None
-    assert record["counts"] == {"ok": 1, "failed": 1, "running": 1, "interrupted": 1, "pending": 0}
+    assert record["counts"] == {"ok": 1, "stale": 0, "failed": 1, "running": 1, "interrupted": 1, "not started": 0,
+                                "pending": 0}
     assert json.loads((batch / "batch.json").read_text())["runs"] == record["runs"]
     (batch / "b__seed1" / "status.json").unlink()
     assert batch_state(grid, batch)[3]["status"] == "pending"

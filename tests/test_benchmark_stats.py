@@ -50,6 +50,8 @@ def test_paired_comparison_sign_and_degenerate_cases():
     assert r["delta"] == pytest.approx(-5 / 3) and r["t_high"] < 0
     same = paired_comparison([3.0, 4.0], [1.0, 2.0])          # every Δ = 2: no spread to test
     assert same["t_low"] == same["t_high"] == 2.0 and math.isnan(same["p_t"])
+    rounding = paired_comparison([0.3, 1.3], [0.1, 1.1])  # Δ = 0.2 twice, up to float rounding (0.19999999999999998)
+    assert rounding["sd_delta"] == 0.0 and math.isnan(rounding["p_t"])  # not "p ≈ 0, beats"
     one = paired_comparison([3.0], [1.0])
     assert one["delta"] == 2.0 and math.isnan(one["t_low"]) and math.isnan(one["p_t"]) and math.isnan(one["mde"])
     with pytest.raises(ValueError, match="same seeds"):

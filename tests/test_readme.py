@@ -33,10 +33,13 @@ def test_every_linked_page_exists():
 
 def test_no_module_cites_the_readme():
     offenders = []
+    assert re.search(r"\(README\b|(?<![\w/])README,? [\"']|README section", '(README "Study")')  # the pattern bites
     for path in (ROOT / "distilvpr_lib").rglob("*.py"):
         for n, line in enumerate(path.read_text().splitlines(), 1):
             # the reference repository's README (its commands) and data/README.md are other files
-            if "README" in line and not re.search(r"data/README|reference README|DistilVPR README", line):
+            # a citation of the project's README as documentation ("(README, Study)", 'README "Study"'); other
+            # READMEs (benchmarks/, data/, the reference repository's) and the generated answer block are fine
+            if re.search(r"\(README\b|(?<![\w/])README,? [\"']|README section", line):
                 offenders.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
     assert not offenders, "\n".join(offenders)
 

@@ -61,7 +61,8 @@ def paired_comparison(first: Sequence[float], second: Sequence[float], confidenc
         ``bca_low``/``bca_high`` the BCa interval; ``p_wilcoxon`` (exact, two-sided; NaN when every Δ is 0) and
         its ``wilcoxon_floor``; ``mde`` the smallest effect detectable with 80 % power at 5 % two-sided. With
         n < 2 the spreads, intervals and p-values are NaN; with every Δ equal the t interval is that Δ and p_t is
-        NaN (no spread to test against).
+        NaN (no spread to test against); a spread below 1e-9 of |Δ| (float rounding of equal differences) counts as
+        none.
 
     Raises:
         ValueError: the two rows have different lengths.
@@ -79,6 +80,8 @@ def paired_comparison(first: Sequence[float], second: Sequence[float], confidenc
     out.update(t_low=math.nan, t_high=math.nan, p_t=math.nan, p_wilcoxon=math.nan)
     if n >= 2:
         sd = out["sd_delta"]
+        if sd <= 1e-9 * max(1.0, abs(out["delta"])):  # equal differences up to float rounding: no spread to test
+            sd = out["sd_delta"] = 0.0
         half = stats.t.ppf(0.5 + confidence / 2, n - 1) * sd / math.sqrt(n)
         out["t_low"], out["t_high"] = out["delta"] - half, out["delta"] + half
         if sd > 0:

@@ -59,7 +59,7 @@ def _run(args: argparse.Namespace) -> int:
         if args.index is not None and args.executor != "local":
             raise OptionError(f"--index runs one run in this process; it takes no --executor {args.executor}")
         if args.list:
-            for spec in select_runs(Grid.load(args.grid), only=args.only, index=args.index, rerun_stale=args.rerun_stale):
+            for spec in select_runs(Grid.load(args.grid), only=args.only, index=args.index):
                 print(spec.name)
             return 0
         summary = run_batch(args.grid, out_root=args.out, workers=args.workers, force=args.force,
