@@ -223,6 +223,15 @@ def _read_checkpoint_cheaply(path: Path) -> dict[str, Any]:
     return state
 
 
+def _complete_metrics(metrics_path: Path) -> dict[str, Any] | None:
+    """The ``metrics.json`` at ``metrics_path`` when it is readable and says ``status: complete``, else ``None``."""
+    try:
+        metrics = json.loads(metrics_path.read_text())
+    except (OSError, ValueError):
+        return None
+    return metrics if isinstance(metrics, dict) and metrics.get("status") == "complete" else None
+
+
 def previous_run(out_dir: PathLike, checkpoint: dict[str, Any] | None = None) -> PreviousRun | None:
     """The run a folder holds: from ``checkpoints/last.pt`` (``epoch``; the ``run`` record with the dataset
     fingerprint), else from a finished run's ``metrics.json`` beside its weights; ``None`` when it holds none.
@@ -240,11 +249,8 @@ def previous_run(out_dir: PathLike, checkpoint: dict[str, Any] | None = None) ->
     metrics_path = out_dir / METRICS_FILE
     if not any((out_dir / name).is_file() for name in (STUDENT_WEIGHTS_FILE, TEACHER_WEIGHTS_FILE)):
         return None
-    try:
-        metrics = json.loads(metrics_path.read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(metrics, dict) or metrics.get("status") != "complete":
+    metrics = _complete_metrics(metrics_path)
+    if metrics is None:
         return None
     fingerprint = metrics.get("dataset_fingerprint")
     epochs = metrics.get("epochs")
@@ -335,11 +341,8 @@ def completed_run(cfg: ExperimentConfig, out_dir: PathLike, resume: bool, weight
     metrics_path, config_path = out_dir / METRICS_FILE, out_dir / CONFIG_FILE
     if not resume or not (metrics_path.is_file() and config_path.is_file() and (out_dir / weights_file).is_file()):
         return None
-    try:
-        metrics = json.loads(metrics_path.read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(metrics, dict) or metrics.get("status") != "complete":
+    metrics = _complete_metrics(metrics_path)
+    if metrics is None:
         return None
     previous = ExperimentConfig.load(config_path)
     same = config_fingerprint(previous) == config_fingerprint(cfg)
