@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from distilvpr_lib.analysis.benchmark_stats import holm, paired_comparison, verdict
 from distilvpr_lib.errors import DataFormatError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
 
 #: Fingerprint columns every benchmark row carries (PROTOCOL §8).
 FINGERPRINT_COLUMNS: tuple[str, ...] = ("dataset_fingerprint", "prior_sha256", "teacher_sha256", "code_commit",

@@ -9,6 +9,7 @@ import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from distilvpr_lib.benchmark.spec import (
     CHOSEN_FILE,
@@ -47,6 +48,9 @@ from distilvpr_lib.benchmark.stages import (
 )
 from distilvpr_lib.data.files import atomic_write
 from distilvpr_lib.errors import DataFormatError, MissingDataError, OptionError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
 
 def load_records(spec: BenchmarkSpec, root: Path, records: Path | None = None) -> dict[str, "pd.DataFrame"]:  # noqa: F821
     """The committed per-world CSVs (in ``records``, default the spec's folder), fingerprint-checked (PROTOCOL §8);

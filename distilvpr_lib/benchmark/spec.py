@@ -10,13 +10,16 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from distilvpr_lib.config import LAYOUTS, MethodName, parse_method_name
 from distilvpr_lib.errors import DistilVPRError, OptionError
 from distilvpr_lib.paths import project_root
+
+if TYPE_CHECKING:  # pragma: no cover
+    from distilvpr_lib.batch import Grid
 
 #: The stages of ``distilvpr benchmark run``, in order.
 STAGES: tuple[str, ...] = ("setup", "tune", "choose", "final", "collect", "report")
@@ -415,7 +418,7 @@ def final_config(spec: BenchmarkSpec, world: World, row: str, chosen: dict[str, 
 
 
 def student_grid(spec: BenchmarkSpec, root: Path, world: World, stage: str, rows: list[tuple[str, str]],
-                  seeds: Sequence[int], setup: dict[str, Any]) -> "Grid":  # noqa: F821
+                  seeds: Sequence[int], setup: dict[str, Any]) -> Grid:
     from distilvpr_lib.batch import Grid
 
     epochs, milestones = spec.schedule
@@ -427,14 +430,14 @@ def student_grid(spec: BenchmarkSpec, root: Path, world: World, stage: str, rows
                 variations=variations, seeds=[int(s) for s in seeds], source=spec.source)
 
 
-def tune_grid(spec: BenchmarkSpec, root: Path, setup: dict[str, Any]) -> "Grid":  # noqa: F821
+def tune_grid(spec: BenchmarkSpec, root: Path, setup: dict[str, Any]) -> Grid:
     """The tuning grid (one variation per configuration, the tuning seed) on the tuning world."""
     rows = [(c.config, c.config) for c in tuning_configs(spec)]
     return student_grid(spec, root, spec.world(spec.tuning_world), "tune", rows, [spec.tuning_seed], setup)
 
 
 def final_grid(spec: BenchmarkSpec, root: Path, world: World, chosen: dict[str, str],
-               setup: dict[str, Any]) -> "Grid":  # noqa: F821
+               setup: dict[str, Any]) -> Grid:
     """The final grid of a world (one variation per row, the final seeds)."""
     rows = [(row, final_config(spec, world, row, chosen)) for row in spec.rows]
     return student_grid(spec, root, world, "final", rows, spec.seeds, setup)

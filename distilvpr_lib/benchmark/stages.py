@@ -12,7 +12,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -40,6 +40,11 @@ from distilvpr_lib.benchmark.spec import (
 )
 from distilvpr_lib.data.files import atomic_write, file_sha256, write_json
 from distilvpr_lib.errors import DataFormatError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+    from distilvpr_lib.batch import Grid
 
 def code_commit() -> str:
     """The commit of the library's source checkout (``git rev-parse HEAD``), ``+dirty`` when its working tree
