@@ -199,7 +199,9 @@ def test_runtime_fields_leave_the_fingerprint_alone():
                                      "train.distributed_timeout_s": 60, "data.persistent_workers": True,
                                      "data.image_cache": True, "data.image_cache_dir": "/tmp/c",
                                      "train.loss_diagnostics": False})
-    assert len(RUNTIME_FIELDS) == 9
+    assert len(RUNTIME_FIELDS) == 10  # and train.keep_checkpoints (whether last.pt stays), checked below
+    kept = apply_overrides(base, {"train.keep_checkpoints": True})
+    assert config_fingerprint(kept) == config_fingerprint(base)
     assert config_fingerprint(changed) == config_fingerprint(base)
     assert config_fingerprint(apply_overrides(base, {"train.batch_size": 32})) != config_fingerprint(base)
 

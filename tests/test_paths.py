@@ -64,7 +64,8 @@ PATH_PARAMETERS = {
     "02_teacher_training": ["cfg.data.dataset_dir", "teacher_dir", "out"],
     "03_distillation": ["cfg.data.dataset_dir", "teacher", "out"],
     "04_ablation_analysis": ["batch", "out"],
-    "05_retrieval_browser": ["dataset", "out"],
+    "05_retrieval_browser": ["cfg.data.dataset_dir", "out"],
+    "06_benchmark_report": ["out"],
 }
 
 
