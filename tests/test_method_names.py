@@ -81,3 +81,17 @@ def test_a_config_that_contradicts_its_name_is_named():
     cfg.train.image_lr = profile_config("smoke").train.image_lr
     assert "learning rate" in method_name_problem(cfg)
     assert method_name_problem(apply_overrides(profile_config("smoke"), {"distill.method": "rkd_x10"})) is None
+
+
+def test_the_cli_refuses_a_set_that_contradicts_the_method_name(tmp_path):
+    """``--set`` is not silently overridden by the name, nor the name by ``--set``: exit 2, one line, nothing written."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "distilvpr_lib.cli", "distill", "--profile", "smoke", "--dataset",
+                           str(tmp_path / "data"), "--method", "kd_norm", "--set", "train.task_normalize=false",
+                           "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == ["error: method 'kd_norm' says _norm but train.task_normalize is false"]
+    assert not out.exists()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from distilvpr_lib.commands.train_teacher import add_common_training_options, build_config, fail
+from distilvpr_lib.commands.train_teacher import add_common_training_options, apply_cli_overrides, build_config, fail
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -38,12 +38,17 @@ def run(args: argparse.Namespace) -> int:
     """Resolve the config, train the student, print its summary; 0 on success, 2 on bad options."""
     from pathlib import Path
 
-    from distilvpr_lib.config import apply_overrides
+    from distilvpr_lib.config import apply_overrides, method_name_problem
 
     try:
         cfg = build_config(args, allow_terms=True)
         if args.method is not None:
             cfg = apply_overrides(cfg, {"distill.method": args.method})
+            # --set wins over what the name implies, then a contradiction is refused by name (not overridden)
+            cfg = apply_cli_overrides(cfg, [item for group in args.overrides for item in group], allow_terms=True)
+            problem = method_name_problem(cfg)
+            if problem:
+                return fail(problem)
         from distilvpr_lib.losses.distiller import Distiller
 
         needs_teacher = bool(Distiller(cfg.distill).weights)
