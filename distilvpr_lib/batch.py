@@ -55,7 +55,7 @@ from distilvpr_lib.batch_records import (EXECUTED_NOTEBOOK, METRICS_FILE, OUT_PA
                                          STATUS_FILE, format_changes, last_error_line, move_aside, notebook_error,
                                          papermill_warnings, parameter_changes, run_is_complete)
 from distilvpr_lib.data.files import atomic_write, write_json
-from distilvpr_lib.errors import GridError
+from distilvpr_lib.errors import GridError, MissingDataError
 from distilvpr_lib.executors.backends import Executor, Progress
 from distilvpr_lib.executors.claims import (ELSEWHERE, ERROR, EXECUTED, NOT_STARTED, SKIPPED, RunTask, TaskResult,
                                             die_with_parent)
@@ -342,17 +342,25 @@ def preflight_grid(grid: "Grid | str | Path", out_root: str | Path = "runs") -> 
         raise GridError(f"{grid.source or grid.name}: two runs would share a folder: "
                         f"{sorted({n for n in names if names.count(n) > 1})}")
     preflight_out_dir(Path(out_root) / grid.name)
-    datasets: set[Path] = set()
+    datasets: dict[Path, str] = {}
     teachers: set[tuple[Path, str]] = set()
     for spec in grid.runs():
         params = spec.parameters
         if params.get("dataset"):
-            datasets.add(project_path(params["dataset"]))
+            datasets.setdefault(project_path(params["dataset"]), str(params["dataset"]))
         teacher = project_path(params.get("teacher")) if params.get("teacher") else None
         if teacher is not None and teacher.exists():
             teachers.add((teacher, str(params.get("profile") or "cpu")))
     for dataset in sorted(datasets):
-        preflight_dataset(dataset, training=True, splits=("test",))
+        try:
+            preflight_dataset(dataset, training=True, splits=("test",))
+        except MissingDataError as exc:
+            if Path(datasets[dataset]).is_absolute() or exc.hint:
+                raise
+            # one rule for paths (docs/GRIDS.md): say where a relative grid path was looked for
+            raise type(exc)(exc.problem, path=exc.path,
+                            hint=f"the grid's dataset {datasets[dataset]!r} is taken from the project root "
+                                 f"{project_path('.')}, not from the grid's folder") from exc
     for teacher, profile in sorted(teachers):
         try:
             cfg = profile_config(profile)

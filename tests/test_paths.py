@@ -103,3 +103,29 @@ def test_notebook_config_keeps_the_profile_for_none_and_resolves_path_fields(
     assert cfg.data.dataset_dir == str(tmp_path / "d") and cfg.data.image_dir == str(REPO / "imgs")
     with pytest.raises(KeyError):
         notebook_config("smoke", {"train.no_such_field": 1})
+
+
+def test_a_grid_outside_the_checkout_says_where_its_relative_dataset_was_looked_for(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One rule for paths (docs/GRIDS.md): a grid's relative path is taken from the project root, and the error for
+    a missing one says so, naming the root; an absolute path is reported as it is."""
+    from distilvpr_lib.batch import preflight_grid
+    from distilvpr_lib.errors import MissingDataError
+
+    monkeypatch.delenv(PROJECT_ROOT_ENV, raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data" / "mine").mkdir(parents=True)  # beside the grid: not where the grid's path points
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("name: g\nnotebook: notebooks/03_distillation.ipynb\nseeds: [0]\n"
+                    "base: {dataset: data/mine, profile: smoke}\nvariations:\n  - {name: a, method: nokd}\n")
+    with pytest.raises(MissingDataError) as caught:
+        preflight_grid(grid, tmp_path / "runs")
+    message = str(caught.value)
+    assert message.startswith(f"{REPO / 'data' / 'mine'}: dataset folder not found")
+    assert f"the grid's dataset 'data/mine' is taken from the project root {REPO}, not from the grid's folder" \
+        in message
+    assert not (tmp_path / "runs").exists()  # nothing written
+    grid.write_text(grid.read_text().replace("data/mine", str(tmp_path / "nowhere")))
+    with pytest.raises(MissingDataError) as caught:
+        preflight_grid(grid, tmp_path / "runs")
+    assert str(caught.value) == f"{tmp_path / 'nowhere'}: dataset folder not found"

@@ -49,7 +49,7 @@ def evaluation_kernels(cfg: ExperimentConfig, device: torch.device | str) -> tup
 
     device = torch.device(device)
     autocast_dtype = None
-    if cfg.train.mixed_precision and getattr(cfg.train, "eval_mixed_precision", False):
+    if cfg.train.mixed_precision and cfg.train.eval_mixed_precision:
         dtype = resolve_amp_dtype(cfg.train.amp_dtype, device)
         if device.type == "cuda" or (device.type == "cpu" and dtype == torch.bfloat16):
             autocast_dtype = dtype

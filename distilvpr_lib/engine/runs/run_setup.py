@@ -93,7 +93,7 @@ def make_training_loader(benchmark: "Benchmark", cfg: ExperimentConfig, ctx: Dis
     else:
         sampler = PositivePairBatchSampler(benchmark.training_tuples, cfg.train.batch_size, seed=cfg.train.seed)
     extra: dict[str, Any] = {}
-    if data_cfg.num_workers > 0 and getattr(data_cfg, "persistent_workers", False):
+    if data_cfg.num_workers > 0 and data_cfg.persistent_workers:
         extra["persistent_workers"] = True
     return DataLoader(dataset, batch_sampler=sampler,
                       collate_fn=make_collate_fn(benchmark.training_tuples, data_cfg.quantization_size),

@@ -66,7 +66,7 @@ def build_optimizer(groups: list[dict[str, Any]], train_cfg: "TrainConfig") -> t
     groups = [g for g in groups if g["params"]]
     if not groups:
         raise ValueError("no trainable parameters")
-    implementation = {"fused": True} if getattr(train_cfg, "fused_adam", False) else {"foreach": True}
+    implementation = {"fused": True} if train_cfg.fused_adam else {"foreach": True}
     return torch.optim.Adam(groups, weight_decay=train_cfg.weight_decay, **implementation)
 
 
