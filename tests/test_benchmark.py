@@ -50,7 +50,7 @@ def test_the_real_spec_reads_as_the_protocol_says() -> None:
     assert spec.schedule == (32, (24,)) and spec.teacher_epochs == 10 and spec.teacher_milestones == (8,)
     assert spec.tuning_world == "oxford" and spec.tuning_seed == 100 and spec.seeds == (0, 1, 2, 3, 4)
     assert spec.rows == ("nokd", "distilvpr_paper", "distilvpr", "kd", "rkd", "pkt", "sp", "cc")
-    assert spec.profile == "study" and spec.workers == 2
+    assert spec.profile == "study" and spec.workers == 2 and spec.machine == "cpu-native-bf16"
     rows, baseline, tuned, versus = spec.rows, spec.baseline, spec.tuned, spec.versus
     from distilvpr_lib.analysis.benchmark_records import comparison_pairs
 
@@ -195,7 +195,8 @@ def test_last_quarter_gain_by_hand() -> None:
 # Records: §8 fingerprints and §7 statistics, by hand
 # ---------------------------------------------------------------------------
 FINGERPRINTS = {"dataset_fingerprint": "d" * 64, "prior_sha256": "p" * 64, "teacher_sha256": "t" * 64,
-                "code_commit": "c" * 40, "cpu_threads": 1, "torch_version": "2.5.1"}
+                "code_commit": "c" * 40, "cpu_threads": 1, "torch_version": "2.5.1",
+                "machine": "cpu AVX512 native-bf16 autocast=bfloat16"}
 
 
 def _records(world: str, values: dict[str, list[float]], configs: dict[str, str] | None = None) -> pd.DataFrame:
@@ -434,3 +435,70 @@ def test_final_waits_for_the_choice_and_the_contingency(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["benchmark", "chosen.yaml", "docs"]  # nothing else
     applied = dataclasses.replace(spec, contingency_applied=True)
     assert applied.schedule == (48, (36,)) and bench.stage_dir(applied, "oxford", "final", tmp_path).name == "final-e48"
+
+
+# ---------------------------------------------------------------------------
+# PROTOCOL §5 "Machine": no row on a CPU without native bfloat16 kernels
+# ---------------------------------------------------------------------------
+def _machine(monkeypatch, native: bool, device: str = "cpu") -> None:
+    import torch
+
+    from distilvpr_lib.engine.train import devices
+
+    monkeypatch.setattr(devices, "cpu_has_native_bfloat16", lambda: native)
+    monkeypatch.setattr(devices, "resolve_device", lambda name: torch.device(device))
+
+
+def test_machine_problem_follows_the_cpu_and_the_profile(tmp_path: Path, monkeypatch) -> None:
+    spec = bench.load_spec(SPEC)  # study profile: bfloat16 autocast on the CPU
+    _machine(monkeypatch, native=True)
+    assert bench.machine_problem(spec) is None
+    _machine(monkeypatch, native=False)
+    assert "no native bfloat16 kernels" in bench.machine_problem(spec)
+    _machine(monkeypatch, native=True, device="cuda")
+    assert "would train on cuda" in bench.machine_problem(spec)
+    _machine(monkeypatch, native=False)
+    anywhere = bench.load_spec(_spec_variant(tmp_path, lambda raw: raw.pop("machine")))
+    assert anywhere.machine == "any" and bench.machine_problem(anywhere) is None
+    smoke = bench.load_spec(_spec_variant(tmp_path, lambda raw: raw.update(profile="smoke")))  # smoke: no autocast
+    assert bench.machine_problem(smoke) is None
+    with pytest.raises(bench.BenchmarkSpecError, match="key 'machine': unknown machine 'laptop'"):
+        bench.load_spec(_spec_variant(tmp_path, lambda raw: raw.update(machine="laptop")))
+
+
+def test_setup_refuses_a_cpu_without_bf16_before_writing_anything(tmp_path: Path, monkeypatch, capsys) -> None:
+    root = tmp_path / "project"
+    (root / "ablations").mkdir(parents=True)
+    shutil.copy(SPEC, root / "ablations" / "benchmark.yaml")
+    monkeypatch.setenv("DISTILVPR_PROJECT_ROOT", str(root))
+    _machine(monkeypatch, native=False)
+    assert main(["benchmark", "run", str(root / "ablations" / "benchmark.yaml"), "--stage", "setup"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "setup: this CPU" in err[0] and "no native bfloat16 kernels" in err[0], err
+    assert sorted(p.name for p in root.iterdir()) == ["ablations"]  # no world generated, nothing written
+
+
+def test_a_run_made_without_native_bf16_is_not_a_row() -> None:
+    spec = bench.load_spec(SPEC)
+    ok = {"device": "cpu", "autocast": "bfloat16", "cpu_capability": "AVX512", "native_bfloat16": True,
+          "machine": "cpu AVX512 native-bf16 autocast=bfloat16"}
+    assert bench.row_machine_problem(spec, ok) is None
+    assert "without native bfloat16" in bench.row_machine_problem(
+        spec, {**ok, "cpu_capability": "AVX2", "native_bfloat16": False, "machine": "cpu AVX2 autocast=bfloat16"})
+    assert "not the CPU" in bench.row_machine_problem(spec, {"device": "cuda", "autocast": "bfloat16"})
+    assert "does not record" in bench.row_machine_problem(spec, {})
+    assert bench.row_machine_problem(dataclasses.replace(spec, machine="any"), {}) is None
+
+
+def test_plan_prints_every_stage_and_whether_this_machine_may_make_rows(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("DISTILVPR_PROJECT_ROOT", str(tmp_path))  # nothing done there
+    _machine(monkeypatch, native=False)
+    assert main(["benchmark", "plan", str(SPEC)]) == 0
+    out = capsys.readouterr().out
+    assert "tune: 42 cells on oxford (seed 100), 0 done" in out and "122 student runs in all" in out
+    assert "  nokd (6): nokd_lr0.5 nokd nokd_lr2 nokd_lr0.5_norm nokd_norm nokd_lr2_norm" in out
+    assert "final/boreas: 40 cells (8 rows x seeds [0, 1, 2, 3, 4]), 0 done; distilvpr_paper = distilvpr_boreas" in out
+    assert "machine: cpu-native-bf16; this machine may NOT make rows: this CPU" in out
+    _machine(monkeypatch, native=True)
+    assert main(["benchmark", "plan", str(SPEC)]) == 0
+    assert "machine: cpu-native-bf16; this machine may make rows" in capsys.readouterr().out

@@ -223,6 +223,14 @@ def test_same_seed_same_threads_gives_identical_results(smoke_dataset, tmp_path)
     cfg = _cfg(smoke_dataset, **{"train.epochs": 3})
     runs = [distill_student(cfg, None, tmp_path / f"run{i}", method="nokd", progress=False) for i in range(2)]
     assert runs[0]["cpu_threads"] == runs[1]["cpu_threads"] == torch.get_num_threads()
+    # and so is what the floats were computed in (the benchmark's machine fingerprint, PROTOCOL §5)
+    precision = runs[0]["precision"]
+    assert precision == runs[1]["precision"] and precision["device"] == str(runs[0]["device"]).split(":")[0]
+    if precision["device"] == "cpu":
+        assert precision["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+        assert precision["machine"] == " ".join([
+            "cpu", precision["cpu_capability"], *(["native-bf16"] if precision["native_bfloat16"] else []),
+            f"autocast={'bfloat16' if cfg.train.mixed_precision else 'off'}"])
     assert runs[0]["final_losses"] == runs[1]["final_losses"]
     assert [e["losses"] for e in runs[0]["epochs"]] == [e["losses"] for e in runs[1]["epochs"]]
     assert runs[0]["test"] == runs[1]["test"]

@@ -25,8 +25,9 @@ if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
 #: Fingerprint columns every benchmark row carries (PROTOCOL §8).
+#: ``machine`` is the run's device, CPU capability and autocast (``metrics.json`` ``precision.machine``, §5).
 FINGERPRINT_COLUMNS: tuple[str, ...] = ("dataset_fingerprint", "prior_sha256", "teacher_sha256", "code_commit",
-                                        "cpu_threads", "torch_version")
+                                        "cpu_threads", "torch_version", "machine")
 #: Columns of ``docs/benchmark/<world>_runs.csv`` (one row per final run).
 RUN_COLUMNS: tuple[str, ...] = ("world", "row", "config", "seed", "selected_epoch", "val_ar1", "test_ar1", "test_ar5",
                                 "test_ar1pct", "last_quarter_gain", "flat", "wall_time_s", "weights_sha256",
@@ -44,7 +45,7 @@ NO_ROWS_ANSWER = (
 
 
 class FingerprintMismatchError(DataFormatError):
-    """The rows of one world come from different setups (data, prior, teacher, code, threads or torch)."""
+    """The rows of one world come from different setups (data, prior, teacher, code, threads, torch or machine)."""
 
 
 # ---------------------------------------------------------------------------

@@ -17,9 +17,12 @@
 
 Every cell's launch is stamped (``<stage folder>/launches.json``: code commit, torch version, and the setup's
 fingerprints re-read at launch), and ``collect`` checks that each run folder ran what its name says (method,
-seed, schedule, dataset, teacher, prior) before it writes a row.
+seed, schedule, dataset, teacher, prior, and the machine the spec's ``machine`` key allows) before it writes a row.
+With ``machine: cpu-native-bf16`` (the benchmark's) the training stages refuse to start on a machine that may not
+make rows (:func:`~.stages.machine_problem`: PROTOCOL §5 "Machine"), and every row carries the run's ``machine``
+fingerprint (device, CPU capability, autocast).
 
-Modules: :mod:`.spec` (the spec, names, grids), :mod:`.stages` (setup, tune, choose, final, collect) and
+Modules: :mod:`.spec` (the spec, names, grids), :mod:`.provenance` (commit, torch, threads, the machine check), :mod:`.stages` (setup, tune, choose, final, collect) and
 :mod:`.reporting` (report, answer, verify, status, plan); the public names are re-exported here.
 """
 
@@ -32,6 +35,7 @@ from distilvpr_lib.benchmark.spec import (
     CHOSEN_FILE,
     COMPARISONS_CSV,
     LAUNCHES_FILE,
+    MACHINES,
     Log,
     NOKD,
     PAPER_ROW,
@@ -58,9 +62,16 @@ from distilvpr_lib.benchmark.spec import (
     tuning_configs,
     world_dir,
 )
+from distilvpr_lib.benchmark.provenance import (
+    check_machine,
+    code_commit,
+    machine_problem,
+    row_machine_problem,
+    threads_per_run,
+    torch_version,
+)
 from distilvpr_lib.benchmark.stages import (
     cell_fingerprints,
-    code_commit,
     collect_world,
     read_cell,
     read_chosen,
@@ -73,8 +84,6 @@ from distilvpr_lib.benchmark.stages import (
     run_tune,
     setup_record,
     teacher_gate,
-    threads_per_run,
-    torch_version,
     write_csv,
     write_yaml,
 )
@@ -96,4 +105,4 @@ from distilvpr_lib.benchmark.reporting import (
     verify,
 )
 
-__all__ = ["BenchmarkSpec", "BenchmarkSpecError", "BenchmarkStateError", "CHOSEN_FILE", "COMPARISONS_CSV", "LAUNCHES_FILE", "Log", "NOKD", "PAPER_ROW", "PRIOR_WEIGHTS", "README_BEGIN", "README_END", "SETUP_FILE", "STAGES", "TABLES_FILE", "TEACHER_WEIGHTS", "TUNING_CSV", "TuneConfig", "World", "answer", "at_root", "cell_fingerprints", "cell_name", "check_readme", "code_commit", "collect_world", "final_config", "final_grid", "final_run_folders", "load_records", "load_spec", "parse_cell", "plan_lines", "read_cell", "read_chosen", "read_json", "readme_block", "records_dir", "report_markdown", "report_tables", "resolve_root", "run_choose", "run_collect", "run_final", "run_grid", "run_report", "run_setup", "run_stages", "run_tune", "setup_flags", "setup_record", "stage_cells", "stage_dir", "status_lines", "student_grid", "teacher_gate", "threads_per_run", "torch_version", "tune_grid", "tuning_configs", "verify", "world_dir", "write_csv", "write_yaml"]
+__all__ = ["BenchmarkSpec", "BenchmarkSpecError", "BenchmarkStateError", "CHOSEN_FILE", "COMPARISONS_CSV", "LAUNCHES_FILE", "Log", "MACHINES", "NOKD", "PAPER_ROW", "PRIOR_WEIGHTS", "README_BEGIN", "README_END", "SETUP_FILE", "STAGES", "TABLES_FILE", "TEACHER_WEIGHTS", "TUNING_CSV", "TuneConfig", "World", "answer", "at_root", "cell_fingerprints", "cell_name", "check_machine", "check_readme", "code_commit", "collect_world", "final_config", "final_grid", "final_run_folders", "load_records", "load_spec", "machine_problem", "parse_cell", "plan_lines", "read_cell", "read_chosen", "read_json", "readme_block", "records_dir", "report_markdown", "report_tables", "resolve_root", "row_machine_problem", "run_choose", "run_collect", "run_final", "run_grid", "run_report", "run_setup", "run_stages", "run_tune", "setup_flags", "setup_record", "stage_cells", "stage_dir", "status_lines", "student_grid", "teacher_gate", "threads_per_run", "torch_version", "tune_grid", "tuning_configs", "verify", "world_dir", "write_csv", "write_yaml"]

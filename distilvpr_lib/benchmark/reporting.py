@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from distilvpr_lib.benchmark.spec import (
     CHOSEN_FILE,
     COMPARISONS_CSV,
+    NOKD,
     PAPER_ROW,
     README_BEGIN,
     README_END,
@@ -33,6 +34,7 @@ from distilvpr_lib.benchmark.spec import (
     tuning_configs,
     world_dir,
 )
+from distilvpr_lib.benchmark.provenance import machine_problem
 from distilvpr_lib.benchmark.stages import (
     read_cell,
     read_chosen,
@@ -336,6 +338,10 @@ def plan_lines(spec: BenchmarkSpec, root: Path) -> list[str]:
              f"setup: prior ({spec.prior_folder}), worlds {', '.join(w.name for w in spec.worlds)} "
              f"(teachers: {spec.teacher_epochs} epochs, step {list(spec.teacher_milestones)}, gate fused AR@1 >= "
              f"{spec.gate_ar1:g})"]
+    if spec.machine != "any":
+        problem = machine_problem(spec)
+        lines.append(f"machine: {spec.machine}; this machine "
+                     + (f"may NOT make rows: {problem}" if problem else "may make rows"))
     cells = stage_cells(spec, root)
     configs = tuning_configs(spec)
     per_method = {m: [c.config for c in configs if c.method == m] for m in (NOKD, *spec.kd_methods)}

@@ -113,6 +113,9 @@ class BenchmarkSpec:
     alpha: float
     bootstrap_resamples: int
     bootstrap_seed: int
+    #: Where rows may be made (PROTOCOL §5 "Machine"): ``"cpu-native-bf16"`` = on the CPU, and, when the profile
+    #: autocasts to bfloat16, only on a CPU with native bfloat16 kernels; ``"any"`` (the default) = anywhere.
+    machine: str = "any"
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def world(self, name: str) -> World:
@@ -136,7 +139,10 @@ class BenchmarkSpec:
 
 
 _TOP_KEYS = {"name", "protocol", "profile", "notebook", "out", "records", "workers", "prior", "worlds", "teacher",
-             "student", "tuning", "final", "statistics"}
+             "student", "tuning", "final", "statistics", "machine"}
+_OPTIONAL_KEYS = {"machine"}
+#: The values of the spec's ``machine`` key (see :attr:`BenchmarkSpec.machine`).
+MACHINES = ("any", "cpu-native-bf16")
 _SECTION_KEYS = {
     "prior": {"args", "folder", "dataset"},
     "teacher": {"epochs", "milestones", "gate_ar1", "retry_factor"},
@@ -174,7 +180,7 @@ def load_spec(path: str | os.PathLike) -> BenchmarkSpec:
     unknown = sorted(set(raw) - _TOP_KEYS)
     if unknown:
         raise bad(unknown[0], f"unknown key; known: {sorted(_TOP_KEYS)}")
-    missing = sorted(_TOP_KEYS - set(raw))
+    missing = sorted(_TOP_KEYS - _OPTIONAL_KEYS - set(raw))
     if missing:
         raise bad(missing[0], "missing")
     sections: dict[str, dict[str, Any]] = {}
@@ -337,6 +343,10 @@ def load_spec(path: str | os.PathLike) -> BenchmarkSpec:
         if value not in rows:
             raise bad(key, f"{value!r} is not one of final.rows {list(rows)}")
 
+    machine = text("machine", raw.get("machine", "any"))
+    if machine not in MACHINES:
+        raise bad("machine", f"unknown machine {machine!r}; known: {list(MACHINES)}")
+
     spec = BenchmarkSpec(
         source=path, name=text("name", raw["name"]), protocol=text("protocol", raw["protocol"]), profile=profile,
         notebook=text("notebook", raw["notebook"]), out=text("out", raw["out"]), records=text("records", raw["records"]),
@@ -351,7 +361,7 @@ def load_spec(path: str | os.PathLike) -> BenchmarkSpec:
         nokd_lr_scales=lr_scales, tasks=tasks, tie=number("tuning.tie", tuning["tie"]), rows=rows, seeds=seeds,
         baseline=baseline, tuned=tuned, versus=versus, alpha=number("statistics.alpha", stats["alpha"], 0, True),
         bootstrap_resamples=integer("statistics.bootstrap_resamples", stats["bootstrap_resamples"], 1),
-        bootstrap_seed=integer("statistics.bootstrap_seed", stats["bootstrap_seed"]))
+        bootstrap_seed=integer("statistics.bootstrap_seed", stats["bootstrap_seed"]), machine=machine)
     for cfg in tuning_configs(spec):  # every generated name reads back as itself
         parsed = parse_method_name(cfg.config)
         if parsed.name != cfg.config or parsed.base != cfg.method:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import datetime
 import json
 import math
-import os
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -38,6 +37,13 @@ from distilvpr_lib.benchmark.spec import (
     tuning_configs,
     world_dir,
 )
+from distilvpr_lib.benchmark.provenance import (
+    check_machine,
+    code_commit,
+    row_machine_problem,
+    threads_per_run,
+    torch_version,
+)
 from distilvpr_lib.data.files import atomic_write, file_sha256, write_json
 from distilvpr_lib.errors import DataFormatError
 
@@ -45,31 +51,6 @@ if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
     from distilvpr_lib.batch import Grid
-
-def code_commit() -> str:
-    """The commit of the library's source checkout (``git rev-parse HEAD``), ``+dirty`` when its working tree
-    differs from it; ``unknown`` outside a git checkout."""
-    source = Path(__file__).resolve().parents[1]
-    try:
-        head = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(source), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + ("+dirty" if dirty else "")
-
-
-def threads_per_run(workers: int) -> int:
-    """Threads each of ``workers`` side-by-side runs gets from the batch runner (``cpu_count // workers``)."""
-    return max(1, (os.cpu_count() or 1) // max(1, int(workers)))
-
-
-def torch_version() -> str:
-    import torch
-
-    return str(torch.__version__)
-
 
 def read_json(path: Path) -> Any:
     try:
@@ -215,6 +196,8 @@ def run_setup(spec: BenchmarkSpec, root: Path, log: Log = print) -> dict[str, di
 
     prior_folder = at_root(root, spec.prior_folder)
     prior_weights = prior_folder / PRIOR_WEIGHTS
+    if not (prior_weights.is_file() and all(_teacher_done(at_root(root, w.teacher)) for w in spec.worlds)):
+        check_machine(spec, "setup")  # before anything is generated: the prior and teachers still have to train
     for world in spec.worlds:
         if (at_root(root, world.dataset) / COMPLETE_FILE).is_file():
             log(f"[setup] {world.name}: dataset {world.dataset} is complete")
@@ -292,6 +275,7 @@ def run_grid(spec: BenchmarkSpec, root: Path, grid: "Grid", world: str, workers:
     batch_dir = out_root / grid.name
     todo = [r.name for r in grid.runs() if (not only or r.name in only) and not run_is_complete(batch_dir / r.name)]
     if todo:
+        check_machine(spec, grid.name)
         _stamp_launch(batch_dir, todo, _launch_fingerprints(spec, world, root))
     log(f"[{grid.name}] {world}: {len(grid.runs()) - len(todo)} of {len(grid.runs())} cells done, running "
         f"{len(todo)} ({workers} side by side, {threads_per_run(workers)} thread(s) each) -> {batch_dir}")
@@ -378,6 +362,11 @@ def read_cell(spec: BenchmarkSpec, root: Path, world: World, stage: str, row: st
     if str(Path(metrics.get("teacher_dir") or "")) != str(setup["teacher_folder"]):
         raise BenchmarkStateError(f"the run used the teacher {metrics.get('teacher_dir')!r}, not the world's "
                                   f"{setup['teacher_folder']!r}", path=run, hint="move it away and re-run the cell")
+    precision = metrics.get("precision") or {}
+    problem = row_machine_problem(spec, precision)
+    if problem:
+        raise BenchmarkStateError(f"{problem}: not a row of machine: {spec.machine}", path=run,
+                                  hint="move it away and re-run the cell on a CPU with native bfloat16 kernels")
     history = [(e.get("validation") or {}).get("AR@1") for e in metrics.get("epochs", [])]
     gain = last_quarter_gain(history)
     test, val = metrics.get("test") or {}, metrics.get("validation") or {}
@@ -386,7 +375,7 @@ def read_cell(spec: BenchmarkSpec, root: Path, world: World, stage: str, row: st
             "test_ar5": test.get("AR@5"), "test_ar1pct": test.get("AR@1%"), "last_quarter_gain": gain,
             "flat": bool(math.isfinite(gain) and gain < spec.flat_gain), "wall_time_s": metrics.get("wall_time_s"),
             "weights_sha256": file_sha256(run / "student.pt"), "cpu_threads": metrics.get("cpu_threads"),
-            **cell_fingerprints(batch_dir, cell_name(row, seed)), "validation_history": history}
+            "machine": precision.get("machine", "unknown"), **cell_fingerprints(batch_dir, cell_name(row, seed)), "validation_history": history}
 
 
 # ---------------------------------------------------------------------------

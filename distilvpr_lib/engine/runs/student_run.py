@@ -195,6 +195,8 @@ def _distill_student(cfg: ExperimentConfig, teacher_dir: PathLike | None, out_di
         "device": str(device),
         # results depend on it: float sums split over threads round differently (docs/study/LOG.md, "The cpu profile")
         "cpu_threads": torch.get_num_threads(),
+        # so do the autocast dtype and the CPU's kernels (docs/benchmark/PROTOCOL.md §5, "Machine")
+        "precision": trainer.precision,
         "dataset_dir": str(cfg.data.dataset_dir),
         "dataset_fingerprint": fingerprint,
         "teacher_dir": None if teacher_dir is None else str(teacher_dir),

@@ -159,6 +159,8 @@ def _train_teacher(cfg: ExperimentConfig, out_dir: PathLike, resume: bool = True
         "device": str(device),
         # results depend on it: float sums split over threads round differently (docs/study/LOG.md, "The cpu profile")
         "cpu_threads": torch.get_num_threads(),
+        # so do the autocast dtype and the CPU's kernels (docs/benchmark/PROTOCOL.md §5, "Machine")
+        "precision": trainer.precision,
         "dataset_dir": str(cfg.data.dataset_dir),
         "dataset_fingerprint": fingerprint,
         "status": "complete",

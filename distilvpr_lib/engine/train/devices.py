@@ -99,6 +99,32 @@ def cpu_has_native_bfloat16() -> bool:
         return False
 
 
+def precision_record(device: torch.device | str, autocast: torch.dtype | None) -> dict[str, Any]:
+    """What a run's floats were computed in, for its ``metrics.json`` (results and speed depend on it).
+
+    Args:
+        device: the training device.
+        autocast: the autocast dtype the training used, ``None`` when it did not autocast.
+
+    Returns:
+        ``{"device": "cpu", "autocast": "bfloat16" | "float16" | "off", "cpu_capability": "AVX2" | "AVX512" | ...,
+        "native_bfloat16": bool}`` — the last two on the CPU only (oneDNN's dispatch level and
+        :func:`cpu_has_native_bfloat16`). ``machine`` joins them in one comparable string, e.g.
+        ``"cpu AVX2 autocast=off"`` or ``"cpu AVX512 native-bf16 autocast=bfloat16"`` (the benchmark's
+        fingerprint, docs/benchmark/PROTOCOL.md §5 "Machine").
+    """
+    device = torch.device(device)
+    record: dict[str, Any] = {"device": device.type,
+                              "autocast": "off" if autocast is None else str(autocast).removeprefix("torch.")}
+    parts = [device.type]
+    if device.type == "cpu":
+        record["cpu_capability"] = str(torch.backends.cpu.get_cpu_capability())
+        record["native_bfloat16"] = cpu_has_native_bfloat16()
+        parts += [record["cpu_capability"], *(["native-bf16"] if record["native_bfloat16"] else [])]
+    record["machine"] = " ".join([*parts, f"autocast={record['autocast']}"])
+    return record
+
+
 def channels_last_enabled(train_cfg: Any, device: torch.device | str) -> bool:
     """Whether the image networks run in the channels-last memory format on ``device``.
 
@@ -107,10 +133,10 @@ def channels_last_enabled(train_cfg: Any, device: torch.device | str) -> bool:
     its own, off by default). Used for training and for the validation and test embedding of the same run.
     """
     device = torch.device(device)
-    wanted = bool(getattr(train_cfg, "channels_last", False))
+    wanted = bool(train_cfg.channels_last)
     if device.type == "cuda":
         return wanted
-    return wanted and device.type == "cpu" and bool(getattr(train_cfg, "channels_last_cpu", False))
+    return wanted and device.type == "cpu" and bool(train_cfg.channels_last_cpu)
 
 
 def move_to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
@@ -120,4 +146,4 @@ def move_to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, 
 
 
 __all__ = ["AMP_DTYPES", "channels_last_enabled", "cpu_has_native_bfloat16", "keep_float32_under_autocast",
-           "move_to_device", "resolve_amp_dtype", "resolve_device"]
+           "move_to_device", "precision_record", "resolve_amp_dtype", "resolve_device"]

@@ -47,7 +47,8 @@ from distilvpr_lib.engine.train.checkpoint import (
 )
 from distilvpr_lib.engine.train.console import say
 from distilvpr_lib.engine.train.devices import (channels_last_enabled, cpu_has_native_bfloat16,
-                                                keep_float32_under_autocast, move_to_device, resolve_amp_dtype)
+                                                keep_float32_under_autocast, move_to_device, precision_record,
+                                                resolve_amp_dtype)
 from distilvpr_lib.engine.train.distributed import (
     DistributedContext,
     assemble_global_batch,
@@ -168,7 +169,7 @@ class Trainer:
         self.ctx = distributed if distributed is not None else single_process_context(self.device)
         self.progress = progress and self.ctx.is_main
         self.tensorboard = tensorboard and self.ctx.is_main
-        self.amp_dtype = resolve_amp_dtype(getattr(train_cfg, "amp_dtype", "float16"), self.device)
+        self.amp_dtype = resolve_amp_dtype(train_cfg.amp_dtype, self.device)
         # CUDA: float16 (with a GradScaler) or bfloat16. CPU: bfloat16 only (AVX-512 BF16 / AMX kernels);
         # float16 autocast on CPU is left off.
         self.use_amp = bool(train_cfg.mixed_precision) and (
@@ -179,7 +180,7 @@ class Trainer:
             log.warning("train.mixed_precision: bfloat16 autocast on a CPU without bfloat16 kernels (%s) is ~15x "
                         "slower than float32 (benchmarks/README.md, 'Stage profile (issue 26)')",
                         torch.backends.cpu.get_cpu_capability())
-        self.sync_batchnorm = bool(getattr(train_cfg, "sync_batchnorm", True))
+        self.sync_batchnorm = bool(train_cfg.sync_batchnorm)
         #: The module that trains: ``model`` itself, or its DDP wrapper in distributed runs (set by fit).
         self.train_model: nn.Module = model
         self._tuples: Any = None
@@ -190,6 +191,11 @@ class Trainer:
         self.scalars = ScalarLog(self.out_dir / "tensorboard", enabled=self.tensorboard)
 
     # ------------------------------------------------------------------ helpers
+    @property
+    def precision(self) -> dict[str, Any]:
+        """What this run's training floats are computed in (device, autocast, CPU capability), for its record."""
+        return precision_record(self.device, self.amp_dtype if self.use_amp else None)
+
     @property
     def group_names(self) -> list[str]:
         return [g.get("name", f"group{i}") for i, g in enumerate(self.optimizer.param_groups)]
