@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import random
 import subprocess
 import sys
 import time
@@ -247,6 +248,18 @@ def _write_json(path: Path, obj: Any) -> None:
 # ---------------------------------------------------------------------------
 # One run
 # ---------------------------------------------------------------------------
+#: What papermill prints when the notebook's kernel never started (no cell ran): kernels launched side by side
+#: race for the ports jupyter_client picked for them (papermill issue #239), and the loser exits at once.
+KERNEL_START_FAILURES: tuple[str, ...] = ("Kernel died before replying to kernel_info", "Kernel didn't respond in")
+#: How many times a run is started when its kernel never started (the run's status records the attempts).
+KERNEL_START_ATTEMPTS = 3
+
+
+def kernel_never_started(stderr: str) -> bool:
+    """Whether papermill's ``stderr`` says the kernel died or hung before its first reply (so nothing ran)."""
+    return any(marker in stderr for marker in KERNEL_START_FAILURES)
+
+
 def execute_notebook(notebook: Path, run_dir: Path, parameters: dict[str, Any], threads: int | None = None,
                      timeout_s: float | None = None, stop: StopSignals | None = None,
                      extra_env: dict[str, str] | None = None) -> RunOutcome:
@@ -277,23 +290,28 @@ def execute_notebook(notebook: Path, run_dir: Path, parameters: dict[str, Any], 
     start = time.time()
     _write_json(run_dir / STATUS_FILE, {"status": "running", "started": start})
     cmd = die_with_parent(cmd)
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    if stop is not None:
-        stop.register(proc)
-    try:
-        _, stderr = proc.communicate()
-    except BaseException:  # Ctrl-C in a caller without StopSignals: the run's processes do not outlive it
-        terminate_process_tree(proc)
-        _write_json(run_dir / STATUS_FILE, {"status": "interrupted", "started": start,
-                                            "seconds": time.time() - start, "error": "interrupted"})
-        raise
-    finally:
+    for attempt in range(1, KERNEL_START_ATTEMPTS + 1):
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
         if stop is not None:
-            stop.unregister(proc)
+            stop.register(proc)
+        try:
+            _, stderr = proc.communicate()
+        except BaseException:  # Ctrl-C in a caller without StopSignals: the run's processes do not outlive it
+            terminate_process_tree(proc)
+            _write_json(run_dir / STATUS_FILE, {"status": "interrupted", "started": start,
+                                                "seconds": time.time() - start, "error": "interrupted"})
+            raise
+        finally:
+            if stop is not None:
+                stop.unregister(proc)
+        if (proc.returncode == 0 or (stop is not None and stop.stopped) or attempt == KERNEL_START_ATTEMPTS
+                or not kernel_never_started(stderr)):
+            break
+        time.sleep(random.uniform(0.5, 2.0))  # another kernel took its port: start it again, no cell has run
     seconds = time.time() - start
     warnings = papermill_warnings(stderr)
-    record = {"started": start, "seconds": seconds, "warnings": warnings}
+    record = {"started": start, "seconds": seconds, "warnings": warnings, "attempts": attempt}
     if proc.returncode == 0 and (run_dir / METRICS_FILE).is_file() and not warnings:
         _write_json(run_dir / STATUS_FILE, {"status": "ok", **record})
         return RunOutcome(run_dir.name, "ok", run_dir, seconds=seconds)
