@@ -140,9 +140,11 @@ class ModelConfig:
 
 
 @dataclass
-class TrainConfig:
-    """Optimisation settings shared by teacher and student training."""
+class OptimisationConfig:
+    """How the networks are optimised: epochs, batch, Adam's learning rates and decay, the LR schedule, the seed.
 
+    A part of :class:`TrainConfig` (its fields are ``train.<field>`` keys).
+    """
     #: Training epochs (the epoch is selected on validation).
     epochs: int = 60
     #: Training tuples per batch.
@@ -157,6 +159,16 @@ class TrainConfig:
     milestones: tuple[int, ...] = (40,)
     #: MultiStepLR factor.
     gamma: float = 0.1
+    #: Seed of initialisation, batch order and augmentation (same seed -> same run).
+    seed: int = 7
+
+@dataclass
+class ObjectiveConfig:
+    """What is optimised: the triplet margin and weights, the student's task term, the ring control, the teacher's
+    cache targets, and the per-term diagnostics.
+
+    A part of :class:`TrainConfig` (its fields are ``train.<field>`` keys).
+    """
     #: Margin of the batch-hard triplet loss.
     margin: float = 0.2
     #: Triplet weights on (fused embedding, cloud embedding, image embedding) of the teacher.
@@ -172,23 +184,43 @@ class TrainConfig:
     ring_weight: float = 0.0
     #: Target norm R of the ring loss.
     ring_radius: float = 1.0
+    #: Teacher embedding cache from clean (un-augmented) inputs; ``False`` = the reference's one augmented view.
+    clean_teacher_cache: bool = True
     #: Log, per epoch, the norm of each loss term's gradient on the student embedding (cheap: the
     #: gradient stops at the embedding) and the share of hyperbolic relation entries at the artanh clamp.
     loss_diagnostics: bool = True
-    #: Seed of initialisation, batch order and augmentation (same seed -> same run).
-    seed: int = 7
-    #: torch deterministic algorithms (slower; bit-identical reruns on GPUs).
-    deterministic: bool = False
-    #: "auto" = CUDA when available, else CPU; or an explicit torch device string.
-    device: str = "auto"
-    #: Batch size of embedding passes at evaluation.
-    eval_batch_size: int = 64
+
+@dataclass
+class EvaluationConfig:
+    """How the epoch is selected and the splits are embedded: the validation split, its cadence, the metric space.
+
+    A part of :class:`TrainConfig` (its fields are ``train.<field>`` keys).
+    """
+    #: Use a held-out validation split for model selection (``False`` = the reference: none).
+    use_validation_split: bool = True
     #: Evaluate on validation every N epochs (and always at the last one).
     eval_every: int = 1
-    #: Teacher embedding cache from clean (un-augmented) inputs; ``False`` = the reference's one augmented view.
-    clean_teacher_cache: bool = True
+    #: Batch size of embedding passes at evaluation.
+    eval_batch_size: int = 64
     #: Evaluate with cosine on L2-normalised embeddings (reference) or Euclidean on raw ones.
     eval_normalize: bool = True
+    #: Embed the validation and test splits under the training autocast (``mixed_precision``, ``amp_dtype``;
+    #: bfloat16 on the CPU) instead of float32: cheaper, but the recalls that select the epoch move within bf16
+    #: rounding (engine.runs.run_evaluation.evaluation_kernels).
+    eval_mixed_precision: bool = False
+
+@dataclass
+class RuntimeConfig:
+    """Where and how the computation runs: device, determinism, autocast, memory format, Adam's kernel, distributed
+    options, checkpoints kept. (Of these, only the fields in ``engine.runs.run_folder.RUNTIME_FIELDS`` leave the
+    run's fingerprint; ``mixed_precision``, ``channels_last_cpu`` and ``fused_adam`` change its floats.)
+
+    A part of :class:`TrainConfig` (its fields are ``train.<field>`` keys).
+    """
+    #: "auto" = CUDA when available, else CPU; or an explicit torch device string.
+    device: str = "auto"
+    #: torch deterministic algorithms (slower; bit-identical reruns on GPUs).
+    deterministic: bool = False
     #: Autocast the forward passes (see amp_dtype).
     mixed_precision: bool = False
     #: Autocast dtype when ``mixed_precision`` is on: "float16" (CUDA only, with a GradScaler),
@@ -199,10 +231,6 @@ class TrainConfig:
     #: Channels-last on the CPU too (oneDNN NHWC convolutions; training, validation and test of the run). Faster,
     #: but the sums round differently from the NCHW path, so it is a setting of the run (in its fingerprint).
     channels_last_cpu: bool = False
-    #: Embed the validation and test splits under the training autocast (``mixed_precision``, ``amp_dtype``;
-    #: bfloat16 on the CPU) instead of float32: cheaper, but the recalls that select the epoch move within bf16
-    #: rounding (engine.runs.run_evaluation.evaluation_kernels).
-    eval_mixed_precision: bool = False
     #: torch's fused Adam kernel instead of the multi-tensor (foreach) one; faster on the CPU, but its rounding
     #: differs from the foreach / per-parameter Adam in the last bits (engine.train.optim.build_optimizer).
     fused_adam: bool = False
@@ -213,11 +241,16 @@ class TrainConfig:
     distributed_backend: str = "auto"
     #: Collective timeout in seconds (rank 0 validates and tests while the other ranks wait).
     distributed_timeout_s: int = 1800
-    #: Use a held-out validation split for model selection (``False`` = the reference: none).
-    use_validation_split: bool = True
     #: Keep ``checkpoints/last.pt`` (the full training state) when a run completes, so that it can later be
     #: extended with more epochs; ``False`` removes it (and ``checkpoints/best.pt``, a copy of the weights file).
     keep_checkpoints: bool = False
+
+@dataclass
+class TrainConfig(RuntimeConfig, EvaluationConfig, ObjectiveConfig, OptimisationConfig):
+    """Training settings shared by teacher and student: the ``train`` section, one flat set of ``train.<field>``
+    keys (in profiles, ``--set``, grids and ``config.json``), declared in four parts by concern:
+    :class:`OptimisationConfig`, :class:`ObjectiveConfig`, :class:`EvaluationConfig` and :class:`RuntimeConfig`.
+    """
 
 
 @dataclass
@@ -801,11 +834,14 @@ class ConfigField:
 
 
 def _field_comments(cls: type) -> dict[str, str]:
-    """``{field: comment}`` from the source of a config dataclass (``#:`` lines above a field, else the
-    trailing ``# ...`` on its line)."""
+    """``{field: comment}`` from the source of a config dataclass and of the parts it is declared in
+    (:class:`TrainConfig`'s bases): ``#:`` lines above a field, else the trailing ``# ...`` on its line."""
     import inspect
 
     comments: dict[str, str] = {}
+    for base in reversed(cls.__mro__[1:]):
+        if dataclasses.is_dataclass(base):
+            comments.update(_field_comments(base))
     pending: list[str] = []
     for line in inspect.getsource(cls).splitlines()[1:]:
         text = line.strip()
