@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from distilvpr_lib.data.files import write_json
+from distilvpr_lib.errors import DistilVPRError
 
 #: Name of the notebook parameter that receives the run folder.
 OUT_PARAMETER = "out"
@@ -124,7 +125,8 @@ def mark_metrics_interrupted(run_dir: Path, error: str) -> dict[str, Any] | None
 
     Returns:
         The record written, or ``None`` when there was no ``metrics.json`` (or none readable as a JSON
-        object: such a file does not look complete either, and is left for the re-run to replace).
+        object: such a file does not look complete either, and is left for the re-run to replace), or when
+        it could not be written (never raises: the signal's own handling goes on).
     """
     path = run_dir / METRICS_FILE
     try:
@@ -137,7 +139,10 @@ def mark_metrics_interrupted(run_dir: Path, error: str) -> dict[str, Any] | None
     if previous is not None and previous != "interrupted":
         metrics["status_when_interrupted"] = previous
     metrics.update(status="interrupted", error=error, interrupted_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
-    write_json(path, metrics, default=str)
+    try:
+        write_json(path, metrics, default=str)
+    except (OSError, DistilVPRError):  # never hides why the run stopped (status.json says it); disk full
+        return None
     return metrics
 
 
