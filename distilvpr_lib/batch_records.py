@@ -5,9 +5,10 @@ with, ``out`` included), ``status.json`` (``running`` / ``ok`` / ``failed`` / ``
 papermill's warnings, the error in one line), ``notebook.ipynb`` (the executed copy) and the notebook's
 ``metrics.json``. A run the batch stopped (SIGINT / SIGTERM) is ``interrupted`` in both records: its
 ``metrics.json``, when the notebook wrote one before it was stopped, is marked so too
-(:func:`mark_metrics_interrupted`), never left looking like a complete run. A completed run whose record differs from the parameters the grid now asks is *stale*
-(:func:`parameter_changes`); a run folder about to be re-run with other parameters is moved aside to
-``<batch>/.stale/`` (:func:`move_aside`) so that no folder mixes two sets of parameters.
+(:func:`mark_metrics_interrupted`), never left looking like a complete run. A completed run whose record
+differs from the parameters the grid now asks is *stale* (:func:`parameter_changes`); a run folder about to be
+re-run with other parameters is moved aside to ``<batch>/.stale/`` (:func:`move_aside`) so that no folder
+mixes two sets of parameters.
 """
 
 from __future__ import annotations

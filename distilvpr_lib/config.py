@@ -599,10 +599,11 @@ def parse_method_name(name: str) -> MethodName:
     """
     match = _METHOD_NAME.match(str(name))
     if not match:
-        raise ConfigValueError(f"method name {name!r} does not read as <preset>[_x<weight scale>][_lr<lr scale>][_norm]")
+        raise ConfigValueError(f"method name {name!r} does not read as "
+                               "<preset>[_x<weight scale>][_lr<lr scale>][_norm]")
     if re.search(r"_(?:x|lr)[0-9]|_norm(?:_|$)", match["base"]):
-        raise ConfigValueError(f"method name {name!r}: the modifiers come once each, in the order _x<weight scale>, "
-                         "_lr<lr scale>, _norm")
+        raise ConfigValueError(f"method name {name!r}: the modifiers come once each, in the order "
+                               "_x<weight scale>, _lr<lr scale>, _norm")
     weight = float(match["weight"]) if match["weight"] else 1.0
     lr = float(match["lr"]) if match["lr"] else 1.0
     if weight <= 0 or lr <= 0:
@@ -617,13 +618,13 @@ def _apply_method_name(cfg: ExperimentConfig, overrides: Mapping[str, Any]) -> E
     given = {("train." + k if "." not in k else k): v for k, v in overrides.items() if v is not None}
     if parsed.task_normalize:
         if "train.task_normalize" in given and not cfg.train.task_normalize:
-            raise ConfigValueError(f"method {cfg.distill.method!r} trains the task on normalised embeddings (_norm) "
-                             "but train.task_normalize is set to false")
+            raise ConfigValueError(f"method {cfg.distill.method!r} trains the task on normalised embeddings "
+                                   "(_norm) but train.task_normalize is set to false")
         cfg.train.task_normalize = True
     if parsed.lr_scale != 1.0:
         if "train.image_lr" in given:
-            raise ConfigValueError(f"method {cfg.distill.method!r} sets the learning rate (_lr{parsed.lr_scale:g}); "
-                             "drop train.image_lr or the _lr suffix")
+            raise ConfigValueError(f"method {cfg.distill.method!r} sets the learning rate "
+                                   f"(_lr{parsed.lr_scale:g}); drop train.image_lr or the _lr suffix")
         cfg.train.image_lr = profile_config(cfg.profile).train.image_lr * parsed.lr_scale
     return cfg
 
@@ -701,16 +702,16 @@ def _parameter_error(exc: BaseException, cfg: ExperimentConfig, values: Mapping[
     """``exc`` (raised applying ``values`` to ``cfg`` in :func:`notebook_config`) as one line naming the notebook
     parameter: the first key that fails alone; for ``overrides`` the parameter holding them."""
     message = exc.message if isinstance(exc, OptionError) else str(exc.args[0] if exc.args else exc)
-    culprit = None
-    for key, value in values.items():
-        try:
-            apply_overrides(cfg, {key: value})
-        except (KeyError, ValueError, TypeError):
-            culprit = key
-            break
     if is_overrides:
         label = _parameter_label(None, "overrides", 3)
-    else:
+    else:  # the settings key that fails alone (none: only their combination fails, and the message says why)
+        culprit = None
+        for key, value in values.items():
+            try:
+                apply_overrides(cfg, {key: value})
+            except (KeyError, ValueError, TypeError):
+                culprit = key
+                break
         label = _parameter_label(culprit, None, 3) if culprit is not None else None
     line = f"{label}: {message}" if label else message
     return UnknownNameError(line) if isinstance(exc, KeyError) else ConfigValueError(line)
