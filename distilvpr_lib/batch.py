@@ -53,8 +53,9 @@ import yaml
 
 from distilvpr_lib.batch_ledger import write_batch_record
 from distilvpr_lib.batch_records import (EXECUTED_NOTEBOOK, METRICS_FILE, OUT_PARAMETER, PARAMETERS_FILE, STALE_DIR,
-                                         STATUS_FILE, format_changes, last_error_line, move_aside, notebook_error,
-                                         papermill_warnings, parameter_changes, run_is_complete)
+                                         STATUS_FILE, format_changes, last_error_line, mark_metrics_interrupted,
+                                         move_aside, notebook_error, papermill_warnings, parameter_changes,
+                                         run_is_complete)
 from distilvpr_lib.data.files import atomic_write, write_json
 from distilvpr_lib.errors import GridError, MissingDataError
 from distilvpr_lib.executors.backends import Executor, Progress
@@ -268,7 +269,9 @@ def execute_notebook(notebook: Path, run_dir: Path, parameters: dict[str, Any], 
     The notebook receives ``parameters`` plus ``out=<run_dir>`` (absolute); its executed copy is kept even on
     failure. The kernel starts in the notebook's own folder, as in JupyterLab, so a notebook that runs here
     runs there. Papermill runs in a session of its own: ``stop`` (a batch's :class:`StopSignals`) ends it and
-    its children; without one, an exception here (Ctrl-C) ends them before it propagates. A run that
+    its children; without one, an exception here (Ctrl-C) ends them before it propagates. A stopped run is
+    ``interrupted`` in ``status.json`` and in the ``metrics.json`` it may have written
+    (:func:`~distilvpr_lib.batch_records.mark_metrics_interrupted`). A run that
     papermill warns about (an unknown parameter) is ``failed``, its warnings kept in ``status.json``.
     ``extra_env`` is added to the subprocess's environment (an executor slot's ``CUDA_VISIBLE_DEVICES``); the
     subprocess dies with this process (:func:`~distilvpr_lib.executors.claims.die_with_parent`).
@@ -301,6 +304,7 @@ def execute_notebook(notebook: Path, run_dir: Path, parameters: dict[str, Any], 
             terminate_process_tree(proc)
             _write_json(run_dir / STATUS_FILE, {"status": "interrupted", "started": start,
                                                 "seconds": time.time() - start, "error": "interrupted"})
+            mark_metrics_interrupted(run_dir, "interrupted")
             raise
         finally:
             if stop is not None:
@@ -319,6 +323,7 @@ def execute_notebook(notebook: Path, run_dir: Path, parameters: dict[str, Any], 
         error = f"interrupted by {stop.signal_name} (re-run the batch to resume)"
         _write_json(run_dir / STATUS_FILE, {"status": "interrupted", **record, "error": error,
                                             "signal": stop.signal_name})
+        mark_metrics_interrupted(run_dir, error)  # a metrics.json written before the stop: not a complete run
         return RunOutcome(run_dir.name, "interrupted", run_dir, error=error, seconds=seconds, warnings=warnings)
     if proc.returncode == 0 and warnings:
         error = (f"papermill warned: {'; '.join(warnings)} (the run may not be what its parameters say; "

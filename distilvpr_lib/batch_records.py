@@ -3,9 +3,12 @@
 A run of a batch is the folder ``<out>/<batch>/<run>/`` holding ``parameters.yaml`` (the parameters it ran
 with, ``out`` included), ``status.json`` (``running`` / ``ok`` / ``failed`` / ``interrupted``, seconds,
 papermill's warnings, the error in one line), ``notebook.ipynb`` (the executed copy) and the notebook's
-``metrics.json``. A completed run whose record differs from the parameters the grid now asks is *stale*
-(:func:`parameter_changes`); a run folder about to be re-run with other parameters is moved aside to
-``<batch>/.stale/`` (:func:`move_aside`) so that no folder mixes two sets of parameters.
+``metrics.json``. A run the batch stopped (SIGINT / SIGTERM) is ``interrupted`` in both records: its
+``metrics.json``, when the notebook wrote one before it was stopped, is marked so too
+(:func:`mark_metrics_interrupted`), never left looking like a complete run. A completed run whose record
+differs from the parameters the grid now asks is *stale* (:func:`parameter_changes`); a run folder about to be
+re-run with other parameters is moved aside to ``<batch>/.stale/`` (:func:`move_aside`) so that no folder
+mixes two sets of parameters.
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from distilvpr_lib.data.files import write_json
+from distilvpr_lib.errors import DistilVPRError
 
 #: Name of the notebook parameter that receives the run folder.
 OUT_PARAMETER = "out"
@@ -105,6 +111,42 @@ def move_aside(run_dir: Path) -> Path:
     return target
 
 
+def mark_metrics_interrupted(run_dir: Path, error: str) -> dict[str, Any] | None:
+    """Make a stopped run's ``metrics.json`` agree with its ``status.json``: ``status: interrupted``.
+
+    A notebook stopped by the batch may already have written ``metrics.json`` (notebook 03's training finished,
+    its figures not; notebook 02's copy of the teacher's metrics, its head table not), which then looked like a
+    complete run. Its fields are kept; ``status`` becomes ``interrupted``, ``error`` says why,
+    ``interrupted_at`` when, and ``status_when_interrupted`` keeps the status it had (``complete``: the training
+    itself had finished; re-running the batch runs the notebook again). Written atomically.
+
+    Args:
+        run_dir: the run folder (the notebook's ``out``).
+        error: the one-line reason, as ``status.json`` records it.
+
+    Returns:
+        The record written, or ``None`` when there was no ``metrics.json`` (or none readable as a JSON
+        object: such a file does not look complete either, and is left for the re-run to replace), or when
+        it could not be written (never raises: the signal's own handling goes on).
+    """
+    path = run_dir / METRICS_FILE
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(metrics, dict):
+        return None
+    previous = metrics.get("status")
+    if previous is not None and previous != "interrupted":
+        metrics["status_when_interrupted"] = previous
+    metrics.update(status="interrupted", error=error, interrupted_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    try:
+        write_json(path, metrics, default=str)
+    except (OSError, DistilVPRError):  # never hides why the run stopped (status.json says it); disk full
+        return None
+    return metrics
+
+
 def papermill_warnings(stderr: str) -> list[str]:
     """Papermill's warnings in a run's stderr that mean the run may not be what its parameters say."""
     return [line.strip() for line in stderr.splitlines() if any(w in line for w in PAPERMILL_WARNINGS)]
@@ -134,5 +176,5 @@ def last_error_line(stderr: str) -> str:
 
 
 __all__ = ["EXECUTED_NOTEBOOK", "METRICS_FILE", "OUT_PARAMETER", "PAPERMILL_WARNINGS", "PARAMETERS_FILE", "STALE_DIR",
-           "STATUS_FILE", "UNSET", "format_changes", "last_error_line", "move_aside", "notebook_error",
-           "papermill_warnings", "parameter_changes", "run_is_complete"]
+           "STATUS_FILE", "UNSET", "format_changes", "last_error_line", "mark_metrics_interrupted", "move_aside",
+           "notebook_error", "papermill_warnings", "parameter_changes", "run_is_complete"]

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from distilvpr_lib.config_types import ConfigValueError, update_section
-from distilvpr_lib.errors import DataFormatError, UnknownProfileError
+from distilvpr_lib.errors import DataFormatError, OptionError, UnknownNameError, UnknownProfileError
 from distilvpr_lib.paths import project_path
 
 # ---------------------------------------------------------------------------
@@ -554,8 +554,14 @@ def apply_overrides(cfg: ExperimentConfig, overrides: dict[str, Any]) -> Experim
     """Apply flat ``section.field`` (or unique bare ``field``) overrides, e.g. from papermill.
 
     ``{"train.epochs": 3, "curvature": 0.01}`` sets ``cfg.train.epochs`` and
-    ``cfg.distill.curvature``. Unknown or ambiguous names raise ``KeyError``.
-    Values are coerced to the type of the default (tuples from lists or ``_``-strings).
+    ``cfg.distill.curvature``. Values are coerced to the type of the default (tuples from lists or
+    ``_``-strings).
+
+    Raises:
+        UnknownNameError: (an ``OptionError`` and a ``KeyError``) an unknown or ambiguous name; the message
+            lists the known ones.
+        ConfigValueError: (an ``OptionError`` and a ``ValueError``) a value of the wrong type (the field
+            named), a malformed method name, or an override that contradicts the method name.
     """
     cfg = copy.deepcopy(cfg)
     sections = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
@@ -566,7 +572,8 @@ def apply_overrides(cfg: ExperimentConfig, overrides: dict[str, Any]) -> Experim
         if "." in key:
             section_name, name = key.split(".", 1)
             if section_name not in sections:
-                raise KeyError(f"unknown config section {section_name!r} in {key!r}; known: {sorted(sections)}")
+                raise UnknownNameError(f"unknown config section {section_name!r} in {key!r}; "
+                                       f"known: {sorted(sections)}")
             targets = [section_name]
         else:
             name = key
@@ -574,7 +581,7 @@ def apply_overrides(cfg: ExperimentConfig, overrides: dict[str, Any]) -> Experim
             if len(targets) != 1:
                 known = sorted(f"{s}.{f.name}" for s, o in sections.items() for f in dataclasses.fields(o))
                 what = "ambiguous" if targets else "unknown"
-                raise KeyError(f"{what} config field {key!r}; use one of: {known}")
+                raise UnknownNameError(f"{what} config field {key!r}; use one of: {known}")
         update_section(sections[targets[0]], {name: value}, targets[0])
     method_key = next((k for k in ("distill.method", "method") if overrides.get(k) is not None), None)
     if method_key is not None:
@@ -621,18 +628,19 @@ def parse_method_name(name: str) -> MethodName:
     against the presets by ``losses.distiller.resolve_term_weights``).
 
     Raises:
-        ValueError: the name does not follow the grammar, or a scale is 0.
+        ConfigValueError: (a ValueError) the name does not follow the grammar, or a scale is 0.
     """
     match = _METHOD_NAME.match(str(name))
     if not match:
-        raise ValueError(f"method name {name!r} does not read as <preset>[_x<weight scale>][_lr<lr scale>][_norm]")
+        raise ConfigValueError(f"method name {name!r} does not read as "
+                               "<preset>[_x<weight scale>][_lr<lr scale>][_norm]")
     if re.search(r"_(?:x|lr)[0-9]|_norm(?:_|$)", match["base"]):
-        raise ValueError(f"method name {name!r}: the modifiers come once each, in the order _x<weight scale>, "
-                         "_lr<lr scale>, _norm")
+        raise ConfigValueError(f"method name {name!r}: the modifiers come once each, in the order "
+                               "_x<weight scale>, _lr<lr scale>, _norm")
     weight = float(match["weight"]) if match["weight"] else 1.0
     lr = float(match["lr"]) if match["lr"] else 1.0
     if weight <= 0 or lr <= 0:
-        raise ValueError(f"method name {name!r}: a scale must be > 0")
+        raise ConfigValueError(f"method name {name!r}: a scale must be > 0")
     return MethodName(match["base"], weight, lr, bool(match["norm"]))
 
 
@@ -643,13 +651,13 @@ def _apply_method_name(cfg: ExperimentConfig, overrides: Mapping[str, Any]) -> E
     given = {("train." + k if "." not in k else k): v for k, v in overrides.items() if v is not None}
     if parsed.task_normalize:
         if "train.task_normalize" in given and not cfg.train.task_normalize:
-            raise ValueError(f"method {cfg.distill.method!r} trains the task on normalised embeddings (_norm) "
-                             "but train.task_normalize is set to false")
+            raise ConfigValueError(f"method {cfg.distill.method!r} trains the task on normalised embeddings "
+                                   "(_norm) but train.task_normalize is set to false")
         cfg.train.task_normalize = True
     if parsed.lr_scale != 1.0:
         if "train.image_lr" in given:
-            raise ValueError(f"method {cfg.distill.method!r} sets the learning rate (_lr{parsed.lr_scale:g}); "
-                             "drop train.image_lr or the _lr suffix")
+            raise ConfigValueError(f"method {cfg.distill.method!r} sets the learning rate "
+                                   f"(_lr{parsed.lr_scale:g}); drop train.image_lr or the _lr suffix")
         cfg.train.image_lr = profile_config(cfg.profile).train.image_lr * parsed.lr_scale
     return cfg
 
@@ -693,15 +701,88 @@ def notebook_config(profile: str, settings: Mapping[str, Any] | None = None,
     Returns:
         The config with :data:`PATH_FIELDS` resolved against the project root (absolute paths), so the
         notebook runs the same from ``notebooks/`` (JupyterLab) and from the project root (papermill).
+
+    Raises:
+        UnknownProfileError: an unknown profile.
+        UnknownNameError / ConfigValueError: (``OptionError``s: one line in a notebook, exit 2 in a batch) a
+            parameter naming an unknown config field, a value of the wrong type, a malformed method name, or
+            ``overrides`` that is not a mapping. The line starts with the notebook parameter that holds it,
+            read from the source of the calling ``notebook_config(...)`` call (``parameter 'overrides': unknown
+            field 'no_such' in config section 'train'; known: [...]``); the config field where that source
+            cannot be read.
     """
-    cfg = apply_overrides(profile_config(profile), {k: v for k, v in (settings or {}).items() if v is not None})
-    cfg = apply_overrides(cfg, dict(overrides or {}))
+    cfg = profile_config(profile)
+    given = {k: v for k, v in (settings or {}).items() if v is not None}
+    if overrides is not None and not isinstance(overrides, Mapping):
+        raise ConfigValueError(f"{_parameter_label(None, 'overrides', 2)}: expected a mapping of config fields "
+                               f"to values (e.g. {{'train.batch_size': 64}}), got {overrides!r}")
+    extra = dict(overrides or {})
+    for values, is_overrides in ((given, False), (extra, True)):
+        try:
+            cfg = apply_overrides(cfg, values)
+        except (KeyError, ValueError, TypeError) as exc:
+            raise _parameter_error(exc, cfg, values, is_overrides) from None
     for name in PATH_FIELDS:
         section, field_name = name.split(".")
         value = getattr(getattr(cfg, section), field_name)
         if value is not None and value != HUB_WEIGHTS:
             setattr(getattr(cfg, section), field_name, str(project_path(value)))
     return cfg
+
+
+def _parameter_error(exc: BaseException, cfg: ExperimentConfig, values: Mapping[str, Any],
+                     is_overrides: bool) -> OptionError:
+    """``exc`` (raised applying ``values`` to ``cfg`` in :func:`notebook_config`) as one line naming the notebook
+    parameter: the first key that fails alone; for ``overrides`` the parameter holding them."""
+    message = exc.message if isinstance(exc, OptionError) else str(exc.args[0] if exc.args else exc)
+    if is_overrides:
+        label = _parameter_label(None, "overrides", 3)
+    else:  # the settings key that fails alone (none: only their combination fails, and the message says why)
+        culprit = None
+        for key, value in values.items():
+            try:
+                apply_overrides(cfg, {key: value})
+            except (KeyError, ValueError, TypeError):
+                culprit = key
+                break
+        label = _parameter_label(culprit, None, 3) if culprit is not None else None
+    line = f"{label}: {message}" if label else message
+    return UnknownNameError(line) if isinstance(exc, KeyError) else ConfigValueError(line)
+
+
+def _parameter_label(field_name: str | None, fallback: str | None, depth: int) -> str | None:
+    """``parameter 'epochs'`` for the notebook parameter passed as ``field_name`` (a settings key) or as the
+    overrides (``field_name=None``) in the ``notebook_config(...)`` call ``depth`` frames up; its source is read
+    through ``linecache`` (IPython keeps each cell's there). ``fallback`` (or ``None``) when it cannot be read."""
+    import ast
+    import linecache
+    import sys
+
+    try:
+        frame = sys._getframe(depth)
+        tree = ast.parse("".join(linecache.getlines(frame.f_code.co_filename)))
+        line = frame.f_lineno
+    except (ValueError, SyntaxError):
+        tree, line = None, 0
+    for node in ast.walk(tree) if tree is not None else ():
+        name = getattr(node, "func", None)
+        name = getattr(name, "id", getattr(name, "attr", None))
+        if not (isinstance(node, ast.Call) and name == "notebook_config"
+                and node.lineno <= line <= (node.end_lineno or node.lineno)):
+            continue
+        args = {**dict(zip(("profile", "settings", "overrides"), node.args)),
+                **{kw.arg: kw.value for kw in node.keywords if kw.arg}}
+        settings = args.get("settings")
+        if field_name is None:
+            target = args.get("overrides")
+        elif isinstance(settings, ast.Dict):
+            target = next((v for k, v in zip(settings.keys, settings.values)
+                           if isinstance(k, ast.Constant) and k.value == field_name), None)
+        else:
+            target = None
+        if isinstance(target, ast.Name):
+            return f"parameter {target.id!r}"
+    return f"parameter {fallback!r}" if fallback else None
 
 
 # ---------------------------------------------------------------------------

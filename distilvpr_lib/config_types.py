@@ -16,7 +16,7 @@ import typing
 from collections.abc import Mapping
 from typing import Any
 
-from distilvpr_lib.errors import OptionError
+from distilvpr_lib.errors import OptionError, UnknownNameError
 
 
 class ConfigValueError(OptionError):
@@ -126,7 +126,7 @@ def update_section(obj: Any, values: Any, section: str, strict: bool = False) ->
 
     Raises:
         ConfigValueError: ``values`` is not a mapping, or a value of the wrong type (the field named).
-        KeyError: an unknown field.
+        UnknownNameError: (a KeyError) an unknown field.
     """
     if not isinstance(values, Mapping):
         raise ConfigValueError(f"{section}: expected a section (a mapping of field names to values), "
@@ -135,7 +135,7 @@ def update_section(obj: Any, values: Any, section: str, strict: bool = False) ->
     hints = field_types(type(obj))
     for name, value in values.items():
         if name not in names:
-            raise KeyError(f"unknown field {name!r} in config section {section!r}; known: {sorted(names)}")
+            raise UnknownNameError(f"unknown field {name!r} in config section {section!r}; known: {sorted(names)}")
         hint = hints[name]
         optional = typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in typing.get_args(hint)
         if value is None and not optional and not strict:

@@ -134,6 +134,15 @@ class OptionError(DistilVPRError, ValueError):
     exit_code = EXIT_BAD_OPTIONS
 
 
+class UnknownNameError(OptionError, KeyError):
+    """A name the workbench does not know where it expects one of its own: a config section or field, a
+    distillation method or loss term (exit status 2; also a ``KeyError`` for callers that catch one).
+
+    The message names the unknown name and lists the known ones; in a notebook it shows as that one line
+    (:func:`show_errors_in_one_line`), not as a ``KeyError`` repr and a traceback.
+    """
+
+
 class UnknownProfileError(OptionError, KeyError):
     """A profile name that :data:`distilvpr_lib.config.PROFILES` does not hold (also a ``KeyError``)."""
 

@@ -66,6 +66,8 @@ def _toy_notebook(path: Path) -> Path:
         "from distilvpr_lib.errors import DataFormatError, show_errors_in_one_line\n"
         "show_errors_in_one_line()\n"
         "if sleep:  # a run with a child process of its own, as a training run's DataLoader workers\n"
+        "    # whose metrics.json is written before a later cell (as notebook 03's after its training)\n"
+        "    pathlib.Path(out, 'metrics.json').write_text(json.dumps({'x': x, 'status': 'complete'}))\n"
         "    child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
         "    pathlib.Path(out, 'child.pid').write_text(str(child.pid))\n"
         "    time.sleep(sleep)\n"
@@ -271,11 +273,37 @@ def test_a_signal_stops_the_batch_its_runs_and_their_children(tmp_path: Path, si
     assert not _all_gone(tree), "processes of the stopped run survived (papermill, kernel or its child)"
     status = json.loads((out / "toy" / "a__seed0" / "status.json").read_text())
     assert status["status"] == "interrupted" and status["signal"] == name, status
+    # the metrics.json written before the signal agrees: not a complete run
+    metrics = json.loads((out / "toy" / "a__seed0" / "metrics.json").read_text())
+    assert metrics["status"] == "interrupted" and metrics["error"] == status["error"], metrics
+    assert metrics["status_when_interrupted"] == "complete" and metrics["x"] == 1, metrics
     assert not (out / "toy" / "b__seed0").exists(), "no run starts after the signal"
     runs = {r["name"]: r["status"] for r in json.loads((out / "toy" / "batch.json").read_text())["runs"]}
     assert runs == {"a__seed0": "interrupted", "b__seed0": "not started"}
     assert f"stopped by {name}: re-run the same command to resume" in stdout, stdout
     assert "Traceback" not in stderr and "ZMQError" not in stderr, stderr[-3000:]
+
+
+def test_an_interrupted_runs_metrics_say_interrupted(tmp_path: Path) -> None:
+    from distilvpr_lib.batch_records import mark_metrics_interrupted, run_is_complete
+
+    run = tmp_path / "run"
+    run.mkdir()
+    assert mark_metrics_interrupted(run, "interrupted by SIGTERM") is None and not (run / "metrics.json").exists()
+    (run / "metrics.json").write_text(json.dumps({"status": "complete", "test": {"AR@1": 50.0}}))
+    (run / "status.json").write_text(json.dumps({"status": "interrupted"}))
+    mark_metrics_interrupted(run, "interrupted by SIGTERM (re-run the batch to resume)")
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert (metrics["status"], metrics["status_when_interrupted"], metrics["test"]) == (
+        "interrupted", "complete", {"AR@1": 50.0})
+    assert metrics["error"] == "interrupted by SIGTERM (re-run the batch to resume)" and metrics["interrupted_at"]
+    assert not run_is_complete(run)
+    # already interrupted (the engine's own record): stays so, its previous status is not lost
+    mark_metrics_interrupted(run, "interrupted by SIGINT")
+    again = json.loads((run / "metrics.json").read_text())
+    assert (again["status"], again["status_when_interrupted"]) == ("interrupted", "complete")
+    (run / "metrics.json").write_text("[1, 2]")  # not a record: left as it is (it does not look complete)
+    assert mark_metrics_interrupted(run, "x") is None and (run / "metrics.json").read_text() == "[1, 2]"
 
 
 def test_terminate_process_tree_ends_children_in_other_sessions(tmp_path: Path) -> None:
@@ -328,18 +356,94 @@ def test_sigterm_stops_a_training_run_like_ctrl_c_and_it_resumes(smoke_dataset: 
 # ---------------------------------------------------------------------------
 # 6. Notebook errors in one line
 # ---------------------------------------------------------------------------
+#: (case, papermill parameters of notebook 03, the start of the one line its failing cell shows)
+NOTEBOOK_ERRORS = [
+    ("unknown-profile", ["-p", "profile", "nosuch"],
+     "UnknownProfileError: unknown profile 'nosuch'; known profiles: cpu, paper, smoke, study"),
+    ("unknown-override", ["-p", "profile", "smoke", "-y", "overrides: {train.no_such_field: 1}"],
+     "UnknownNameError: parameter 'overrides': unknown field 'no_such_field' in config section 'train'; known: ["),
+    ("unknown-method", ["-p", "profile", "smoke", "-p", "method", "nosuch"],
+     "UnknownNameError: distill.method: unknown distillation method 'nosuch'; known presets: ["),
+]
+
+
 @pytest.mark.notebooks
-def test_an_unknown_profile_fails_the_notebook_cell_in_one_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize("case, parameters, line", NOTEBOOK_ERRORS, ids=[c[0] for c in NOTEBOOK_ERRORS])
+def test_a_bad_parameter_fails_the_notebook_cell_in_one_line(tmp_path: Path, case: str, parameters: list[str],
+                                                            line: str) -> None:
     executed = tmp_path / "executed.ipynb"
-    proc = subprocess.run([sys.executable, "-m", "papermill", str(NOTEBOOK_03), str(executed), "-p", "profile",
-                           "nosuch", "-p", "out", str(tmp_path / "out"), "--cwd", str(NOTEBOOK_03.parent),
+    proc = subprocess.run([sys.executable, "-m", "papermill", str(NOTEBOOK_03), str(executed), *parameters,
+                           "-p", "out", str(tmp_path / "out"), "--cwd", str(NOTEBOOK_03.parent),
                            "--no-progress-bar", "--log-level", "WARNING"],
                           capture_output=True, text=True, env=_env(), timeout=600)
     assert proc.returncode != 0
     nb = nbformat.read(executed, as_version=4)
     (error,) = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
-    assert error.traceback == ["UnknownProfileError: unknown profile 'nosuch'; known profiles: cpu, paper, smoke, "
-                               "study"]
+    assert len(error.traceback) == 1 and "\n" not in error.traceback[0], error.traceback
+    assert error.traceback[0].startswith(line), error.traceback
+    assert not (tmp_path / "out").exists(), "nothing written before the parameters are checked"
+
+
+#: (cell run after ``from distilvpr_lib.config import notebook_config``, the one line it shows)
+CONFIG_ERRORS = [
+    ("epochs = 'ten'\ncfg = notebook_config('smoke', {'data.dataset_dir': None,\n    'train.epochs': epochs})",
+     "ConfigValueError: parameter 'epochs': train.epochs: expected an integer, got 'ten' (str)"),
+    ("method = 'rkd_x0'\nnotebook_config('smoke', {'distill.method': method})",
+     "ConfigValueError: parameter 'method': method name 'rkd_x0': a scale must be > 0"),
+    ("extra = {'train.epochs': 1, 'train.no_such_field': 1}\nnotebook_config('smoke', {}, extra)",
+     "UnknownNameError: parameter 'extra': unknown field 'no_such_field' in config section 'train'; known: ["),
+    ("overrides = {'nosuch': 1}\nnotebook_config(profile='smoke', overrides=overrides)",
+     "UnknownNameError: parameter 'overrides': unknown config field 'nosuch'; use one of: ["),
+    ("overrides = ['train.epochs', 1]\nnotebook_config('smoke', {}, overrides)",
+     "ConfigValueError: parameter 'overrides': expected a mapping of config fields to values"),
+    ("from distilvpr_lib.losses.distiller import Distiller\n"
+     "Distiller(notebook_config('smoke', {'distill.method': 'nosuch'}).distill)",
+     "UnknownNameError: distill.method: unknown distillation method 'nosuch'; known presets: ["),
+    ("from distilvpr_lib.losses.distiller import Distiller\n"
+     "Distiller(notebook_config('smoke', {'distill.terms': {'rkdgg': 1.0}}).distill)",
+     "UnknownNameError: distill.terms: unknown loss term(s) ['rkdgg']; known: ["),
+]
+
+
+@pytest.mark.parametrize("cell, line", CONFIG_ERRORS, ids=["wrong-type", "bad-method-name", "unknown-field",
+                                                           "keywords", "overrides-not-a-mapping", "unknown-method",
+                                                           "unknown-term"])
+def test_config_errors_show_one_line_naming_the_parameter(cell: str, line: str, capsys: pytest.CaptureFixture,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A notebook's config errors (not only an unknown profile) are the workbook's own: one line naming the
+    parameter that holds the bad value, read from the ``notebook_config(...)`` call in the cell."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from distilvpr_lib.errors import show_errors_in_one_line
+
+    monkeypatch.delenv("DISTILVPR_DEBUG", raising=False)
+    shell = InteractiveShell.instance()
+    try:
+        assert show_errors_in_one_line()
+        assert shell.run_cell("from distilvpr_lib.config import notebook_config").success
+        capsys.readouterr()
+        result = shell.run_cell(cell)
+        shown = [text for text in capsys.readouterr().out.splitlines() if text.strip()]
+        assert not result.success and len(shown) == 1 and shown[0].startswith(line), shown
+    finally:
+        InteractiveShell.clear_instance()
+
+
+def test_config_errors_are_option_errors_that_callers_still_catch_as_before() -> None:
+    """Exit status 2 in the CLI and a batch; still a KeyError / ValueError for code that catches one."""
+    from distilvpr_lib.config import apply_overrides, notebook_config, parse_method_name, profile_config
+    from distilvpr_lib.errors import EXIT_BAD_OPTIONS, UnknownNameError, exit_code_for, format_error
+
+    with pytest.raises(KeyError) as info:
+        apply_overrides(profile_config("smoke"), {"train.no_such_field": 1})
+    assert isinstance(info.value, UnknownNameError) and exit_code_for(info.value) == EXIT_BAD_OPTIONS
+    assert format_error(info.value).startswith("unknown field 'no_such_field' in config section 'train'")
+    with pytest.raises(ValueError) as info:
+        parse_method_name("rkd_x0")
+    assert exit_code_for(info.value) == EXIT_BAD_OPTIONS
+    with pytest.raises(KeyError) as info:  # outside a readable call site: the field, not a parameter
+        exec("notebook_config('smoke', {'train.no_such_field': 1})", {"notebook_config": notebook_config})
+    assert format_error(info.value).startswith("unknown field 'no_such_field'")
 
 
 def test_workbook_errors_show_one_line_in_ipython_and_the_traceback_with_debug(

@@ -1,6 +1,7 @@
 """Every run is what its name says (issue 25, items 2-4): a teacher cache keyed by everything it depends on, the
-same command giving the same weights whether it builds a cache or finds it, and a resume (or re-run) refused,
-field by field, when it asks for another run than the folder holds.
+same command giving the same weights whether it builds a cache or finds it (one ``distill`` after another, or
+runs of a 2-worker batch against the same runs one at a time), and a resume (or re-run) refused, field by field,
+when it asks for another run than the folder holds.
 
 The library-level tests build a teacher with random weights (no training) at the smoke profile; the CLI tests
 run the real ``distilvpr`` process.
@@ -8,6 +9,7 @@ run the real ``distilvpr`` process.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -19,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from distilvpr_lib.config import apply_overrides, profile_config
 from distilvpr_lib.data.files import write_json
@@ -281,3 +284,49 @@ def test_resume_or_rerun_with_other_options_is_refused_naming_the_field(smoke_da
     _ok(distilvpr(*command, "--dataset", str(smoke_dataset), "--epochs", "1", "--no-resume"))
     assert json.loads((out / "config.json").read_text())["train"]["epochs"] == 1
     assert [e["epoch"] for e in json.loads((out / "metrics.json").read_text())["epochs"]] == [1]
+
+
+# ---------------------------------------------------------------------------
+# A 2-worker batch gives the weights of the same runs made one at a time
+# ---------------------------------------------------------------------------
+def _notebook_teacher(dataset: Path, folder: Path) -> Path:
+    """:func:`_random_teacher` with the ``metrics.json`` notebook 03's comparison table reads (no test results)."""
+    _random_teacher(dataset, folder)
+    write_json(folder / "metrics.json", {"kind": "teacher", "status": "complete", "test": {}})
+    return folder
+
+
+@pytest.mark.slow
+@pytest.mark.notebooks
+def test_a_two_worker_batch_gives_the_weights_of_the_same_runs_one_at_a_time(smoke_dataset, tmp_path, monkeypatch):
+    """Two distilled runs of notebook 03 sharing one teacher folder without a cache, at the smoke profile:
+    ``--workers 1`` builds the cache in the first run and reads it in the second; ``--workers 2`` runs both at
+    once (each builds it, or one reads what the other built). Every ``student.pt`` is byte-identical across the
+    two batches: building the cache inside a run, concurrent or not, leaves the training's random stream alone."""
+    from distilvpr_lib.batch import run_batch
+    from distilvpr_lib.executors.claims import THREADS_ENV
+
+    monkeypatch.setenv(THREADS_ENV, "1")  # the same threads per run in both batches (floats depend on them)
+    teacher = _notebook_teacher(smoke_dataset, tmp_path / "teacher")
+    names = ["distilvpr__seed0", "rkd__seed0"]
+    weights: dict[int, dict[str, str]] = {}  # workers -> run -> SHA-256 of its student.pt
+    for workers in (2, 1):
+        own = shutil.copytree(teacher, tmp_path / f"teacher-w{workers}")  # a fresh copy: no teacher_cache.pt yet
+        assert not list(own.glob("teacher_cache*.pt"))
+        grid = tmp_path / f"grid-w{workers}.yaml"
+        grid.write_text(yaml.safe_dump({
+            "name": "same", "notebook": "notebooks/03_distillation.ipynb", "seeds": [0],
+            "base": {"dataset": str(smoke_dataset), "teacher": str(own), "profile": "smoke", "epochs": 1},
+            "variations": [{"name": "distilvpr", "method": "distilvpr"}, {"name": "rkd", "method": "rkd"}]}))
+        summary = run_batch(grid, out_root=tmp_path / f"w{workers}", workers=workers, progress=False)
+        assert [(o.name, o.status) for o in summary.outcomes] == [(n, "ok") for n in names], \
+            [o.error for o in summary.outcomes]
+        # built inside the batch (two runs building it at once: the second writes its copy beside the first)
+        assert "teacher_cache.pt" in [p.name for p in own.glob("teacher_cache*.pt")]
+        runs = [tmp_path / f"w{workers}" / "same" / name for name in names]
+        caches = [json.loads((run / "metrics.json").read_text())["teacher_cache"] for run in runs]
+        assert all(Path(c["file"]).parent == own for c in caches) and caches[0]["cache_key"] == caches[1]["cache_key"]
+        assert {json.loads((run / "metrics.json").read_text())["cpu_threads"] for run in runs} == {1}
+        weights[workers] = {run.name: hashlib.sha256((run / "student.pt").read_bytes()).hexdigest() for run in runs}
+    assert len(set(weights[2].values())) == 2, "two methods, two sets of weights"
+    assert weights[2] == weights[1]

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from distilvpr_lib.config import parse_method_name
+from distilvpr_lib.errors import UnknownNameError
 
 from .plugins import load_loss_plugins
 from .registry import LOSSES
@@ -115,14 +116,15 @@ def _check_names(spec: dict[str, float], where: str) -> None:
     known = set(known_weight_names())
     unknown = sorted(set(spec) - known)
     if unknown:
-        raise KeyError(f"{where}: unknown loss term(s) {unknown}; known: {sorted(known)}")
+        raise UnknownNameError(f"{where}: unknown loss term(s) {unknown}; known: {sorted(known)}")
 
 
 def _apply_logit_mapping(spec: dict[str, float], logit_mapping: str) -> dict[str, float]:
     if logit_mapping == "identity":
         return spec
     if logit_mapping not in ("topoincare", "id_topoin"):
-        raise KeyError(f"unknown logit_mapping {logit_mapping!r}; known: ['id_topoin', 'identity', 'topoincare']")
+        raise UnknownNameError(f"distill.logit_mapping: unknown logit_mapping {logit_mapping!r}; "
+                               "known: ['id_topoin', 'identity', 'topoincare']")
     out = dict(spec)
     for geometry in ("euclidean", "spherical"):
         for direction in ("st2ss", "tt2st"):
@@ -148,21 +150,23 @@ def resolve_term_weights(cfg: "DistillConfig") -> dict[str, float]:
     every weight of the preset by α (grouped losses: the group weight), before ``cfg.terms`` overrides by name.
 
     Raises:
-        KeyError: unknown ``cfg.method`` (lists the presets) or unknown names in ``cfg.terms``.
+        UnknownNameError: (a KeyError) unknown ``cfg.method`` (lists the presets) or unknown names in ``cfg.terms``.
     """
     load_loss_plugins()
     try:
         parsed = parse_method_name(cfg.method)
     except ValueError as exc:
-        raise KeyError(f"{exc}; known presets: {sorted(PRESETS)}") from None
+        raise UnknownNameError(f"distill.method: {exc}; known presets: {sorted(PRESETS)}") from None
     if parsed.base not in PRESETS:
-        raise KeyError(f"unknown distillation method {cfg.method!r}; known presets: {sorted(PRESETS)} "
+        raise UnknownNameError(f"distill.method: unknown distillation method {cfg.method!r}; "
+                               f"known presets: {sorted(PRESETS)} "
                        "(each may carry _x<weight scale>, _lr<lr scale>, _norm)")
     if parsed.weight_scale != 1.0 and not PRESETS[parsed.base]:
-        raise KeyError(f"method {cfg.method!r}: {parsed.base!r} has no distillation weight to scale (_x)")
+        raise UnknownNameError(f"distill.method: method {cfg.method!r}: {parsed.base!r} has no distillation "
+                               "weight to scale (_x)")
     spec = _apply_logit_mapping(_scaled(PRESETS[parsed.base], parsed.weight_scale), cfg.logit_mapping)
     overrides = {str(k): float(v) for k, v in dict(cfg.terms).items()}
-    _check_names(overrides, "DistillConfig.terms")
+    _check_names(overrides, "distill.terms")
     spec.update(overrides)
     _check_names(spec, f"preset {cfg.method!r}")
     weights: dict[str, float] = {}
