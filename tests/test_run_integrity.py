@@ -113,6 +113,32 @@ def test_teacher_cache_knows_its_images_and_never_overwrites_the_teachers(smoke_
                              progress=False).metadata["path"] == own.metadata["path"]
 
 
+def test_a_cache_saved_by_another_run_meanwhile_is_used_not_overwritten_or_duplicated(smoke_dataset, tmp_path,
+                                                                                      monkeypatch):
+    """Two runs of a batch on one teacher both find no cache and both build it: the one that saves second uses the
+    first one's file (same key) instead of writing a copy beside it or replacing a file the other run reads."""
+    from distilvpr_lib.data.benchmark import Benchmark
+    from distilvpr_lib.engine.runs import student_cache
+    from distilvpr_lib.engine.runs.student_cache import get_teacher_cache
+
+    teacher = _random_teacher(smoke_dataset, tmp_path / "teacher")
+    cpu = torch.device("cpu")
+    build = student_cache.build_teacher_cache
+
+    def build_while_another_run_saves(*args, **kwargs):
+        cache = build(*args, **kwargs)
+        monkeypatch.setattr(student_cache, "build_teacher_cache", build)  # the other run: an ordinary build
+        get_teacher_cache(teacher, _cfg(smoke_dataset), Benchmark.load(smoke_dataset), cpu, progress=False)
+        return cache
+
+    monkeypatch.setattr(student_cache, "build_teacher_cache", build_while_another_run_saves)
+    saved = teacher / "teacher_cache.pt"
+    cache = get_teacher_cache(teacher, _cfg(smoke_dataset), Benchmark.load(smoke_dataset), cpu, progress=False)
+    assert cache.metadata["path"] == str(saved)
+    assert sorted(p.name for p in teacher.glob("teacher_cache*")) == ["teacher_cache.pt"]  # no copy beside it
+    assert torch.equal(cache.embeddings, student_cache.TeacherCache.load(saved).embeddings)
+
+
 def test_a_cache_without_a_key_is_rebuilt_beside_it(smoke_dataset, tmp_path):
     """A cache written before caches were keyed (or by hand) is not trusted, and not overwritten."""
     from distilvpr_lib.data.benchmark import Benchmark

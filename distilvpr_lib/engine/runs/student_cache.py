@@ -230,6 +230,12 @@ def _get_teacher_cache(teacher_dir: Path, cfg: ExperimentConfig, benchmark: "Ben
     del teacher
     if ctx is not None and not ctx.is_main:
         return cache
+    # another run (a side-by-side batch run on the same teacher) may have saved this key while we built it: its
+    # file is then the cache, neither overwritten nor duplicated beside it
+    found = _read_current_cache(candidates, key, fields, benchmark, False)
+    if found is not None:
+        say(f"teacher cache: another run saved {found.metadata.get('path')} meanwhile; using it", progress)
+        return found
     target = cache_destination(teacher_dir, cfg, key, dataset_fingerprint, out_dir)
     try:
         cache.save(target)
