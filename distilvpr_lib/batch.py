@@ -52,10 +52,11 @@ from typing import Any
 import yaml
 
 from distilvpr_lib.batch_ledger import write_batch_record
-from distilvpr_lib.batch_records import (EXECUTED_NOTEBOOK, METRICS_FILE, OUT_PARAMETER, PARAMETERS_FILE, STALE_DIR,
-                                         STATUS_FILE, format_changes, last_error_line, mark_metrics_interrupted,
-                                         move_aside, notebook_error, papermill_warnings, parameter_changes,
-                                         run_is_complete)
+from distilvpr_lib.batch_records import (EXECUTED_NOTEBOOK, KERNEL_START_ATTEMPTS,
+                                         METRICS_FILE, OUT_PARAMETER, PARAMETERS_FILE, STALE_DIR, STATUS_FILE,
+                                         RunOutcome, format_changes, kernel_never_started, last_error_line,
+                                         mark_metrics_interrupted, move_aside, notebook_error, papermill_warnings,
+                                         parameter_changes, run_is_complete)
 from distilvpr_lib.data.files import atomic_write, write_json
 from distilvpr_lib.errors import GridError, MissingDataError
 from distilvpr_lib.executors.backends import Executor, Progress
@@ -153,25 +154,6 @@ class Grid:
 
 
 @dataclass
-class RunOutcome:
-    """What became of one run of a batch.
-
-    ``status`` is ``ok``, ``failed``, ``skipped`` (done before, same parameters), ``stale`` (done before with
-    other parameters: ``changes`` says which, old and new), ``interrupted`` (stopped by a signal; re-running
-    the batch resumes it) or ``not started`` (the batch was stopped first).
-    """
-
-    name: str
-    status: str
-    run_dir: Path
-    error: str | None = None
-    seconds: float = 0.0
-    changes: dict[str, tuple[Any, Any]] = field(default_factory=dict)
-    replaced: Path | None = None
-    warnings: list[str] = field(default_factory=list)
-
-
-@dataclass
 class BatchSummary:
     batch_dir: Path
     outcomes: list[RunOutcome]
@@ -249,18 +231,6 @@ def _write_json(path: Path, obj: Any) -> None:
 # ---------------------------------------------------------------------------
 # One run
 # ---------------------------------------------------------------------------
-#: What papermill prints when the notebook's kernel never started (no cell ran): kernels launched side by side
-#: race for the ports jupyter_client picked for them (papermill issue #239), and the loser exits at once.
-KERNEL_START_FAILURES: tuple[str, ...] = ("Kernel died before replying to kernel_info", "Kernel didn't respond in")
-#: How many times a run is started when its kernel never started (the run's status records the attempts).
-KERNEL_START_ATTEMPTS = 3
-
-
-def kernel_never_started(stderr: str) -> bool:
-    """Whether papermill's ``stderr`` says the kernel died or hung before its first reply (so nothing ran)."""
-    return any(marker in stderr for marker in KERNEL_START_FAILURES)
-
-
 def execute_notebook(notebook: Path, run_dir: Path, parameters: dict[str, Any], threads: int | None = None,
                      timeout_s: float | None = None, stop: StopSignals | None = None,
                      extra_env: dict[str, str] | None = None) -> RunOutcome:

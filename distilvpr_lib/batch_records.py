@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -175,6 +176,38 @@ def last_error_line(stderr: str) -> str:
     return lines[-1] if lines else ""
 
 
-__all__ = ["EXECUTED_NOTEBOOK", "METRICS_FILE", "OUT_PARAMETER", "PAPERMILL_WARNINGS", "PARAMETERS_FILE", "STALE_DIR",
+@dataclass
+class RunOutcome:
+    """What became of one run of a batch.
+
+    ``status`` is ``ok``, ``failed``, ``skipped`` (done before, same parameters), ``stale`` (done before with
+    other parameters: ``changes`` says which, old and new), ``interrupted`` (stopped by a signal; re-running
+    the batch resumes it) or ``not started`` (the batch was stopped first).
+    """
+
+    name: str
+    status: str
+    run_dir: Path
+    error: str | None = None
+    seconds: float = 0.0
+    changes: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    replaced: Path | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+
+#: What papermill prints when the notebook's kernel never started (no cell ran): kernels launched side by side
+#: race for the ports jupyter_client picked for them (papermill issue #239), and the loser exits at once.
+KERNEL_START_FAILURES: tuple[str, ...] = ("Kernel died before replying to kernel_info", "Kernel didn't respond in")
+#: How many times a run is started when its kernel never started (the run's status records the attempts).
+KERNEL_START_ATTEMPTS = 3
+
+
+def kernel_never_started(stderr: str) -> bool:
+    """Whether papermill's ``stderr`` says the kernel died or hung before its first reply (so nothing ran)."""
+    return any(marker in stderr for marker in KERNEL_START_FAILURES)
+
+
+__all__ = ["EXECUTED_NOTEBOOK", "KERNEL_START_ATTEMPTS", "KERNEL_START_FAILURES", "RunOutcome", "kernel_never_started", "METRICS_FILE", "OUT_PARAMETER", "PAPERMILL_WARNINGS", "PARAMETERS_FILE", "STALE_DIR",
            "STATUS_FILE", "UNSET", "format_changes", "last_error_line", "mark_metrics_interrupted", "move_aside",
            "notebook_error", "papermill_warnings", "parameter_changes", "run_is_complete"]

@@ -97,3 +97,23 @@ def test_modules_stay_small() -> None:
     assert not too_long, f"modules over {MAX_MODULE_LINES} lines (split them by concern): {too_long}"
     stale = [path for path in LONG_MODULES if sizes.get(path, 0) <= MAX_MODULE_LINES]
     assert not stale, f"no longer long, drop them from LONG_MODULES: {stale}"
+
+
+def test_notebooks_import_the_analysis_from_one_module() -> None:
+    """The notebooks take what they analyse from one module, ``distilvpr_lib.analysis.workbook``, never from the
+    analysis layer's other modules; every name there is its home module's."""
+    import importlib
+    import json
+    import re
+
+    import distilvpr_lib.analysis.workbook as analysis
+
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        source = "\n".join("".join(c["source"]) for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code")
+        modules = set(re.findall(r"distilvpr_lib\.analysis(?:\.\w+)?", source))
+        assert modules <= {"distilvpr_lib.analysis.workbook"}, f"{path.name} imports {sorted(modules)}"
+    for module, names in analysis.HOMES.items():
+        home = importlib.import_module(f"distilvpr_lib.analysis.{module}")
+        for name in names:
+            assert getattr(analysis, name) is getattr(home, name), name
+    assert sorted(analysis.__all__) == sorted(n for names in analysis.HOMES.values() for n in names)

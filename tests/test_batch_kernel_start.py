@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from distilvpr_lib import batch
+from distilvpr_lib.batch_records import KERNEL_START_ATTEMPTS, KERNEL_START_FAILURES
 
 _FAKE = """
 import json, sys
@@ -33,7 +34,7 @@ def _fake_papermill(monkeypatch, tmp_path: Path, run_dir: Path, fail_with: str, 
     return counter
 
 
-@pytest.mark.parametrize("message", batch.KERNEL_START_FAILURES)
+@pytest.mark.parametrize("message", KERNEL_START_FAILURES)
 def test_a_kernel_that_never_started_is_started_again(monkeypatch, tmp_path: Path, message: str) -> None:
     run_dir = tmp_path / "run"
     counter = _fake_papermill(monkeypatch, tmp_path, run_dir, f"RuntimeError: {message} (seconds)", failures=2)
@@ -44,11 +45,11 @@ def test_a_kernel_that_never_started_is_started_again(monkeypatch, tmp_path: Pat
 
 def test_the_attempts_are_bounded_and_other_failures_are_not_retried(monkeypatch, tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
-    message = f"RuntimeError: {batch.KERNEL_START_FAILURES[0]}"
-    counter = _fake_papermill(monkeypatch, tmp_path, run_dir, message, failures=batch.KERNEL_START_ATTEMPTS)
+    message = f"RuntimeError: {KERNEL_START_FAILURES[0]}"
+    counter = _fake_papermill(monkeypatch, tmp_path, run_dir, message, failures=KERNEL_START_ATTEMPTS)
     outcome = batch.execute_notebook(tmp_path / "nb.ipynb", run_dir, {"method": "nokd"})
-    assert outcome.status == "failed" and counter.read_text() == str(batch.KERNEL_START_ATTEMPTS)
-    assert batch.KERNEL_START_FAILURES[0] in outcome.error
+    assert outcome.status == "failed" and counter.read_text() == str(KERNEL_START_ATTEMPTS)
+    assert KERNEL_START_FAILURES[0] in outcome.error
 
     other = tmp_path / "other"
     other.mkdir()
