@@ -9,10 +9,11 @@ import json
 from pathlib import Path
 
 import pytest
+from grid_helpers import write_grid
 
 from distilvpr_lib.batch import Grid
-from distilvpr_lib.grid_checks import check_grid, merge_parameters
 from distilvpr_lib.errors import GridError
+from distilvpr_lib.grid_checks import check_grid, merge_parameters
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK_03 = REPO / "notebooks" / "03_distillation.ipynb"
@@ -34,21 +35,15 @@ def test_merge_parameters_merges_mappings_and_replaces_everything_else() -> None
 
 
 def _toy_grid(tmp_path: Path) -> Grid:
-    path = tmp_path / "deep.yaml"
-    path.write_text(
-        "name: deep\n"
-        "notebook: notebooks/03_distillation.ipynb\n"
-        "base: {dataset: data/study, epochs: 32, overrides: {train.milestones: [24]}, terms: {rkdg: 10.0}}\n"
-        "seeds: [0, 1]\n"
-        "variations:\n"
-        "  - {name: plain, method: nokd}\n"
-        "  - {name: norm, method: distilvpr, overrides: {train.task_normalize: true}}\n"
-        "  - {name: step30, method: distilvpr, overrides: {train.milestones: [30]}}\n"
-        "  - {name: weights, method: distilvpr, terms: {cross_euclidean_st2ss: 1.0}}\n"
-        "  - {name: short, method: nokd, epochs: 16, terms: null}\n"
-        "product:\n"
-        "  overrides: [{distill.until_epoch: 12}]\n")
-    return Grid.load(path)
+    return Grid.load(write_grid(
+        tmp_path / "deep.yaml", variations=[
+            {"name": "plain", "method": "nokd"},
+            {"name": "norm", "method": "distilvpr", "overrides": {"train.task_normalize": True}},
+            {"name": "step30", "method": "distilvpr", "overrides": {"train.milestones": [30]}},
+            {"name": "weights", "method": "distilvpr", "terms": {"cross_euclidean_st2ss": 1.0}},
+            {"name": "short", "method": "nokd", "epochs": 16, "terms": None}],
+        base={"dataset": "data/study", "epochs": 32, "overrides": {"train.milestones": [24]}, "terms": {"rkdg": 10.0}},
+        seeds=[0, 1], name="deep", product={"overrides": [{"distill.until_epoch": 12}]}))
 
 
 def test_grid_runs_are_the_hand_written_deep_merges(tmp_path: Path) -> None:
@@ -85,9 +80,7 @@ def test_runs_share_no_mutable_parameters(tmp_path: Path) -> None:
 
 
 def _grid(tmp_path: Path, base: str, variation: str) -> Grid:
-    path = tmp_path / "g.yaml"
-    path.write_text(f"name: g\nnotebook: {NOTEBOOK_03}\nbase: {base}\nvariations:\n  - {variation}\n")
-    return Grid.load(path)
+    return Grid.load(write_grid(tmp_path / "g.yaml", NOTEBOOK_03, f"  - {variation}\n", base=base, name="g"))
 
 
 def test_check_grid_checks_the_merged_overrides(tmp_path: Path) -> None:
