@@ -132,12 +132,8 @@ class Grid:
         )
 
     def runs(self) -> list[RunSpec]:
-        """Expand variations x product x seeds into named runs (names are folder-safe).
-
-        Each run's parameters are ``base`` with the variation (or product cell) laid over it deeply
-        (:func:`~distilvpr_lib.grid_checks.merge_parameters`: a nested mapping such as ``overrides`` is merged
-        key by key), plus ``seed``.
-        """
+        """Expand variations x product x seeds into named runs (names are folder-safe); each variation (or product
+        cell) goes over ``base`` deeply (:func:`~distilvpr_lib.grid_checks.merge_parameters`)."""
         sets: list[tuple[str, dict[str, Any]]] = []
         for v in self.variations:
             params = {k: val for k, val in v.items() if k != "name"}
