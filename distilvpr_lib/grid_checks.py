@@ -13,7 +13,9 @@ the grid file, the variation and the parameter:
 * **wrong-typed values** (``null`` is always accepted: "none" / "the profile's"), checked against the type of the notebook parameter's default, or, for a default
   of ``None``, of the config field the notebook passes it to (``notebook_config(profile, {'train.epochs':
   epochs}, overrides)`` in the notebook's code, :func:`read_notebook_config_call`); the ``overrides`` mapping
-  is checked field by field against the run's profile, and the profile must exist;
+  is checked field by field against the run's profile (as the run gets it: the base's and the variation's merged,
+  :func:`merge_parameters`), and the profile must exist;
+* **one config field named twice** in a run's ``overrides`` (``train.task_normalize`` and ``task_normalize``);
 * **seeds** that are not a list of distinct integers.
 
 Values of the right type but a wrong choice (``method: no_such_method``) are left to the run, which fails
