@@ -12,6 +12,8 @@ A *grid file* (YAML) names a notebook, base parameters, variations and seeds::
     product:                         # ... and/or a cartesian product (names built from the values)
       curvature: [0.01, 0.1, 1.0]
 
+A variation (or product cell) goes over ``base`` deeply: a nested mapping such as ``overrides`` or ``terms`` is
+merged key by key (:func:`~distilvpr_lib.grid_checks.merge_parameters`), so a variation names only what it changes.
 Every run (variation x seed) is executed into ``<out>/<batch name>/<run name>/`` holding
 ``notebook.ipynb`` (the executed copy), ``parameters.yaml``, ``status.json`` and the
 ``metrics.json`` the notebook writes into its ``out`` folder. Re-running a grid skips runs whose
@@ -62,7 +64,7 @@ from distilvpr_lib.errors import GridError, MissingDataError
 from distilvpr_lib.executors.backends import Executor, Progress
 from distilvpr_lib.executors.claims import (ELSEWHERE, ERROR, EXECUTED, NOT_STARTED, SKIPPED, RunTask, TaskResult,
                                             die_with_parent)
-from distilvpr_lib.grid_checks import check_folder_name, check_grid, check_seeds, load_grid_yaml
+from distilvpr_lib.grid_checks import check_folder_name, check_grid, check_seeds, load_grid_yaml, merge_parameters
 from distilvpr_lib.paths import project_path
 from distilvpr_lib.stopping import StopSignals, terminate_process_tree
 
@@ -133,7 +135,8 @@ class Grid:
         )
 
     def runs(self) -> list[RunSpec]:
-        """Expand variations x product x seeds into named runs (names are folder-safe)."""
+        """Expand variations x product x seeds into named runs (names are folder-safe); each variation (or product
+        cell) goes over ``base`` deeply (:func:`~distilvpr_lib.grid_checks.merge_parameters`)."""
         sets: list[tuple[str, dict[str, Any]]] = []
         for v in self.variations:
             params = {k: val for k, val in v.items() if k != "name"}
@@ -148,7 +151,7 @@ class Grid:
         runs = []
         for set_name, params in sets:
             for seed in self.seeds:
-                merged = {**self.base, **params, "seed": seed}
+                merged = {**merge_parameters(self.base, params), "seed": seed}
                 runs.append(RunSpec(name=f"{set_name}__seed{seed}", parameters=merged))
         return runs
 

@@ -3,7 +3,7 @@
 Steps (profile ``cpu`` by default, ``smoke`` with ``SMOKE=1``):
 
 1. generate the dataset into ``data/<world>`` if it is not complete yet (``<world>`` is the profile's name, or
-   ``smoke-demo`` at ``smoke``: see :data:`DEMO_SETTINGS`);
+   ``smoke-demo`` at ``smoke``: see :data:`distilvpr_lib.config.DEMO_CHANGES`);
 2. notebook 01 (data exploration);
 3. notebook 02 (teacher training) into ``teacher_weights/<world>``;
 4. notebook 03 as a papermill batch (``ablations/demo.yaml``): no-KD, full DistilVPR and DistilVPR with the task
@@ -21,40 +21,41 @@ Usage: ``python -m distilvpr_lib.demo [--profile cpu|smoke] [--out runs]``
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from distilvpr_lib.batch import Grid, execute_notebook, run_batch, run_is_complete
 from distilvpr_lib.paths import project_path
 
+if TYPE_CHECKING:  # pragma: no cover
+    from distilvpr_lib.config import SynthConfig
 
-#: What the demo changes of a profile, per profile: ``synth`` fields of the demo's world (then generated into
-#: ``data/<profile>-demo``, its teacher in ``teacher_weights/<profile>-demo``, apart from the profile's own) and
-#: the teacher's ``epochs`` (trained without an LR step, kept at the last epoch).
-#:
-#: ``smoke``: the profile's own world (3 runs x 300 m, the last run not trained on) leaves 18 training tuples once
-#: the test squares and the validation square with its 50 m guard band are cut out: one optimiser step per epoch
-#: at batch 16, and the LR step after epoch 1, so the 2-epoch teacher took 2 steps and sat at chance (test AR@1
-#: 11.90 vs chance 13.03; 7 test queries per run, 42 query evaluations in all). More epochs on that world did not
-#: help reliably (30-60 epochs, 4 seeds: 16.7-31.0). Its validation split (2 queries per run) cannot select an
-#: epoch. 5 runs give 35 tuples (2 steps per epoch) and 140 test query evaluations (chance 14.70): after 30 epochs
-#: the fused teacher's test AR@1 is 40.71 (seed 7; seeds 1, 2, 3: 30.00, 31.43, 38.57), so the demo test can
-#: require it to beat chance.
-DEMO_SETTINGS: dict[str, dict[str, Any]] = {
-    "smoke": {"synth": {"n_runs": 5}, "teacher_epochs": 30},
-}
+
+def demo_changes(profile: str, section: str) -> dict[str, Any]:
+    """The demo's changes of ``profile`` in one ``section`` (``synth`` | ``train`` | ``students``), from
+    :data:`distilvpr_lib.config.DEMO_CHANGES`: ``{field: value}`` (empty when the profile's own are kept)."""
+    from distilvpr_lib.config import DEMO_CHANGES
+
+    prefix = f"{section}."
+    return {key.removeprefix(prefix): copy.deepcopy(value) for key, value in DEMO_CHANGES.get(profile, {}).items()
+            if key.startswith(prefix)}
 
 
 def _teacher_parameters(profile: str) -> dict[str, Any]:
-    """Notebook 02 parameters from :data:`DEMO_SETTINGS` (none when the profile's own settings are kept)."""
-    epochs = DEMO_SETTINGS.get(profile, {}).get("teacher_epochs")
-    if epochs is None:
-        return {}
-    # validation only at the last epoch, so that epoch is the one kept
-    return {"epochs": epochs, "overrides": {"train.milestones": [], "train.eval_every": epochs}}
+    """Notebook 02 parameters from the demo's ``train`` changes (none when the profile's own settings are kept):
+    ``train.epochs`` as ``epochs``, the other fields as ``overrides``."""
+    changes = demo_changes(profile, "train")
+    parameters: dict[str, Any] = {}
+    if "epochs" in changes:
+        parameters["epochs"] = changes.pop("epochs")
+    if changes:
+        parameters["overrides"] = {f"train.{name}": value for name, value in changes.items()}
+    return parameters
 
 
 def _step(title: str) -> float:
@@ -76,6 +77,57 @@ def _run_notebook(name: str, run_dir: Path, parameters: dict[str, Any]) -> None:
     print(f"    ok in {outcome.seconds:.0f} s -> {run_dir}")
 
 
+@dataclass
+class DemoPlan:
+    """What the demo runs at one profile (:func:`plan_demo`); every setting that differs from the profile's comes
+    from :data:`distilvpr_lib.config.DEMO_CHANGES`.
+
+    Attributes:
+        profile: the profile.
+        world: the world's name: the profile's, or ``<profile>-demo`` when the demo changes its ``synth``.
+        dataset: the dataset folder (absolute), ``<data_root>/<world>``.
+        teacher: the teacher folder (absolute), ``<teacher_root>/<world>``.
+        synth_changes: the demo's ``synth`` fields (``{field: value}``; empty: the profile's world).
+        synth: the generator's settings of the world (the profile's with ``synth_changes``).
+        teacher_parameters: notebook 02's parameters beyond ``dataset``, ``profile`` and ``teacher_dir``.
+        grid: notebook 03's batch (``ablation_grid`` named ``ablations-<profile>``, its ``base`` the dataset, profile
+            and teacher, its seeds cut to ``students.seeds``).
+    """
+
+    profile: str
+    world: str
+    dataset: Path
+    teacher: Path
+    synth_changes: dict[str, Any]
+    synth: "SynthConfig"
+    teacher_parameters: dict[str, Any]
+    grid: Grid
+
+
+def plan_demo(profile: str = "cpu", data_root: str | Path = "data", teacher_root: str | Path = "teacher_weights",
+              ablation_grid: str | Path = "ablations/demo.yaml") -> DemoPlan:
+    """The demo's plan at ``profile`` (see :class:`DemoPlan`); writes nothing.
+
+    Raises:
+        KeyError: unknown profile. GridError: ``ablation_grid`` unreadable.
+    """
+    from distilvpr_lib.config import apply_overrides, profile_config
+
+    synth_changes = demo_changes(profile, "synth")
+    world = f"{profile}-demo" if synth_changes else profile
+    dataset = Path(data_root).resolve() / world
+    teacher = Path(teacher_root).resolve() / world
+    synth = apply_overrides(profile_config(profile), {f"synth.{k}": v for k, v in synth_changes.items()}).synth
+    grid = Grid.load(project_path(ablation_grid))
+    grid.name = f"ablations-{profile}"
+    grid.base.update({"dataset": str(dataset), "profile": profile, "teacher": str(teacher)})
+    n_seeds = demo_changes(profile, "students").get("seeds")
+    if n_seeds is not None:
+        grid.seeds = grid.seeds[:n_seeds]
+    return DemoPlan(profile=profile, world=world, dataset=dataset, teacher=teacher, synth_changes=synth_changes,
+                    synth=synth, teacher_parameters=_teacher_parameters(profile), grid=grid)
+
+
 def run_demo(profile: str = "cpu", out_root: str | Path = "runs", data_root: str | Path = "data",
              teacher_root: str | Path = "teacher_weights", ablation_grid: str | Path = "ablations/demo.yaml") -> Path:
     """Run the demo; returns the path of the written report.
@@ -83,21 +135,17 @@ def run_demo(profile: str = "cpu", out_root: str | Path = "runs", data_root: str
     ``out_root``, ``data_root`` and ``teacher_root`` are command-line paths (relative to the current folder)
     and are handed to the notebooks absolute; ``ablation_grid`` is a project file (relative to the project root).
     """
-    from distilvpr_lib.config import apply_overrides, profile_config
     from distilvpr_lib.data.synth import generate_dataset
 
     start = time.time()
+    plan = plan_demo(profile, data_root, teacher_root, ablation_grid)
+    dataset, teacher, synth_changes = plan.dataset, plan.teacher, plan.synth_changes
     demo_dir = Path(out_root).resolve() / f"demo-{profile}"
     demo_dir.mkdir(parents=True, exist_ok=True)
-    synth_changes = DEMO_SETTINGS.get(profile, {}).get("synth", {})
-    world = f"{profile}-demo" if synth_changes else profile
-    dataset = Path(data_root).resolve() / world
-    teacher = Path(teacher_root).resolve() / world
     timings: dict[str, float] = {}
 
     t = _step(f"1/7 dataset ({profile} profile{', ' + str(synth_changes) if synth_changes else ''}) -> {dataset}")
-    synth = apply_overrides(profile_config(profile), {f"synth.{k}": v for k, v in synth_changes.items()}).synth
-    generate_dataset(dataset, synth)  # completes or skips an existing dataset
+    generate_dataset(dataset, plan.synth)  # completes or skips an existing dataset
     timings["dataset"] = time.time() - t
 
     common = {"dataset": str(dataset), "profile": profile}
@@ -107,15 +155,11 @@ def run_demo(profile: str = "cpu", out_root: str | Path = "runs", data_root: str
 
     t = _step(f"3/7 notebook 02: teacher training -> {teacher}")
     _run_notebook("02_teacher_training", demo_dir / "02_teacher_training",
-                  {**common, "teacher_dir": str(teacher), **_teacher_parameters(profile)})
+                  {**common, "teacher_dir": str(teacher), **plan.teacher_parameters})
     timings["02"] = time.time() - t
 
     t = _step(f"4/7 notebook 03 as a papermill batch ({ablation_grid}): no-KD and DistilVPR students x seeds")
-    grid = Grid.load(project_path(ablation_grid))
-    grid.name = f"ablations-{profile}"
-    grid.base.update({**common, "teacher": str(teacher)})
-    if profile == "smoke":
-        grid.seeds = grid.seeds[:2]
+    grid = plan.grid
     summary = run_batch(grid, out_root=demo_dir)
     print(summary)
     if summary.signum is not None:

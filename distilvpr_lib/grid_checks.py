@@ -13,7 +13,9 @@ the grid file, the variation and the parameter:
 * **wrong-typed values** (``null`` is always accepted: "none" / "the profile's"), checked against the type of the notebook parameter's default, or, for a default
   of ``None``, of the config field the notebook passes it to (``notebook_config(profile, {'train.epochs':
   epochs}, overrides)`` in the notebook's code, :func:`read_notebook_config_call`); the ``overrides`` mapping
-  is checked field by field against the run's profile, and the profile must exist;
+  is checked field by field against the run's profile (as the run gets it: the base's and the variation's merged,
+  :func:`merge_parameters`), and the profile must exist;
+* **one config field named twice** in a run's ``overrides`` (``train.task_normalize`` and ``task_normalize``);
 * **seeds** that are not a list of distinct integers.
 
 Values of the right type but a wrong choice (``method: no_such_method``) are left to the run, which fails
@@ -23,8 +25,10 @@ alone and is recorded (the batch isolates failures).
 from __future__ import annotations
 
 import ast
+import copy
 import dataclasses
 import difflib
+import itertools
 import json
 import os
 from collections.abc import Iterable, Mapping
@@ -85,6 +89,31 @@ def load_grid_yaml(path: Path) -> Any:
         raise GridError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise GridError(f"{path}: cannot be read ({exc})") from None
+
+
+# ---------------------------------------------------------------------------
+# How a variation goes over the base
+# ---------------------------------------------------------------------------
+def merge_parameters(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """``override`` laid over ``base``, deeply: what a grid's run receives (``base`` + a variation or product cell).
+
+    A key whose value is a mapping on both sides (``overrides``, ``terms``) is merged key by key, recursively, so
+    a variation's ``overrides: {train.task_normalize: true}`` over a base's ``overrides: {train.milestones: [24]}``
+    gives both; any other value (a scalar, a list, ``null``) replaces the base's whole. A variation cannot remove
+    a key of a base mapping: it sets it to another value. Neither argument is changed, and the result shares no
+    mutable value with them (one run's parameters cannot leak into another's).
+
+    >>> merge_parameters({"epochs": 32, "overrides": {"train.milestones": [24]}},
+    ...                  {"overrides": {"train.task_normalize": True}})
+    {'epochs': 32, 'overrides': {'train.milestones': [24], 'train.task_normalize': True}}
+    """
+    merged = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        if isinstance(merged.get(key), Mapping) and isinstance(value, Mapping):
+            merged[key] = merge_parameters(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
 
 
 # ---------------------------------------------------------------------------
@@ -337,9 +366,18 @@ def _check_set(grid_file: str, label: str, params: Mapping[str, Any], notebook: 
                                 f"{_KIND_NAMES[kind]} ({source})")
 
 
+def _dotted_field(cfg: Any, key: str) -> str:
+    """The ``section.field`` an override key names (a bare ``field`` resolved to its one section)."""
+    if "." in key:
+        return key
+    sections = [f.name for f in dataclasses.fields(cfg) if dataclasses.is_dataclass(getattr(cfg, f.name))
+                and key in {g.name for g in dataclasses.fields(getattr(cfg, f.name))}]
+    return f"{sections[0]}.{key}" if len(sections) == 1 else key
+
+
 def _check_run_config(where: str, params: Mapping[str, Any], defaults: Mapping[str, Any],
                       call: NotebookConfigCall) -> None:
-    """The run's profile exists and its ``overrides`` name config fields with values of their type."""
+    """The run's profile exists and its ``overrides`` name config fields, each once, with values of their type."""
     from distilvpr_lib.config import apply_overrides, profile_config
 
     if call.profile is None:
@@ -354,11 +392,18 @@ def _check_run_config(where: str, params: Mapping[str, Any], defaults: Mapping[s
     overrides = params.get(call.overrides) if call.overrides else None
     if not isinstance(overrides, dict):
         return
+    named: dict[str, str] = {}
     for key, value in overrides.items():
         try:
             apply_overrides(cfg, {key: value})
         except (KeyError, ValueError, TypeError) as exc:
             raise GridError(f"{where}: parameter {call.overrides!r}: {exc.args[0] if exc.args else exc}") from None
+        dotted = _dotted_field(cfg, str(key))
+        if dotted in named:  # e.g. the base's train.task_normalize and a variation's bare task_normalize
+            raise GridError(f"{where}: parameter {call.overrides!r}: config field {dotted} is set twice, as "
+                            f"{named[dotted]!r} and {key!r} (which value the run gets would depend on their order): "
+                            f"name it once, as {dotted!r}")
+        named[dotted] = str(key)
         kind = config_field_kind(cfg, key) if "." in str(key) else None
         if kind is not None and value is not None and not value_fits(value, kind):
             raise GridError(f"{where}: parameter {call.overrides!r}: {key} is {_describe(value)}; it takes "
@@ -399,12 +444,15 @@ def check_grid(grid: GridLike) -> None:
         name = check_folder_name(variation.get("name"), "variation name", grid_file)
         label = f"variation {name!r}"
         params = {k: v for k, v in variation.items() if k != "name"}
-        merged = {**grid.base, **params}
+        merged = merge_parameters(grid.base, params)
         _check_set(grid_file, label, params, notebook, defaults, call, profile_cfg(merged), False)
         sets.append((label, merged))
     if grid.product:
         _check_set(grid_file, "product", grid.product, notebook, defaults, call, profile_cfg(grid.base), True)
-        sets.append(("product", {**grid.base}))
+        keys = sorted(grid.product)
+        for values in itertools.product(*(grid.product[k] for k in keys)):
+            cell = dict(zip(keys, values))
+            sets.append((f"product {cell}", merge_parameters(grid.base, cell)))
     if not sets:
         sets.append(("base", dict(grid.base)))
     for label, merged in sets:
@@ -412,5 +460,5 @@ def check_grid(grid: GridLike) -> None:
 
 
 __all__ = ["GridError", "NOT_A_LITERAL", "NotebookConfigCall", "UniqueKeyLoader", "check_folder_name", "check_grid",
-           "check_seeds", "config_field_kind", "kind_of_default", "load_grid_yaml", "read_notebook_config_call",
-           "read_notebook_parameters", "value_fits"]
+           "check_seeds", "config_field_kind", "kind_of_default", "load_grid_yaml", "merge_parameters",
+           "read_notebook_config_call", "read_notebook_parameters", "value_fits"]

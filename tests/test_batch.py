@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import nbformat
 import pytest
 import yaml
+from grid_helpers import write_grid, write_notebook
 
 from distilvpr_lib.batch import Grid, GridError, run_batch
 from distilvpr_lib.batch_ledger import collect_batch
@@ -16,28 +16,17 @@ from distilvpr_lib.cli import main
 
 
 def _toy_notebook(path: Path) -> Path:
-    nb = nbformat.v4.new_notebook()
-    params = nbformat.v4.new_code_cell("x = 1\nfail = False\nseed = 0\nout = 'unused'")
-    params.metadata["tags"] = ["parameters"]
-    body = nbformat.v4.new_code_cell(
+    return write_notebook(
+        path, "x = 1\nfail = False\nseed = 0\nout = 'unused'",
         "import json, pathlib\n"
         "if fail:\n    raise RuntimeError('deliberate failure for the test')\n"
         "pathlib.Path(out, 'metrics.json').write_text(json.dumps({'test': {'ar1': x * 10 + seed}, 'status': 'complete'}))\n"
-        "pathlib.Path(out, 'ran.txt').open('a').write('ran\\n')"
-    )
-    nb.cells = [params, body]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(nb, path)
-    return path
+        "pathlib.Path(out, 'ran.txt').open('a').write('ran\\n')")
 
 
 def _grid(tmp_path: Path, **extra) -> Path:
-    nb = _toy_notebook(tmp_path / "toy.ipynb")
-    grid = {"name": "toy", "notebook": str(nb), "base": {"x": 1}, "seeds": [0, 1],
-            "variations": [{"name": "a", "x": 2}, {"name": "broken", "fail": True}], **extra}
-    path = tmp_path / "grid.yaml"
-    path.write_text(yaml.safe_dump(grid))
-    return path
+    return write_grid(tmp_path / "grid.yaml", _toy_notebook(tmp_path / "toy.ipynb"),
+                      [{"name": "a", "x": 2}, {"name": "broken", "fail": True}], base={"x": 1}, seeds=[0, 1], **extra)
 
 
 def test_grid_expansion_variations_product_and_seeds(tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-import yaml
+from grid_helpers import smoke_base, write_grid
 
 pytestmark = [pytest.mark.slow, pytest.mark.notebooks]
 
@@ -46,18 +46,11 @@ def smoke_teacher_folder(smoke_dataset: Path, tmp_path_factory: pytest.TempPathF
     return folder
 
 
-def _smoke_grid(path: Path, dataset: Path, teacher: Path, name: str, epochs: int, variations: list[dict]) -> Path:
-    path.write_text(yaml.safe_dump({
-        "name": name, "notebook": "notebooks/03_distillation.ipynb", "seeds": [0],
-        "base": {"dataset": str(dataset), "teacher": str(teacher), "profile": "smoke", "epochs": epochs},
-        "variations": variations}))
-    return path
-
-
 def test_slurm_array_script_runs_the_grid_by_index_then_notebook_04(smoke_dataset: Path, smoke_teacher_folder: Path,
                                                                      tmp_path: Path) -> None:
-    grid = _smoke_grid(tmp_path / "grid.yaml", smoke_dataset, smoke_teacher_folder, "array", 1,
-                       [{"name": "nokd", "method": "nokd"}, {"name": "distilvpr", "method": "distilvpr"}])
+    grid = write_grid(tmp_path / "grid.yaml",
+                      variations=[{"name": "nokd", "method": "nokd"}, {"name": "distilvpr", "method": "distilvpr"}],
+                      base=smoke_base(smoke_dataset, smoke_teacher_folder), name="array")
     out = tmp_path / "runs"
     bin_dir = tmp_path / "bin"  # `distilvpr` of this checkout, and a stand-in sbatch that records its arguments
     bin_dir.mkdir()
@@ -104,8 +97,9 @@ def test_two_launchers_share_a_smoke_grid_folder(smoke_dataset: Path, smoke_teac
     from distilvpr_lib.batch import Grid
     from distilvpr_lib.batch_ledger import batch_state
 
-    grid = _smoke_grid(tmp_path / "grid.yaml", smoke_dataset, smoke_teacher_folder, "shared", 1,
-                       [{"name": "nokd", "method": "nokd"}, {"name": "distilvpr", "method": "distilvpr"}])
+    grid = write_grid(tmp_path / "grid.yaml",
+                      variations=[{"name": "nokd", "method": "nokd"}, {"name": "distilvpr", "method": "distilvpr"}],
+                      base=smoke_base(smoke_dataset, smoke_teacher_folder), name="shared")
     out = tmp_path / "runs"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     command = [sys.executable, "-m", "distilvpr_lib.cli", "batch", str(grid), "--out", str(out)]
@@ -139,8 +133,9 @@ def test_killing_a_worker_mid_run_resumes_the_run_to_identical_weights(smoke_dat
     from distilvpr_lib.batch import run_batch
     from distilvpr_lib.executors.backends import DaskExecutor
 
-    grid = _smoke_grid(tmp_path / "grid.yaml", smoke_dataset, smoke_teacher_folder, "loss", _KILL_EPOCHS,
-                       [{"name": "reference", "method": "nokd"}, {"name": "victim", "method": "nokd"}])  # same run twice
+    grid = write_grid(tmp_path / "grid.yaml", variations=[{"name": "reference", "method": "nokd"},
+                                                          {"name": "victim", "method": "nokd"}],  # same run twice
+                      base=smoke_base(smoke_dataset, smoke_teacher_folder, epochs=_KILL_EPOCHS), name="loss")
     out = tmp_path / "runs"
     victim = out / "loss" / "victim__seed0"
     executor = DaskExecutor.local(workers=2)

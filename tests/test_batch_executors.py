@@ -9,9 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import nbformat
 import pytest
 import yaml
+from grid_helpers import write_grid, write_notebook
 
 from distilvpr_lib.batch import Grid, GridError, run_batch, select_runs
 from distilvpr_lib.batch_ledger import batch_state, write_batch_record
@@ -27,28 +27,18 @@ REPO = Path(__file__).resolve().parents[1]
 def toy_notebook(path: Path) -> Path:
     """A notebook that sleeps ``pause`` s, appends to ``ran.txt`` (one line per execution) and records in
     ``metrics.json`` its parameters and the slot environment it was given."""
-    nb = nbformat.v4.new_notebook()
-    params = nbformat.v4.new_code_cell("x = 1\npause = 0.0\nseed = 0\nout = 'unused'")
-    params.metadata["tags"] = ["parameters"]
-    body = nbformat.v4.new_code_cell(
+    return write_notebook(
+        path, "x = 1\npause = 0.0\nseed = 0\nout = 'unused'",
         "import json, os, pathlib, time\n"
         "time.sleep(pause)\n"
         "pathlib.Path(out, 'ran.txt').open('a').write(f'{os.getpid()}\\n')\n"
         "env = {k: os.environ.get(k) for k in ('OMP_NUM_THREADS', 'CUDA_VISIBLE_DEVICES')}\n"
         "pathlib.Path(out, 'metrics.json').write_text(json.dumps({'test': {'ar1': x * 10 + seed}, 'env': env}))\n")
-    nb.cells = [params, body]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(nb, path)
-    return path
 
 
-def toy_grid(tmp_path: Path, pause: float = 0.0, seeds: tuple[int, ...] = (0, 1), **extra) -> Path:
-    nb = toy_notebook(tmp_path / "toy.ipynb")
-    grid = {"name": "toy", "notebook": str(nb), "base": {"x": 1, "pause": pause}, "seeds": list(seeds),
-            "variations": [{"name": "a", "x": 2}, {"name": "b", "x": 3}], **extra}
-    path = tmp_path / "grid.yaml"
-    path.write_text(yaml.safe_dump(grid))
-    return path
+def toy_grid(tmp_path: Path, pause: float = 0.0, seeds: tuple[int, ...] = (0, 1)) -> Path:
+    return write_grid(tmp_path / "grid.yaml", toy_notebook(tmp_path / "toy.ipynb"),
+                      [{"name": "a", "x": 2}, {"name": "b", "x": 3}], base={"x": 1, "pause": pause}, seeds=seeds)
 
 
 def _ok_call(run_dir: Path, threads: int, extra_env: dict) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -9,6 +10,64 @@ import nbformat
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+# ---------------------------------------------------------------------------
+# The demo's settings: config.DEMO_CHANGES, the one place they are written
+# ---------------------------------------------------------------------------
+def test_the_smoke_demo_plan_is_the_demo_it_always_ran(tmp_path: Path) -> None:
+    """At smoke: its own 5-run world, a 30-epoch teacher without an LR step validated at the last epoch only, and
+    the students of ablations/demo.yaml on 2 seeds (what demo.DEMO_SETTINGS said before it moved to config)."""
+    from distilvpr_lib.config import profile_config
+    from distilvpr_lib.demo import plan_demo
+
+    plan = plan_demo("smoke", data_root=tmp_path / "data", teacher_root=tmp_path / "teachers")
+    assert (plan.world, plan.dataset, plan.teacher) == ("smoke-demo", tmp_path / "data" / "smoke-demo",
+                                                        tmp_path / "teachers" / "smoke-demo")
+    expected_synth = dataclasses.replace(profile_config("smoke").synth, n_runs=5)
+    assert plan.synth == expected_synth and plan.synth_changes == {"n_runs": 5}
+    assert plan.teacher_parameters == {"epochs": 30, "overrides": {"train.milestones": [], "train.eval_every": 30}}
+    assert plan.grid.name == "ablations-smoke" and plan.grid.seeds == [0, 1]
+    runs = {r.name: r.parameters for r in plan.grid.runs()}
+    assert sorted(runs) == sorted(f"{v}__seed{s}" for v in ("nokd", "distilvpr", "distilvpr_norm") for s in (0, 1))
+    assert runs["distilvpr_norm__seed1"] == {
+        "dataset": str(tmp_path / "data" / "smoke-demo"), "profile": "smoke",
+        "teacher": str(tmp_path / "teachers" / "smoke-demo"), "method": "distilvpr",
+        "overrides": {"train.task_normalize": True}, "seed": 1}
+
+
+def test_the_cpu_demo_keeps_the_profile(tmp_path: Path) -> None:
+    from distilvpr_lib.config import profile_config
+    from distilvpr_lib.demo import plan_demo
+
+    plan = plan_demo("cpu", data_root=tmp_path / "data", teacher_root=tmp_path / "teachers")
+    assert (plan.world, plan.dataset) == ("cpu", tmp_path / "data" / "cpu")
+    assert plan.synth == profile_config("cpu").synth and plan.synth_changes == {}
+    assert plan.teacher_parameters == {} and plan.grid.seeds == [0, 1, 2]
+
+
+def test_the_demo_reads_its_settings_from_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from distilvpr_lib import config
+    from distilvpr_lib.demo import plan_demo
+
+    monkeypatch.setattr(config, "DEMO_CHANGES", {"cpu": {"synth.n_runs": 2, "train.epochs": 3, "students.seeds": 1}})
+    plan = plan_demo("cpu", data_root=tmp_path / "data", teacher_root=tmp_path / "teachers")
+    assert plan.world == "cpu-demo" and plan.synth.n_runs == 2 and plan.synth_changes == {"n_runs": 2}
+    assert plan.teacher_parameters == {"epochs": 3} and plan.grid.seeds == [0]
+    smoke = plan_demo("smoke", data_root=tmp_path / "data", teacher_root=tmp_path / "teachers")
+    assert smoke.world == "smoke" and smoke.teacher_parameters == {} and smoke.grid.seeds == [0, 1, 2]
+
+
+def test_every_demo_change_is_a_field_of_its_profile() -> None:
+    from distilvpr_lib.config import DEMO_CHANGES, apply_overrides, profile_config
+
+    for profile, changes in DEMO_CHANGES.items():
+        assert {key.split(".")[0] for key in changes} <= {"synth", "train", "students"}, profile
+        apply_overrides(profile_config(profile), {k: v for k, v in changes.items() if not k.startswith("students.")})
+        seeds = changes.get("students.seeds")
+        assert seeds is None or (isinstance(seeds, int) and seeds >= 1), profile
+
+
 
 
 @pytest.mark.notebooks
@@ -32,7 +91,7 @@ def test_smoke_demo_runs_every_notebook_and_reports(tmp_path: Path, monkeypatch:
         assert not errors, f"{path}: {errors[0].get('ename')}: {errors[0].get('evalue')}"
 
     # metrics written by the notebooks are real recalls, not placeholders: the demo's smoke teacher (its own
-    # 5-run world, 30 epochs: distilvpr_lib.demo.DEMO_SETTINGS) beats a random ranking of each database by far.
+    # 5-run world, 30 epochs: distilvpr_lib.config.DEMO_CHANGES) beats a random ranking of each database by far.
     # Fixed seed 7: AR@1 40.71 vs chance 14.70 (measured; seeds 1, 2, 3: 30.00, 31.43, 38.57, all > 2x chance).
     from distilvpr_lib.data.benchmark import Benchmark
     from distilvpr_lib.engine.evaluation.evaluate import chance_recall_at_n

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from grid_helpers import smoke_base, write_grid
 
 pytestmark = pytest.mark.slow
 
@@ -417,10 +418,8 @@ def test_batch_with_a_broken_dataset_creates_no_batch_folder(smoke_dataset: Path
     root = tmp_path / "data"
     shutil.copytree(smoke_dataset, root)
     victim = _missing_test_cloud(root, tmp_path / "unused")
-    grid = tmp_path / "grid.yaml"
-    grid.write_text(f"name: broken\nnotebook: {REPO / 'notebooks' / '03_distillation.ipynb'}\n"
-                    f"base: {{dataset: {root}, profile: smoke, epochs: 1}}\nseeds: [0]\n"
-                    "variations:\n  - {name: nokd, method: nokd}\n")
+    grid = write_grid(tmp_path / "grid.yaml", REPO / "notebooks" / "03_distillation.ipynb",
+                      [{"name": "nokd", "method": "nokd"}], base=smoke_base(root), name="broken")
     proc = distilvpr("batch", str(grid), "--out", str(tmp_path / "runs"))
     assert_one_line_error(proc, victim)
     assert not (tmp_path / "runs").exists()

@@ -21,7 +21,7 @@ from distilvpr_lib.data.clouds import (
     write_bin,
     write_npy_cloud,
 )
-from distilvpr_lib.data.files import atomic_write
+from distilvpr_lib.data.files import atomic_output_path, atomic_write
 from distilvpr_lib.data.locations import read_locations_csv, write_locations_csv
 from distilvpr_lib.data.pickles import (
     TrainingTuple,
@@ -137,6 +137,29 @@ def test_atomic_write_keeps_old_content_on_failure(tmp_path: Path) -> None:
     with atomic_write(target, "w") as f:
         f.write("new")
     assert target.read_text() == "new"
+
+
+def test_atomic_output_path_replaces_on_success_and_cleans_up_on_failure(tmp_path: Path) -> None:
+    import errno
+
+    from distilvpr_lib.errors import DiskFullError
+
+    target = tmp_path / "cache.npy"
+    target.write_bytes(b"old")
+    with pytest.raises(RuntimeError, match="boom"):
+        with atomic_output_path(target) as tmp:
+            assert tmp.parent == tmp_path and tmp.suffix == ".npy" and tmp != target
+            tmp.write_bytes(b"partial")
+            raise RuntimeError("boom")
+    assert target.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["cache.npy"]
+    with pytest.raises(DiskFullError, match=r"cache\.npy: disk full"):  # a full disk names the file, not the temp
+        with atomic_output_path(target) as tmp:
+            tmp.write_bytes(b"partial")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    assert target.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["cache.npy"]
+    with atomic_output_path(target) as tmp:
+        np.save(tmp, np.arange(3))
+    assert np.load(target).tolist() == [0, 1, 2] and sorted(p.name for p in tmp_path.iterdir()) == ["cache.npy"]
 
 
 # ---------------------------------------------------------------- CSV

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from grid_helpers import write_grid, write_notebook
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK_03 = REPO / "notebooks" / "03_distillation.ipynb"
@@ -56,12 +57,10 @@ def _one_error_line(proc: subprocess.CompletedProcess, code: int) -> str:
 
 def _toy_notebook(path: Path) -> Path:
     """A fast notebook taking the parameters the tests vary; ``y``'s line has a comment papermill cannot parse."""
-    nb = nbformat.v4.new_notebook()
-    params = nbformat.v4.new_code_cell(
+    return write_notebook(
+        path,
         "x = 1\nepochs = 2\nfail = ''\nsleep = 0\nseed = 0\nout = 'unused'\n"
-        "y = 0  # y=0 means no y (papermill reads two '=' on this line and gives up on it)")
-    params.metadata["tags"] = ["parameters"]
-    body = nbformat.v4.new_code_cell(
+        "y = 0  # y=0 means no y (papermill reads two '=' on this line and gives up on it)",
         "import json, pathlib, subprocess, sys, time\n"
         "from distilvpr_lib.errors import DataFormatError, show_errors_in_one_line\n"
         "show_errors_in_one_line()\n"
@@ -76,16 +75,6 @@ def _toy_notebook(path: Path) -> Path:
         "pathlib.Path(out, 'metrics.json').write_text(json.dumps({'x': x, 'epochs': epochs, 'seed': seed}))\n"
         "with pathlib.Path(out, 'ran.txt').open('a') as fh:\n"
         "    fh.write('ran\\n')")
-    nb.cells = [params, body]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(nb, path)
-    return path
-
-
-def _write_grid(path: Path, notebook: Path, variations: str, base: str = "{x: 1}", name: str = "toy",
-                seeds: str = "[0]") -> Path:
-    path.write_text(f"name: {name}\nnotebook: {notebook}\nbase: {base}\nseeds: {seeds}\nvariations:\n{variations}")
-    return path
 
 
 # ---------------------------------------------------------------------------
@@ -124,7 +113,7 @@ REFUSED_GRIDS = [
 def test_a_grid_is_checked_against_the_notebook_before_anything_runs(tmp_path: Path, case: str, base: str,
                                                                      variations: str, seeds: str,
                                                                      names: list[str]) -> None:
-    grid = _write_grid(tmp_path / "grid.yaml", NOTEBOOK_03, variations, base=base, seeds=seeds)
+    grid = write_grid(tmp_path / "grid.yaml", NOTEBOOK_03, variations, base=base, seeds=seeds)
     out = tmp_path / "runs"
     line = _one_error_line(distilvpr("batch", str(grid), "--out", str(out)), code=2)
     assert str(grid) in line, line
@@ -134,8 +123,8 @@ def test_a_grid_is_checked_against_the_notebook_before_anything_runs(tmp_path: P
 
 
 def test_a_grid_name_that_leaves_out_is_refused(tmp_path: Path) -> None:
-    grid = _write_grid(tmp_path / "grid.yaml", NOTEBOOK_03, "  - {name: nokd, method: nokd}\n", name="../up",
-                       base="{profile: smoke}")
+    grid = write_grid(tmp_path / "grid.yaml", NOTEBOOK_03, "  - {name: nokd, method: nokd}\n", name="../up",
+                      base="{profile: smoke}")
     line = _one_error_line(distilvpr("batch", str(grid), "--out", str(tmp_path / "runs" / "in")), code=2)
     assert "grid name '../up'" in line and str(grid) in line
     assert not (tmp_path / "runs").exists() and not (tmp_path / "runs" / "up").exists()
@@ -150,14 +139,14 @@ def test_an_edited_grid_reports_stale_runs_and_reruns_them_only_when_asked(tmp_p
     notebook = _toy_notebook(tmp_path / "toy.ipynb")
     grid = tmp_path / "grid.yaml"
     out = tmp_path / "runs"
-    _write_grid(grid, notebook, "  - {name: a, x: 2}\n  - {name: b, x: 5}\n")
+    write_grid(grid, notebook, "  - {name: a, x: 2}\n  - {name: b, x: 5}\n", base="{x: 1}")
     first = distilvpr("batch", str(grid), "--out", str(out), "--only", "a")
     assert first.returncode == 0, first.stdout + first.stderr
     run_a = out / "toy" / "a__seed0"
     assert json.loads((run_a / "metrics.json").read_text())["x"] == 2
 
     # the grid is edited: a's x and epochs change; b has never run
-    _write_grid(grid, notebook, "  - {name: a, x: 3, epochs: 1}\n  - {name: b, x: 5}\n")
+    write_grid(grid, notebook, "  - {name: a, x: 3, epochs: 1}\n  - {name: b, x: 5}\n", base="{x: 1}")
     second = distilvpr("batch", str(grid), "--out", str(out))
     assert second.returncode == 1, second.stdout + second.stderr
     assert "1 succeeded, 0 skipped (already done), 0 failed, 1 stale" in second.stdout, second.stdout
@@ -195,8 +184,8 @@ def test_papermill_warnings_fail_the_run_and_errors_are_kept_whole(tmp_path: Pat
     notebook = _toy_notebook(tmp_path / "toy.ipynb")
     message = "the file lists " + " ".join(f"column{i}" for i in range(90)) + " and ends here"
     assert len(message) > 700
-    grid = _write_grid(tmp_path / "grid.yaml", notebook,
-                       f"  - {{name: warned, y: 1}}\n  - {{name: long, fail: '{message}'}}\n")
+    grid = write_grid(tmp_path / "grid.yaml", notebook,
+                      f"  - {{name: warned, y: 1}}\n  - {{name: long, fail: '{message}'}}\n", base="{x: 1}")
     out = tmp_path / "runs"
     proc = distilvpr("batch", str(grid), "--out", str(out), "--workers", "2")
     assert proc.returncode == 1, proc.stdout + proc.stderr
@@ -248,7 +237,7 @@ def test_a_signal_stops_the_batch_its_runs_and_their_children(tmp_path: Path, si
     from distilvpr_lib.stopping import descendant_pids
 
     notebook = _toy_notebook(tmp_path / "toy.ipynb")
-    grid = _write_grid(tmp_path / "grid.yaml", notebook, "  - {name: a, sleep: 600}\n  - {name: b}\n")
+    grid = write_grid(tmp_path / "grid.yaml", notebook, "  - {name: a, sleep: 600}\n  - {name: b}\n", base="{x: 1}")
     out = tmp_path / "runs"
     batch = subprocess.Popen(_command("batch", str(grid), "--out", str(out)), stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, env=_env(), start_new_session=True)

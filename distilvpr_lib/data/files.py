@@ -97,6 +97,22 @@ def _disk_full_for(exc: BaseException, path: Path, needed: int | None) -> DiskFu
 
 
 @contextlib.contextmanager
+def _replace_when_done(tmp: Path, path: Path, size_hint: int | None) -> Iterator[None]:
+    """Move the temporary file ``tmp`` onto ``path`` when the block ends without error; otherwise remove ``tmp``
+    and re-raise (a full disk as :class:`DiskFullError` naming ``path``; ``size_hint``: the bytes needed)."""
+    try:
+        yield
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        full = _disk_full_for(exc, path, size_hint)
+        if full is not None:
+            raise full from exc
+        raise
+
+
+@contextlib.contextmanager
 def atomic_write(path: PathLike, mode: str = "wb", encoding: str | None = None,
                  size_hint: int | None = None) -> Iterator[IO[Any]]:
     """Open a temporary file next to ``path``; on a clean exit it replaces ``path`` atomically.
@@ -127,8 +143,7 @@ def atomic_write(path: PathLike, mode: str = "wb", encoding: str | None = None,
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
-    tmp = Path(tmp_name)
-    try:
+    with _replace_when_done(Path(tmp_name), path, size_hint):
         _give_umask_mode(fd)
         if mode == "w":
             handle: IO[Any] = os.fdopen(fd, "w", encoding=encoding or "utf-8", newline="")
@@ -138,14 +153,6 @@ def atomic_write(path: PathLike, mode: str = "wb", encoding: str | None = None,
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        full = _disk_full_for(exc, path, size_hint)
-        if full is not None:
-            raise full from exc
-        raise
 
 
 @contextlib.contextmanager
@@ -161,16 +168,8 @@ def atomic_output_path(path: PathLike) -> Iterator[Path]:
     _give_umask_mode(fd)
     os.close(fd)
     tmp = Path(tmp_name)
-    try:
+    with _replace_when_done(tmp, path, None):
         yield tmp
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        full = _disk_full_for(exc, path, None)
-        if full is not None:
-            raise full from exc
-        raise
 
 
 def file_sha256(path: PathLike, chunk_size: int = 1 << 20) -> str:
