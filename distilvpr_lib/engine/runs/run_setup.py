@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +21,7 @@ from distilvpr_lib.data.files import write_json
 from distilvpr_lib.engine.train.console import say
 from distilvpr_lib.engine.train.distributed import DistributedContext, init_distributed
 from distilvpr_lib.engine.train.loop import SELECTION_RULE, TrainingHistory
-from distilvpr_lib.engine.runs.run_folder import CONFIG_FILE, check_resumable, tidy_completed_run
+from distilvpr_lib.engine.runs.run_folder import CONFIG_FILE, METRICS_FILE, check_resumable, tidy_completed_run
 from distilvpr_lib.engine.train.seeding import configure_determinism, seed_everything
 from distilvpr_lib.errors import MissingDataError
 
@@ -161,6 +162,54 @@ def history_metrics(history: TrainingHistory) -> dict[str, Any]:
     }
 
 
+@dataclass
+class RunMetrics:
+    """A finished run's ``metrics.json``, the same record for both pipelines (schema in :mod:`.run_folder`);
+    :func:`finish_run` writes it. ``extra`` holds what only one kind has (the student's teacher folder and cache
+    key, the teacher's cache size), written after the shared fields."""
+
+    #: ``"teacher"`` or ``"student"``.
+    kind: str
+    #: The distillation method's name (``"teacher"`` for a teacher).
+    method: str
+    profile: str | None
+    seed: int
+    device: str
+    #: Threads of the run: float sums split over threads round differently (docs/study/LOG.md, "The cpu profile").
+    cpu_threads: int
+    #: Device, CPU capability and autocast of the training (docs/benchmark/PROTOCOL.md §5, "Machine").
+    precision: dict[str, Any]
+    dataset_dir: str
+    dataset_fingerprint: str
+    #: :func:`history_metrics` of the training (epochs, selection, validation, final losses, times).
+    history: dict[str, Any]
+    #: The test split's summary at the selected epoch
+    #: (:func:`~distilvpr_lib.engine.evaluation.results.retrieval_summary`).
+    test: dict[str, Any]
+    loss_weights: dict[str, float]
+    embedding_norms: dict[str, Any]
+    wall_time_s: float
+    #: The run folder's files by role (config, weights, test_results, tensorboard, ...).
+    files: dict[str, str]
+    status: str = "complete"
+    #: Ranks of a distributed (torchrun) run; ``None`` for one process.
+    world_size: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object of ``metrics.json`` (the history's keys at the top level, as readers expect)."""
+        out: dict[str, Any] = {
+            "kind": self.kind, "method": self.method, "profile": self.profile, "seed": self.seed,
+            "device": self.device, "cpu_threads": self.cpu_threads, "precision": self.precision,
+            "dataset_dir": self.dataset_dir, "dataset_fingerprint": self.dataset_fingerprint, "status": self.status,
+            **self.history, "test": self.test, "loss_weights": self.loss_weights,
+            "embedding_norms": self.embedding_norms, **self.extra, "wall_time_s": self.wall_time_s,
+            "files": self.files}
+        if self.world_size is not None:
+            out["world_size"] = self.world_size
+        return out
+
+
 #: One screen about a finished run, beside ``metrics.json``: what differs from the profile, the selected epoch,
 #: its validation and test recalls, skipped batches, wall time.
 SUMMARY_FILE = "summary.json"
@@ -190,13 +239,16 @@ def summary_text(kind: str, metrics: Mapping[str, Any], out_dir: Path) -> str:
     return "\n".join(lines)
 
 
-def finish_run(kind: str, metrics: Mapping[str, Any], cfg: ExperimentConfig, out_dir: Path,
+def finish_run(kind: str, record: RunMetrics, cfg: ExperimentConfig, out_dir: Path,
                progress: bool) -> dict[str, Any]:
-    """The one closing step of both pipelines (rank 0), once ``metrics.json`` says ``complete``: write
-    ``summary.json``, print the summary once (:func:`summary_text`; also kept in ``run.log``), and keep the
+    """The one closing step of both pipelines (rank 0): write ``metrics.json`` from ``record`` (``complete``),
+    then ``summary.json``, print the summary once (:func:`summary_text`; also kept in ``run.log``), and keep the
     selected weights once, without the checkpoints only a resume needs
-    (:func:`~distilvpr_lib.engine.runs.run_folder.tidy_completed_run`). Returns the summary written."""
+    (:func:`~distilvpr_lib.engine.runs.run_folder.tidy_completed_run`). Returns the metrics written."""
     from distilvpr_lib.config import config_changes
+
+    metrics = record.to_dict()
+    write_json(out_dir / METRICS_FILE, metrics)
 
     epochs = metrics.get("epochs") or []
     summary = {
@@ -212,8 +264,8 @@ def finish_run(kind: str, metrics: Mapping[str, Any], cfg: ExperimentConfig, out
     write_json(out_dir / SUMMARY_FILE, summary)
     say(summary_text(kind, metrics, out_dir), progress)
     tidy_completed_run(out_dir, (metrics.get("files") or {})["weights"], cfg.train.keep_checkpoints)
-    return summary
+    return metrics
 
 
-__all__ = ["check_benchmark", "describe_world", "finish_run", "history_metrics", "make_training_loader",
-           "run_dataset_fingerprint", "run_record", "start_run", "summary_text"]
+__all__ = ["RunMetrics", "SUMMARY_FILE", "check_benchmark", "describe_world", "finish_run", "history_metrics",
+           "make_training_loader", "run_dataset_fingerprint", "run_record", "start_run", "summary_text"]

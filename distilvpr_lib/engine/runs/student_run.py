@@ -21,7 +21,6 @@ import torch
 from torch import nn
 
 from distilvpr_lib.config import ExperimentConfig, method_name_problem
-from distilvpr_lib.data.files import write_json
 from distilvpr_lib.engine.train.checkpoint import load_weights, save_weights
 from distilvpr_lib.engine.train.console import say
 from distilvpr_lib.engine.train.distributed import shutdown_distributed
@@ -38,7 +37,6 @@ from distilvpr_lib.engine.train.optim import build_optimizer, build_scheduler, s
 from distilvpr_lib.engine.runs.run_evaluation import evaluate_split, load_benchmark
 from distilvpr_lib.engine.runs.run_folder import (
     CONFIG_FILE,
-    METRICS_FILE,
     STUDENT_WEIGHTS_FILE,
     TEST_RESULTS_FILE,
     completed_run,
@@ -51,6 +49,7 @@ from distilvpr_lib.engine.runs.run_setup import (
     history_metrics,
     make_cached_student_loader,
     make_training_loader,
+    RunMetrics,
     finish_run,
     run_dataset_fingerprint,
     run_record,
@@ -187,37 +186,22 @@ def _distill_student(cfg: ExperimentConfig, teacher_dir: PathLike | None, out_di
                                          "max": _last_stat(history, "student_norm_max")}}
     if cache is not None:
         norms["teacher"] = cache.norm_stats()
-    metrics: dict[str, Any] = {
-        "kind": "student",
-        "method": cfg.distill.method,
-        "profile": cfg.profile,
-        "seed": cfg.train.seed,
-        "device": str(device),
-        # results depend on it: float sums split over threads round differently (docs/study/LOG.md, "The cpu profile")
-        "cpu_threads": torch.get_num_threads(),
-        # so do the autocast dtype and the CPU's kernels (docs/benchmark/PROTOCOL.md §5, "Machine")
-        "precision": trainer.precision,
-        "dataset_dir": str(cfg.data.dataset_dir),
-        "dataset_fingerprint": fingerprint,
-        "teacher_dir": None if teacher_dir is None else str(teacher_dir),
-        "teacher_cache": None if cache is None else {"file": cache.metadata.get("path"),
-                                                     "cache_key": cache.metadata.get("cache_key")},
-        "status": "complete",
-        **history_metrics(history),
-        "test": retrieval_summary(test_results),
-        "loss_weights": {STUDENT_TASK_TERM: float(cfg.train.student_task_weight),
-                         **({RING_TERM: float(cfg.train.ring_weight)} if cfg.train.ring_weight else {}),
-                         **distiller.weights},
-        "embedding_norms": norms,
-        "wall_time_s": round(time.time() - started, 3),
-        "files": {"config": CONFIG_FILE, "weights": STUDENT_WEIGHTS_FILE, "test_results": TEST_RESULTS_FILE,
-                  "tensorboard": "tensorboard",
-                  **({"checkpoint": "checkpoints/last.pt"} if cfg.train.keep_checkpoints else {})},
-    }
-    if ctx.is_distributed:
-        metrics["world_size"] = ctx.world_size
-    write_json(out_dir / METRICS_FILE, metrics)
-    finish_run(f"student ({cfg.distill.method})", metrics, cfg, out_dir, progress)
+    record = RunMetrics(
+        kind="student", method=cfg.distill.method, profile=cfg.profile, seed=cfg.train.seed, device=str(device),
+        cpu_threads=torch.get_num_threads(), precision=trainer.precision, dataset_dir=str(cfg.data.dataset_dir),
+        dataset_fingerprint=fingerprint, history=history_metrics(history), test=retrieval_summary(test_results),
+        loss_weights={STUDENT_TASK_TERM: float(cfg.train.student_task_weight),
+                      **({RING_TERM: float(cfg.train.ring_weight)} if cfg.train.ring_weight else {}),
+                      **distiller.weights},
+        embedding_norms=norms, wall_time_s=round(time.time() - started, 3),
+        files={"config": CONFIG_FILE, "weights": STUDENT_WEIGHTS_FILE, "test_results": TEST_RESULTS_FILE,
+               "tensorboard": "tensorboard",
+               **({"checkpoint": "checkpoints/last.pt"} if cfg.train.keep_checkpoints else {})},
+        world_size=ctx.world_size if ctx.is_distributed else None,
+        extra={"teacher_dir": None if teacher_dir is None else str(teacher_dir),
+               "teacher_cache": None if cache is None else {"file": cache.metadata.get("path"),
+                                                            "cache_key": cache.metadata.get("cache_key")}})
+    metrics = finish_run(f"student ({cfg.distill.method})", record, cfg, out_dir, progress)
     ctx.broadcast_object(metrics)
     shutdown_distributed(ctx)
     return metrics

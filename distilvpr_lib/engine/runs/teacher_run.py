@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from distilvpr_lib.config import ExperimentConfig
-from distilvpr_lib.data.files import file_sha256, write_json
+from distilvpr_lib.data.files import file_sha256
 from distilvpr_lib.engine.train.checkpoint import load_weights, save_weights
 from distilvpr_lib.engine.train.console import say
 from distilvpr_lib.engine.train.distributed import broadcast_module_state, shutdown_distributed
@@ -33,7 +33,6 @@ from distilvpr_lib.engine.train.optim import build_optimizer, build_scheduler, t
 from distilvpr_lib.engine.runs.run_evaluation import evaluate_split, load_benchmark
 from distilvpr_lib.engine.runs.run_folder import (
     CONFIG_FILE,
-    METRICS_FILE,
     TEACHER_WEIGHTS_FILE,
     TEST_RESULTS_FILE,
     completed_run,
@@ -45,6 +44,7 @@ from distilvpr_lib.engine.runs.run_setup import (
     describe_world,
     history_metrics,
     make_training_loader,
+    RunMetrics,
     finish_run,
     run_dataset_fingerprint,
     run_record,
@@ -151,35 +151,20 @@ def _train_teacher(cfg: ExperimentConfig, out_dir: PathLike, resume: bool = True
         return metrics_from_main
     cache.save(out_dir / cache_name)
 
-    metrics: dict[str, Any] = {
-        "kind": "teacher",
-        "method": "teacher",
-        "profile": cfg.profile,
-        "seed": cfg.train.seed,
-        "device": str(device),
-        # results depend on it: float sums split over threads round differently (docs/study/LOG.md, "The cpu profile")
-        "cpu_threads": torch.get_num_threads(),
-        # so do the autocast dtype and the CPU's kernels (docs/benchmark/PROTOCOL.md §5, "Machine")
-        "precision": trainer.precision,
-        "dataset_dir": str(cfg.data.dataset_dir),
-        "dataset_fingerprint": fingerprint,
-        "status": "complete",
-        **history_metrics(history),
-        "test": retrieval_summary(test_results),
-        "loss_weights": dict(zip(("triplet_embedding", "triplet_cloud_embedding", "triplet_image_embedding"),
-                                 (float(w) for w in cfg.train.teacher_loss_weights))),
-        "embedding_norms": {"teacher": cache.norm_stats()},
-        "teacher_cache": {"file": cache_name, "count": len(cache), "dim": cache.dim,
-                          "clean": cfg.train.clean_teacher_cache},
-        "wall_time_s": round(time.time() - started, 3),
-        "files": {"config": CONFIG_FILE, "weights": TEACHER_WEIGHTS_FILE, "test_results": TEST_RESULTS_FILE,
-                  "teacher_cache": cache_name, "tensorboard": "tensorboard",
-                  **({"checkpoint": "checkpoints/last.pt"} if cfg.train.keep_checkpoints else {})},
-    }
-    if ctx.is_distributed:
-        metrics["world_size"] = ctx.world_size
-    write_json(out_dir / METRICS_FILE, metrics)
-    finish_run("teacher", metrics, cfg, out_dir, progress)
+    record = RunMetrics(
+        kind="teacher", method="teacher", profile=cfg.profile, seed=cfg.train.seed, device=str(device),
+        cpu_threads=torch.get_num_threads(), precision=trainer.precision, dataset_dir=str(cfg.data.dataset_dir),
+        dataset_fingerprint=fingerprint, history=history_metrics(history), test=retrieval_summary(test_results),
+        loss_weights=dict(zip(("triplet_embedding", "triplet_cloud_embedding", "triplet_image_embedding"),
+                              (float(w) for w in cfg.train.teacher_loss_weights))),
+        embedding_norms={"teacher": cache.norm_stats()}, wall_time_s=round(time.time() - started, 3),
+        files={"config": CONFIG_FILE, "weights": TEACHER_WEIGHTS_FILE, "test_results": TEST_RESULTS_FILE,
+               "teacher_cache": cache_name, "tensorboard": "tensorboard",
+               **({"checkpoint": "checkpoints/last.pt"} if cfg.train.keep_checkpoints else {})},
+        world_size=ctx.world_size if ctx.is_distributed else None,
+        extra={"teacher_cache": {"file": cache_name, "count": len(cache), "dim": cache.dim,
+                                 "clean": cfg.train.clean_teacher_cache}})
+    metrics = finish_run("teacher", record, cfg, out_dir, progress)
     ctx.broadcast_object(metrics)
     shutdown_distributed(ctx)
     return metrics
