@@ -136,7 +136,7 @@ def teacher_run_worker(out_dir: str, dataset: str, epochs: int) -> None:
     """``engine.runs.teacher_run.train_teacher`` on this rank, recording which rank writes which file."""
     torch.set_num_threads(1)
     from distilvpr_lib.config import apply_overrides, profile_config
-    from distilvpr_lib.engine.runs import teacher_cache, teacher_run
+    from distilvpr_lib.engine.runs import run_setup, teacher_cache, teacher_run
     from distilvpr_lib.engine.train import checkpoint, loop
 
     rank = int(os.environ["RANK"])
@@ -153,7 +153,7 @@ def teacher_run_worker(out_dir: str, dataset: str, epochs: int) -> None:
         setattr(module, name, wrapper)
 
     for module, name in ((loop, "save_checkpoint"), (loop, "save_weights"), (teacher_run, "save_weights"),
-                         (teacher_run, "write_json"), (checkpoint, "save_checkpoint")):
+                         (run_setup, "write_json"), (checkpoint, "save_checkpoint")):
         spy(module, name)
     real_cache_save = teacher_cache.TeacherCache.save
 

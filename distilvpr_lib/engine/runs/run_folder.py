@@ -20,9 +20,13 @@ A student run folder ``runs/<name>/`` (:func:`~distilvpr_lib.engine.runs.student
 same files, ``student.pt`` instead of ``teacher.pt`` and no cache (except ``teacher_cache-<key16>.pt`` when the
 student trains on another dataset than its teacher's: see engine.runs.student_cache).
 
-``metrics.json`` schema (all recalls in percent)::
+``metrics.json`` schema (all recalls in percent; written by
+:func:`~distilvpr_lib.engine.runs.run_setup.finish_run` from a
+:class:`~distilvpr_lib.engine.runs.run_setup.RunMetrics`)::
 
     kind: "teacher" | "student";  method: "teacher" | distillation preset;  profile, seed, device
+    cpu_threads;  precision: {device, autocast: "off" | "bfloat16" | "float16", cpu_capability, native_bfloat16,
+                              machine: e.g. "cpu AVX2 autocast=off"}   (what the floats were computed in)
     dataset_dir, dataset_fingerprint (data.fingerprint.dataset_fingerprint: the data the weights were trained on)
     teacher_dir, teacher_cache: {file, cache_key} | null (student), status: "complete"
     epochs: [{epoch, lr: {group: lr}, losses: {term: mean, total: mean}, stats: {...},
