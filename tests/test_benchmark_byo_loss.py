@@ -1,0 +1,225 @@
+"""Bring your own loss through the benchmark (issue 27 item 9; docs/benchmark/RUNNING.md "Bring your own loss"):
+a loss in the user's own file (DISTILVPR_LOSS_PLUGINS + register_preset), declared as an ``extra_rows:`` entry of
+the user's own spec, tuned by the name grammar, chosen, run on the final seeds, collected and reported against
+no-KD and the baselines in a family of its own (C, Holm apart) — leaving the protocol's spec, plan and verdicts
+unchanged. The end-to-end run is at smoke size (one world, two seeds, one configuration per method; slow)."""
+
+from __future__ import annotations
+
+import math
+import textwrap
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from distilvpr_lib import benchmark as bench
+from distilvpr_lib.analysis.benchmark_records import RUN_COLUMNS, comparison_table
+from distilvpr_lib.analysis.benchmark_stats import paired_comparison
+from distilvpr_lib.cli import main
+from distilvpr_lib.losses import plugins
+from distilvpr_lib.losses.distiller import PRESETS
+from distilvpr_lib.losses.registry import LOSSES
+
+REPO = Path(__file__).resolve().parents[1]
+SPEC = REPO / "ablations" / "benchmark.yaml"
+SMOKE_SPEC = REPO / "ablations" / "benchmark_smoke.yaml"
+
+#: The user's file: a toy loss (|mean(s) − mean(t)|² over the batch) and its preset, weight 1.
+PLUGIN = textwrap.dedent('''
+    """My own distillation loss (a toy): the batch means of student and teacher descriptors should agree."""
+    from distilvpr_lib.losses.base import DistillLoss, check_pair
+    from distilvpr_lib.losses.distiller import register_preset
+    from distilvpr_lib.losses.registry import register_loss
+
+
+    @register_loss("byo_gap")
+    class BatchMeanGap(DistillLoss):
+        def forward(self, student, teacher, positives_mask=None, negatives_mask=None, *, terms=None):
+            check_pair(student, teacher, "byo_gap")
+            return {"byo_gap": (student.mean(0) - teacher.detach().mean(0)).pow(2).sum()}
+
+
+    register_preset("byo_gap", {"byo_gap": 1.0})
+''')
+
+
+@pytest.fixture
+def plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The user's plugin file, named by the environment variable; the registries are restored afterwards."""
+    losses, presets, loaded = dict(LOSSES), dict(PRESETS), dict(plugins._LOADED)
+    path = tmp_path / "my_loss.py"
+    path.write_text(PLUGIN)
+    monkeypatch.setenv(plugins.ENV_VAR, str(path))
+    yield path
+    for registry, saved in ((LOSSES, losses), (PRESETS, presets), (plugins._LOADED, loaded)):
+        registry.clear()
+        registry.update(saved)
+
+
+def _with_extra(tmp_path: Path, source: Path, extra, edit=None) -> Path:
+    raw = yaml.safe_load(source.read_text())
+    if extra is not None:
+        raw["extra_rows"] = extra
+    if edit:
+        edit(raw)
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+# ---------------------------------------------------------------------------
+# The spec: the protocol's is unchanged; extra_rows is checked with one-line errors
+# ---------------------------------------------------------------------------
+def test_the_protocol_plan_is_unchanged(tmp_path: Path) -> None:
+    """`distilvpr benchmark plan ablations/benchmark.yaml` says what PROTOCOL §4 and §6 fix (42 tuning cells, 8 rows
+    x 5 seeds per world, 122 runs) and nothing of extra rows: the optional key leaves the protocol's plan alone."""
+    spec = bench.load_spec(SPEC)
+    assert spec.extra_rows == () and spec.all_rows == spec.rows
+    lines = bench.plan_lines(spec, tmp_path)
+    scales = {"nokd": ["nokd_lr0.5", "nokd", "nokd_lr2", "nokd_lr0.5_norm", "nokd_norm", "nokd_lr2_norm"]}
+    for m in ("distilvpr", "kd", "rkd", "pkt", "sp", "cc"):
+        scales[m] = [f"{m}_x0.1", m, f"{m}_x10", f"{m}_x0.1_norm", f"{m}_norm", f"{m}_x10_norm"]
+    rows = ["nokd", "distilvpr_paper", "distilvpr", "kd", "rkd", "pkt", "sp", "cc"]
+    cells = " ".join(f"{r}__seed{s}" for r in rows for s in range(5))
+    records = tmp_path / "docs" / "benchmark"
+    assert lines == [
+        "benchmark bench (" + str(SPEC) + "; protocol docs/benchmark/PROTOCOL.md); students: study profile, 32 epochs, "
+        "LR step after [24]; 2 runs side by side",
+        "setup: prior (teacher_weights/bench/prior), worlds oxford, boreas (teachers: 10 epochs, step [8], gate fused "
+        "AR@1 >= 85)",
+        "tune: 42 cells on oxford (seed 100), 0 done",
+        *[f"  {m} (6): {' '.join(names)}" for m, names in scales.items()],
+        f"choose: -> {records / 'tuning.csv'}, {records / 'chosen.yaml'}",
+        "final/oxford: 40 cells (8 rows x seeds [0, 1, 2, 3, 4]), 0 done; distilvpr_paper = distilvpr",
+        f"  {cells}",
+        "final/boreas: 40 cells (8 rows x seeds [0, 1, 2, 3, 4]), 0 done; distilvpr_paper = distilvpr_boreas",
+        f"  {cells}",
+        f"collect: -> {records / 'oxford_runs.csv'}, {records / 'boreas_runs.csv'}",
+        f"report: -> {records / 'tables.md'}; 122 student runs in all",
+    ]
+
+
+def test_the_plan_command_runs(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("DISTILVPR_PROJECT_ROOT", str(tmp_path))
+    assert main(["benchmark", "plan", str(SPEC)]) == 0
+    assert "122 student runs in all" in capsys.readouterr().out
+
+
+def test_an_extra_row_is_tuned_run_and_planned(tmp_path: Path, plugin: Path) -> None:
+    spec = bench.load_spec(_with_extra(tmp_path, SPEC, ["byo_gap"]))
+    assert spec.extra_rows == ("byo_gap",) and spec.all_rows == (*spec.rows, "byo_gap")
+    mine = [c.config for c in bench.tuning_configs(spec) if c.method == "byo_gap"]
+    assert mine == ["byo_gap_x0.1", "byo_gap", "byo_gap_x10", "byo_gap_x0.1_norm", "byo_gap_norm", "byo_gap_x10_norm"]
+    lines = bench.plan_lines(spec, tmp_path)
+    assert f"  byo_gap [extra row] (6): {' '.join(mine)}" in lines
+    assert "tune: 48 cells on oxford (seed 100), 0 done" in lines
+    assert lines[-1].endswith("; 138 student runs in all")  # 48 + 9 rows x 5 seeds x 2 worlds
+    chosen = {"nokd": "nokd", "distilvpr": "distilvpr", "kd": "kd", "rkd": "rkd", "pkt": "pkt", "sp": "sp",
+              "cc": "cc", "byo_gap": "byo_gap_x10_norm"}
+    grid = bench.final_grid(spec, tmp_path, spec.world("boreas"), chosen, {"teacher_folder": "/t",
+                                                                          "prior_weights": "/p.pth"})
+    runs = {r.name: r.parameters["method"] for r in grid.runs()}
+    assert runs["byo_gap__seed3"] == "byo_gap_x10_norm" and runs["distilvpr_paper__seed0"] == "distilvpr_boreas"
+    assert len(runs) == 45
+
+
+def _modifier(raw):
+    raw["extra_rows"] = ["byo_gap_x10"]
+
+
+@pytest.mark.parametrize("extra, key, problem", [
+    (["no_such_loss"], "extra_rows[0]", "unknown preset 'no_such_loss'"),
+    (["byo_gap_x10"], "extra_rows[0]", "carries a modifier"),
+    (["kd"], "extra_rows[0]", "already a row of the protocol"),
+    (["nokd"], "extra_rows[0]", "already a row of the protocol"),
+    (["byo_gap", "byo_gap"], "extra_rows", "duplicate entries"),
+    ([], "extra_rows", "expected a non-empty list"),
+    ("byo_gap", "extra_rows", "expected a non-empty list"),
+])
+def test_a_bad_extra_row_is_refused_in_one_line(tmp_path: Path, plugin: Path, extra, key: str, problem: str) -> None:
+    path = _with_extra(tmp_path, SPEC, extra)
+    with pytest.raises(bench.BenchmarkSpecError) as err:
+        bench.load_spec(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: key '{key}': ") and problem in message and "\n" not in message, message
+
+
+def test_without_the_plugin_the_spec_is_refused_before_anything_is_written(tmp_path: Path, capsys,
+                                                                           monkeypatch) -> None:
+    monkeypatch.delenv(plugins.ENV_VAR, raising=False)
+    monkeypatch.setenv("DISTILVPR_PROJECT_ROOT", str(tmp_path))
+    path = _with_extra(tmp_path, SPEC, ["byo_gap_unregistered"])
+    before = sorted(tmp_path.rglob("*"))
+    assert main(["benchmark", "run", str(path), "--stage", "setup"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{path}: key 'extra_rows[0]': unknown preset 'byo_gap_unregistered'" in err[0], err
+    assert sorted(tmp_path.rglob("*")) == before
+    monkeypatch.setenv(plugins.ENV_VAR, str(tmp_path / "missing_loss.py"))  # a plugin that is not there: exit 2
+    assert main(["benchmark", "plan", str(path)]) == 2
+    assert "missing_loss.py: loss plugin not found" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------
+# Statistics: family C is Holm-corrected apart; the protocol's families are untouched
+# ---------------------------------------------------------------------------
+FINGERPRINTS = {"dataset_fingerprint": "d" * 64, "prior_sha256": "p" * 64, "teacher_sha256": "t" * 64,
+                "code_commit": "c" * 40, "cpu_threads": 1, "torch_version": "2.5.1"}
+
+
+def _records(world: str, values: dict[str, list[float]], configs: dict[str, str] | None = None) -> pd.DataFrame:
+    lines = [{"world": world, "row": row, "config": (configs or {}).get(row, row), "seed": seed, "selected_epoch": 2,
+              "val_ar1": v + 1, "test_ar1": v, "test_ar5": v + 5, "test_ar1pct": v + 10, "last_quarter_gain": 0.5,
+              "flat": True, "wall_time_s": 10.0, "weights_sha256": f"{row}{seed}", **FINGERPRINTS}
+             for row, ar1 in values.items() for seed, v in enumerate(ar1)]
+    return pd.DataFrame(lines, columns=list(RUN_COLUMNS))
+
+
+VALUES = {"nokd": [10, 11, 12, 13, 14], "distilvpr": [12, 13, 14, 15, 17], "kd": [11, 11, 13, 13, 15],
+          "byo_gap": [13, 15, 14, 16, 18]}
+
+
+def test_family_c_is_holm_corrected_apart_by_hand() -> None:
+    frame = _records("oxford", VALUES)
+    protocol = comparison_table({"oxford": frame}, ["nokd", "distilvpr", "kd"], "nokd", "distilvpr", ["kd"],
+                                n_resamples=200)
+    mine = comparison_table({"oxford": frame}, ["nokd", "distilvpr", "kd"], "nokd", "distilvpr", ["kd"],
+                            n_resamples=200, extra=["byo_gap"])
+    # the protocol's three comparisons keep their p-values and verdicts
+    pd.testing.assert_frame_equal(mine[mine["family"] != "C"].reset_index(drop=True), protocol)
+    c = mine[mine["family"] == "C"].reset_index(drop=True)
+    assert list(zip(c["first"], c["second"])) == [("byo_gap", "nokd"), ("byo_gap", "distilvpr"), ("byo_gap", "kd")]
+    # Δ by hand: byo − nokd = (3, 4, 2, 3, 4), mean 3.2; byo − distilvpr = (1, 2, 0, 1, 1), mean 1.0
+    assert list(c["delta"]) == pytest.approx([3.2, 1.0, 2.6])
+    p = [paired_comparison(VALUES["byo_gap"], VALUES[o], n_resamples=200)["p_t"] for o in ("nokd", "distilvpr", "kd")]
+    order = sorted(range(3), key=lambda i: p[i])
+    adjusted, running = [math.nan] * 3, 0.0
+    for rank, i in enumerate(order):  # Holm over family C's own three p-values (m = 3)
+        running = max(running, min(1.0, (3 - rank) * p[i]))
+        adjusted[i] = running
+    assert list(c["p_holm"]) == pytest.approx(adjusted)
+
+
+def test_the_answer_tables_an_extra_row(tmp_path: Path, monkeypatch, plugin: Path, capsys) -> None:
+    root = tmp_path / "project"
+    (root / "ablations").mkdir(parents=True)
+    spec = _with_extra(root / "ablations", SMOKE_SPEC, ["byo_gap"])
+    records = root / "docs" / "benchmark-smoke"
+    records.mkdir(parents=True)
+    configs = {"distilvpr": "distilvpr_x10", "distilvpr_paper": "distilvpr", "byo_gap": "byo_gap_x10"}
+    values = {"nokd": VALUES["nokd"], "distilvpr_paper": [9, 12, 12, 13, 15], "distilvpr": VALUES["distilvpr"],
+              "byo_gap": VALUES["byo_gap"]}
+    _records("oxford", values, configs).to_csv(records / "oxford_runs.csv", index=False)
+    monkeypatch.setenv("DISTILVPR_PROJECT_ROOT", str(root))
+    assert main(["benchmark", "answer", str(spec)]) == 0
+    text = capsys.readouterr().out.strip()
+    assert "- **oxford**: your row (`byo_gap_x10`) (family C, Holm apart): `byo_gap` beats `nokd` (Δ +3.20" in text
+    mine = next(line for line in text.splitlines() if line.startswith("- **oxford**: your row"))
+    assert "against DistilVPR tuned and the baselines — " in mine and "`distilvpr`" in mine.split(" — ")[1] \
+        and "`distilvpr_paper`" in mine.split(" — ")[1]
+    assert "| oxford | `byo_gap` | `byo_gap_x10` | 15.20 ± 1.92 (5) | +3.20 |" in text
+    assert "Holm over 3 testable comparisons" in text  # the protocol's family only (A: 2, B: 1); C is apart
+    # the protocol's spec over the same records: its answer is the extra-row answer less the extra row's lines
+    plain = bench.answer(bench.load_spec(_with_extra(tmp_path, SMOKE_SPEC, None)), root).strip()
+    assert plain.splitlines() == [line for line in text.splitlines() if "byo_gap" not in line]
