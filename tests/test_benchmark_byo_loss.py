@@ -223,3 +223,132 @@ def test_the_answer_tables_an_extra_row(tmp_path: Path, monkeypatch, plugin: Pat
     # the protocol's spec over the same records: its answer is the extra-row answer less the extra row's lines
     plain = bench.answer(bench.load_spec(_with_extra(tmp_path, SMOKE_SPEC, None)), root).strip()
     assert plain.splitlines() == [line for line in text.splitlines() if "byo_gap" not in line]
+
+
+# ---------------------------------------------------------------------------
+# End to end at smoke size: the user's own setup (one world), the protocol's stages, the user's row in the report
+# ---------------------------------------------------------------------------
+USER_SPEC = "ablations/my_benchmark.yaml"
+
+
+def _user_spec(raw: dict) -> dict:
+    """The smoke spec as a user shrinks it for their own run: one world, their own folders, one scale besides 1
+    for the KD methods, seeds 0 and 1, and their loss as an extra row."""
+    raw.update(name="my-bench", out="runs/my-bench", records="docs/my-bench", extra_rows=["byo_gap"])
+    raw["prior"] = {"args": ["--profile", "smoke", "--dataset", "data/my-bench/prior", "--out",
+                             "teacher_weights/my-bench/prior"],
+                    "folder": "teacher_weights/my-bench/prior", "dataset": "data/my-bench/prior"}
+    raw["worlds"] = [{"name": "oxford", "layout": "oxford", "synth": ["--profile", "smoke", "--out", "data/my-bench/oxford"],
+                      "dataset": "data/my-bench/oxford", "teacher": "teacher_weights/my-bench/oxford",
+                      "paper_preset": "distilvpr"}]
+    raw["tuning"].update(weight_scales=[1, 10], nokd_lr_scales=[1], tasks=["raw"])
+    raw["final"]["seeds"] = [0, 1]
+    return raw
+
+
+@pytest.fixture(scope="module")
+def byo_project(tmp_path_factory: pytest.TempPathFactory):
+    """A fresh project where a user runs their own loss through the benchmark (`distilvpr benchmark run`, every
+    stage); yields ``(root, plugin file, printed output)`` with the environment still set."""
+    import contextlib
+    import io
+
+    losses, presets, loaded = dict(LOSSES), dict(PRESETS), dict(plugins._LOADED)
+    base = tmp_path_factory.mktemp("byo")
+    plugin_file = base / "home" / "my_loss.py"  # the user's own file, outside the project and the package
+    plugin_file.parent.mkdir()
+    plugin_file.write_text(PLUGIN)
+    root = base / "project"
+    (root / "ablations").mkdir(parents=True)
+    (root / "notebooks").symlink_to(REPO / "notebooks", target_is_directory=True)
+    (root / "pyproject.toml").write_text("")
+    (root / USER_SPEC).write_text(yaml.safe_dump(_user_spec(yaml.safe_load(SMOKE_SPEC.read_text())), sort_keys=False))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(plugins.ENV_VAR, str(plugin_file))
+        mp.setenv("DISTILVPR_PROJECT_ROOT", str(root))
+        mp.chdir(root)
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            assert main(["benchmark", "plan", USER_SPEC]) == 0
+            assert main(["benchmark", "run", USER_SPEC]) == 0
+        yield root, plugin_file, printed.getvalue()
+    for registry, saved in ((LOSSES, losses), (PRESETS, presets), (plugins._LOADED, loaded)):
+        registry.clear()
+        registry.update(saved)
+
+
+@pytest.mark.slow
+def test_bring_your_own_loss_through_the_benchmark(byo_project, capsys) -> None:
+    import json
+
+    from distilvpr_lib.analysis.benchmark_records import choose_from_table
+    from distilvpr_lib.data.files import file_sha256
+
+    root, plugin_file, printed = byo_project
+    assert "  byo_gap [extra row] (2): byo_gap byo_gap_x10" in printed  # the plan: tuned by the grammar
+    assert "final/oxford: 8 cells (4 rows x seeds [0, 1])" in printed
+    records = root / "docs" / "my-bench"
+    # tune + choose: the user's loss got the same budget as DistilVPR, chosen by the same rule
+    tuning = pd.read_csv(records / "tuning.csv")
+    assert list(tuning["config"]) == ["nokd", "distilvpr", "distilvpr_x10", "byo_gap", "byo_gap_x10"]
+    chosen = yaml.safe_load((records / "chosen.yaml").read_text())["methods"]
+    assert chosen == choose_from_table(tuning, 0.01) and chosen["byo_gap"] in {"byo_gap", "byo_gap_x10"}
+    # final + collect: its rows ran its chosen configuration, with its loss term trained
+    runs = pd.read_csv(records / "oxford_runs.csv")
+    assert sorted(runs["row"].unique()) == ["byo_gap", "distilvpr", "distilvpr_paper", "nokd"] and len(runs) == 8
+    assert set(runs.loc[runs["row"] == "byo_gap", "config"]) == {chosen["byo_gap"]}
+    assert runs[["dataset_fingerprint", "teacher_sha256", "prior_sha256"]].nunique().max() == 1
+    folder = root / "runs" / "my-bench" / "oxford" / "final" / "byo_gap__seed1"
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert json.loads((folder / "config.json").read_text())["distill"]["method"] == chosen["byo_gap"]
+    assert metrics["final_losses"]["byo_gap"] > 0.0
+    launches = json.loads((folder.parent / "launches.json").read_text())
+    assert any(f"my_loss.py:{file_sha256(plugin_file)}" == x["loss_plugins"] for x in launches)
+    # report: the user's row against no-KD, DistilVPR tuned and the baseline, family C, Holm apart
+    comparisons = pd.read_csv(records / "comparisons.csv")
+    mine = comparisons[comparisons["family"] == "C"]
+    assert list(mine["second"]) == ["nokd", "distilvpr", "distilvpr_paper"] and (mine["n"] == 2).all()
+    assert (records / "tables.md").read_text().count("`byo_gap`") >= 4  # its row and its three comparisons
+    capsys.readouterr()
+    assert main(["benchmark", "answer", USER_SPEC]) == 0
+    answer = capsys.readouterr().out
+    assert f"- **oxford**: your row (`{chosen['byo_gap']}`) (family C, Holm apart): `byo_gap`" in answer
+    assert f"| oxford | `byo_gap` | `{chosen['byo_gap']}` |" in answer
+    # the user edits their loss after the runs: its rows are refused until the file is restored (or re-run)
+    text = plugin_file.read_text()
+    plugin_file.write_text(text + "# tweaked\n")
+    try:
+        assert main(["benchmark", "run", USER_SPEC, "--stage", "collect"]) == 1
+        assert "the loss plugins changed since this cell was launched" in capsys.readouterr().err
+    finally:
+        plugin_file.write_text(text)
+    assert main(["benchmark", "run", USER_SPEC, "--stage", "collect"]) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.notebooks
+def test_make_benchmark_report_exports_a_smoke_benchmark(byo_project, tmp_path: Path) -> None:
+    """`make benchmark-report` (notebook 06 -> nbconvert Markdown) over the smoke benchmark's records above, into
+    tmp_path: the Markdown has the answer, the tables and every figure, linked relatively to files that exist."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    root, plugin_file, _ = byo_project
+    export, run = tmp_path / "export", tmp_path / "run"
+    venv = Path(sys.executable).parents[1]
+    proc = subprocess.run(["make", "-s", "-o", "venv", "-C", str(REPO), "benchmark-report", f"VENV={venv}",
+                           f"BENCH_SPEC={USER_SPEC}", "BENCH_RECORDS=docs/my-bench", f"REPORT_DIR={export}",
+                           f"REPORT_RUN={run}"], capture_output=True, text=True,
+                          env={**os.environ, "DISTILVPR_PROJECT_ROOT": str(root)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = (export / "REPORT.md").read_text()
+    assert "Does DistilVPR beat no-KD" in report and "| oxford | `byo_gap` |" in report
+    assert "<table" in report or "| row |" in report  # the per-row and comparison tables
+    figures = re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", report)
+    assert len(figures) == 4, figures  # forest A, B, C and the validation curves
+    for link in figures:
+        assert not Path(link).is_absolute() and (export / link).read_bytes().startswith(b"\x89PNG"), link
+    assert {p.name for p in run.glob("*.png")} == {"forest_oxford_A.png", "forest_oxford_B.png",
+                                                   "forest_oxford_C.png", "validation_oxford.png"}
