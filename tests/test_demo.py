@@ -59,11 +59,12 @@ def test_smoke_demo_runs_every_notebook_and_reports(tmp_path: Path, monkeypatch:
     import yaml
 
     records = demo / "benchmark" / "records"
-    assert sorted(pd.read_csv(records / "tuning.csv")["config"]) == ["distilvpr", "nokd"]
+    assert sorted(pd.read_csv(records / "tuning.csv")["config"]) == ["distilvpr_x10", "nokd"]
     assert yaml.safe_load((records / "chosen.yaml").read_text())["methods"] == {"nokd": "nokd",
-                                                                                "distilvpr": "distilvpr"}
+                                                                                "distilvpr": "distilvpr_x10"}
     runs = pd.read_csv(records / "oxford_runs.csv")
-    assert len(runs) == 6 and set(runs["row"]) == {"nokd", "distilvpr_paper", "distilvpr"}
+    assert len(runs) == 6 and dict(zip(runs["row"], runs["config"])) == {
+        "nokd": "nokd", "distilvpr_paper": "distilvpr", "distilvpr": "distilvpr_x10"}
     assert runs["dataset_fingerprint"].nunique() == 1 and runs["test_ar1"].between(0, 100).all()
     assert "## The benchmark at a reduced size" in text and "`distilvpr` − `nokd`" in text
     for family in ("A", "B"):
