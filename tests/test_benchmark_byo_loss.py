@@ -357,5 +357,10 @@ def test_make_benchmark_report_exports_a_smoke_benchmark(byo_project, tmp_path: 
     assert len(figures) == 4, figures  # forest A, B, C and the validation curves
     for link in figures:
         assert not Path(link).is_absolute() and (export / link).read_bytes().startswith(b"\x89PNG"), link
-    assert {p.name for p in run.glob("*.png")} == {"forest_oxford_A.png", "forest_oxford_B.png",
-                                                   "forest_oxford_C.png", "validation_oxford.png"}
+    figures = {"forest_oxford_A.png", "forest_oxford_B.png", "forest_oxford_C.png", "validation_oxford.png"}
+    assert {p.name for p in run.glob("*.png")} == figures
+    import json
+
+    summary = json.loads((run / "metrics.json").read_text())  # notebook 06's summary, as notebooks 01-05 write
+    assert summary["rows"] == {"oxford": ["nokd", "distilvpr_paper", "distilvpr", "byo_gap"]}
+    assert set(summary["figures"]) == figures
