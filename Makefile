@@ -30,12 +30,20 @@ demo: venv
 benchmark: venv
 	$(PY) -m distilvpr_lib.cli benchmark run ablations/benchmark.yaml
 
-# notebook 06 over the committed records -> docs/benchmark/REPORT.md (+ figures in docs/benchmark/REPORT_files/)
+# notebook 06 over the committed records -> docs/benchmark/REPORT.md (+ figures in docs/benchmark/REPORT_files/,
+# which REPORT.md links relatively). BENCH_SPEC: the spec (a project path); BENCH_RECORDS: the records folder (empty:
+# the spec's); REPORT_DIR: where REPORT.md goes; REPORT_RUN: the executed notebook and its CSVs / PNGs. E.g. over a
+# smoke benchmark's records: make benchmark-report BENCH_SPEC=ablations/benchmark_smoke.yaml REPORT_DIR=runs/smoke-report
+BENCH_SPEC ?= ablations/benchmark.yaml
+BENCH_RECORDS ?=
+REPORT_DIR ?= docs/benchmark
+REPORT_RUN ?= runs/benchmark-report
 benchmark-report: venv
-	mkdir -p runs/benchmark-report
-	$(PY) -m papermill notebooks/06_benchmark_report.ipynb runs/benchmark-report/notebook.ipynb \
-	  -p out runs/benchmark-report --cwd notebooks --log-level WARNING
-	$(PY) -m jupyter nbconvert --to markdown --no-input runs/benchmark-report/notebook.ipynb --output-dir docs/benchmark \
+	mkdir -p $(REPORT_RUN)
+	$(PY) -m papermill notebooks/06_benchmark_report.ipynb $(REPORT_RUN)/notebook.ipynb \
+	  -p spec $(BENCH_SPEC) $(if $(BENCH_RECORDS),-p records $(BENCH_RECORDS)) -p out $(abspath $(REPORT_RUN)) \
+	  --cwd notebooks --log-level WARNING
+	$(PY) -m jupyter nbconvert --to markdown --no-input $(REPORT_RUN)/notebook.ipynb --output-dir $(REPORT_DIR) \
 	  --output REPORT
 
 bench: venv

@@ -10,7 +10,11 @@ Steps (profile ``cpu`` by default, ``smoke`` with ``SMOKE=1``):
    loss on normalised embeddings (the study's choice), students x 3 seeds;
 5. notebook 04 (ablation analysis) on that batch;
 6. notebook 05 (retrieval browser) rendering a fixed list of queries for teacher / no-KD / DistilVPR;
-7. ``runs/demo-<profile>/report.md`` listing the key tables and figure paths.
+7. the benchmark's story at a reduced size (:func:`demo_benchmark_spec`): ``ablations/benchmark_smoke.yaml`` cut to
+   one world, one configuration per method and two seeds, run end to end by ``distilvpr benchmark run`` (setup with
+   its teacher gate and "no shared place" check, tune, choose, final, collect, report), then notebook 06 over its
+   records — at the smoke size whatever the profile (the real benchmark is ``make benchmark``: hours);
+8. ``runs/demo-<profile>/report.md`` listing the key tables and figure paths.
 
 Every executed notebook, figure and metrics file lands under ``runs/demo-<profile>/``. Steps whose
 metrics already exist are skipped, so an interrupted demo resumes where it stopped.
@@ -24,6 +28,8 @@ import argparse
 import copy
 import json
 import os
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,21 +150,21 @@ def run_demo(profile: str = "cpu", out_root: str | Path = "runs", data_root: str
     demo_dir.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
 
-    t = _step(f"1/7 dataset ({profile} profile{', ' + str(synth_changes) if synth_changes else ''}) -> {dataset}")
+    t = _step(f"1/8 dataset ({profile} profile{', ' + str(synth_changes) if synth_changes else ''}) -> {dataset}")
     generate_dataset(dataset, plan.synth)  # completes or skips an existing dataset
     timings["dataset"] = time.time() - t
 
     common = {"dataset": str(dataset), "profile": profile}
-    t = _step("2/7 notebook 01: data exploration")
+    t = _step("2/8 notebook 01: data exploration")
     _run_notebook("01_data_exploration", demo_dir / "01_data_exploration", common)
     timings["01"] = time.time() - t
 
-    t = _step(f"3/7 notebook 02: teacher training -> {teacher}")
+    t = _step(f"3/8 notebook 02: teacher training -> {teacher}")
     _run_notebook("02_teacher_training", demo_dir / "02_teacher_training",
                   {**common, "teacher_dir": str(teacher), **plan.teacher_parameters})
     timings["02"] = time.time() - t
 
-    t = _step(f"4/7 notebook 03 as a papermill batch ({ablation_grid}): no-KD and DistilVPR students x seeds")
+    t = _step(f"4/8 notebook 03 as a papermill batch ({ablation_grid}): no-KD and DistilVPR students x seeds")
     grid = plan.grid
     summary = run_batch(grid, out_root=demo_dir)
     print(summary)
@@ -171,21 +177,82 @@ def run_demo(profile: str = "cpu", out_root: str | Path = "runs", data_root: str
     distil_dir = summary.batch_dir / f"distilvpr__seed{grid.seeds[0]}"
     timings["03 batch"] = time.time() - t
 
-    t = _step("5/7 notebook 04: ablation analysis")
+    t = _step("5/8 notebook 04: ablation analysis")
     _run_notebook("04_ablation_analysis", demo_dir / "04_ablation_analysis", {"batch": str(summary.batch_dir)})
     timings["04"] = time.time() - t
 
-    t = _step("6/7 notebook 05: retrieval browser (static renders)")
+    t = _step("6/8 notebook 05: retrieval browser (static renders)")
     _run_notebook("05_retrieval_browser", demo_dir / "05_retrieval_browser",
                   {"dataset": str(dataset), "models": {"teacher": str(teacher), "no-KD student": str(nokd_dir),
                                         "DistilVPR student": str(distil_dir)}})
     timings["05"] = time.time() - t
 
-    _step("7/7 report")
+    t = _step("7/8 the benchmark at a reduced size: distilvpr benchmark run, then notebook 06")
+    spec = demo_benchmark_spec(demo_dir, Path(data_root).resolve(), Path(teacher_root).resolve())
+    run_demo_benchmark(spec, demo_dir / "06_benchmark_report")
+    timings["benchmark"] = time.time() - t
+
+    _step("8/8 report")
     timings["total"] = time.time() - start
     report = write_report(demo_dir, teacher, nokd_dir, distil_dir, summary.batch_dir, timings)
     print(f"report: {report}  (total {timings['total'] / 60:.1f} min)")
     return report
+
+
+#: The demo's benchmark (step 7): ablations/benchmark_smoke.yaml with these changes (one world; one configuration
+#: per method, so tuning is 2 runs: nokd and distilvpr_x10, which makes the tuned row differ from the paper's preset;
+#: 3 rows x 2 seeds = 6 final runs). 2 seeds is the fewest a paired interval takes.
+DEMO_BENCHMARK: dict[str, Any] = {"worlds": 1, "weight_scales": [10], "nokd_lr_scales": [1], "seeds": [0, 1]}
+
+
+def demo_benchmark_spec(demo_dir: Path, data_root: Path, teacher_root: Path) -> Path:
+    """Write the demo's benchmark spec, ``<demo_dir>/benchmark/spec.yaml``: ``ablations/benchmark_smoke.yaml`` cut as
+    :data:`DEMO_BENCHMARK` says, its world and prior generated under ``<data_root>/bench-demo/``, its prior and
+    teacher under ``<teacher_root>/bench-demo/``, its run folders and records under ``<demo_dir>/benchmark/``
+    (absolute paths). Returns the spec's path (rewritten only when its text changes, so a resumed demo keeps it)."""
+    import yaml
+
+    from distilvpr_lib.benchmark import load_spec
+    from distilvpr_lib.data.files import atomic_write
+
+    raw = yaml.safe_load(project_path("ablations/benchmark_smoke.yaml").read_text())
+    data, weights, bench_dir = data_root / "bench-demo", teacher_root / "bench-demo", demo_dir / "benchmark"
+    raw.update(name="bench-demo", out=str(bench_dir / "runs"), records=str(bench_dir / "records"),
+               notebook=str(project_path(raw["notebook"])))
+    raw["prior"] = {"args": ["--profile", "smoke", "--dataset", str(data / "prior"), "--out", str(weights / "prior")],
+                    "folder": str(weights / "prior"), "dataset": str(data / "prior")}
+    raw["worlds"] = raw["worlds"][:DEMO_BENCHMARK["worlds"]]
+    for world in raw["worlds"]:
+        out = str(data / world["name"])
+        world["synth"][world["synth"].index("--out") + 1] = out
+        world.update(dataset=out, teacher=str(weights / world["name"]))
+    raw["tuning"].update(weight_scales=DEMO_BENCHMARK["weight_scales"], nokd_lr_scales=DEMO_BENCHMARK["nokd_lr_scales"])
+    raw["final"]["seeds"] = DEMO_BENCHMARK["seeds"]
+    text = ("# The demo's benchmark (distilvpr_lib.demo.demo_benchmark_spec): ablations/benchmark_smoke.yaml at a "
+            "reduced size.\n" + yaml.safe_dump(raw, sort_keys=False))
+    path = bench_dir / "spec.yaml"
+    if not path.is_file() or path.read_text() != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(path, mode="w") as fh:
+            fh.write(text)
+    load_spec(path)  # checked as every spec is (one line naming the key)
+    return path
+
+
+def run_demo_benchmark(spec: Path, report_dir: Path) -> None:
+    """``distilvpr benchmark run <spec>`` (every stage, resumable: done cells are skipped), then notebook 06 over its
+    records into ``report_dir``."""
+    command = [sys.executable, "-m", "distilvpr_lib.cli", "benchmark", "run", str(spec)]
+    print("    $ distilvpr benchmark run " + str(spec), flush=True)
+    proc = subprocess.run(command, cwd=project_path("."), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = spec.parent / "benchmark_run.log"
+    log.write_text(proc.stdout)
+    if proc.returncode != 0:
+        raise SystemExit(f"demo step benchmark failed (exit {proc.returncode}): "
+                         f"{(proc.stdout.strip().splitlines() or [''])[-1]}\n  log: {log}")
+    print("    " + "\n    ".join(line for line in proc.stdout.splitlines() if line.startswith(("[setup]", "[choose]",
+                                                                                           "[collect]"))))
+    _run_notebook("06_benchmark_report", report_dir, {"spec": str(spec), "out": str(report_dir)})
 
 
 def write_report(demo_dir: Path, teacher: Path, nokd_dir: Path, distil_dir: Path, batch_dir: Path,
@@ -212,6 +279,14 @@ def write_report(demo_dir: Path, teacher: Path, nokd_dir: Path, distil_dir: Path
                   "This is a reduced run of the question (few seeds, a small undertrained setting). The full "
                   "study — profile `study`, a visual prior, a stronger teacher, >= 5 seeds, diagnostics — is "
                   "`make study` (docs/study/LOG.md, where distilvpr_norm was chosen on validation).", ""]
+    tables = demo_dir / "benchmark" / "records" / "tables.md"
+    if tables.is_file():
+        lines += ["## The benchmark at a reduced size (step 7: `distilvpr benchmark run` of a cut smoke spec)", "",
+                  "The pre-registered benchmark's stages (docs/benchmark/PROTOCOL.md) on one smoke world, two seeds, "
+                  "one configuration per method: the numbers mean nothing at this size (2-epoch students, a teacher "
+                  "that fails the gate and is flagged); the structure is the real one (`make benchmark`). Notebook "
+                  f"06's render: {demo_dir / '06_benchmark_report' / 'notebook.ipynb'}.", "",
+                  tables.read_text().strip(), ""]
     executed = step_seconds(demo_dir)
     lines += ["## Timings", "", "Wall time of this invocation of the demo (steps already done were skipped):", "",
               *[f"- {k}: {v:.0f} s" for k, v in timings.items()], "",

@@ -1,4 +1,5 @@
-"""`SMOKE=1 make demo` end to end: every notebook through papermill, metrics read back from the run folders."""
+"""`SMOKE=1 make demo` end to end: every notebook through papermill, metrics read back from the run folders, and the
+benchmark's stages at a reduced size (`distilvpr benchmark run`, notebook 06)."""
 
 from __future__ import annotations
 
@@ -84,7 +85,7 @@ def test_smoke_demo_runs_every_notebook_and_reports(tmp_path: Path, monkeypatch:
 
     # every executed notebook ran without an error output
     executed = sorted(demo.rglob("notebook.ipynb"))
-    assert len(executed) == 10  # 01, 02, 6 students, 04, 05
+    assert len(executed) == 19  # 01, 02, 6 students, 04, 05; the benchmark's 2 tuning + 6 final students, 06
     for path in executed:
         nb = nbformat.read(path, as_version=4)
         errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
@@ -111,6 +112,22 @@ def test_smoke_demo_runs_every_notebook_and_reports(tmp_path: Path, monkeypatch:
     assert norm_config["train"]["task_normalize"] is True and distil["method"] == "distilvpr"
     assert (demo / "04_ablation_analysis" / "ablation_bars.png").stat().st_size > 1000
     assert list((demo / "05_retrieval_browser").glob("retrieval_*.png"))
+
+    # step 7: the benchmark's stages at a reduced size (one world, 2 seeds), then notebook 06 over its records
+    import pandas as pd
+    import yaml
+
+    records = demo / "benchmark" / "records"
+    assert sorted(pd.read_csv(records / "tuning.csv")["config"]) == ["distilvpr_x10", "nokd"]
+    assert yaml.safe_load((records / "chosen.yaml").read_text())["methods"] == {"nokd": "nokd",
+                                                                                "distilvpr": "distilvpr_x10"}
+    runs = pd.read_csv(records / "oxford_runs.csv")
+    assert len(runs) == 6 and dict(zip(runs["row"], runs["config"])) == {
+        "nokd": "nokd", "distilvpr_paper": "distilvpr", "distilvpr": "distilvpr_x10"}
+    assert runs["dataset_fingerprint"].nunique() == 1 and runs["test_ar1"].between(0, 100).all()
+    assert "## The benchmark at a reduced size" in text and "`distilvpr` − `nokd`" in text
+    for family in ("A", "B"):
+        assert (demo / "06_benchmark_report" / f"forest_oxford_{family}.png").stat().st_size > 1000
 
     # a second invocation resumes: nothing is re-executed
     before = {p: p.stat().st_mtime for p in executed}

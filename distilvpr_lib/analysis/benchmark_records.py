@@ -184,22 +184,34 @@ def row_table(frame: "pd.DataFrame", rows: Sequence[str] | None = None) -> "pd.D
     return pd.DataFrame(out)
 
 
-def comparison_pairs(rows: Sequence[str], baseline: str, tuned: str, versus: Sequence[str]) -> list[tuple[str, str, str]]:
+#: The families of PROTOCOL §7 (Holm over them together) and the family of a spec's extra rows (Holm apart).
+PROTOCOL_FAMILIES: tuple[str, ...] = ("A", "B")
+EXTRA_FAMILY = "C"
+
+
+def comparison_pairs(rows: Sequence[str], baseline: str, tuned: str, versus: Sequence[str],
+                     extra: Sequence[str] = ()) -> list[tuple[str, str, str]]:
     """The comparisons of PROTOCOL §7 for one world, as ``(family, first, second)``: family A = every row other than
-    ``baseline`` − ``baseline``; family B = ``tuned`` − each of ``versus``."""
+    ``baseline`` − ``baseline``; family B = ``tuned`` − each of ``versus``; then family C, one per row of ``extra``
+    (a user's own losses): the row − ``baseline``, − ``tuned``, − each of ``versus``."""
     pairs = [("A", row, baseline) for row in rows if row != baseline]
     pairs += [("B", tuned, other) for other in versus]
+    for row in extra:
+        pairs += [(EXTRA_FAMILY, row, other) for other in dict.fromkeys((baseline, tuned, *versus))]
     return pairs
 
 
 def comparison_table(frames: Mapping[str, "pd.DataFrame"], rows: Sequence[str], baseline: str, tuned: str,  # noqa: F821
                      versus: Sequence[str], alpha: float = 0.05, n_resamples: int = 10000,
-                     seed: int = 0) -> "pd.DataFrame":  # noqa: F821
+                     seed: int = 0, extra: Sequence[str] = ()) -> "pd.DataFrame":  # noqa: F821
     """Every comparison of every world, paired by seed, Holm-corrected as one family (PROTOCOL §7).
+
+    The comparisons of ``extra`` rows (family C) are Holm-corrected over their own family (both worlds), apart from
+    families A and B: adding a row of one's own changes none of the protocol's p-values or verdicts.
 
     Args:
         frames: ``{world: final rows}``.
-        rows, baseline, tuned, versus: the spec's rows and statistics (:func:`comparison_pairs`).
+        rows, baseline, tuned, versus, extra: the spec's rows, statistics and extra rows (:func:`comparison_pairs`).
 
     Returns:
         One line per comparison: ``world, family, first, second, seeds`` (the paired seeds) and
@@ -211,7 +223,7 @@ def comparison_table(frames: Mapping[str, "pd.DataFrame"], rows: Sequence[str], 
 
     lines = []
     for world, frame in frames.items():
-        for family, first, second in comparison_pairs(rows, baseline, tuned, versus):
+        for family, first, second in comparison_pairs(rows, baseline, tuned, versus, extra):
             a = {int(s): float(v) for s, v in zip(frame.loc[frame["row"] == first, "seed"],
                                                     frame.loc[frame["row"] == first, "test_ar1"])}
             b = {int(s): float(v) for s, v in zip(frame.loc[frame["row"] == second, "seed"],
@@ -224,7 +236,11 @@ def comparison_table(frames: Mapping[str, "pd.DataFrame"], rows: Sequence[str], 
     table = pd.DataFrame(lines)
     if table.empty:
         return table
-    table["p_holm"] = holm(table["p_t"].astype(float).to_numpy())
+    table["p_holm"] = math.nan
+    for families in (list(PROTOCOL_FAMILIES), [EXTRA_FAMILY]):
+        part = table["family"].isin(families)
+        if part.any():
+            table.loc[part, "p_holm"] = holm(table.loc[part, "p_t"].astype(float).to_numpy())
     table["verdict"] = [verdict(float(d), float(p), alpha) for d, p in zip(table["delta"], table["p_holm"])]
     return table
 
@@ -283,8 +299,9 @@ def main_table(tables: Mapping[str, "pd.DataFrame"], comparisons: "pd.DataFrame"
     lines = []
     for world, table in tables.items():
         for _, r in table.iterrows():
-            cmp = comparisons[(comparisons["world"] == world) & (comparisons["family"] == "A")
-                              & (comparisons["first"] == r["row"])] if not comparisons.empty else comparisons
+            cmp = comparisons[(comparisons["world"] == world) & comparisons["family"].isin(["A", EXTRA_FAMILY])
+                              & (comparisons["first"] == r["row"]) & (comparisons["second"] == baseline)
+                              ] if not comparisons.empty else comparisons
             if r["row"] == baseline or cmp.empty:
                 delta = interval = p = v = "—"
             else:
@@ -300,16 +317,21 @@ def main_table(tables: Mapping[str, "pd.DataFrame"], comparisons: "pd.DataFrame"
 
 def answer_markdown(tables: Mapping[str, "pd.DataFrame"], comparisons: "pd.DataFrame", baseline: str,  # noqa: F821
                     tuned: str, versus: Sequence[str], paper_row: str = "distilvpr_paper",
-                    protocol: str = "docs/benchmark/PROTOCOL.md", alpha: float = 0.05) -> str:
+                    protocol: str = "docs/benchmark/PROTOCOL.md", alpha: float = 0.05,
+                    extra: Sequence[str] = ()) -> str:
     """The README's answer: ten lines for two worlds (the question; per world DistilVPR tuned and the paper's preset
     against no-KD, the tuned DistilVPR against the baselines, the runs not flat; the verdict rule) and the main
     table, all from the records.
+
+    Each row of ``extra`` (a user's loss, family C) adds one line per world, before the verdict rule: the row
+    against no-KD, DistilVPR tuned and each baseline (Holm over family C apart), and its line in the main table.
 
     With no rows, the one line :data:`NO_ROWS_ANSWER`.
     """
     if not tables or all(t.empty for t in tables.values()):
         return NO_ROWS_ANSWER
-    n_cmp = int(comparisons["p_t"].notna().sum()) if not comparisons.empty else 0
+    protocol_rows = comparisons["family"].isin(PROTOCOL_FAMILIES) if not comparisons.empty else None
+    n_cmp = int(comparisons.loc[protocol_rows, "p_t"].notna().sum()) if not comparisons.empty else 0
     lines = [f"**Does DistilVPR beat no-KD and each KD baseline?** Test AR@1 (%), paired by seed; paired t-test, "
              f"Holm over {n_cmp} testable comparisons ([protocol]({protocol}))."]
 
@@ -345,6 +367,18 @@ def answer_markdown(tables: Mapping[str, "pd.DataFrame"], comparisons: "pd.DataF
         not_flat = [f"`{r}`" for r, k in zip(table["row"], table["not_flat"]) if int(k)]
         lines.append(f"- **{world}**: runs not flat over the last quarter (§5): "
                      f"{', '.join(not_flat) if not_flat else 'none'}.")
+    for world, table in tables.items():
+        for row in extra:
+            config = table.loc[table["row"] == row, "config"]
+            chosen = f" (`{config.iloc[0]}`)" if len(config) else ""
+            others = comparisons[(comparisons["world"] == world) & (comparisons["family"] == EXTRA_FAMILY)
+                                 & (comparisons["first"] == row) & (comparisons["second"] != baseline)]
+            groups = {}
+            for _, c in others.iterrows():
+                groups.setdefault(c["verdict"] if int(c["n"]) else "not paired yet", []).append(f"`{c['second']}`")
+            summary = "; ".join(f"{k}: {', '.join(v)}" for k, v in groups.items()) or "no paired rows yet"
+            lines.append(f"- **{world}**: your row{chosen} (family C, Holm apart): {one(world, row, baseline)}; "
+                         f"against DistilVPR tuned and the baselines — {summary}.")
     lines.append(f"- \"beats\" / \"is beaten by\": Δ > 0 / Δ < 0 with Holm-adjusted p < {alpha:g}; otherwise no "
                  "detectable difference, with the smallest effect the design detects (MDE, 80 % power).")
     lines.append("")
@@ -352,6 +386,6 @@ def answer_markdown(tables: Mapping[str, "pd.DataFrame"], comparisons: "pd.DataF
     return "\n".join(lines)
 
 
-__all__ = ["FINGERPRINT_COLUMNS", "FingerprintMismatchError", "NO_ROWS_ANSWER", "RUN_COLUMNS", "TUNING_COLUMNS",
+__all__ = ["EXTRA_FAMILY", "FINGERPRINT_COLUMNS", "FingerprintMismatchError", "PROTOCOL_FAMILIES", "NO_ROWS_ANSWER", "RUN_COLUMNS", "TUNING_COLUMNS",
            "answer_markdown", "check_fingerprints", "choose_configuration", "choose_from_table", "comparison_pairs", "comparison_table",
            "last_quarter_gain", "main_table", "markdown_table", "row_table", "validation_history_table"]

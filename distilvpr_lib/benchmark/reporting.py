@@ -87,9 +87,9 @@ def report_tables(spec: BenchmarkSpec, root: Path, records: Path | None = None,
     from distilvpr_lib.analysis.benchmark_records import comparison_table, row_table
 
     frames = load_records(spec, root, records)
-    tables = {w: row_table(f, spec.rows) for w, f in frames.items()}
+    tables = {w: row_table(f, spec.all_rows) for w, f in frames.items()}
     comparisons = comparison_table(frames, spec.rows, spec.baseline, spec.tuned, spec.versus, spec.alpha,
-                                   spec.bootstrap_resamples, spec.bootstrap_seed)
+                                   spec.bootstrap_resamples, spec.bootstrap_seed, extra=spec.extra_rows)
     return tables, comparisons
 
 
@@ -110,7 +110,8 @@ def report_markdown(spec: BenchmarkSpec, root: Path) -> str:
               f"{r.test_ar5:.2f} ± {r.test_ar5_sd:.2f}", f"{r.test_ar1pct:.2f} ± {r.test_ar1pct_sd:.2f}",
               f"{r.val_ar1:.2f}", f"{r.last_quarter_gain_max:.2f}", r.not_flat] for r in table.itertuples()]))
         out.append("")
-    out.append("### Comparisons (paired by seed; Holm over the whole family, both worlds)\n")
+    out.append("### Comparisons (paired by seed; Holm over the whole family, both worlds"
+               + ("; your rows' family C apart" if spec.extra_rows else "") + ")\n")
     out.append(markdown_table(
         ["world", "family", "first − second", "n", "Δ", "95 % t", "p (t)", "p (Holm)", "95 % BCa", "p (Wilcoxon)",
          "MDE", "verdict"],
@@ -142,7 +143,7 @@ def final_run_folders(spec: BenchmarkSpec, root: Path) -> dict[tuple[str, str, i
     """``{(world, row, seed): run folder}`` of the final cells whose folders exist here (for the report's curves)."""
     out = {}
     for world in spec.worlds:
-        for row in spec.rows:
+        for row in spec.all_rows:
             for seed in spec.seeds:
                 folder = stage_dir(spec, world.name, "final", root) / cell_name(row, seed)
                 if folder.is_dir():
@@ -177,7 +178,7 @@ def answer(spec: BenchmarkSpec, root: Path, records: Path | None = None) -> str:
 
     tables, comparisons = report_tables(spec, root, records)
     return answer_markdown(tables, comparisons, spec.baseline, spec.tuned, spec.versus, protocol=spec.protocol,
-                           alpha=spec.alpha)
+                           alpha=spec.alpha, extra=spec.extra_rows)
 
 
 def readme_block(text: str, source: str = "README.md") -> str:
@@ -223,7 +224,7 @@ def parse_cell(spec: BenchmarkSpec, cell: str) -> tuple[World, str, str, int]:
     except (KeyError, ValueError) as exc:
         raise OptionError(f"cell {cell!r}: {exc}") from exc
     allowed = ({c.config for c in tuning_configs(spec)}, {spec.tuning_seed}) if stage == "tune" else (
-        set(spec.rows), set(spec.seeds))
+        set(spec.all_rows), set(spec.seeds))
     if row not in allowed[0] or seed_value not in allowed[1] or (stage == "tune" and name != spec.tuning_world):
         raise OptionError(f"cell {cell!r} is not a {stage} cell of {spec.source}")
     return world, stage, row, seed_value
@@ -301,7 +302,7 @@ def stage_cells(spec: BenchmarkSpec, root: Path) -> dict[str, list[tuple[str, Pa
     out = {"tune": tune}
     for world in spec.worlds:
         out[f"final/{world.name}"] = [(cell_name(r, s), stage_dir(spec, world.name, "final", root) / cell_name(r, s))
-                                      for r in spec.rows for s in spec.seeds]
+                                      for r in spec.all_rows for s in spec.seeds]
     return out
 
 
@@ -323,7 +324,7 @@ def status_lines(spec: BenchmarkSpec, root: Path) -> list[str]:
     for world in spec.worlds:
         path = records_dir(spec, root) / f"{world.name}_runs.csv"
         n = max(0, len(path.read_text().splitlines()) - 1) if path.is_file() else 0
-        lines.append(f"collect/{world.name}: {'done' if n == len(spec.rows) * len(spec.seeds) else 'missing'} "
+        lines.append(f"collect/{world.name}: {'done' if n == len(spec.all_rows) * len(spec.seeds) else 'missing'} "
                      f"({n} rows in {path})")
     report = records_dir(spec, root) / TABLES_FILE
     lines.append(f"report: {'done' if report.is_file() else 'missing'} ({report})")
@@ -344,16 +345,17 @@ def plan_lines(spec: BenchmarkSpec, root: Path) -> list[str]:
                      + (f"may NOT make rows: {problem}" if problem else "may make rows"))
     cells = stage_cells(spec, root)
     configs = tuning_configs(spec)
-    per_method = {m: [c.config for c in configs if c.method == m] for m in (NOKD, *spec.kd_methods)}
+    per_method = {m: [c.config for c in configs if c.method == m] for m in (NOKD, *spec.kd_methods, *spec.extra_rows)}
     lines.append(f"tune: {len(configs)} cells on {spec.tuning_world} (seed {spec.tuning_seed}), "
                  f"{sum(_cell_state(r) == 'done' for _, r in cells['tune'])} done")
     for method, names in per_method.items():
-        lines.append(f"  {method} ({len(names)}): {' '.join(names)}")
+        mark = " [extra row]" if method in spec.extra_rows else ""
+        lines.append(f"  {method}{mark} ({len(names)}): {' '.join(names)}")
     lines.append(f"choose: -> {records_dir(spec, root) / TUNING_CSV}, {records_dir(spec, root) / CHOSEN_FILE}")
     for world in spec.worlds:
         label = f"final/{world.name}"
         done = sum(_cell_state(r) == "done" for _, r in cells[label])
-        lines.append(f"{label}: {len(cells[label])} cells ({len(spec.rows)} rows x seeds {list(spec.seeds)}), "
+        lines.append(f"{label}: {len(cells[label])} cells ({len(spec.all_rows)} rows x seeds {list(spec.seeds)}), "
                      f"{done} done; {PAPER_ROW} = {world.paper_preset}")
         lines.append("  " + " ".join(c for c, _ in cells[label]))
     total = len(configs) + sum(len(cells[f"final/{w.name}"]) for w in spec.worlds)

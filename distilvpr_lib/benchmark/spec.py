@@ -116,6 +116,9 @@ class BenchmarkSpec:
     #: Where rows may be made (PROTOCOL §5 "Machine"): ``"cpu-native-bf16"`` = on the CPU, and, when the profile
     #: autocasts to bfloat16, only on a CPU with native bfloat16 kernels; ``"any"`` (the default) = anywhere.
     machine: str = "any"
+    #: Rows of the spec's own (a user's losses, ``extra_rows:``): tuned like a KD method, run as final rows, compared
+    #: in a family of their own (C) so that they leave the protocol's verdicts unchanged. Empty in the protocol.
+    extra_rows: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def world(self, name: str) -> World:
@@ -124,6 +127,11 @@ class BenchmarkSpec:
             if w.name == name:
                 return w
         raise KeyError(f"no world {name!r} in {self.source}; worlds: {[w.name for w in self.worlds]}")
+
+    @property
+    def all_rows(self) -> tuple[str, ...]:
+        """The final rows: the protocol's ``rows`` then the ``extra_rows``."""
+        return self.rows + self.extra_rows
 
     @property
     def schedule(self) -> tuple[int, tuple[int, ...]]:
@@ -139,8 +147,9 @@ class BenchmarkSpec:
 
 
 _TOP_KEYS = {"name", "protocol", "profile", "notebook", "out", "records", "workers", "prior", "worlds", "teacher",
-             "student", "tuning", "final", "statistics", "machine"}
-_OPTIONAL_KEYS = {"machine"}
+             "student", "tuning", "final", "statistics"}
+#: Optional top-level keys (absent from the protocol's spec, except machine).
+_OPTIONAL_TOP_KEYS = {"extra_rows", "machine"}
 #: The values of the spec's ``machine`` key (see :attr:`BenchmarkSpec.machine`).
 MACHINES = ("any", "cpu-native-bf16")
 _SECTION_KEYS = {
@@ -163,8 +172,10 @@ def load_spec(path: str | os.PathLike) -> BenchmarkSpec:
     """
     from distilvpr_lib.config import PROFILES
     from distilvpr_lib.losses.distiller import PRESETS
+    from distilvpr_lib.losses.plugins import load_loss_plugins
 
     path = Path(path)
+    load_loss_plugins()  # the user's presets (DISTILVPR_LOSS_PLUGINS) are names like the package's; bad file: exit 2
 
     def bad(key: str, problem: str) -> BenchmarkSpecError:
         return BenchmarkSpecError(f"{path}: key '{key}': {problem}")
@@ -177,10 +188,10 @@ def load_spec(path: str | os.PathLike) -> BenchmarkSpec:
         raise BenchmarkSpecError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from exc
     if not isinstance(raw, dict):
         raise BenchmarkSpecError(f"{path}: expected a mapping at the top level")
-    unknown = sorted(set(raw) - _TOP_KEYS)
+    unknown = sorted(set(raw) - _TOP_KEYS - _OPTIONAL_TOP_KEYS)
     if unknown:
-        raise bad(unknown[0], f"unknown key; known: {sorted(_TOP_KEYS)}")
-    missing = sorted(_TOP_KEYS - _OPTIONAL_KEYS - set(raw))
+        raise bad(unknown[0], f"unknown key; known: {sorted(_TOP_KEYS | _OPTIONAL_TOP_KEYS)}")
+    missing = sorted(_TOP_KEYS - set(raw))
     if missing:
         raise bad(missing[0], "missing")
     sections: dict[str, dict[str, Any]] = {}
@@ -334,6 +345,18 @@ def load_spec(path: str | os.PathLike) -> BenchmarkSpec:
             raise bad(f"final.rows[{i}]", f"{row!r} is neither {PAPER_ROW} nor a tuned method "
                                           f"({sorted(tuned_methods)})")
 
+    extra_rows: tuple[str, ...] = ()
+    if "extra_rows" in raw:
+        extra_rows = items("extra_rows", raw["extra_rows"], preset)
+        for i, row in enumerate(extra_rows):
+            key = f"extra_rows[{i}]"
+            if parse_method_name(row).name != parse_method_name(row).base:
+                raise bad(key, f"{row!r} carries a modifier: give the plain preset (the tuning grid adds _x, _norm)")
+            if row in (NOKD, PAPER_ROW) or row in kd_methods or row in rows:
+                raise bad(key, f"{row!r} is already a row of the protocol; extra rows are presets of your own")
+            if not PRESETS[row]:
+                raise bad(key, f"preset {row!r} has no distillation weight to tune (_x)")
+
     stats = sections["statistics"]
     baseline = text("statistics.baseline", stats["baseline"])
     tuned = text("statistics.tuned", stats["tuned"])
@@ -361,7 +384,8 @@ def load_spec(path: str | os.PathLike) -> BenchmarkSpec:
         nokd_lr_scales=lr_scales, tasks=tasks, tie=number("tuning.tie", tuning["tie"]), rows=rows, seeds=seeds,
         baseline=baseline, tuned=tuned, versus=versus, alpha=number("statistics.alpha", stats["alpha"], 0, True),
         bootstrap_resamples=integer("statistics.bootstrap_resamples", stats["bootstrap_resamples"], 1),
-        bootstrap_seed=integer("statistics.bootstrap_seed", stats["bootstrap_seed"]), machine=machine)
+        bootstrap_seed=integer("statistics.bootstrap_seed", stats["bootstrap_seed"]), extra_rows=extra_rows,
+        machine=machine)
     for cfg in tuning_configs(spec):  # every generated name reads back as itself
         parsed = parse_method_name(cfg.config)
         if parsed.name != cfg.config or parsed.base != cfg.method:
@@ -373,10 +397,11 @@ def load_spec(path: str | os.PathLike) -> BenchmarkSpec:
 # Names, folders, grids
 # ---------------------------------------------------------------------------
 def tuning_configs(spec: BenchmarkSpec) -> list[TuneConfig]:
-    """The tuning grid (PROTOCOL §4), per method (no-KD first, then the KD methods in spec order), per task, per
-    scale: ``<m>[_x<α>][_norm]`` and ``nokd[_lr<β>][_norm]`` by the grammar of :class:`~distilvpr_lib.config.MethodName`."""
+    """The tuning grid (PROTOCOL §4), per method (no-KD first, then the KD methods in spec order, then the extra rows,
+    tuned as KD methods), per task, per scale: ``<m>[_x<α>][_norm]`` and ``nokd[_lr<β>][_norm]`` by the grammar of
+    :class:`~distilvpr_lib.config.MethodName`."""
     out = []
-    for method in (NOKD, *spec.kd_methods):
+    for method in (NOKD, *spec.kd_methods, *spec.extra_rows):
         scales = spec.nokd_lr_scales if method == NOKD else spec.weight_scales
         for task in spec.tasks:
             for scale in scales:
@@ -449,7 +474,7 @@ def tune_grid(spec: BenchmarkSpec, root: Path, setup: dict[str, Any]) -> Grid:
 def final_grid(spec: BenchmarkSpec, root: Path, world: World, chosen: dict[str, str],
                setup: dict[str, Any]) -> Grid:
     """The final grid of a world (one variation per row, the final seeds)."""
-    rows = [(row, final_config(spec, world, row, chosen)) for row in spec.rows]
+    rows = [(row, final_config(spec, world, row, chosen)) for row in spec.all_rows]
     return student_grid(spec, root, world, "final", rows, spec.seeds, setup)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime
 import json
 import math
+import os
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -44,6 +45,7 @@ from distilvpr_lib.benchmark.provenance import (
     threads_per_run,
     torch_version,
 )
+from distilvpr_lib.config import parse_method_name
 from distilvpr_lib.data.files import atomic_write, file_sha256, write_json
 from distilvpr_lib.errors import DataFormatError
 
@@ -98,7 +100,17 @@ def _launch_fingerprints(spec: BenchmarkSpec, world: str, root: Path) -> dict[st
     return {"dataset_fingerprint": setup["fingerprints"]["dataset_fingerprint"],
             "prior_sha256": setup["fingerprints"]["prior_sha256"],
             "teacher_sha256": setup["fingerprints"]["teacher_sha256"], "code_commit": code_commit(),
-            "torch_version": torch_version()}
+            "torch_version": torch_version(), "loss_plugins": loss_plugin_fingerprint()}
+
+
+def loss_plugin_fingerprint() -> str:
+    """The loss plugins named by ``DISTILVPR_LOSS_PLUGINS`` as ``<file name>:<SHA-256>`` joined by ``;`` (``none``
+    without plugins): stamped at every launch, so that a row of a user's loss is refused when its file changed
+    after the run (:func:`read_cell`)."""
+    from distilvpr_lib.losses.plugins import plugin_paths
+
+    paths = plugin_paths()
+    return ";".join(f"{p.name}:{file_sha256(p)}" for p in paths) if paths else "none"
 
 
 def _stamp_launch(batch_dir: Path, cells: list[str], fingerprints: dict[str, Any]) -> None:
@@ -115,7 +127,8 @@ def cell_fingerprints(batch_dir: Path, cell: str) -> dict[str, Any]:
     path = batch_dir / LAUNCHES_FILE
     launches = [x for x in (read_json(path) if path.is_file() else []) if cell in x.get("cells", [])]
     out: dict[str, Any] = {}
-    for key in ("dataset_fingerprint", "prior_sha256", "teacher_sha256", "code_commit", "torch_version"):
+    for key in ("dataset_fingerprint", "prior_sha256", "teacher_sha256", "code_commit", "torch_version",
+                "loss_plugins"):
         values = list(dict.fromkeys(str(x.get(key)) for x in launches))
         out[key] = "|".join(values) if values else "unknown"
     return out
@@ -269,8 +282,11 @@ def run_setup(spec: BenchmarkSpec, root: Path, log: Log = print) -> dict[str, di
 def run_grid(spec: BenchmarkSpec, root: Path, grid: "Grid", world: str, workers: int, log: Log,  # noqa: F821
               only: list[str] | None = None, out_root: Path | None = None) -> Any:
     from distilvpr_lib.batch import preflight_grid, run_batch, run_is_complete
+    from distilvpr_lib.losses.plugins import ENV_VAR, plugin_paths
 
     out_root = out_root or world_dir(spec, world, root)
+    if plugin_paths():  # the notebook kernels run in their run folders: hand them the plugins' absolute paths
+        os.environ[ENV_VAR] = os.pathsep.join(str(p) for p in plugin_paths())
     preflight_grid(grid, out_root)
     batch_dir = out_root / grid.name
     todo = [r.name for r in grid.runs() if (not only or r.name in only) and not run_is_complete(batch_dir / r.name)]
@@ -359,6 +375,11 @@ def read_cell(spec: BenchmarkSpec, root: Path, world: World, stage: str, row: st
         if (list(got) if isinstance(got, (list, tuple)) else got) != want:
             raise BenchmarkStateError(f"the run's {key} is {got!r}, but its cell says {want!r}", path=run,
                                       hint="move the folder away and re-run the cell")
+    if parse_method_name(config).base in spec.extra_rows:  # a user's loss: its file must be the one it ran with
+        stamped, now = cell_fingerprints(batch_dir, cell_name(row, seed))["loss_plugins"], loss_plugin_fingerprint()
+        if stamped != now:
+            raise BenchmarkStateError(f"the loss plugins changed since this cell was launched ({stamped} then, {now} "
+                                      "now)", path=run, hint="restore the plugin file, or re-run the cell")
     if str(Path(metrics.get("teacher_dir") or "")) != str(setup["teacher_folder"]):
         raise BenchmarkStateError(f"the run used the teacher {metrics.get('teacher_dir')!r}, not the world's "
                                   f"{setup['teacher_folder']!r}", path=run, hint="move it away and re-run the cell")
@@ -440,7 +461,7 @@ def collect_world(spec: BenchmarkSpec, root: Path, world: World, batch_dir: Path
 
     chosen = read_chosen(spec, root)["methods"]
     lines = []
-    for row in rows or spec.rows:
+    for row in rows or spec.all_rows:
         for seed in spec.seeds:
             record = read_cell(spec, root, world, "final", row, final_config(spec, world, row, chosen), seed,
                                batch_dir=batch_dir)
@@ -456,7 +477,7 @@ def run_collect(spec: BenchmarkSpec, root: Path, log: Log = print) -> dict[str, 
         frame = collect_world(spec, root, world)
         path = records_dir(spec, root) / f"{world.name}_runs.csv"
         write_csv(path, frame)
-        log(f"[collect] {world.name}: {len(frame)} of {len(spec.rows) * len(spec.seeds)} final runs -> {path}")
+        log(f"[collect] {world.name}: {len(frame)} of {len(spec.all_rows) * len(spec.seeds)} final runs -> {path}")
         out[world.name] = path
     return out
 

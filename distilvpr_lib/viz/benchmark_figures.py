@@ -20,7 +20,8 @@ def forest_plot(comparisons: "pd.DataFrame", world: str, family: str = "A") -> "
     Args:
         comparisons: :func:`~distilvpr_lib.analysis.benchmark_records.comparison_table` output.
         world: which world.
-        family: ``"A"`` (each row − no-KD) or ``"B"`` (DistilVPR tuned − each baseline).
+        family: ``"A"`` (each row − no-KD), ``"B"`` (DistilVPR tuned − each baseline) or ``"C"`` (a spec's extra
+            rows − no-KD, DistilVPR tuned and each baseline; Holm over family C apart).
     """
     from distilvpr_lib.viz._common import new_figure
 
@@ -38,7 +39,7 @@ def forest_plot(comparisons: "pd.DataFrame", world: str, family: str = "A") -> "
     ax.set_yticks(y)
     ax.set_yticklabels([f"{r['first']} − {r['second']} (n={int(r['n'])}, p_Holm={r['p_holm']:.3g})"
                         for _, r in rows.iterrows()])
-    what = "each row − no-KD" if family == "A" else "DistilVPR tuned − each baseline"
+    what = {"A": "each row − no-KD", "B": "DistilVPR tuned − each baseline"}.get(family, "your rows − the others")
     ax.set_xlabel("Δ test AR@1 (points), paired by seed; 95 % t interval")
     ax.set_title(f"{world}: {what} (green: beats, red: is beaten by, Holm over the family)")
     ax.grid(axis="x", alpha=0.3)
