@@ -1,6 +1,10 @@
-"""End to end: notebook 05 in JupyterLab, driven by headless Chromium (Playwright, system browser).
+"""End to end: the notebooks in JupyterLab, driven by headless Chromium (Playwright, system browser).
 
-The test starts JupyterLab on localhost with a token it chooses, in a temporary root holding a copy
+Notebooks 02-04 at the smoke profile with only ``profile`` set: all cells run from the Run menu, in
+order (02 trains the teacher 03 and the batch behind 04 use), and every figure is displayed inline
+(checked in JupyterLab's notebook model and in the page).
+
+Notebook 05: JupyterLab on localhost with a token the test chooses, in a temporary root holding a copy
 of notebook 05 (parameters injected by papermill, not executed), a smoke dataset and the results of
 two models (a real no-KD student trained one epoch, and the thumbnail-descriptor stand-in). It opens
 the notebook in Chromium, runs all cells from the Run menu, waits for the retrieval browser widget,
@@ -13,6 +17,7 @@ downloads a browser. Without it the test is skipped with the reason.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -72,9 +77,7 @@ def _prepare_root(root: Path, dataset: Path, work: Path) -> dict:
     return params
 
 
-@pytest.fixture()
-def jupyter_lab(tmp_path: Path, request: pytest.FixtureRequest):
-    """A JupyterLab server on a free localhost port with a test token, rooted at ``tmp_path/root``."""
+def _skip_without_browser() -> None:
     if not CHROMIUM.is_file():
         pytest.skip(f"headless browser test needs Chromium at {CHROMIUM} (apt-get install chromium; "
                     "scripts/bootstrap.sh installs it)")
@@ -82,26 +85,37 @@ def jupyter_lab(tmp_path: Path, request: pytest.FixtureRequest):
 
     if not is_available("playwright"):
         pytest.skip(f"playwright (Python) is not installed: {install_hint('playwright')}")
-    jupyter = Path(sys.executable).parent / "jupyter"
-    if not jupyter.is_file():
-        pytest.skip(f"{jupyter} not found (install the 'notebooks' extra)")
+    if not (Path(sys.executable).parent / "jupyter").is_file():
+        pytest.skip(f"{Path(sys.executable).parent / 'jupyter'} not found (install the 'notebooks' extra)")
 
-    root = tmp_path / "root"
-    root.mkdir()
-    _prepare_root(root, Path(request.getfixturevalue("smoke_dataset")), tmp_path)
 
+@contextlib.contextmanager
+def _lab_server(root: Path, tmp_path: Path, settings: dict[str, dict] | None = None):
+    """Run JupyterLab on a free localhost port with a test token, rooted at ``root``.
+
+    Its kernels take relative paths from ``root`` (``DISTILVPR_PROJECT_ROOT``). ``settings`` maps a
+    JupyterLab settings id (``@jupyterlab/notebook-extension:tracker``) to user settings. The application
+    object is exposed as ``window.jupyterapp`` so that a test can read the notebook model.
+    """
+    settings_dir = tmp_path / "jupyter-settings"
+    for plugin_id, values in (settings or {}).items():
+        package, _, plugin = plugin_id.rpartition(":")
+        target = settings_dir / package / f"{plugin}.jupyterlab-settings"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(json.dumps(values))
     port, token = _free_port(), f"distilvpr-test-{os.getpid()}-{time.time_ns()}"
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
                JUPYTER_RUNTIME_DIR=str(tmp_path / "jupyter-runtime"),
                JUPYTER_DATA_DIR=str(tmp_path / "jupyter-data"), JUPYTER_CONFIG_DIR=str(tmp_path / "jupyter-config"),
                JUPYTERLAB_WORKSPACES_DIR=str(tmp_path / "jupyter-workspaces"),
-               JUPYTERLAB_SETTINGS_DIR=str(tmp_path / "jupyter-settings"),
+               JUPYTERLAB_SETTINGS_DIR=str(settings_dir),
                DISTILVPR_PROJECT_ROOT=str(root))  # the notebook's relative paths are taken from this root
     log = open(tmp_path / "jupyter.log", "w")
     proc = subprocess.Popen(
-        [str(jupyter), "lab", "--no-browser", f"--port={port}", "--ip=127.0.0.1", "--port-retries=0",
-         f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
+        [str(Path(sys.executable).parent / "jupyter"), "lab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
+         "--port-retries=0", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
          "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate", "--LabApp.extension_manager=readonly",
+         "--LabApp.expose_app_in_browser=True",
          *(["--allow-root"] if hasattr(os, "geteuid") and os.geteuid() == 0 else [])],
         cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -129,6 +143,17 @@ def jupyter_lab(tmp_path: Path, request: pytest.FixtureRequest):
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=15)
         log.close()
+
+
+@pytest.fixture()
+def jupyter_lab(tmp_path: Path, request: pytest.FixtureRequest):
+    """JupyterLab rooted at ``tmp_path/root``, holding notebook 05 and two models' results to browse."""
+    _skip_without_browser()
+    root = tmp_path / "root"
+    root.mkdir()
+    _prepare_root(root, Path(request.getfixturevalue("smoke_dataset")), tmp_path)
+    with _lab_server(root, tmp_path) as lab:
+        yield lab
 
 
 def _accept_dialog(page) -> bool:
@@ -241,3 +266,115 @@ def test_notebook_05_browser_updates_when_the_query_moves(jupyter_lab: dict, tmp
     metrics = json.loads((root / "out05" / "metrics.json").read_text())
     assert set(metrics["models"]) == {"no-KD student", "thumbnail descriptor"}
     assert len(list((root / "out05").glob("retrieval_db*.png"))) == 1
+
+
+#: Notebook state read from JupyterLab's own model (not the DOM, which only shows what is scrolled into view).
+_NOTEBOOK_STATE_JS = """() => {
+  const widget = window.jupyterapp.shell.currentWidget;
+  const cells = widget.content.model.cells;
+  const kernel = widget.sessionContext.session ? widget.sessionContext.session.kernel : null;
+  const state = {code: 0, ran: 0, errors: [], images: 0, status: kernel ? kernel.status : 'none'};
+  for (let i = 0; i < cells.length; i++) {
+    const cell = cells.get(i);
+    if (cell.type !== 'code') continue;
+    state.code += 1;
+    if (cell.executionCount) state.ran += 1;
+    for (let j = 0; j < cell.outputs.length; j++) {
+      const output = cell.outputs.get(j).toJSON();
+      if (output.output_type === 'error') state.errors.push(output.ename + ': ' + output.evalue);
+      if (output.data && output.data['image/png']) state.images += 1;
+    }
+  }
+  return state;
+}"""
+
+
+def _run_in_lab(browser, lab: dict, name: str, tmp_path: Path, timeout_s: float = 600.0) -> dict:
+    """Open ``name``.ipynb in JupyterLab, run all its cells as a user would (Run > Run All Cells), wait until
+    every code cell has run or one failed; return the model's state plus the images the page displays."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    try:
+        page.goto(f"http://127.0.0.1:{lab['port']}/lab/tree/{name}.ipynb?reset&token={lab['token']}",
+                  wait_until="domcontentloaded", timeout=60_000)
+        page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
+        time.sleep(2.0)  # let a kernel dialog show up, if JupyterLab wants one
+        _accept_dialog(page)
+        _run_all_cells(page)
+        deadline = time.time() + timeout_s
+        while True:
+            if _accept_dialog(page):  # a late kernel dialog blocks the first run
+                _run_all_cells(page)
+            state = page.evaluate(_NOTEBOOK_STATE_JS)
+            if state["errors"] or (state["ran"] == state["code"] and state["status"] == "idle"):
+                break
+            if time.time() > deadline:
+                _screenshot(page, tmp_path, f"{name}_timeout.png")
+                raise TimeoutError(f"{name}: {state['ran']} of {state['code']} code cells ran in {timeout_s:.0f} s")
+            time.sleep(2.0)
+        time.sleep(1.0)  # the last outputs render
+        state["shown"] = page.locator(".jp-OutputArea-output img").count()
+        state["path_outputs"] = page.locator(".jp-OutputArea-output:has-text('PosixPath(')").count()
+        if state["shown"]:  # the screenshot shows the first figure
+            page.locator(".jp-OutputArea-output img").first.scroll_into_view_if_needed()
+        _screenshot(page, tmp_path, f"{name}.png")
+        return state
+    finally:
+        page.close()
+
+
+def _unconditional_figures(name: str) -> int:
+    """How many ``show_figure(...)`` calls of a committed notebook stand at the top level of a cell."""
+    nb = json.loads((REPO / "notebooks" / f"{name}.ipynb").read_text())
+    return sum(line.startswith("show_figure(") for cell in nb["cells"] if cell["cell_type"] == "code"
+               for line in "".join(cell["source"]).splitlines())
+
+
+def test_notebooks_02_to_04_show_their_figures_in_jupyterlab(smoke_dataset: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a newcomer does at the smoke profile: open 02, 03 and 04 in JupyterLab with only ``profile``
+    set, run all cells; every figure is displayed inline (not a path), from the notebooks' own defaults
+    (teacher_weights/smoke, runs/distill-smoke, and the batch ``distilvpr batch ablations/smoke.yaml`` writes)."""
+    import nbformat
+    from papermill.iorw import load_notebook_node
+    from papermill.parameterize import parameterize_notebook
+    from playwright.sync_api import sync_playwright
+
+    from distilvpr_lib.batch import Grid, run_batch
+    from distilvpr_lib.config import PROFILE_GRIDS
+
+    _skip_without_browser()
+    root = tmp_path / "root"
+    (root / "data").mkdir(parents=True)
+    (root / "data" / "smoke").symlink_to(smoke_dataset, target_is_directory=True)  # the read-only session dataset
+    names = ("02_teacher_training", "03_distillation", "04_ablation_analysis")
+    for name in names:
+        nb = parameterize_notebook(load_notebook_node(str(REPO / "notebooks" / f"{name}.ipynb")), {"profile": "smoke"})
+        nbformat.write(nb, root / f"{name}.ipynb")
+    monkeypatch.setenv("DISTILVPR_PROJECT_ROOT", str(root))  # the batch's kernels resolve the same defaults
+    grid_name = Grid.load(REPO / PROFILE_GRIDS["smoke"]).name  # notebook 04's default batch folder: runs/<name>
+    grid = Grid(name=grid_name, notebook=REPO / "notebooks" / "03_distillation.ipynb", seeds=[0],
+                base={"profile": "smoke", "epochs": 1},
+                variations=[{"name": "nokd", "method": "nokd"}, {"name": "distilvpr", "method": "distilvpr"}])
+
+    states: dict[str, dict] = {}
+    settings = {"@jupyterlab/notebook-extension:tracker": {"windowingMode": "none"}}  # every cell in the page
+    with _lab_server(root, tmp_path, settings) as lab, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            for name in names:
+                if name == "04_ablation_analysis":  # its batch needs the teacher notebook 02 trained
+                    summary = run_batch(grid, out_root=root / "runs", workers=1, progress=False)
+                    assert [o.status for o in summary.outcomes] == ["ok", "ok"], [o.error for o in summary.outcomes]
+                states[name] = _run_in_lab(browser, lab, name, tmp_path)
+        finally:
+            browser.close()
+
+    for name, state in states.items():
+        assert not state["errors"], f"{name} failed in JupyterLab: {state['errors']}"
+        assert state["ran"] == state["code"], f"{name}: {state['ran']} of {state['code']} code cells ran"
+        assert state["images"] >= _unconditional_figures(name) >= 1, f"{name}: {state['images']} figures"
+        assert state["shown"] == state["images"], f"{name}: {state['shown']} of {state['images']} figures displayed"
+        assert state["path_outputs"] == 0, f"{name} shows a path where a figure belongs"
+    assert (root / "teacher_weights" / "smoke" / "teacher.pt").is_file()  # 02's default folder, used by 03
+    assert (root / "runs" / "distill-smoke" / "student.pt").is_file()
+    assert (root / "runs" / grid_name / "ablation_bars.png").is_file()  # 04 saves beside the batch too
