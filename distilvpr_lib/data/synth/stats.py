@@ -117,12 +117,6 @@ def image_descriptor(image: np.ndarray, size: tuple[int, int] = (16, 12)) -> np.
     return v / max(np.linalg.norm(v), 1e-9)
 
 
-def cloud_descriptor(cloud: np.ndarray, voxel: float = 0.1) -> set[int]:
-    """Occupied voxels (as packed integers) of a normalised cloud at ``voxel`` resolution."""
-    keys = np.floor(np.asarray(cloud) / voxel).astype(np.int64) + 64
-    return set(((keys[:, 0] * 256 + keys[:, 1]) * 256 + keys[:, 2]).tolist())
-
-
 def chamfer_distance(a: np.ndarray, b: np.ndarray) -> float:
     """Symmetric mean nearest-neighbour (chamfer) distance between two (N, 3) clouds."""
     from scipy.spatial import cKDTree

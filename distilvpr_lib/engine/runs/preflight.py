@@ -381,14 +381,16 @@ def preflight_resume(cfg: "ExperimentConfig", out_dir: PathLike, kind: str, resu
     """Resuming: the folder's run has this configuration and dataset (every field, the dataset's fingerprint:
     :func:`~distilvpr_lib.engine.runs.run_folder.check_resumable`) and its ``checkpoints/last.pt`` fits the model.
     A finished run without its checkpoint is compared too."""
+    from distilvpr_lib.engine.train.checkpoint import (CHECKPOINT_DIR_NAME, LAST_CHECKPOINT_NAME, check_state_dict,
+                                                       load_checkpoint)
+
     out_dir = Path(out_dir)
     has_config = (out_dir / "config.json").is_file()
-    if not resume or not (has_config or (out_dir / "checkpoints").is_dir()):  # fresh: nothing to compare or load
+    if not resume or not (has_config or (out_dir / CHECKPOINT_DIR_NAME).is_dir()):  # fresh: nothing to compare or load
         return
-    from distilvpr_lib.engine.train.checkpoint import LAST_CHECKPOINT_NAME, check_state_dict, load_checkpoint
     from distilvpr_lib.engine.runs.run_folder import check_resumable
 
-    last = out_dir / "checkpoints" / LAST_CHECKPOINT_NAME
+    last = out_dir / CHECKPOINT_DIR_NAME / LAST_CHECKPOINT_NAME
     if not last.is_file():
         if has_config:
             check_resumable(cfg, out_dir, resume)

@@ -58,8 +58,8 @@ from torch import nn
 
 from distilvpr_lib.config import ExperimentConfig
 from distilvpr_lib.data.files import file_sha256, write_json
-from distilvpr_lib.engine.train.checkpoint import (BEST_WEIGHTS_NAME, LAST_CHECKPOINT_NAME, load_state_dict_checked,
-                                                   save_weights)
+from distilvpr_lib.engine.train.checkpoint import (BEST_WEIGHTS_NAME, CHECKPOINT_DIR_NAME, LAST_CHECKPOINT_NAME,
+                                                   load_state_dict_checked, save_weights)
 from distilvpr_lib.errors import CheckpointError, DistilVPRError, MissingCheckpointError, RunFolderError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -244,7 +244,7 @@ def previous_run(out_dir: PathLike, checkpoint: dict[str, Any] | None = None) ->
         checkpoint: ``last.pt``'s content when the caller has loaded it already.
     """
     out_dir = Path(out_dir)
-    last = out_dir / "checkpoints" / LAST_CHECKPOINT_NAME
+    last = out_dir / CHECKPOINT_DIR_NAME / LAST_CHECKPOINT_NAME
     if checkpoint is not None or last.is_file():
         state = checkpoint if checkpoint is not None else _read_checkpoint_cheaply(last)
         record = state.get("run") if isinstance(state.get("run"), dict) else {}
@@ -352,7 +352,7 @@ def completed_run(cfg: ExperimentConfig, out_dir: PathLike, resume: bool, weight
     same = config_fingerprint(previous) == config_fingerprint(cfg)
     if same and previous.train.epochs == cfg.train.epochs:
         return metrics
-    if (out_dir / "checkpoints" / LAST_CHECKPOINT_NAME).is_file():
+    if (out_dir / CHECKPOINT_DIR_NAME / LAST_CHECKPOINT_NAME).is_file():
         return None  # a kept checkpoint: check_resumable and the trainer decide (e.g. more epochs)
     what = "another configuration" if not same else f"{previous.train.epochs} epochs"
     raise RunConfigMismatchError(
@@ -368,7 +368,7 @@ def tidy_completed_run(out_dir: PathLike, weights_file: str, keep_checkpoints: b
     or with ``keep_checkpoints`` replaced by a hard link to it; ``checkpoints/last.pt`` is removed unless
     ``keep_checkpoints``; an empty ``checkpoints/`` goes too.
     """
-    checkpoints = Path(out_dir) / "checkpoints"
+    checkpoints = Path(out_dir) / CHECKPOINT_DIR_NAME
     best, last = checkpoints / BEST_WEIGHTS_NAME, checkpoints / LAST_CHECKPOINT_NAME
     weights = Path(out_dir) / weights_file
     if best.is_file():

@@ -38,6 +38,8 @@ PathLike = str | os.PathLike
 #: Format tag stored in every training checkpoint.
 CHECKPOINT_FORMAT: str = "distilvpr-checkpoint/1"
 #: File names inside a run's ``checkpoints/`` folder.
+#: The run folder's sub-folder that holds the resumable checkpoints while a run can resume.
+CHECKPOINT_DIR_NAME: str = "checkpoints"
 LAST_CHECKPOINT_NAME: str = "last.pt"
 BEST_WEIGHTS_NAME: str = "best.pt"
 

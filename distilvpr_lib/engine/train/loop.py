@@ -40,6 +40,7 @@ from torch import nn
 
 from distilvpr_lib.engine.train.checkpoint import (
     BEST_WEIGHTS_NAME,
+    CHECKPOINT_DIR_NAME,
     LAST_CHECKPOINT_NAME,
     load_checkpoint,
     save_checkpoint,
@@ -184,7 +185,7 @@ class Trainer:
         #: The module that trains: ``model`` itself, or its DDP wrapper in distributed runs (set by fit).
         self.train_model: nn.Module = model
         self._tuples: Any = None
-        self.checkpoint_dir = self.out_dir / "checkpoints"
+        self.checkpoint_dir = self.out_dir / CHECKPOINT_DIR_NAME
         self.last_checkpoint = self.checkpoint_dir / LAST_CHECKPOINT_NAME
         self.best_weights = self.checkpoint_dir / BEST_WEIGHTS_NAME
         self.history = TrainingHistory()
