@@ -23,9 +23,11 @@ from distilvpr_lib.data.synth.raycast import (
     HIT_NONE,
     HIT_SPHEROID,
     LocalPrimitives,
+    bounds,
     cast_rays,
     grid_tiles,
     hash_uniform,
+    near_xy,
     select_primitives,
     tile_chunks,
 )
@@ -203,13 +205,16 @@ def _shadow_mask(prims: Primitives, points: np.ndarray, sun: np.ndarray, max_ran
                 & (cv[None, :] - rad[None, :] <= row_v_hi[:, None] + reach)
                 & (top[None, :] > row_z_lo[:, None]))
 
-    bc = prims.box_centres() - origin[:2]
-    br = prims.box_radii()
-    near = np.flatnonzero(np.hypot(bc[:, 0], bc[:, 1]) < max_range + br + extent)
+    bnd = bounds(prims)
+    near = near_xy(bnd.box_centres, bnd.box_radii, origin, max_range + extent)  # a superset, then the exact test
+    bc = bnd.box_centres[near] - origin[:2]
+    br = bnd.box_radii[near]
+    near_ok = np.hypot(bc[:, 0], bc[:, 1]) < max_range + br + extent
+    near, bc, br = near[near_ok], bc[near_ok], br[near_ok]
     if len(near):
         lo_all = np.vstack([(prims.box_lo[near] - origin).astype(np.float32), np.full((1, 3), 1e6, np.float32)])
         hi_all = np.vstack([(prims.box_hi[near] - origin).astype(np.float32), np.full((1, 3), 1e6, np.float32)])
-        member = rows_member(bc[near] @ across, bc[near] @ along, br[near], prims.box_hi[near, 2])
+        member = rows_member(bc @ across, bc @ along, br, prims.box_hi[near, 2])
         sin_all = np.append(np.sin(prims.box_yaw[near]), 0.0).astype(np.float32)
         cos_all = np.append(np.cos(prims.box_yaw[near]), 1.0).astype(np.float32)
         for rows, table in tile_chunks(member, chunk):
@@ -232,7 +237,8 @@ def _shadow_mask(prims: Primitives, points: np.ndarray, sun: np.ndarray, max_ran
                     np.maximum(t_near, np.minimum(a, b), out=t_near)
                     np.minimum(t_far, np.maximum(a, b), out=t_far)
             blocked[rows] |= ((t_near <= t_far) & (t_far > np.float32(0.05))).any(axis=2)
-    crowns = np.flatnonzero(prims.sph_mat == MATERIALS["crown"])
+    crowns = bnd.crowns
+    crowns = crowns[near_xy(prims.sph_center[crowns, :2], np.zeros(len(crowns)), origin, max_range + extent)]
     if len(crowns):
         cc = prims.sph_center[crowns, :2] - origin[:2]
         keep = crowns[np.hypot(cc[:, 0], cc[:, 1]) < max_range + extent]

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from distilvpr_lib.data.synth.world import Primitives
+from distilvpr_lib.data.synth.world import MATERIALS, Primitives
 
 #: Kinds of hit.
 HIT_NONE, HIT_BOX, HIT_CYLINDER, HIT_SPHEROID, HIT_GROUND = 0, 1, 2, 3, 4
@@ -69,6 +69,43 @@ def _angular_box(dxy: np.ndarray, radius: np.ndarray, z_lo: np.ndarray, z_hi: np
     return np.stack([bearing, spread, el_lo, el_hi], axis=1).astype(np.float64)
 
 
+@dataclass
+class PrimitiveBounds:
+    """Per-set constants of a :class:`Primitives`' bounding circles (computed once, see :func:`bounds`).
+
+    ``box_centres`` (Nb, 2) and ``box_radii`` (Nb,) are exactly ``prims.box_centres()`` and
+    ``prims.box_radii()``; ``crowns`` the indices of the crown spheroids. ``sources`` are the arrays they
+    were computed from (a set whose arrays were replaced gets new bounds).
+    """
+
+    sources: tuple[np.ndarray, ...]
+    box_centres: np.ndarray
+    box_radii: np.ndarray
+    crowns: np.ndarray
+
+
+def bounds(prims: Primitives) -> PrimitiveBounds:
+    """The :class:`PrimitiveBounds` of ``prims``, cached on the object (its arrays are never changed in place)."""
+    sources = (prims.box_lo, prims.box_hi, prims.sph_mat)
+    cached = prims.__dict__.get("_raycast_bounds")
+    if cached is not None and all(a is b for a, b in zip(cached.sources, sources)):
+        return cached
+    out = PrimitiveBounds(sources, prims.box_centres(), prims.box_radii(),
+                          np.flatnonzero(prims.sph_mat == MATERIALS["crown"]))
+    prims.__dict__["_raycast_bounds"] = out
+    return out
+
+
+def near_xy(centres: np.ndarray, radius: np.ndarray, origin: np.ndarray, reach: float) -> np.ndarray:
+    """Indices (ascending) of a superset of the circles with ``hypot(centre - origin) - radius <= reach``.
+
+    A cheap axis-aligned test (``|dx|, |dy| <= reach + radius + 1 m``); callers apply their exact test
+    to the survivors, so what they select does not change.
+    """
+    lim = radius + (reach + 1.0)
+    return np.flatnonzero((np.abs(centres[:, 0] - origin[0]) <= lim) & (np.abs(centres[:, 1] - origin[1]) <= lim))
+
+
 def select_primitives(prims: Primitives, origin: np.ndarray, max_range: float,
                       forward: float | None = None, half_fov: float | None = None) -> LocalPrimitives:
     """Primitives whose bounding circle comes within ``max_range`` (xy) of ``origin``.
@@ -82,37 +119,39 @@ def select_primitives(prims: Primitives, origin: np.ndarray, max_range: float,
     """
     origin = np.asarray(origin, dtype=np.float64)
 
-    def keep(dxy: np.ndarray, radius: np.ndarray) -> np.ndarray:
+    def keep(centres: np.ndarray, radius: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(indices, their origin-relative xy centres); the exact tests run on a cheap superset only."""
+        cand = near_xy(centres, radius, origin, max_range)
+        dxy = centres[cand] - origin[:2]
+        rad = radius[cand]
         dist = np.hypot(dxy[:, 0], dxy[:, 1])
-        ok = dist - radius <= max_range
+        ok = dist - rad <= max_range
         if forward is not None and half_fov is not None:
             bearing = np.arctan2(dxy[:, 1], dxy[:, 0])
             off = np.abs(np.angle(np.exp(1j * (bearing - forward))))
-            spread = np.where(dist > radius, np.arcsin(np.clip(radius / np.maximum(dist, 1e-9), 0, 1)), np.pi)
+            spread = np.where(dist > rad, np.arcsin(np.clip(rad / np.maximum(dist, 1e-9), 0, 1)), np.pi)
             ok &= off <= half_fov + spread
-        return ok
+        return cand[ok], dxy[ok]
 
-    bc = prims.box_centres() - origin[:2]
-    br = prims.box_radii()
-    bi = np.flatnonzero(keep(bc, br))
-    cc = prims.cyl_xy - origin[:2]
-    ci = np.flatnonzero(keep(cc, prims.cyl_radius))
-    sc = prims.sph_center[:, :2] - origin[:2]
-    si = np.flatnonzero(keep(sc, prims.sph_radius[:, 0]))
+    b = bounds(prims)
+    br = b.box_radii
+    bi, bc = keep(b.box_centres, br)
+    ci, cc = keep(prims.cyl_xy, prims.cyl_radius)
+    si, sc = keep(prims.sph_center[:, :2], prims.sph_radius[:, 0])
     oz = origin[2]
     return LocalPrimitives(
         origin=origin,
         box_index=bi, box_lo=(prims.box_lo[bi] - origin).astype(np.float32),
         box_hi=(prims.box_hi[bi] - origin).astype(np.float32),
-        box_angles=_angular_box(bc[bi], br[bi], prims.box_lo[bi, 2] - oz, prims.box_hi[bi, 2] - oz),
+        box_angles=_angular_box(bc, br[bi], prims.box_lo[bi, 2] - oz, prims.box_hi[bi, 2] - oz),
         box_cos=np.cos(prims.box_yaw[bi]).astype(np.float32), box_sin=np.sin(prims.box_yaw[bi]).astype(np.float32),
         cyl_index=ci, cyl_xy=(prims.cyl_xy[ci] - origin[:2]).astype(np.float32),
         cyl_r=prims.cyl_radius[ci].astype(np.float32), cyl_z=(prims.cyl_z[ci] - oz).astype(np.float32),
-        cyl_angles=_angular_box(cc[ci], prims.cyl_radius[ci], prims.cyl_z[ci, 0] - oz, prims.cyl_z[ci, 1] - oz),
+        cyl_angles=_angular_box(cc, prims.cyl_radius[ci], prims.cyl_z[ci, 0] - oz, prims.cyl_z[ci, 1] - oz),
         sph_index=si, sph_center=(prims.sph_center[si] - origin).astype(np.float32),
         sph_radius=prims.sph_radius[si].astype(np.float32), sph_porosity=prims.sph_porosity[si].astype(np.float32),
         sph_seed=prims.sph_seed[si].astype(np.uint32),
-        sph_angles=_angular_box(sc[si], prims.sph_radius[si, 0], prims.sph_center[si, 2] - prims.sph_radius[si, 1] - oz,
+        sph_angles=_angular_box(sc, prims.sph_radius[si, 0], prims.sph_center[si, 2] - prims.sph_radius[si, 1] - oz,
                                 prims.sph_center[si, 2] + prims.sph_radius[si, 1] - oz),
     )
 
