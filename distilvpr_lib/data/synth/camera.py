@@ -195,6 +195,7 @@ def _shadow_mask(prims: Primitives, points: np.ndarray, sun: np.ndarray, max_ran
     p = np.where(valid[..., None], rel[safe], 1e6).astype(np.float32)  # (rows, chunk, 3)
     d = sun.astype(np.float32)
     inv = np.float32(1.0) / np.where(np.abs(d) < 1e-9, np.float32(1e-9), d)
+    p_ax = np.ascontiguousarray(p.transpose(2, 0, 1))  # (3, rows, chunk): the same values, per axis
     blocked = np.zeros((n_rows, chunk), dtype=bool)
     extent = float(np.abs(rel[:, :2]).max())
 
@@ -217,26 +218,31 @@ def _shadow_mask(prims: Primitives, points: np.ndarray, sun: np.ndarray, max_ran
         member = rows_member(bc @ across, bc @ along, br, prims.box_hi[near, 2])
         sin_all = np.append(np.sin(prims.box_yaw[near]), 0.0).astype(np.float32)
         cos_all = np.append(np.cos(prims.box_yaw[near]), 1.0).astype(np.float32)
+        lo_ax = np.ascontiguousarray(lo_all.T)
+        hi_ax = np.ascontiguousarray(hi_all.T)
         for rows, table in tile_chunks(member, chunk):
-            lo_t = lo_all[table]
-            hi_t = hi_all[table]
             sn = sin_all[table]
             if sn.any():  # turned boxes
                 dirs = np.broadcast_to(d, p[rows].shape)
-                t_hit = _turned_box_hits_far(lo_t, hi_t, cos_all[table], sn, dirs, p[rows])
+                t_hit = _turned_box_hits_far(lo_all[table], hi_all[table], cos_all[table], sn, dirs, p[rows])
                 blocked[rows] |= (t_hit > np.float32(0.05)).any(axis=2)
                 continue
             t_near = None
             t_far = None
             for axis in range(3):
-                a = (lo_t[:, None, :, axis] - p[rows, :, None, axis]) * inv[axis]
-                b = (hi_t[:, None, :, axis] - p[rows, :, None, axis]) * inv[axis]
+                pa = p_ax[axis][rows][:, :, None]
+                a = lo_ax[axis][table][:, None, :] - pa
+                a *= inv[axis]
+                b = hi_ax[axis][table][:, None, :] - pa
+                b *= inv[axis]
                 if t_near is None:
                     t_near, t_far = np.minimum(a, b), np.maximum(a, b)
                 else:
                     np.maximum(t_near, np.minimum(a, b), out=t_near)
-                    np.minimum(t_far, np.maximum(a, b), out=t_far)
-            blocked[rows] |= ((t_near <= t_far) & (t_far > np.float32(0.05))).any(axis=2)
+                    np.minimum(t_far, np.maximum(a, b, out=a), out=t_far)
+            hit = t_near <= t_far
+            hit &= t_far > np.float32(0.05)
+            blocked[rows] |= hit.any(axis=2)
     crowns = bnd.crowns
     crowns = crowns[near_xy(prims.sph_center[crowns, :2], np.zeros(len(crowns)), origin, max_range + extent)]
     if len(crowns):
@@ -246,21 +252,23 @@ def _shadow_mask(prims: Primitives, points: np.ndarray, sun: np.ndarray, max_ran
             c = prims.sph_center[keep] - origin
             r = prims.sph_radius[keep]
             member = rows_member(c[:, :2] @ across, c[:, :2] @ along, r[:, 0], prims.sph_center[keep, 2] + r[:, 1])
+            # rows whose points are all in a box's shadow already: their lit values end at 0 whatever the crowns
+            member[(blocked | ~valid).all(axis=1)] = False
             c_all = np.vstack([c.astype(np.float32), np.full((1, 3), 1e6, np.float32)])
             r_all = np.vstack([r.astype(np.float32), np.ones((1, 2), np.float32)])
             opacity_all = 1.0 - np.append(prims.sph_porosity[keep], 1.0).astype(np.float32)
             q_all = 1.0 / (r_all[:, 0] ** 2)
             w_all = 1.0 / (r_all[:, 1] ** 2)
             a_all = (d[0] ** 2 + d[1] ** 2) * q_all + d[2] ** 2 * w_all
+            c_ax = np.ascontiguousarray(c_all.T)
             shade_amount = np.zeros((n_rows, chunk), np.float32)
             for rows, table in tile_chunks(member, chunk):
-                c_t = c_all[table]
                 qq = q_all[table][:, None, :]
                 ww = w_all[table][:, None, :]
                 aa = a_all[table][:, None, :]
-                ox = p[rows, :, None, 0] - c_t[:, None, :, 0]
-                oy = p[rows, :, None, 1] - c_t[:, None, :, 1]
-                oz = p[rows, :, None, 2] - c_t[:, None, :, 2]
+                ox = p_ax[0][rows][:, :, None] - c_ax[0][table][:, None, :]
+                oy = p_ax[1][rows][:, :, None] - c_ax[1][table][:, None, :]
+                oz = p_ax[2][rows][:, :, None] - c_ax[2][table][:, None, :]
                 bp = (ox * d[0] + oy * d[1]) * qq + oz * d[2] * ww
                 c0 = (ox * ox + oy * oy) * qq + oz * oz * ww - 1
                 disc = bp * bp - aa * c0

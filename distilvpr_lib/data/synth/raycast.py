@@ -313,7 +313,7 @@ def _turned_box_hits(lo: np.ndarray, hi: np.ndarray, cos: np.ndarray, sin: np.nd
             np.minimum(t_far, np.maximum(a, b), out=t_far)
     assert t_near is not None and t_far is not None
     t_near = np.array(t_near, dtype=np.float32)
-    t_near[t_near > t_far] = np.inf
+    np.copyto(t_near, np.float32(np.inf), where=t_near > t_far)
     return t_near
 
 
@@ -350,29 +350,36 @@ def cast_rays(local: LocalPrimitives, tiles: Tiles, ray_ids: np.ndarray, salt: i
         hi_all = np.vstack([local.box_hi, np.full((1, 3), _FAR, np.float32)])
         sin_all = np.append(local.box_sin, np.float32(0.0))
         cos_all = np.append(local.box_cos, np.float32(1.0))
+        # per-axis contiguous copies (the same values): the (c, R, K) products stream along K
+        lo_ax = np.ascontiguousarray(lo_all.T)
+        hi_ax = np.ascontiguousarray(hi_all.T)
+        inv_ax = np.ascontiguousarray(inv.transpose(2, 0, 1))
         for tl, table in tile_chunks(membership(local.box_angles, tiles), R):
-            lo = lo_all[table]
-            hi = hi_all[table]
             sn = sin_all[table]
             if sn.any():  # turned boxes: slab test in each box's own frame
-                t_near = _turned_box_hits(lo, hi, cos_all[table], sn, d[tl])
-                t_near[(t_near <= zero) | (t_near > limit)] = np.inf
+                t_near = _turned_box_hits(lo_all[table], hi_all[table], cos_all[table], sn, d[tl])
+                bad = t_near <= zero
+                bad |= t_near > limit
+                np.copyto(t_near, np.float32(np.inf), where=bad)
                 _keep_best(best_t, best_kind, best_index, tl, t_near, table, HIT_BOX)
                 continue
             t_near = None
             t_far = None
             for axis in range(3):
-                iv = inv[tl, :, axis:axis + 1]
-                a = lo[:, None, :, axis] * iv
-                b = hi[:, None, :, axis] * iv
+                iv = inv_ax[axis][tl][:, :, None]
+                a = lo_ax[axis][table][:, None, :] * iv
+                b = hi_ax[axis][table][:, None, :] * iv
                 if t_near is None:
                     t_near = np.minimum(a, b)
                     t_far = np.maximum(a, b)
                 else:
                     np.maximum(t_near, np.minimum(a, b), out=t_near)
-                    np.minimum(t_far, np.maximum(a, b), out=t_far)
+                    np.minimum(t_far, np.maximum(a, b, out=a), out=t_far)
             assert t_near is not None and t_far is not None
-            t_near[(t_near > t_far) | (t_near <= zero) | (t_near > limit)] = np.inf
+            bad = t_near > t_far
+            bad |= t_near <= zero
+            bad |= t_near > limit
+            np.copyto(t_near, np.float32(np.inf), where=bad)
             _keep_best(best_t, best_kind, best_index, tl, t_near, table, HIT_BOX)
 
     # --- vertical cylinders ---
@@ -395,8 +402,12 @@ def cast_rays(local: LocalPrimitives, tiles: Tiles, ray_ids: np.ndarray, salt: i
             np.sqrt(np.maximum(disc, 0, out=disc), out=disc)
             t = (bp - disc) / a
             z = t * dz[tl]
-            ok &= (t > zero) & (t <= limit) & (z >= z0_all[table][:, None, :]) & (z <= z1_all[table][:, None, :]) & (c0 > 0)
-            t[~ok] = np.inf
+            ok &= t > zero
+            ok &= t <= limit
+            ok &= z >= z0_all[table][:, None, :]
+            ok &= z <= z1_all[table][:, None, :]
+            ok &= c0 > 0
+            np.copyto(t, np.float32(np.inf), where=~ok)
             _keep_best(best_t, best_kind, best_index, tl, t, table, HIT_CYLINDER)
 
     # --- spheroids (equal horizontal radii), porous foliage ---
@@ -412,24 +423,27 @@ def cast_rays(local: LocalPrimitives, tiles: Tiles, ray_ids: np.ndarray, salt: i
         ray_h = (np.asarray(ray_ids).astype(np.uint32) * np.uint32(0x9E3779B1))[..., None]
         axy = dx * dx + dy * dy
         azz = dz * dz
+        c_ax = np.ascontiguousarray(c_all.T)
         for tl, table in tile_chunks(membership(local.sph_angles, tiles), R):
             q = q_all[table][:, None, :]
             w = w_all[table][:, None, :]
-            c = c_all[table]
             a = axy[tl] * q + azz[tl] * w
-            bp = dx[tl] * (c[:, None, :, 0] * q) + dy[tl] * (c[:, None, :, 1] * q) + dz[tl] * (c[:, None, :, 2] * w)
+            bp = dx[tl] * (c_ax[0][table][:, None, :] * q) + dy[tl] * (c_ax[1][table][:, None, :] * q) \
+                + dz[tl] * (c_ax[2][table][:, None, :] * w)
             c0 = c0_all[table][:, None, :]
             disc = bp * bp - a * c0
             ok = disc >= 0
             np.sqrt(np.maximum(disc, 0, out=disc), out=disc)
             t = (bp - disc) / a
-            ok &= (t > zero) & (t <= limit) & (c0 > 0)
+            ok &= t > zero
+            ok &= t <= limit
+            ok &= c0 > 0
             thr = thr_all[table]
             if thr.any():
                 h = ray_h[tl] ^ seed_all[table][:, None, :]
                 _mix32(h)
                 ok &= h >= thr[:, None, :]
-            t[~ok] = np.inf
+            np.copyto(t, np.float32(np.inf), where=~ok)
             _keep_best(best_t, best_kind, best_index, tl, t, table, HIT_SPHEROID)
 
     # --- ground plane ---
