@@ -134,7 +134,7 @@ def _turned_box_hits_far(lo: np.ndarray, hi: np.ndarray, cos: np.ndarray, sin: n
     lox, loy = cs * ox + sn * oy, -sn * ox + cs * oy
     ldx = cs * d[..., 0:1] + sn * d[..., 1:2]
     ldy = -sn * d[..., 0:1] + cs * d[..., 1:2]
-    ldz = np.broadcast_to(d[..., 2:3], ldx.shape)
+    ldz = d[..., 2:3]  # (c, R, 1): the vertical axis is not turned; broadcast in the products below
     t_near = None
     t_far = None
     for o, dd, h in ((lox, ldx, half[:, None, :, 0]), (loy, ldy, half[:, None, :, 1]), (oz, ldz, half[:, None, :, 2])):
@@ -143,9 +143,11 @@ def _turned_box_hits_far(lo: np.ndarray, hi: np.ndarray, cos: np.ndarray, sin: n
         if t_near is None:
             t_near, t_far = np.minimum(a, b), np.maximum(a, b)
         else:
-            t_near, t_far = np.maximum(t_near, np.minimum(a, b)), np.minimum(t_far, np.maximum(a, b))
+            np.maximum(t_near, np.minimum(a, b), out=t_near)
+            np.minimum(t_far, np.maximum(a, b, out=a), out=t_far)
     assert t_near is not None and t_far is not None
-    return np.where(t_near <= t_far, t_far, -np.inf).astype(np.float32)
+    np.copyto(t_far, np.float32(-np.inf), where=~(t_near <= t_far))  # t_far: a fresh float32 array
+    return t_far
 
 
 def _shadow_mask(prims: Primitives, points: np.ndarray, sun: np.ndarray, max_range: float = 70.0,

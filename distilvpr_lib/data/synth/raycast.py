@@ -186,10 +186,19 @@ def membership(angles: np.ndarray, tiles: Tiles) -> np.ndarray:
     if len(angles) == 0:
         return np.zeros((len(tiles.az_mid), 0), dtype=bool)
     eps = 2e-3
-    diff = np.abs(np.angle(np.exp(1j * (angles[None, :, 0] - tiles.az_mid[:, None]))))
-    return ((diff <= angles[None, :, 1] + tiles.az_half[:, None] + eps)
-            & (angles[None, :, 3] >= tiles.el_lo[:, None] - eps)
-            & (angles[None, :, 2] <= tiles.el_hi[:, None] + eps))
+    member = angles[None, :, 3] >= tiles.el_lo[:, None] - eps
+    member &= angles[None, :, 2] <= tiles.el_hi[:, None] + eps
+    # A cheap superset of the azimuth test (wrapped difference without exp/angle, 1e-6 rad looser), then
+    # the exact test, with the same expressions, on the surviving pairs only.
+    raw = np.abs(angles[None, :, 0] - tiles.az_mid[:, None])
+    np.minimum(raw, 2 * np.pi - raw, out=raw)
+    raw -= angles[None, :, 1]
+    raw -= tiles.az_half[:, None]
+    member &= raw <= eps + 1e-6
+    ti, pi = np.nonzero(member)
+    diff = np.abs(np.angle(np.exp(1j * (angles[pi, 0] - tiles.az_mid[ti]))))
+    member[ti, pi] = diff <= angles[pi, 1] + tiles.az_half[ti] + eps
+    return member
 
 
 def tile_chunks(member: np.ndarray, rays_per_tile: int, budget: int = _CHUNK_ELEMENTS
@@ -298,7 +307,7 @@ def _turned_box_hits(lo: np.ndarray, hi: np.ndarray, cos: np.ndarray, sin: np.nd
     dy = d[..., 1:2]
     ldx = cs * dx + sn * dy
     ldy = -sn * dx + cs * dy
-    ldz = np.broadcast_to(d[..., 2:3], ldx.shape)
+    ldz = d[..., 2:3]  # (c, R, 1): the vertical axis is not turned; broadcast in the products below
     tiny = np.float32(1e-12)
     t_near = None
     t_far = None
@@ -310,10 +319,9 @@ def _turned_box_hits(lo: np.ndarray, hi: np.ndarray, cos: np.ndarray, sin: np.nd
             t_near, t_far = np.minimum(a, b), np.maximum(a, b)
         else:
             np.maximum(t_near, np.minimum(a, b), out=t_near)
-            np.minimum(t_far, np.maximum(a, b), out=t_far)
+            np.minimum(t_far, np.maximum(a, b, out=a), out=t_far)
     assert t_near is not None and t_far is not None
-    t_near = np.array(t_near, dtype=np.float32)
-    np.copyto(t_near, np.float32(np.inf), where=t_near > t_far)
+    np.copyto(t_near, np.float32(np.inf), where=t_near > t_far)  # t_near: a fresh float32 array
     return t_near
 
 
