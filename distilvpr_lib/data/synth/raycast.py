@@ -277,6 +277,21 @@ def _keep_best(best_t: np.ndarray, best_kind: np.ndarray, best_index: np.ndarray
     best_index[tiles] = np.where(better, np.take_along_axis(table, arg, axis=1), best_index[tiles])
 
 
+def _cull_behind(member: np.ndarray, best_t: np.ndarray, nearest: np.ndarray) -> np.ndarray:
+    """Drop from ``member`` (T, P) the primitives wholly beyond every ray's current first hit in a tile.
+
+    ``nearest`` (P,) is a lower bound of any ray's distance to the primitive (the xy distance to its
+    bounding circle; a unit ray travels at least that far to reach it). A dropped primitive's computed
+    distance would exceed ``best_t`` by far more than its rounding error (margin 1 m + 1 %), so it could
+    never replace a first hit: the hits stay the same, bit for bit. Tiles with a ray that has no hit yet
+    (``inf``) keep all their primitives.
+    """
+    far = best_t.max(axis=1).astype(np.float64)
+    far += 1.0 + 1e-2 * far
+    member &= ~(nearest[None, :] > far[:, None])
+    return member
+
+
 def _turned_box_hits(lo: np.ndarray, hi: np.ndarray, cos: np.ndarray, sin: np.ndarray, d: np.ndarray,
                      origins: np.ndarray | None = None) -> np.ndarray:
     """Entry distances (c, R, K) of rays into boxes turned about their vertical centre axis.
@@ -398,7 +413,9 @@ def cast_rays(local: LocalPrimitives, tiles: Tiles, ray_ids: np.ndarray, salt: i
         z0_all = np.append(local.cyl_z[:, 0], _FAR)
         z1_all = np.append(local.cyl_z[:, 1], _FAR)
         a_all = np.maximum(dx * dx + dy * dy, np.float32(1e-12))
-        for tl, table in tile_chunks(membership(local.cyl_angles, tiles), R):
+        nearest = np.hypot(local.cyl_xy[:, 0].astype(np.float64), local.cyl_xy[:, 1]) - local.cyl_r
+        member = _cull_behind(membership(local.cyl_angles, tiles), best_t, nearest)
+        for tl, table in tile_chunks(member, R):
             cx = cx_all[table][:, None, :]
             cy = cy_all[table][:, None, :]
             r = r_all[table][:, None, :]
@@ -432,7 +449,9 @@ def cast_rays(local: LocalPrimitives, tiles: Tiles, ray_ids: np.ndarray, salt: i
         axy = dx * dx + dy * dy
         azz = dz * dz
         c_ax = np.ascontiguousarray(c_all.T)
-        for tl, table in tile_chunks(membership(local.sph_angles, tiles), R):
+        nearest = np.hypot(local.sph_center[:, 0].astype(np.float64), local.sph_center[:, 1]) - local.sph_radius[:, 0]
+        member = _cull_behind(membership(local.sph_angles, tiles), best_t, nearest)
+        for tl, table in tile_chunks(member, R):
             q = q_all[table][:, None, :]
             w = w_all[table][:, None, :]
             a = axy[tl] * q + azz[tl] * w
