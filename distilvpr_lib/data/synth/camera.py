@@ -237,11 +237,14 @@ def _shadow_mask(prims: Primitives, points: np.ndarray, sun: np.ndarray, max_ran
                 a *= inv[axis]
                 b = hi_ax[axis][table][:, None, :] - pa
                 b *= inv[axis]
+                # lo <= hi and one direction for all rays: rounding is monotone, so min(a, b) and max(a, b)
+                # are a and b themselves (b and a when inv < 0) -- equal values, no min / max needed
+                near, far = (a, b) if inv[axis] > 0 else (b, a)
                 if t_near is None:
-                    t_near, t_far = np.minimum(a, b), np.maximum(a, b)
+                    t_near, t_far = near, far
                 else:
-                    np.maximum(t_near, np.minimum(a, b), out=t_near)
-                    np.minimum(t_far, np.maximum(a, b, out=a), out=t_far)
+                    np.maximum(t_near, near, out=t_near)
+                    np.minimum(t_far, far, out=t_far)
             hit = t_near <= t_far
             hit &= t_far > np.float32(0.05)
             blocked[rows] |= hit.any(axis=2)

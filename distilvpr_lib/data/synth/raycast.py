@@ -392,7 +392,17 @@ def cast_rays(local: LocalPrimitives, tiles: Tiles, ray_ids: np.ndarray, salt: i
                 iv = inv_ax[axis][tl][:, :, None]
                 a = lo_ax[axis][table][:, None, :] * iv
                 b = hi_ax[axis][table][:, None, :] * iv
-                if t_near is None:
+                # lo <= hi, so a <= b wherever iv > 0 and a >= b wherever iv < 0 (rounding is monotone):
+                # where every ray of the chunk agrees, min / max are a and b themselves (equal values)
+                sign = 1 if (iv > 0).all() else -1 if (iv < 0).all() else 0
+                if sign:
+                    near, far = (a, b) if sign > 0 else (b, a)
+                    if t_near is None:
+                        t_near, t_far = near, far
+                    else:
+                        np.maximum(t_near, near, out=t_near)
+                        np.minimum(t_far, far, out=t_far)
+                elif t_near is None:
                     t_near = np.minimum(a, b)
                     t_far = np.maximum(a, b)
                 else:
