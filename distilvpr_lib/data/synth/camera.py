@@ -202,11 +202,18 @@ def _shadow_mask(prims: Primitives, points: np.ndarray, sun: np.ndarray, max_ran
     extent = float(np.abs(rel[:, :2]).max())
 
     def rows_member(cu: np.ndarray, cv: np.ndarray, rad: np.ndarray, top: np.ndarray) -> np.ndarray:
+        # casters that fail a test against every row (reach <= max_shadow_m; rounding is monotone) are left
+        # out before the (rows, casters) tests: the same matrix
+        cols = np.flatnonzero((cu + rad >= row_u_lo.min()) & (cu - rad <= row_u_hi.max()) & (cv + rad >= row_v_lo.min())
+                              & (cv - rad <= (row_v_hi + max_shadow_m).max()) & (top > row_z_lo.min()))
+        out = np.zeros((n_rows, len(cu)), dtype=bool)
+        cu, cv, rad, top = cu[cols], cv[cols], rad[cols], top[cols]
         reach = np.minimum(np.maximum(top[None, :] - row_z_lo[:, None], 0.0) / max(tan_el, 1e-3), max_shadow_m)
-        return ((cu[None, :] + rad[None, :] >= row_u_lo[:, None]) & (cu[None, :] - rad[None, :] <= row_u_hi[:, None])
-                & (cv[None, :] + rad[None, :] >= row_v_lo[:, None])
-                & (cv[None, :] - rad[None, :] <= row_v_hi[:, None] + reach)
-                & (top[None, :] > row_z_lo[:, None]))
+        out[:, cols] = ((cu[None, :] + rad[None, :] >= row_u_lo[:, None]) & (cu[None, :] - rad[None, :] <= row_u_hi[:, None])
+                        & (cv[None, :] + rad[None, :] >= row_v_lo[:, None])
+                        & (cv[None, :] - rad[None, :] <= row_v_hi[:, None] + reach)
+                        & (top[None, :] > row_z_lo[:, None]))
+        return out
 
     bnd = bounds(prims)
     near = near_xy(bnd.box_centres, bnd.box_radii, origin, max_range + extent)  # a superset, then the exact test

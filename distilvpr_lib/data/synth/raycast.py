@@ -12,6 +12,7 @@ float64 and is shifted once per frame.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -495,6 +496,7 @@ def cast_rays(local: LocalPrimitives, tiles: Tiles, ray_ids: np.ndarray, salt: i
     return Hits(t=best_t, kind=best_kind, index=best_index)
 
 
+@functools.lru_cache(maxsize=64)
 def _divisor_near(n: int, target: int) -> int:
     """The divisor of ``n`` closest to ``target`` (ties: the smaller)."""
     best = 1
