@@ -273,9 +273,16 @@ def _keep_best(best_t: np.ndarray, best_kind: np.ndarray, best_index: np.ndarray
     tmin = np.take_along_axis(t, arg[..., None], axis=2)[..., 0]
     current = best_t[tiles]
     better = tmin < current
-    best_t[tiles] = np.where(better, tmin, current)
-    best_kind[tiles] = np.where(better, kind, best_kind[tiles])
-    best_index[tiles] = np.where(better, np.take_along_axis(table, arg, axis=1), best_index[tiles])
+    if not better.any():  # nothing nearer in this chunk: every array stays as it is
+        return
+    np.copyto(current, tmin, where=better)
+    best_t[tiles] = current
+    cur_kind = best_kind[tiles]
+    np.copyto(cur_kind, np.uint8(kind), where=better)
+    best_kind[tiles] = cur_kind
+    cur_index = best_index[tiles]
+    np.copyto(cur_index, np.take_along_axis(table, arg, axis=1), where=better)
+    best_index[tiles] = cur_index
 
 
 def _cull_behind(member: np.ndarray, best_t: np.ndarray, nearest: np.ndarray) -> np.ndarray:
