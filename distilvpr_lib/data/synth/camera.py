@@ -29,6 +29,7 @@ from distilvpr_lib.data.synth.raycast import (
     hash_uniform,
     near_xy,
     select_primitives,
+    split_padded,
     tile_chunks,
 )
 from distilvpr_lib.data.synth.world import MATERIALS, Primitives, World
@@ -229,11 +230,15 @@ def _shadow_mask(prims: Primitives, points: np.ndarray, sun: np.ndarray, max_ran
         cos_all = np.append(np.cos(prims.box_yaw[near]), 1.0).astype(np.float32)
         lo_ax = np.ascontiguousarray(lo_all.T)
         hi_ax = np.ascontiguousarray(hi_all.T)
-        for rows, table in tile_chunks(member, chunk):
-            sn = sin_all[table]
-            if sn.any():  # turned boxes
+        groups = []  # (rows, table, turned): the test is chosen per chunk, as it always was; groups drop padding
+        for chunk_rows, chunk_table in tile_chunks(member, chunk):
+            turned = bool(sin_all[chunk_table].any())
+            groups += [(r, t, turned) for r, t in split_padded(chunk_rows, chunk_table, len(near), chunk)]
+        for rows, table, turned in groups:
+            if turned:  # turned boxes
                 dirs = np.broadcast_to(d, p[rows].shape)
-                t_hit = _turned_box_hits_far(lo_all[table], hi_all[table], cos_all[table], sn, dirs, p[rows])
+                t_hit = _turned_box_hits_far(lo_all[table], hi_all[table], cos_all[table], sin_all[table], dirs,
+                                             p[rows])
                 blocked[rows] |= (t_hit > np.float32(0.05)).any(axis=2)
                 continue
             t_near = None
@@ -274,7 +279,7 @@ def _shadow_mask(prims: Primitives, points: np.ndarray, sun: np.ndarray, max_ran
             a_all = (d[0] ** 2 + d[1] ** 2) * q_all + d[2] ** 2 * w_all
             c_ax = np.ascontiguousarray(c_all.T)
             shade_amount = np.zeros((n_rows, chunk), np.float32)
-            for rows, table in tile_chunks(member, chunk):
+            for rows, table in (g for c in tile_chunks(member, chunk) for g in split_padded(*c, len(keep), chunk)):
                 qq = q_all[table][:, None, :]
                 ww = w_all[table][:, None, :]
                 aa = a_all[table][:, None, :]

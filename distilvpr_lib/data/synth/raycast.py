@@ -231,6 +231,33 @@ def tile_chunks(member: np.ndarray, rays_per_tile: int, budget: int = _CHUNK_ELE
         i = j
 
 
+#: A group of :func:`split_padded` is closed only once it holds this many (ray, primitive) pairs.
+_GROUP_ELEMENTS = 12_000
+
+
+def split_padded(tiles: np.ndarray, table: np.ndarray, null: int, rays_per_tile: int,
+                 min_elements: int = _GROUP_ELEMENTS) -> "list[tuple[np.ndarray, np.ndarray]]":
+    """Split a :func:`tile_chunks` chunk into groups of tiles with similar primitive counts.
+
+    A chunk's table is padded to its largest count (its tiles are sorted by count), often to three
+    times the real pairs. Each group's table keeps the same leading columns of the same rows, cut to the
+    group's own largest count: the real pairs, in the same order, and less padding (``null`` entries, never
+    hit). A new group starts where the count doubles, once the current one holds ``min_elements`` pairs.
+
+    Returns:
+        ``[(tile_indices (g,), table (g, K_g)), ...]`` covering the chunk's tiles in order.
+    """
+    counts = (table != null).sum(axis=1)
+    groups = []
+    start = 0
+    for j in range(1, len(tiles)):
+        if counts[j] > 2 * counts[start] and (j - start) * rays_per_tile * int(counts[j - 1]) >= min_elements:
+            groups.append((start, j))
+            start = j
+    groups.append((start, len(tiles)))
+    return [(tiles[a:b], table[a:b, :max(int(counts[b - 1]), 1)]) for a, b in groups]
+
+
 def _mix32(h: np.ndarray) -> np.ndarray:
     """In-place avalanche of a uint32 array (lowbias32)."""
     h ^= h >> np.uint32(16)
@@ -348,6 +375,40 @@ def _turned_box_hits(lo: np.ndarray, hi: np.ndarray, cos: np.ndarray, sin: np.nd
     return t_near
 
 
+def _slab_hits(lo_ax: np.ndarray, hi_ax: np.ndarray, inv_ax: np.ndarray, tl: np.ndarray, table: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Entry and exit distances (c, R, K) float32 of rays from the origin through axis-aligned boxes.
+
+    Args:
+        lo_ax, hi_ax: (3, P+1) box corners per axis (origin-relative); inv_ax: (3, T, R) 1 / ray direction;
+        tl: (c,) tile indices; table: (c, K) box indices.
+    """
+    t_near = None
+    t_far = None
+    for axis in range(3):
+        iv = inv_ax[axis][tl][:, :, None]
+        a = lo_ax[axis][table][:, None, :] * iv
+        b = hi_ax[axis][table][:, None, :] * iv
+        # lo <= hi, so a <= b wherever iv > 0 and a >= b wherever iv < 0 (rounding is monotone): where
+        # every ray of the group agrees, min / max are a and b themselves (equal values)
+        sign = 1 if (iv > 0).all() else -1 if (iv < 0).all() else 0
+        if sign:
+            near, far = (a, b) if sign > 0 else (b, a)
+            if t_near is None:
+                t_near, t_far = near, far
+            else:
+                np.maximum(t_near, near, out=t_near)
+                np.minimum(t_far, far, out=t_far)
+        elif t_near is None:
+            t_near = np.minimum(a, b)
+            t_far = np.maximum(a, b)
+        else:
+            np.maximum(t_near, np.minimum(a, b), out=t_near)
+            np.minimum(t_far, np.maximum(a, b, out=a), out=t_far)
+    assert t_near is not None and t_far is not None
+    return t_near, t_far
+
+
 def cast_rays(local: LocalPrimitives, tiles: Tiles, ray_ids: np.ndarray, salt: int, max_range: float,
               ground: bool = True) -> Hits:
     """First hit of every ray.
@@ -385,43 +446,22 @@ def cast_rays(local: LocalPrimitives, tiles: Tiles, ray_ids: np.ndarray, salt: i
         lo_ax = np.ascontiguousarray(lo_all.T)
         hi_ax = np.ascontiguousarray(hi_all.T)
         inv_ax = np.ascontiguousarray(inv.transpose(2, 0, 1))
-        for tl, table in tile_chunks(membership(local.box_angles, tiles), R):
-            sn = sin_all[table]
-            if sn.any():  # turned boxes: slab test in each box's own frame
-                t_near = _turned_box_hits(lo_all[table], hi_all[table], cos_all[table], sn, d[tl])
-                bad = t_near <= zero
+        null = len(local.box_lo)
+        for chunk_tl, chunk_table in tile_chunks(membership(local.box_angles, tiles), R):
+            # the slab test (turned or not) is chosen per chunk, as it always was: every box of a chunk with
+            # a turned box is tested in its own frame; the groups only drop padding
+            turned = bool(sin_all[chunk_table].any())
+            for tl, table in split_padded(chunk_tl, chunk_table, null, R):
+                if turned:
+                    t_near = _turned_box_hits(lo_all[table], hi_all[table], cos_all[table], sin_all[table], d[tl])
+                    bad = t_near <= zero
+                else:
+                    t_near, t_far = _slab_hits(lo_ax, hi_ax, inv_ax, tl, table)
+                    bad = t_near > t_far
+                    bad |= t_near <= zero
                 bad |= t_near > limit
                 np.copyto(t_near, np.float32(np.inf), where=bad)
                 _keep_best(best_t, best_kind, best_index, tl, t_near, table, HIT_BOX)
-                continue
-            t_near = None
-            t_far = None
-            for axis in range(3):
-                iv = inv_ax[axis][tl][:, :, None]
-                a = lo_ax[axis][table][:, None, :] * iv
-                b = hi_ax[axis][table][:, None, :] * iv
-                # lo <= hi, so a <= b wherever iv > 0 and a >= b wherever iv < 0 (rounding is monotone):
-                # where every ray of the chunk agrees, min / max are a and b themselves (equal values)
-                sign = 1 if (iv > 0).all() else -1 if (iv < 0).all() else 0
-                if sign:
-                    near, far = (a, b) if sign > 0 else (b, a)
-                    if t_near is None:
-                        t_near, t_far = near, far
-                    else:
-                        np.maximum(t_near, near, out=t_near)
-                        np.minimum(t_far, far, out=t_far)
-                elif t_near is None:
-                    t_near = np.minimum(a, b)
-                    t_far = np.maximum(a, b)
-                else:
-                    np.maximum(t_near, np.minimum(a, b), out=t_near)
-                    np.minimum(t_far, np.maximum(a, b, out=a), out=t_far)
-            assert t_near is not None and t_far is not None
-            bad = t_near > t_far
-            bad |= t_near <= zero
-            bad |= t_near > limit
-            np.copyto(t_near, np.float32(np.inf), where=bad)
-            _keep_best(best_t, best_kind, best_index, tl, t_near, table, HIT_BOX)
 
     # --- vertical cylinders ---
     if len(local.cyl_xy):
@@ -433,7 +473,7 @@ def cast_rays(local: LocalPrimitives, tiles: Tiles, ray_ids: np.ndarray, salt: i
         a_all = np.maximum(dx * dx + dy * dy, np.float32(1e-12))
         nearest = np.hypot(local.cyl_xy[:, 0].astype(np.float64), local.cyl_xy[:, 1]) - local.cyl_r
         member = _cull_behind(membership(local.cyl_angles, tiles), best_t, nearest)
-        for tl, table in tile_chunks(member, R):
+        for tl, table in (g for c in tile_chunks(member, R) for g in split_padded(*c, len(local.cyl_xy), R)):
             cx = cx_all[table][:, None, :]
             cy = cy_all[table][:, None, :]
             r = r_all[table][:, None, :]
@@ -469,7 +509,7 @@ def cast_rays(local: LocalPrimitives, tiles: Tiles, ray_ids: np.ndarray, salt: i
         c_ax = np.ascontiguousarray(c_all.T)
         nearest = np.hypot(local.sph_center[:, 0].astype(np.float64), local.sph_center[:, 1]) - local.sph_radius[:, 0]
         member = _cull_behind(membership(local.sph_angles, tiles), best_t, nearest)
-        for tl, table in tile_chunks(member, R):
+        for tl, table in (g for c in tile_chunks(member, R) for g in split_padded(*c, len(local.sph_center), R)):
             q = q_all[table][:, None, :]
             w = w_all[table][:, None, :]
             a = axy[tl] * q + azz[tl] * w
