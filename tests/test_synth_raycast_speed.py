@@ -11,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from distilvpr_lib.data.synth import raycast
-from distilvpr_lib.data.synth.camera import _turned_box_hits_far
-from distilvpr_lib.data.synth.raycast import Tiles, bounds, cast_rays, grid_tiles, membership, select_primitives
+from distilvpr_lib.data.synth import camera, raycast
+from distilvpr_lib.data.synth.raycast import cast_rays
+from distilvpr_lib.data.synth.tiling import Tiles, bounds, grid_tiles, membership, select_primitives
 from distilvpr_lib.data.synth.world import PrimitiveBuilder
 
 
@@ -162,7 +162,7 @@ def test_turned_box_distances_are_bit_identical_to_the_reference() -> None:
     assert np.array_equal(got, _reference_turned_box_hits(lo, hi, cos, sin, d))
     origins = rng.uniform(-20, 20, (c, R, 3)).astype(np.float32)
     sun = np.broadcast_to(np.array([0.3, -0.5, 0.81], np.float32), (c, R, 3))
-    got = _turned_box_hits_far(lo, hi, cos, sin, sun, origins)
+    got = camera._turned_box_hits_far(lo, hi, cos, sin, sun, origins)
     assert got.dtype == np.float32 and np.isfinite(got).any()
     assert np.array_equal(got, _reference_turned_box_hits_far(lo, hi, cos, sin, sun, origins))
 

@@ -16,17 +16,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from distilvpr_lib.data.synth.conditions import RunCondition
-from distilvpr_lib.data.synth.raycast import (
-    HIT_BOX,
-    HIT_CYLINDER,
-    HIT_GROUND,
-    HIT_NONE,
-    HIT_SPHEROID,
+from distilvpr_lib.data.synth.raycast import HIT_BOX, HIT_CYLINDER, HIT_GROUND, HIT_NONE, HIT_SPHEROID, cast_rays, hash_uniform
+from distilvpr_lib.data.synth.tiling import (
     LocalPrimitives,
     bounds,
-    cast_rays,
     grid_tiles,
-    hash_uniform,
     near_xy,
     select_primitives,
     split_padded,
