@@ -16,17 +16,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from distilvpr_lib.data.synth.conditions import RunCondition
-from distilvpr_lib.data.synth.raycast import (
-    HIT_BOX,
-    HIT_CYLINDER,
-    HIT_GROUND,
-    HIT_NONE,
-    HIT_SPHEROID,
+from distilvpr_lib.data.synth.raycast import HIT_BOX, HIT_CYLINDER, HIT_GROUND, HIT_NONE, HIT_SPHEROID, cast_rays, hash_uniform
+from distilvpr_lib.data.synth.tiling import (
     LocalPrimitives,
-    cast_rays,
+    bounds,
     grid_tiles,
-    hash_uniform,
+    near_xy,
     select_primitives,
+    split_padded,
     tile_chunks,
 )
 from distilvpr_lib.data.synth.world import MATERIALS, Primitives, World
@@ -132,7 +129,7 @@ def _turned_box_hits_far(lo: np.ndarray, hi: np.ndarray, cos: np.ndarray, sin: n
     lox, loy = cs * ox + sn * oy, -sn * ox + cs * oy
     ldx = cs * d[..., 0:1] + sn * d[..., 1:2]
     ldy = -sn * d[..., 0:1] + cs * d[..., 1:2]
-    ldz = np.broadcast_to(d[..., 2:3], ldx.shape)
+    ldz = d[..., 2:3]  # (c, R, 1): the vertical axis is not turned; broadcast in the products below
     t_near = None
     t_far = None
     for o, dd, h in ((lox, ldx, half[:, None, :, 0]), (loy, ldy, half[:, None, :, 1]), (oz, ldz, half[:, None, :, 2])):
@@ -141,9 +138,11 @@ def _turned_box_hits_far(lo: np.ndarray, hi: np.ndarray, cos: np.ndarray, sin: n
         if t_near is None:
             t_near, t_far = np.minimum(a, b), np.maximum(a, b)
         else:
-            t_near, t_far = np.maximum(t_near, np.minimum(a, b)), np.minimum(t_far, np.maximum(a, b))
+            np.maximum(t_near, np.minimum(a, b), out=t_near)
+            np.minimum(t_far, np.maximum(a, b, out=a), out=t_far)
     assert t_near is not None and t_far is not None
-    return np.where(t_near <= t_far, t_far, -np.inf).astype(np.float32)
+    np.copyto(t_far, np.float32(-np.inf), where=~(t_near <= t_far))  # t_far: a fresh float32 array
+    return t_far
 
 
 def _shadow_mask(prims: Primitives, points: np.ndarray, sun: np.ndarray, max_range: float = 70.0,
@@ -193,46 +192,70 @@ def _shadow_mask(prims: Primitives, points: np.ndarray, sun: np.ndarray, max_ran
     p = np.where(valid[..., None], rel[safe], 1e6).astype(np.float32)  # (rows, chunk, 3)
     d = sun.astype(np.float32)
     inv = np.float32(1.0) / np.where(np.abs(d) < 1e-9, np.float32(1e-9), d)
+    p_ax = np.ascontiguousarray(p.transpose(2, 0, 1))  # (3, rows, chunk): the same values, per axis
     blocked = np.zeros((n_rows, chunk), dtype=bool)
     extent = float(np.abs(rel[:, :2]).max())
 
     def rows_member(cu: np.ndarray, cv: np.ndarray, rad: np.ndarray, top: np.ndarray) -> np.ndarray:
+        # casters that fail a test against every row (reach <= max_shadow_m; rounding is monotone) are left
+        # out before the (rows, casters) tests: the same matrix
+        cols = np.flatnonzero((cu + rad >= row_u_lo.min()) & (cu - rad <= row_u_hi.max()) & (cv + rad >= row_v_lo.min())
+                              & (cv - rad <= (row_v_hi + max_shadow_m).max()) & (top > row_z_lo.min()))
+        out = np.zeros((n_rows, len(cu)), dtype=bool)
+        cu, cv, rad, top = cu[cols], cv[cols], rad[cols], top[cols]
         reach = np.minimum(np.maximum(top[None, :] - row_z_lo[:, None], 0.0) / max(tan_el, 1e-3), max_shadow_m)
-        return ((cu[None, :] + rad[None, :] >= row_u_lo[:, None]) & (cu[None, :] - rad[None, :] <= row_u_hi[:, None])
-                & (cv[None, :] + rad[None, :] >= row_v_lo[:, None])
-                & (cv[None, :] - rad[None, :] <= row_v_hi[:, None] + reach)
-                & (top[None, :] > row_z_lo[:, None]))
+        out[:, cols] = ((cu[None, :] + rad[None, :] >= row_u_lo[:, None]) & (cu[None, :] - rad[None, :] <= row_u_hi[:, None])
+                        & (cv[None, :] + rad[None, :] >= row_v_lo[:, None])
+                        & (cv[None, :] - rad[None, :] <= row_v_hi[:, None] + reach)
+                        & (top[None, :] > row_z_lo[:, None]))
+        return out
 
-    bc = prims.box_centres() - origin[:2]
-    br = prims.box_radii()
-    near = np.flatnonzero(np.hypot(bc[:, 0], bc[:, 1]) < max_range + br + extent)
+    bnd = bounds(prims)
+    near = near_xy(bnd.box_centres, bnd.box_radii, origin, max_range + extent)  # a superset, then the exact test
+    bc = bnd.box_centres[near] - origin[:2]
+    br = bnd.box_radii[near]
+    near_ok = np.hypot(bc[:, 0], bc[:, 1]) < max_range + br + extent
+    near, bc, br = near[near_ok], bc[near_ok], br[near_ok]
     if len(near):
         lo_all = np.vstack([(prims.box_lo[near] - origin).astype(np.float32), np.full((1, 3), 1e6, np.float32)])
         hi_all = np.vstack([(prims.box_hi[near] - origin).astype(np.float32), np.full((1, 3), 1e6, np.float32)])
-        member = rows_member(bc[near] @ across, bc[near] @ along, br[near], prims.box_hi[near, 2])
+        member = rows_member(bc @ across, bc @ along, br, prims.box_hi[near, 2])
         sin_all = np.append(np.sin(prims.box_yaw[near]), 0.0).astype(np.float32)
         cos_all = np.append(np.cos(prims.box_yaw[near]), 1.0).astype(np.float32)
-        for rows, table in tile_chunks(member, chunk):
-            lo_t = lo_all[table]
-            hi_t = hi_all[table]
-            sn = sin_all[table]
-            if sn.any():  # turned boxes
+        lo_ax = np.ascontiguousarray(lo_all.T)
+        hi_ax = np.ascontiguousarray(hi_all.T)
+        groups = []  # (rows, table, turned): the test is chosen per chunk, as it always was; groups drop padding
+        for chunk_rows, chunk_table in tile_chunks(member, chunk):
+            turned = bool(sin_all[chunk_table].any())
+            groups += [(r, t, turned) for r, t in split_padded(chunk_rows, chunk_table, len(near), chunk)]
+        for rows, table, turned in groups:
+            if turned:  # turned boxes
                 dirs = np.broadcast_to(d, p[rows].shape)
-                t_hit = _turned_box_hits_far(lo_t, hi_t, cos_all[table], sn, dirs, p[rows])
+                t_hit = _turned_box_hits_far(lo_all[table], hi_all[table], cos_all[table], sin_all[table], dirs,
+                                             p[rows])
                 blocked[rows] |= (t_hit > np.float32(0.05)).any(axis=2)
                 continue
             t_near = None
             t_far = None
             for axis in range(3):
-                a = (lo_t[:, None, :, axis] - p[rows, :, None, axis]) * inv[axis]
-                b = (hi_t[:, None, :, axis] - p[rows, :, None, axis]) * inv[axis]
+                pa = p_ax[axis][rows][:, :, None]
+                a = lo_ax[axis][table][:, None, :] - pa
+                a *= inv[axis]
+                b = hi_ax[axis][table][:, None, :] - pa
+                b *= inv[axis]
+                # lo <= hi and one direction for all rays: rounding is monotone, so min(a, b) and max(a, b)
+                # are a and b themselves (b and a when inv < 0) -- equal values, no min / max needed
+                near, far = (a, b) if inv[axis] > 0 else (b, a)
                 if t_near is None:
-                    t_near, t_far = np.minimum(a, b), np.maximum(a, b)
+                    t_near, t_far = near, far
                 else:
-                    np.maximum(t_near, np.minimum(a, b), out=t_near)
-                    np.minimum(t_far, np.maximum(a, b), out=t_far)
-            blocked[rows] |= ((t_near <= t_far) & (t_far > np.float32(0.05))).any(axis=2)
-    crowns = np.flatnonzero(prims.sph_mat == MATERIALS["crown"])
+                    np.maximum(t_near, near, out=t_near)
+                    np.minimum(t_far, far, out=t_far)
+            hit = t_near <= t_far
+            hit &= t_far > np.float32(0.05)
+            blocked[rows] |= hit.any(axis=2)
+    crowns = bnd.crowns
+    crowns = crowns[near_xy(prims.sph_center[crowns, :2], np.zeros(len(crowns)), origin, max_range + extent)]
     if len(crowns):
         cc = prims.sph_center[crowns, :2] - origin[:2]
         keep = crowns[np.hypot(cc[:, 0], cc[:, 1]) < max_range + extent]
@@ -240,21 +263,23 @@ def _shadow_mask(prims: Primitives, points: np.ndarray, sun: np.ndarray, max_ran
             c = prims.sph_center[keep] - origin
             r = prims.sph_radius[keep]
             member = rows_member(c[:, :2] @ across, c[:, :2] @ along, r[:, 0], prims.sph_center[keep, 2] + r[:, 1])
+            # rows whose points are all in a box's shadow already: their lit values end at 0 whatever the crowns
+            member[(blocked | ~valid).all(axis=1)] = False
             c_all = np.vstack([c.astype(np.float32), np.full((1, 3), 1e6, np.float32)])
             r_all = np.vstack([r.astype(np.float32), np.ones((1, 2), np.float32)])
             opacity_all = 1.0 - np.append(prims.sph_porosity[keep], 1.0).astype(np.float32)
             q_all = 1.0 / (r_all[:, 0] ** 2)
             w_all = 1.0 / (r_all[:, 1] ** 2)
             a_all = (d[0] ** 2 + d[1] ** 2) * q_all + d[2] ** 2 * w_all
+            c_ax = np.ascontiguousarray(c_all.T)
             shade_amount = np.zeros((n_rows, chunk), np.float32)
-            for rows, table in tile_chunks(member, chunk):
-                c_t = c_all[table]
+            for rows, table in (g for c in tile_chunks(member, chunk) for g in split_padded(*c, len(keep), chunk)):
                 qq = q_all[table][:, None, :]
                 ww = w_all[table][:, None, :]
                 aa = a_all[table][:, None, :]
-                ox = p[rows, :, None, 0] - c_t[:, None, :, 0]
-                oy = p[rows, :, None, 1] - c_t[:, None, :, 1]
-                oz = p[rows, :, None, 2] - c_t[:, None, :, 2]
+                ox = p_ax[0][rows][:, :, None] - c_ax[0][table][:, None, :]
+                oy = p_ax[1][rows][:, :, None] - c_ax[1][table][:, None, :]
+                oz = p_ax[2][rows][:, :, None] - c_ax[2][table][:, None, :]
                 bp = (ox * d[0] + oy * d[1]) * qq + oz * d[2] * ww
                 c0 = (ox * ox + oy * oy) * qq + oz * oz * ww - 1
                 disc = bp * bp - aa * c0

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from distilvpr_lib.config import POINTS_PER_CLOUD, SynthConfig
-from distilvpr_lib.data.synth.raycast import HIT_GROUND, HIT_NONE, cast_rays, grid_tiles, select_primitives
+from distilvpr_lib.data.synth.raycast import HIT_GROUND, HIT_NONE, cast_rays
+from distilvpr_lib.data.synth.tiling import grid_tiles, select_primitives
 from distilvpr_lib.data.synth.world import Primitives
 
 #: Height of the scanner above the ground (m).
