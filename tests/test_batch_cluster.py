@@ -28,7 +28,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from grid_helpers import smoke_base, write_grid
+from grid_helpers import run_launchers_at_once, smoke_base, write_grid
 
 pytestmark = [pytest.mark.slow, pytest.mark.notebooks]
 
@@ -101,15 +101,8 @@ def test_two_launchers_share_a_smoke_grid_folder(smoke_dataset: Path, smoke_teac
                       variations=[{"name": "nokd", "method": "nokd"}, {"name": "distilvpr", "method": "distilvpr"}],
                       base=smoke_base(smoke_dataset, smoke_teacher_folder), name="shared")
     out = tmp_path / "runs"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    command = [sys.executable, "-m", "distilvpr_lib.cli", "batch", str(grid), "--out", str(out)]
-    launchers = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-                 for _ in range(2)]
-    results = [p.communicate(timeout=900) for p in launchers]
-    assert [p.returncode for p in launchers] == [0, 0], [e[-3000:] for _, e in results]
     # a launcher counts as succeeded only the runs it executed: 2 in all means each run executed once
-    succeeded = [int(re.search(r": (\d+) succeeded", o).group(1)) for o, _ in results]
-    assert sum(succeeded) == 2 and "FAILED" not in "".join(o for o, _ in results), [o for o, _ in results]
+    assert sum(run_launchers_at_once(grid, out, timeout=900)) == 2
     record = json.loads((out / "shared" / "batch.json").read_text())
     assert record["runs"] == batch_state(Grid.load(grid), out / "shared")
     assert [(r["name"], r["status"]) for r in record["runs"]] == [("nokd__seed0", "ok"), ("distilvpr__seed0", "ok")]
