@@ -57,13 +57,13 @@ from distilvpr_lib.batch_ledger import write_batch_record
 from distilvpr_lib.batch_records import (EXECUTED_NOTEBOOK, KERNEL_START_ATTEMPTS,
                                          METRICS_FILE, OUT_PARAMETER, PARAMETERS_FILE, STALE_DIR, STATUS_FILE,
                                          RunOutcome, format_changes, kernel_never_started, last_error_line,
-                                         mark_metrics_interrupted, move_aside, notebook_error, papermill_warnings,
-                                         parameter_changes, run_is_complete)
+                                         move_aside, notebook_error, papermill_warnings, parameter_changes,
+                                         record_interrupted, run_is_complete, running_since)
 from distilvpr_lib.data.files import atomic_write, write_json
 from distilvpr_lib.errors import GridError, MissingDataError
 from distilvpr_lib.executors.backends import Executor, Progress
-from distilvpr_lib.executors.claims import (ELSEWHERE, ERROR, EXECUTED, NOT_STARTED, SKIPPED, RunTask, TaskResult,
-                                            die_with_parent)
+from distilvpr_lib.executors.claims import (CANCELLED, ELSEWHERE, ERROR, EXECUTED, NOT_STARTED, SKIPPED, RunTask,
+                                            TaskResult, die_with_parent, is_claimed)
 from distilvpr_lib.grid_checks import check_folder_name, check_grid, check_seeds, load_grid_yaml, merge_parameters
 from distilvpr_lib.paths import project_path
 from distilvpr_lib.stopping import StopSignals, terminate_process_tree
@@ -275,9 +275,7 @@ def execute_notebook(notebook: Path, run_dir: Path, parameters: dict[str, Any], 
             _, stderr = proc.communicate()
         except BaseException:  # Ctrl-C in a caller without StopSignals: the run's processes do not outlive it
             terminate_process_tree(proc)
-            _write_json(run_dir / STATUS_FILE, {"status": "interrupted", "started": start,
-                                                "seconds": time.time() - start, "error": "interrupted"})
-            mark_metrics_interrupted(run_dir, "interrupted")
+            record_interrupted(run_dir, "interrupted", started=start, seconds=time.time() - start)
             raise
         finally:
             if stop is not None:
@@ -294,9 +292,7 @@ def execute_notebook(notebook: Path, run_dir: Path, parameters: dict[str, Any], 
         return RunOutcome(run_dir.name, "ok", run_dir, seconds=seconds)
     if proc.returncode != 0 and stop is not None and stop.stopped:
         error = f"interrupted by {stop.signal_name} (re-run the batch to resume)"
-        _write_json(run_dir / STATUS_FILE, {"status": "interrupted", **record, "error": error,
-                                            "signal": stop.signal_name})
-        mark_metrics_interrupted(run_dir, error)  # a metrics.json written before the stop: not a complete run
+        record_interrupted(run_dir, error, **record, signal=stop.signal_name)  # metrics.json too: not complete
         return RunOutcome(run_dir.name, "interrupted", run_dir, error=error, seconds=seconds, warnings=warnings)
     if proc.returncode == 0 and warnings:
         error = (f"papermill warned: {'; '.join(warnings)} (the run may not be what its parameters say; "
@@ -419,8 +415,9 @@ def run_batch(grid: Grid | str | Path, out_root: str | Path = "runs", workers: i
     reported ``elsewhere`` (running elsewhere), not failed. ``batch.json`` is then rewritten from every run's
     folder (:func:`batch_state`), so several launchers, and a re-run after a crash, agree.
     SIGINT or SIGTERM stops the batch (:class:`~distilvpr_lib.stopping.StopSignals`): no new run starts, the
-    running ones (local executor) are ended with their children and recorded ``interrupted``; a Dask executor's
-    cluster is closed; :attr:`BatchSummary.signum` says which signal came.
+    running ones (local executor) are ended with their children and recorded ``interrupted``; a Dask executor
+    cancels its futures and is closed, and the runs it had started that nobody claims any more are recorded
+    ``interrupted`` the same way (:func:`_settle_cancelled`); :attr:`BatchSummary.signum` says which signal came.
 
     Raises:
         GridError: bad grid, notebook, or ``index`` (exit 2); OptionError: bad executor options (exit 2).
@@ -457,18 +454,17 @@ def run_batch(grid: Grid | str | Path, out_root: str | Path = "runs", workers: i
                 bar.n = initial + p.done
                 bar.set_postfix(running=p.running, failed=p.failed, elsewhere=p.elsewhere)
 
-            for result in pool.run(tasks, show):
+            for result in pool.run(tasks, show, stopped=lambda: stop.stopped):  # a remote pool cancels when stopped
                 outcome = _task_outcome(result, batch_dir / result.name)
                 if result.name in replaced:
                     outcome.changes, outcome.replaced = replaced[result.name].changes, replaced[result.name].replaced
                 outcomes.append(outcome)
-                if stop.stopped and not local:
-                    break  # closing the pool below ends the remote runs; their folders resume
             bar.close()
             signum = stop.signum
     finally:
         if owned:
-            pool.close()
+            pool.close()  # a LocalCluster's workers end, and the runs they executed with them
+    _settle_cancelled(outcomes, signum)
     order = {spec.name: i for i, spec in enumerate(runs)}
     outcomes.sort(key=lambda o: order.get(o.name, 0))
     summary = BatchSummary(batch_dir, outcomes, signum=signum)
@@ -507,5 +503,36 @@ def _task_outcome(result: TaskResult, run_dir: Path) -> RunOutcome:
         return RunOutcome(result.name, ELSEWHERE, run_dir, error=result.error)
     if result.state == NOT_STARTED:
         return RunOutcome(result.name, "not started", run_dir)
+    if result.state == CANCELLED:
+        return RunOutcome(result.name, CANCELLED, run_dir)  # settled once the executor is closed
     assert result.state == ERROR, result.state
     return RunOutcome(result.name, "failed", run_dir, error=result.error)
+
+
+def _settle_cancelled(outcomes: list[RunOutcome], signum: int | None) -> None:
+    """What became of the runs a remote executor cancelled when the batch was stopped (in place), once it is closed.
+
+    A run whose ``status.json`` still says ``running`` and that nobody claims any more (its Dask worker, or the
+    papermill child that dies with it, is gone) gets the record a stopped local run gets: ``interrupted`` with the
+    signal, in ``status.json`` and ``metrics.json`` (:func:`~distilvpr_lib.batch_records.record_interrupted`); the
+    next batch runs it again. One still claimed executes on a worker that outlives the launcher (a scheduler
+    elsewhere: Dask cannot stop a task that executes) and is reported running elsewhere; one that completed
+    meanwhile is ``ok``; the others never started (``not started``; nothing was created).
+    """
+    from distilvpr_lib.errors import signal_name
+
+    name = signal_name(signum) if signum is not None else "a stop"
+    error = f"interrupted by {name} (re-run the batch to resume)"
+    for outcome in outcomes:
+        if outcome.status != CANCELLED:
+            continue
+        started = running_since(outcome.run_dir)
+        if started is not None and not is_claimed(outcome.run_dir):
+            record_interrupted(outcome.run_dir, error, started=started, seconds=time.time() - started,
+                               signal=signal_name(signum) if signum is not None else None)
+            outcome.status, outcome.error = "interrupted", error
+        elif started is not None:
+            outcome.status = ELSEWHERE
+            outcome.error = "still executing on a Dask worker (Dask cannot stop a task that executes)"
+        else:
+            outcome.status = "ok" if run_is_complete(outcome.run_dir) else "not started"

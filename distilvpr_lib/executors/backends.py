@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from distilvpr_lib.errors import OptionError, format_error
-from distilvpr_lib.executors.claims import (ELSEWHERE, ERROR, SLOT_BASE_ENV, THREADS_ENV, RunTask, SlotPool, TaskResult,
+from distilvpr_lib.executors.claims import (CANCELLED, ELSEWHERE, ERROR, SLOT_BASE_ENV, THREADS_ENV, RunTask, SlotPool, TaskResult,
                                             run_claimed, usable_cores)
 
 #: The Dask worker resource a run needs one unit of (``dask worker --resources run=K``).
@@ -41,12 +41,18 @@ ProgressCallback = Callable[[Progress], None]
 
 
 class Executor:
-    """Runs :class:`RunTask` s; :meth:`run` yields each task's :class:`TaskResult` as it completes."""
+    """Runs :class:`RunTask` s; :meth:`run` yields each task's :class:`TaskResult` as it completes.
+
+    ``stopped`` (a launcher's stop signal, :class:`~distilvpr_lib.stopping.StopSignals`) is polled by executors
+    whose tasks run elsewhere: once it says ``True`` they cancel what is left and yield it ``cancelled``. The local
+    executor's tasks check :attr:`RunTask.cancelled` themselves.
+    """
 
     #: the ``--executor`` name
     kind: str = ""
 
-    def run(self, tasks: list[RunTask], on_progress: ProgressCallback | None = None) -> Iterator[TaskResult]:
+    def run(self, tasks: list[RunTask], on_progress: ProgressCallback | None = None,
+            stopped: Callable[[], bool] | None = None) -> Iterator[TaskResult]:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -74,7 +80,8 @@ class LocalExecutor(Executor):
         self.workers = max(1, int(workers))
         self.threads = threads
 
-    def run(self, tasks: list[RunTask], on_progress: ProgressCallback | None = None) -> Iterator[TaskResult]:
+    def run(self, tasks: list[RunTask], on_progress: ProgressCallback | None = None,
+            stopped: Callable[[], bool] | None = None) -> Iterator[TaskResult]:
         from concurrent.futures import ThreadPoolExecutor, as_completed
 
         pool = SlotPool(self.workers, threads=self.threads)
@@ -191,7 +198,10 @@ class DaskExecutor(Executor):
         workers = self.client.scheduler_info(**kwargs).get("workers", {})
         return int(sum(w.get("resources", {}).get(RUN_RESOURCE, 0) for w in workers.values()))
 
-    def run(self, tasks: list[RunTask], on_progress: ProgressCallback | None = None) -> Iterator[TaskResult]:
+    def run(self, tasks: list[RunTask], on_progress: ProgressCallback | None = None,
+            stopped: Callable[[], bool] | None = None) -> Iterator[TaskResult]:
+        """Submit every task, yield each result as it completes; when ``stopped()`` turns ``True``, cancel the
+        futures left (queued or executing) and yield them ``cancelled``, without waiting for them."""
         if tasks and self.slots() == 0:
             print(f"warning: no Dask worker declares the '{RUN_RESOURCE}' resource yet; the runs wait for one "
                   f"(start workers with --resources {RUN_RESOURCE}=K)", file=sys.stderr)
@@ -204,8 +214,6 @@ class DaskExecutor(Executor):
         while pending:
             done = {f for f in pending if f.done()}
             pending -= done
-            if not done:
-                time.sleep(0.2)
             for fut in done:
                 task = futures[fut]
                 try:
@@ -214,6 +222,14 @@ class DaskExecutor(Executor):
                     result = TaskResult(task.name, ERROR, error=format_error(exc))
                 self._count(progress, result)
                 yield result
+            if pending and stopped is not None and stopped():
+                with contextlib.suppress(Exception):  # a scheduler already gone cancels nothing more
+                    self.client.cancel(list(pending), force=True)
+                for fut in pending:
+                    yield TaskResult(futures[fut].name, CANCELLED)
+                return
+            if not done:
+                time.sleep(0.2)
             if on_progress is not None and (done or time.monotonic() - last_poll > 2.0):
                 last_poll = time.monotonic()
                 progress.running = self._running({f.key for f in pending})

@@ -35,6 +35,9 @@ THREAD_VARIABLES: tuple[str, ...] = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPEN
 EXECUTED, SKIPPED, ELSEWHERE, ERROR = "executed", "skipped", "elsewhere", "error"
 #: A task its launcher cancelled before it was claimed (a stop signal came first): nothing was created.
 NOT_STARTED = "not started"
+#: A task its launcher cancelled on a remote executor (a stop signal came while it was queued or executing): its run
+#: folder says whether it had started (:func:`distilvpr_lib.batch_records.running_since`).
+CANCELLED = "cancelled"
 
 
 # ---------------------------------------------------------------------------
@@ -256,6 +259,6 @@ def die_with_parent(cmd: list[str]) -> list[str]:
     return list(cmd)
 
 
-__all__ = ["CLAIM_FILE", "ELSEWHERE", "ERROR", "EXECUTED", "GPUS_ENV", "NOT_STARTED", "SKIPPED", "SLOT_BASE_ENV", "THREADS_ENV",
+__all__ = ["CANCELLED", "CLAIM_FILE", "ELSEWHERE", "ERROR", "EXECUTED", "GPUS_ENV", "NOT_STARTED", "SKIPPED", "SLOT_BASE_ENV", "THREADS_ENV",
            "RunTask", "Slot", "SlotPool", "TaskResult", "claim_run", "die_with_parent", "is_claimed", "run_claimed",
            "usable_cores", "visible_gpus"]
