@@ -53,17 +53,17 @@ from typing import Any
 
 import yaml
 
-from distilvpr_lib.batch_ledger import write_batch_record
+from distilvpr_lib.batch_ledger import settle_cancelled, write_batch_record
 from distilvpr_lib.batch_records import (EXECUTED_NOTEBOOK, KERNEL_START_ATTEMPTS,
                                          METRICS_FILE, OUT_PARAMETER, PARAMETERS_FILE, STALE_DIR, STATUS_FILE,
                                          RunOutcome, format_changes, kernel_never_started, last_error_line,
                                          move_aside, notebook_error, papermill_warnings, parameter_changes,
-                                         record_interrupted, run_is_complete, running_since)
+                                         record_interrupted, run_is_complete)
 from distilvpr_lib.data.files import atomic_write, write_json
 from distilvpr_lib.errors import GridError, MissingDataError
 from distilvpr_lib.executors.backends import Executor, Progress
 from distilvpr_lib.executors.claims import (CANCELLED, ELSEWHERE, ERROR, EXECUTED, NOT_STARTED, SKIPPED, RunTask,
-                                            TaskResult, die_with_parent, is_claimed)
+                                            TaskResult, die_with_parent)
 from distilvpr_lib.grid_checks import check_folder_name, check_grid, check_seeds, load_grid_yaml, merge_parameters
 from distilvpr_lib.paths import project_path
 from distilvpr_lib.stopping import StopSignals, terminate_process_tree
@@ -417,7 +417,8 @@ def run_batch(grid: Grid | str | Path, out_root: str | Path = "runs", workers: i
     SIGINT or SIGTERM stops the batch (:class:`~distilvpr_lib.stopping.StopSignals`): no new run starts, the
     running ones (local executor) are ended with their children and recorded ``interrupted``; a Dask executor
     cancels its futures and is closed, and the runs it had started that nobody claims any more are recorded
-    ``interrupted`` the same way (:func:`_settle_cancelled`); :attr:`BatchSummary.signum` says which signal came.
+    ``interrupted`` the same way (:func:`~distilvpr_lib.batch_ledger.settle_cancelled`);
+    :attr:`BatchSummary.signum` says which signal came.
 
     Raises:
         GridError: bad grid, notebook, or ``index`` (exit 2); OptionError: bad executor options (exit 2).
@@ -464,7 +465,7 @@ def run_batch(grid: Grid | str | Path, out_root: str | Path = "runs", workers: i
     finally:
         if owned:
             pool.close()  # a LocalCluster's workers end, and the runs they executed with them
-    _settle_cancelled(outcomes, signum)
+    settle_cancelled(outcomes, signum)
     order = {spec.name: i for i, spec in enumerate(runs)}
     outcomes.sort(key=lambda o: order.get(o.name, 0))
     summary = BatchSummary(batch_dir, outcomes, signum=signum)
@@ -507,32 +508,3 @@ def _task_outcome(result: TaskResult, run_dir: Path) -> RunOutcome:
         return RunOutcome(result.name, CANCELLED, run_dir)  # settled once the executor is closed
     assert result.state == ERROR, result.state
     return RunOutcome(result.name, "failed", run_dir, error=result.error)
-
-
-def _settle_cancelled(outcomes: list[RunOutcome], signum: int | None) -> None:
-    """What became of the runs a remote executor cancelled when the batch was stopped (in place), once it is closed.
-
-    A run whose ``status.json`` still says ``running`` and that nobody claims any more (its Dask worker, or the
-    papermill child that dies with it, is gone) gets the record a stopped local run gets: ``interrupted`` with the
-    signal, in ``status.json`` and ``metrics.json`` (:func:`~distilvpr_lib.batch_records.record_interrupted`); the
-    next batch runs it again. One still claimed executes on a worker that outlives the launcher (a scheduler
-    elsewhere: Dask cannot stop a task that executes) and is reported running elsewhere; one that completed
-    meanwhile is ``ok``; the others never started (``not started``; nothing was created).
-    """
-    from distilvpr_lib.errors import signal_name
-
-    name = signal_name(signum) if signum is not None else "a stop"
-    error = f"interrupted by {name} (re-run the batch to resume)"
-    for outcome in outcomes:
-        if outcome.status != CANCELLED:
-            continue
-        started = running_since(outcome.run_dir)
-        if started is not None and not is_claimed(outcome.run_dir):
-            record_interrupted(outcome.run_dir, error, started=started, seconds=time.time() - started,
-                               signal=signal_name(signum) if signum is not None else None)
-            outcome.status, outcome.error = "interrupted", error
-        elif started is not None:
-            outcome.status = ELSEWHERE
-            outcome.error = "still executing on a Dask worker (Dask cannot stop a task that executes)"
-        else:
-            outcome.status = "ok" if run_is_complete(outcome.run_dir) else "not started"

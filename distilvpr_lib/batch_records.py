@@ -226,7 +226,8 @@ def kernel_never_started(stderr: str) -> bool:
     return any(marker in stderr for marker in KERNEL_START_FAILURES)
 
 
-__all__ = ["EXECUTED_NOTEBOOK", "KERNEL_START_ATTEMPTS", "KERNEL_START_FAILURES", "RunOutcome", "kernel_never_started", "METRICS_FILE", "OUT_PARAMETER", "PAPERMILL_WARNINGS", "PARAMETERS_FILE", "STALE_DIR",
-           "STATUS_FILE", "UNSET", "format_changes", "last_error_line", "mark_metrics_interrupted", "move_aside", "record_interrupted",
-           "running_since",
-           "notebook_error", "papermill_warnings", "parameter_changes", "run_is_complete"]
+__all__ = ["EXECUTED_NOTEBOOK", "KERNEL_START_ATTEMPTS", "KERNEL_START_FAILURES", "METRICS_FILE", "OUT_PARAMETER",
+           "PAPERMILL_WARNINGS", "PARAMETERS_FILE", "STALE_DIR", "STATUS_FILE", "UNSET", "format_changes",
+           "kernel_never_started", "last_error_line", "mark_metrics_interrupted", "move_aside", "notebook_error",
+           "papermill_warnings", "parameter_changes", "record_interrupted", "run_is_complete", "running_since",
+           "RunOutcome"]

@@ -259,6 +259,6 @@ def die_with_parent(cmd: list[str]) -> list[str]:
     return list(cmd)
 
 
-__all__ = ["CANCELLED", "CLAIM_FILE", "ELSEWHERE", "ERROR", "EXECUTED", "GPUS_ENV", "NOT_STARTED", "SKIPPED", "SLOT_BASE_ENV", "THREADS_ENV",
-           "RunTask", "Slot", "SlotPool", "TaskResult", "claim_run", "die_with_parent", "is_claimed", "run_claimed",
-           "usable_cores", "visible_gpus"]
+__all__ = ["CANCELLED", "CLAIM_FILE", "ELSEWHERE", "ERROR", "EXECUTED", "GPUS_ENV", "NOT_STARTED", "SKIPPED",
+           "SLOT_BASE_ENV", "THREADS_ENV", "claim_run", "die_with_parent", "is_claimed", "run_claimed", "RunTask",
+           "Slot", "SlotPool", "TaskResult", "usable_cores", "visible_gpus"]
