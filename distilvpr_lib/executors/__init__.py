@@ -12,7 +12,9 @@
   resource :data:`RUN_RESOURCE` (``dask worker --resources run=K`` runs at most K runs at once), so a
   worker never runs more runs than it has slots, whatever its thread count. A worker lost mid-run (killed,
   out of memory, pre-empted) makes the scheduler resubmit the task elsewhere; the run then resumes from its
-  last checkpoint (the training pipelines resume by default).
+  last checkpoint (the training pipelines resume by default). A launcher stopped by SIGINT or SIGTERM cancels the
+  futures it has not seen end (``cancelled`` results); :func:`distilvpr_lib.batch_ledger.settle_cancelled` then
+  reads from each run folder whether the run had started, and records it ``interrupted`` if so.
 
 Wherever a task executes, :func:`~distilvpr_lib.executors.claims.run_claimed` runs it:
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from distilvpr_lib.errors import OptionError, format_error
-from distilvpr_lib.executors.claims import (CANCELLED, ELSEWHERE, ERROR, SLOT_BASE_ENV, THREADS_ENV, RunTask, SlotPool, TaskResult,
-                                            run_claimed, usable_cores)
+from distilvpr_lib.executors.claims import (CANCELLED, ELSEWHERE, ERROR, SLOT_BASE_ENV, THREADS_ENV, RunTask, SlotPool,
+                                            TaskResult, run_claimed, usable_cores)
 
 #: The Dask worker resource a run needs one unit of (``dask worker --resources run=K``).
 RUN_RESOURCE: str = "run"
