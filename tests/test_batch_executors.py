@@ -126,6 +126,36 @@ def test_batch_state_is_derived_from_the_run_folders(tmp_path: Path) -> None:
     assert batch_state(grid, batch)[3]["status"] == "pending"
 
 
+def test_runs_a_stopped_dask_batch_cancelled_are_settled_from_their_folders(tmp_path: Path) -> None:
+    import signal
+
+    from distilvpr_lib.batch_ledger import settle_cancelled
+    from distilvpr_lib.batch_records import RunOutcome
+    from distilvpr_lib.executors.claims import CANCELLED
+
+    batch = tmp_path / "toy"
+    states = {"gone": "running", "held": "running", "done": "ok", "queued": None, "ran": "ok"}
+    for name, status in states.items():
+        if status is not None:
+            (batch / name).mkdir(parents=True)
+            (batch / name / "status.json").write_text(json.dumps({"status": status, "started": 100.0}))
+    (batch / "gone" / "metrics.json").write_text(json.dumps({"status": "complete", "x": 1}))
+    (batch / "done" / "metrics.json").write_text("{}")
+    outcomes = [RunOutcome(name, CANCELLED if name != "ran" else "ok", batch / name) for name in states]
+    with claim_run(batch / "held"):  # still executing on a worker that outlives the launcher
+        settle_cancelled(outcomes, signal.SIGTERM)
+    assert {o.name: o.status for o in outcomes} == {"gone": "interrupted", "held": ELSEWHERE, "done": "ok",
+                                                    "queued": "not started", "ran": "ok"}
+    error = "interrupted by SIGTERM (re-run the batch to resume)"
+    status = json.loads((batch / "gone" / "status.json").read_text())
+    assert (status["status"], status["signal"], status["error"], status["started"]) == (
+        "interrupted", "SIGTERM", error, 100.0) and status["seconds"] > 0
+    metrics = json.loads((batch / "gone" / "metrics.json").read_text())
+    assert (metrics["status"], metrics["status_when_interrupted"], metrics["x"]) == ("interrupted", "complete", 1)
+    assert json.loads((batch / "held" / "status.json").read_text())["status"] == "running"  # not ours to rewrite
+    assert not (batch / "queued").exists()
+
+
 def test_select_runs_and_index_errors(tmp_path: Path) -> None:
     grid = Grid.load(toy_grid(tmp_path))
     assert [r.name for r in select_runs(grid, index=2)] == ["b__seed0"]
