@@ -415,10 +415,10 @@ def run_batch(grid: Grid | str | Path, out_root: str | Path = "runs", workers: i
     reported ``elsewhere`` (running elsewhere), not failed. ``batch.json`` is then rewritten from every run's
     folder (:func:`batch_state`), so several launchers, and a re-run after a crash, agree.
     SIGINT or SIGTERM stops the batch (:class:`~distilvpr_lib.stopping.StopSignals`): no new run starts, the
-    running ones (local executor) are ended with their children and recorded ``interrupted``; a Dask executor
-    cancels its futures and is closed, and the runs it had started that nobody claims any more are recorded
-    ``interrupted`` the same way (:func:`~distilvpr_lib.batch_ledger.settle_cancelled`);
-    :attr:`BatchSummary.signum` says which signal came.
+    running ones are ended with their children and recorded ``interrupted`` (a Dask executor tells its workers,
+    which do the same, then cancels the rest; runs that did not report back and that nobody claims any more are
+    recorded so by :func:`~distilvpr_lib.batch_ledger.settle_cancelled`); :attr:`BatchSummary.signum` says which
+    signal came.
 
     Raises:
         GridError: bad grid, notebook, or ``index`` (exit 2); OptionError: bad executor options (exit 2).
@@ -447,7 +447,8 @@ def run_batch(grid: Grid | str | Path, out_root: str | Path = "runs", workers: i
                 tasks.append(RunTask(spec.name, absolute, execute_notebook,
                                      (grid.notebook.resolve(), absolute, spec.parameters), kwargs,
                                      done=None if force else run_is_complete,
-                                     cancelled=(lambda: stop.stopped) if local else None))
+                                     cancelled=(lambda: stop.stopped) if local else None,
+                                     stop_factory=None if local else StopSignals))  # a remote run's own stop
             initial = len(outcomes)
             bar = progress_bar(total=len(runs), initial=initial, desc=f"batch {grid.name}", disable=not progress)
 
@@ -455,7 +456,7 @@ def run_batch(grid: Grid | str | Path, out_root: str | Path = "runs", workers: i
                 bar.n = initial + p.done
                 bar.set_postfix(running=p.running, failed=p.failed, elsewhere=p.elsewhere)
 
-            for result in pool.run(tasks, show, stopped=lambda: stop.stopped):  # a remote pool cancels when stopped
+            for result in pool.run(tasks, show, stopped=lambda: stop.signum):  # a remote pool stops its runs too
                 outcome = _task_outcome(result, batch_dir / result.name)
                 if result.name in replaced:
                     outcome.changes, outcome.replaced = replaced[result.name].changes, replaced[result.name].replaced

@@ -177,14 +177,15 @@ def collect_batch(batch_dir: str | Path) -> "pandas.DataFrame":  # noqa: F821
 
 
 def settle_cancelled(outcomes: list[LauncherOutcome], signum: int | None) -> None:
-    """What became of the runs a remote executor cancelled when the batch was stopped (in place), once it is closed.
+    """What became of the runs a remote executor cancelled when the batch was stopped (in place), once it is closed:
+    those queued, and those whose worker did not report them stopped in time.
 
     A run whose ``status.json`` still says ``running`` and that nobody claims any more (its Dask worker, or the
     papermill child that dies with it, is gone) gets the record a stopped local run gets: ``interrupted`` with the
     signal, in ``status.json`` and ``metrics.json`` (:func:`~distilvpr_lib.batch_records.record_interrupted`); the
-    next batch runs it again. One still claimed executes on a worker that outlives the launcher (a scheduler
-    elsewhere: Dask cannot stop a task that executes) and is reported running elsewhere; one that completed
-    meanwhile is ``ok``; the others never started (``not started``; nothing was created).
+    next batch runs it again. One still claimed executes on a worker that did not answer and outlives the launcher:
+    it is reported running elsewhere; one that completed meanwhile is ``ok``; the others never started
+    (``not started``; nothing was created).
     """
     name = signal_name(signum) if signum is not None else "a stop"
     error = f"interrupted by {name} (re-run the batch to resume)"
@@ -198,7 +199,7 @@ def settle_cancelled(outcomes: list[LauncherOutcome], signum: int | None) -> Non
             outcome.status, outcome.error = "interrupted", error
         elif started is not None:
             outcome.status = ELSEWHERE
-            outcome.error = "still executing on a Dask worker (Dask cannot stop a task that executes)"
+            outcome.error = "still executing on a Dask worker that did not answer the stop"
         else:
             outcome.status = "ok" if run_is_complete(outcome.run_dir) else "not started"
 

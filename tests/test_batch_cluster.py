@@ -167,12 +167,16 @@ def test_killing_a_worker_mid_run_resumes_the_run_to_identical_weights(smoke_dat
     assert not [p for p in victim.rglob("*") if is_temp_file(p)], "no temporary file left by the killed write"
 
 
-def test_ctrl_c_with_dask_local_records_the_running_run_interrupted_and_a_rerun_resumes_it(tmp_path: Path) -> None:
-    """SIGINT to the launcher of a ``dask-local`` batch: the futures are cancelled, the cluster closed, the run its
-    worker was executing is ``interrupted`` with the signal in ``status.json`` and ``metrics.json`` (as the local
-    executor records it), the queued one is ``not started`` (nothing created), and the next batch runs both."""
-    pytest.importorskip("distributed")
+@pytest.mark.parametrize("cluster", ["dask-local", "a scheduler elsewhere"])
+def test_ctrl_c_on_a_dask_batch_records_the_running_run_interrupted_and_a_rerun_resumes_it(tmp_path: Path,
+                                                                                           cluster: str) -> None:
+    """SIGINT to the launcher of a Dask batch: the run a worker was executing is stopped there and ``interrupted``
+    with the signal in ``status.json`` and ``metrics.json`` (as the local executor records it), the queued one is
+    cancelled and ``not started`` (nothing created), and the next batch runs both. Whether the launcher owns the
+    cluster (``dask-local``, closed with the batch) or not (a scheduler elsewhere: its workers live on)."""
+    distributed = pytest.importorskip("distributed")
     from distilvpr_lib.batch import run_batch
+    from distilvpr_lib.executors.backends import DaskExecutor
     from distilvpr_lib.stopping import is_alive
 
     hold = tmp_path / "hold"  # the notebook waits while this file exists, after writing metrics.json
@@ -199,7 +203,14 @@ def test_ctrl_c_with_dask_local_records_the_running_run_interrupted_and_a_rerun_
 
     threading.Thread(target=interrupt_once_a_run_waits, daemon=True).start()
     start = time.monotonic()
-    summary = run_batch(grid, out_root=out, workers=1, executor="dask-local", progress=False)  # one run slot
+    if cluster == "dask-local":
+        summary = run_batch(grid, out_root=out, workers=1, executor="dask-local", progress=False)  # one run slot
+    else:
+        with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, resources={"run": 1},
+                                      dashboard_address=None) as elsewhere, DaskExecutor(
+                client=distributed.Client(elsewhere, set_as_default=False)) as executor:
+            summary = run_batch(grid, out_root=out, executor=executor, progress=False)
+            assert len(executor.client.scheduler_info()["workers"]) == 1  # the worker outlived the batch
     returned.set()
     assert hold.exists(), "the launcher did not stop on SIGINT (the runs ended only when released)"
     assert time.monotonic() - start < 40 and summary.signum == signal.SIGINT

@@ -13,8 +13,9 @@
   worker never runs more runs than it has slots, whatever its thread count. A worker lost mid-run (killed,
   out of memory, pre-empted) makes the scheduler resubmit the task elsewhere; the run then resumes from its
   last checkpoint (the training pipelines resume by default). A launcher stopped by SIGINT or SIGTERM cancels the
-  futures it has not seen end (``cancelled`` results); :func:`distilvpr_lib.batch_ledger.settle_cancelled` then
-  reads from each run folder whether the run had started, and records it ``interrupted`` if so.
+  queued tasks and tells the executing ones (a Dask ``Variable``), which stop their runs on the workers
+  (:func:`~distilvpr_lib.executors.backends.dask_task`); what does not report back in time is ``cancelled``, and
+  :func:`distilvpr_lib.batch_ledger.settle_cancelled` reads from its run folder what became of it.
 
 Wherever a task executes, :func:`~distilvpr_lib.executors.claims.run_claimed` runs it:
 

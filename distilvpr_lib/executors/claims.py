@@ -144,6 +144,10 @@ class RunTask:
     #: Checked before the run is claimed: ``True`` = do not start it (``not started``; nothing is created). Local
     #: executors only (a launcher's stop signal); it does not travel to remote workers.
     cancelled: Callable[[], bool] | None = None
+    #: Remote executors: makes, where the task executes, the object ``call`` gets as ``stop=`` (an importable class
+    #: such as :class:`distilvpr_lib.stopping.StopSignals`: ``stop(signum)``, ``stopped``), which the executor
+    #: stops when the launcher is stopped (:func:`distilvpr_lib.executors.backends.dask_task`).
+    stop_factory: Callable[[], Any] | None = None
 
 
 @dataclass
