@@ -12,6 +12,9 @@ Two runs with identical parameters (``reference`` and ``victim``) go to a LocalC
 slot, one thread budget each); the worker running ``victim`` is killed with ``kill -9``. The papermill child of
 the killed worker dies with it (:func:`distilvpr_lib.executors.claims.die_with_parent`) and the kernel follows, so the
 resubmitted task finds the run folder free.
+
+Ctrl-C on a Dask batch's launcher (its own ``dask-local`` cluster, or one it does not own) stops the executing
+run on its worker, records it ``interrupted`` as the local executor does, and a re-run completes it.
 """
 
 from __future__ import annotations
