@@ -53,17 +53,17 @@ from typing import Any
 
 import yaml
 
-from distilvpr_lib.batch_ledger import write_batch_record
+from distilvpr_lib.batch_ledger import settle_cancelled, write_batch_record
 from distilvpr_lib.batch_records import (EXECUTED_NOTEBOOK, KERNEL_START_ATTEMPTS,
                                          METRICS_FILE, OUT_PARAMETER, PARAMETERS_FILE, STALE_DIR, STATUS_FILE,
                                          RunOutcome, format_changes, kernel_never_started, last_error_line,
-                                         mark_metrics_interrupted, move_aside, notebook_error, papermill_warnings,
-                                         parameter_changes, run_is_complete)
+                                         move_aside, notebook_error, papermill_warnings, parameter_changes,
+                                         record_interrupted, run_is_complete)
 from distilvpr_lib.data.files import atomic_write, write_json
 from distilvpr_lib.errors import GridError, MissingDataError
 from distilvpr_lib.executors.backends import Executor, Progress
-from distilvpr_lib.executors.claims import (ELSEWHERE, ERROR, EXECUTED, NOT_STARTED, SKIPPED, RunTask, TaskResult,
-                                            die_with_parent)
+from distilvpr_lib.executors.claims import (CANCELLED, ELSEWHERE, ERROR, EXECUTED, NOT_STARTED, SKIPPED, RunTask,
+                                            TaskResult, die_with_parent)
 from distilvpr_lib.grid_checks import check_folder_name, check_grid, check_seeds, load_grid_yaml, merge_parameters
 from distilvpr_lib.paths import project_path
 from distilvpr_lib.stopping import StopSignals, terminate_process_tree
@@ -275,9 +275,7 @@ def execute_notebook(notebook: Path, run_dir: Path, parameters: dict[str, Any], 
             _, stderr = proc.communicate()
         except BaseException:  # Ctrl-C in a caller without StopSignals: the run's processes do not outlive it
             terminate_process_tree(proc)
-            _write_json(run_dir / STATUS_FILE, {"status": "interrupted", "started": start,
-                                                "seconds": time.time() - start, "error": "interrupted"})
-            mark_metrics_interrupted(run_dir, "interrupted")
+            record_interrupted(run_dir, "interrupted", started=start, seconds=time.time() - start)
             raise
         finally:
             if stop is not None:
@@ -294,9 +292,7 @@ def execute_notebook(notebook: Path, run_dir: Path, parameters: dict[str, Any], 
         return RunOutcome(run_dir.name, "ok", run_dir, seconds=seconds)
     if proc.returncode != 0 and stop is not None and stop.stopped:
         error = f"interrupted by {stop.signal_name} (re-run the batch to resume)"
-        _write_json(run_dir / STATUS_FILE, {"status": "interrupted", **record, "error": error,
-                                            "signal": stop.signal_name})
-        mark_metrics_interrupted(run_dir, error)  # a metrics.json written before the stop: not a complete run
+        record_interrupted(run_dir, error, **record, signal=stop.signal_name)  # metrics.json too: not complete
         return RunOutcome(run_dir.name, "interrupted", run_dir, error=error, seconds=seconds, warnings=warnings)
     if proc.returncode == 0 and warnings:
         error = (f"papermill warned: {'; '.join(warnings)} (the run may not be what its parameters say; "
@@ -419,8 +415,10 @@ def run_batch(grid: Grid | str | Path, out_root: str | Path = "runs", workers: i
     reported ``elsewhere`` (running elsewhere), not failed. ``batch.json`` is then rewritten from every run's
     folder (:func:`batch_state`), so several launchers, and a re-run after a crash, agree.
     SIGINT or SIGTERM stops the batch (:class:`~distilvpr_lib.stopping.StopSignals`): no new run starts, the
-    running ones (local executor) are ended with their children and recorded ``interrupted``; a Dask executor's
-    cluster is closed; :attr:`BatchSummary.signum` says which signal came.
+    running ones are ended with their children and recorded ``interrupted`` (a Dask executor tells its workers,
+    which do the same, then cancels the rest; runs that did not report back and that nobody claims any more are
+    recorded so by :func:`~distilvpr_lib.batch_ledger.settle_cancelled`); :attr:`BatchSummary.signum` says which
+    signal came.
 
     Raises:
         GridError: bad grid, notebook, or ``index`` (exit 2); OptionError: bad executor options (exit 2).
@@ -449,7 +447,8 @@ def run_batch(grid: Grid | str | Path, out_root: str | Path = "runs", workers: i
                 tasks.append(RunTask(spec.name, absolute, execute_notebook,
                                      (grid.notebook.resolve(), absolute, spec.parameters), kwargs,
                                      done=None if force else run_is_complete,
-                                     cancelled=(lambda: stop.stopped) if local else None))
+                                     cancelled=(lambda: stop.stopped) if local else None,
+                                     stop_factory=None if local else StopSignals))  # a remote run's own stop
             initial = len(outcomes)
             bar = progress_bar(total=len(runs), initial=initial, desc=f"batch {grid.name}", disable=not progress)
 
@@ -457,18 +456,17 @@ def run_batch(grid: Grid | str | Path, out_root: str | Path = "runs", workers: i
                 bar.n = initial + p.done
                 bar.set_postfix(running=p.running, failed=p.failed, elsewhere=p.elsewhere)
 
-            for result in pool.run(tasks, show):
+            for result in pool.run(tasks, show, stopped=lambda: stop.signum):  # a remote pool stops its runs too
                 outcome = _task_outcome(result, batch_dir / result.name)
                 if result.name in replaced:
                     outcome.changes, outcome.replaced = replaced[result.name].changes, replaced[result.name].replaced
                 outcomes.append(outcome)
-                if stop.stopped and not local:
-                    break  # closing the pool below ends the remote runs; their folders resume
             bar.close()
             signum = stop.signum
     finally:
         if owned:
-            pool.close()
+            pool.close()  # a LocalCluster's workers end, and the runs they executed with them
+    settle_cancelled(outcomes, signum)
     order = {spec.name: i for i, spec in enumerate(runs)}
     outcomes.sort(key=lambda o: order.get(o.name, 0))
     summary = BatchSummary(batch_dir, outcomes, signum=signum)
@@ -507,5 +505,7 @@ def _task_outcome(result: TaskResult, run_dir: Path) -> RunOutcome:
         return RunOutcome(result.name, ELSEWHERE, run_dir, error=result.error)
     if result.state == NOT_STARTED:
         return RunOutcome(result.name, "not started", run_dir)
+    if result.state == CANCELLED:
+        return RunOutcome(result.name, CANCELLED, run_dir)  # settled once the executor is closed
     assert result.state == ERROR, result.state
     return RunOutcome(result.name, "failed", run_dir, error=result.error)

@@ -1,22 +1,25 @@
 """What a batch folder holds, read from its runs' folders alone (never from a launcher's memory):
 ``<batch>/batch.json`` (:func:`write_batch_record`), so any number of launchers (a job array, several machines)
 and a re-run after a crash agree (docs/GRIDS.md, docs/SCALING.md); and every run as one table
-(:func:`collect_batch`, what notebook 04 reads)."""
+(:func:`collect_batch`, what notebook 04 reads); and what became of the runs a stopped Dask batch cancelled
+(:func:`settle_cancelled`)."""
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 import yaml
 
-from distilvpr_lib.batch_records import (METRICS_FILE, PARAMETERS_FILE, STATUS_FILE, parameter_changes,
-                                         run_is_complete)
+from distilvpr_lib.batch_records import METRICS_FILE, PARAMETERS_FILE, STATUS_FILE
+from distilvpr_lib.batch_records import RunOutcome as LauncherOutcome
+from distilvpr_lib.batch_records import parameter_changes, record_interrupted, run_is_complete, running_since
 from distilvpr_lib.data.files import write_json
 from distilvpr_lib.errors import MissingDataError, signal_name
-from distilvpr_lib.executors.claims import is_claimed
+from distilvpr_lib.executors.claims import CANCELLED, ELSEWHERE, is_claimed
 
 
 
@@ -173,4 +176,32 @@ def collect_batch(batch_dir: str | Path) -> "pandas.DataFrame":  # noqa: F821
     return pd.DataFrame(rows)
 
 
-__all__ = ["RUN_STATES", "batch_state", "collect_batch", "write_batch_record"]
+def settle_cancelled(outcomes: list[LauncherOutcome], signum: int | None) -> None:
+    """What became of the runs a remote executor cancelled when the batch was stopped (in place), once it is closed:
+    those queued, and those whose worker did not report them stopped in time.
+
+    A run whose ``status.json`` still says ``running`` and that nobody claims any more (its Dask worker, or the
+    papermill child that dies with it, is gone) gets the record a stopped local run gets: ``interrupted`` with the
+    signal, in ``status.json`` and ``metrics.json`` (:func:`~distilvpr_lib.batch_records.record_interrupted`); the
+    next batch runs it again. One still claimed executes on a worker that did not answer and outlives the launcher:
+    it is reported running elsewhere; one that completed meanwhile is ``ok``; the others never started
+    (``not started``; nothing was created).
+    """
+    name = signal_name(signum) if signum is not None else "a stop"
+    error = f"interrupted by {name} (re-run the batch to resume)"
+    for outcome in outcomes:
+        if outcome.status != CANCELLED:
+            continue
+        started = running_since(outcome.run_dir)
+        if started is not None and not is_claimed(outcome.run_dir):
+            record_interrupted(outcome.run_dir, error, started=started, seconds=time.time() - started,
+                               signal=signal_name(signum) if signum is not None else None)
+            outcome.status, outcome.error = "interrupted", error
+        elif started is not None:
+            outcome.status = ELSEWHERE
+            outcome.error = "still executing on a Dask worker that did not answer the stop"
+        else:
+            outcome.status = "ok" if run_is_complete(outcome.run_dir) else "not started"
+
+
+__all__ = ["RUN_STATES", "batch_state", "collect_batch", "settle_cancelled", "write_batch_record"]

@@ -196,6 +196,24 @@ class RunOutcome:
 
 
 
+def record_interrupted(run_dir: Path, error: str, **record: Any) -> None:
+    """Record a stopped run: ``status.json`` says ``interrupted`` (with ``error`` and ``record``: ``started``,
+    ``seconds``, ``signal``, ...) and its ``metrics.json``, when it wrote one, agrees (:func:`mark_metrics_interrupted`).
+    Re-running the batch runs it again (it is not complete)."""
+    write_json(run_dir / STATUS_FILE, {"status": "interrupted", **record, "error": error}, sort_keys=True, default=str)
+    mark_metrics_interrupted(run_dir, error)
+
+
+def running_since(run_dir: Path) -> float | None:
+    """When the run in ``run_dir`` started, if its ``status.json`` says it is ``running``, else ``None``."""
+    try:
+        status = json.loads((run_dir / STATUS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    started = status.get("started") if isinstance(status, dict) and status.get("status") == "running" else None
+    return float(started) if isinstance(started, (int, float)) else None
+
+
 #: What papermill prints when the notebook's kernel never started (no cell ran): kernels launched side by side
 #: race for the ports jupyter_client picked for them (papermill issue #239), and the loser exits at once.
 KERNEL_START_FAILURES: tuple[str, ...] = ("Kernel died before replying to kernel_info", "Kernel didn't respond in")
@@ -208,6 +226,8 @@ def kernel_never_started(stderr: str) -> bool:
     return any(marker in stderr for marker in KERNEL_START_FAILURES)
 
 
-__all__ = ["EXECUTED_NOTEBOOK", "KERNEL_START_ATTEMPTS", "KERNEL_START_FAILURES", "RunOutcome", "kernel_never_started", "METRICS_FILE", "OUT_PARAMETER", "PAPERMILL_WARNINGS", "PARAMETERS_FILE", "STALE_DIR",
-           "STATUS_FILE", "UNSET", "format_changes", "last_error_line", "mark_metrics_interrupted", "move_aside",
-           "notebook_error", "papermill_warnings", "parameter_changes", "run_is_complete"]
+__all__ = ["EXECUTED_NOTEBOOK", "KERNEL_START_ATTEMPTS", "KERNEL_START_FAILURES", "METRICS_FILE", "OUT_PARAMETER",
+           "PAPERMILL_WARNINGS", "PARAMETERS_FILE", "STALE_DIR", "STATUS_FILE", "UNSET", "format_changes",
+           "kernel_never_started", "last_error_line", "mark_metrics_interrupted", "move_aside", "notebook_error",
+           "papermill_warnings", "parameter_changes", "record_interrupted", "run_is_complete", "running_since",
+           "RunOutcome"]

@@ -1,17 +1,24 @@
-"""Grid files and toy notebooks for the batch tests: one way to write each (``from grid_helpers import ...``).
+"""Grid files, toy notebooks and launchers for the batch tests: one way to do each (``from grid_helpers import ...``).
 
 :func:`write_grid` writes a grid YAML (the format of ``ablations/*.yaml``, docs/GRIDS.md); :func:`write_notebook`
-writes a notebook with a ``parameters`` cell, as papermill and :func:`distilvpr_lib.grid_checks.check_grid` read it.
+writes a notebook with a ``parameters`` cell, as papermill and :func:`distilvpr_lib.grid_checks.check_grid` read it;
+:func:`batch_command` and :func:`run_launchers_at_once` run ``distilvpr batch`` of this checkout as subprocesses.
 """
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import nbformat
 import yaml
+
+REPO = Path(__file__).resolve().parents[1]
 
 #: The distillation notebook, as the committed grids name it (relative to the project root).
 NOTEBOOK_03 = "notebooks/03_distillation.ipynb"
@@ -77,3 +84,30 @@ def smoke_base(dataset: Path, teacher: Path | None = None, epochs: int = 1) -> d
     if teacher is not None:
         base["teacher"] = str(teacher)
     return base
+
+
+def batch_command(grid: Path, out: Path) -> tuple[list[str], dict[str, str]]:
+    """``distilvpr batch GRID --out OUT`` of this checkout as a subprocess runs it: the command and its environment
+    (``PYTHONPATH`` led by the checkout)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    return [sys.executable, "-m", "distilvpr_lib.cli", "batch", str(grid), "--out", str(out)], env
+
+
+def run_launchers_at_once(grid: Path, out: Path, count: int = 2, timeout: float = 900) -> list[int]:
+    """Start ``count`` launchers (:func:`batch_command`) on one grid folder at once and wait for them; assert that
+    every one exited 0 and none printed ``FAILED``.
+
+    Returns:
+        Per launcher, how many runs it executed itself (the ``N succeeded`` of its summary line: a run another
+        launcher claimed is not counted), in start order.
+    """
+    command, env = batch_command(grid, out)
+    launchers = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                 for _ in range(count)]
+    results = [p.communicate(timeout=timeout) for p in launchers]
+    assert [p.returncode for p in launchers] == [0] * count, [e[-3000:] for _, e in results]
+    outputs = [o for o, _ in results]
+    assert "FAILED" not in "".join(outputs), outputs
+    counts = [re.search(r": (\d+) succeeded", o) for o in outputs]
+    assert all(counts), outputs
+    return [int(m.group(1)) for m in counts if m]

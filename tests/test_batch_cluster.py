@@ -12,6 +12,9 @@ Two runs with identical parameters (``reference`` and ``victim``) go to a LocalC
 slot, one thread budget each); the worker running ``victim`` is killed with ``kill -9``. The papermill child of
 the killed worker dies with it (:func:`distilvpr_lib.executors.claims.die_with_parent`) and the kernel follows, so the
 resubmitted task finds the run folder free.
+
+Ctrl-C on a Dask batch's launcher (its own ``dask-local`` cluster, or one it does not own) stops the executing
+run on its worker, records it ``interrupted`` as the local executor does, and a re-run completes it.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from grid_helpers import smoke_base, write_grid
+from grid_helpers import run_launchers_at_once, smoke_base, write_grid, write_notebook
 
 pytestmark = [pytest.mark.slow, pytest.mark.notebooks]
 
@@ -101,15 +104,8 @@ def test_two_launchers_share_a_smoke_grid_folder(smoke_dataset: Path, smoke_teac
                       variations=[{"name": "nokd", "method": "nokd"}, {"name": "distilvpr", "method": "distilvpr"}],
                       base=smoke_base(smoke_dataset, smoke_teacher_folder), name="shared")
     out = tmp_path / "runs"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    command = [sys.executable, "-m", "distilvpr_lib.cli", "batch", str(grid), "--out", str(out)]
-    launchers = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-                 for _ in range(2)]
-    results = [p.communicate(timeout=900) for p in launchers]
-    assert [p.returncode for p in launchers] == [0, 0], [e[-3000:] for _, e in results]
     # a launcher counts as succeeded only the runs it executed: 2 in all means each run executed once
-    succeeded = [int(re.search(r": (\d+) succeeded", o).group(1)) for o, _ in results]
-    assert sum(succeeded) == 2 and "FAILED" not in "".join(o for o, _ in results), [o for o, _ in results]
+    assert sum(run_launchers_at_once(grid, out, timeout=900)) == 2
     record = json.loads((out / "shared" / "batch.json").read_text())
     assert record["runs"] == batch_state(Grid.load(grid), out / "shared")
     assert [(r["name"], r["status"]) for r in record["runs"]] == [("nokd__seed0", "ok"), ("distilvpr__seed0", "ok")]
@@ -172,3 +168,75 @@ def test_killing_a_worker_mid_run_resumes_the_run_to_identical_weights(smoke_dat
     from distilvpr_lib.data.files import is_temp_file
 
     assert not [p for p in victim.rglob("*") if is_temp_file(p)], "no temporary file left by the killed write"
+
+
+@pytest.mark.parametrize("cluster", ["dask-local", "a scheduler elsewhere"])
+def test_ctrl_c_on_a_dask_batch_records_the_running_run_interrupted_and_a_rerun_resumes_it(tmp_path: Path,
+                                                                                           cluster: str) -> None:
+    """SIGINT to the launcher of a Dask batch: the run a worker was executing is stopped there and ``interrupted``
+    with the signal in ``status.json`` and ``metrics.json`` (as the local executor records it), the queued one is
+    cancelled and ``not started`` (nothing created), and the next batch runs both. Whether the launcher owns the
+    cluster (``dask-local``, closed with the batch) or not (a scheduler elsewhere: its workers live on)."""
+    distributed = pytest.importorskip("distributed")
+    from distilvpr_lib.batch import run_batch
+    from distilvpr_lib.executors.backends import DaskExecutor
+    from distilvpr_lib.stopping import is_alive
+
+    hold = tmp_path / "hold"  # the notebook waits while this file exists, after writing metrics.json
+    hold.write_text("")
+    notebook = write_notebook(
+        tmp_path / "hold.ipynb", "x = 1\nseed = 0\nout = 'unused'",
+        "import json, os, pathlib, time\n"
+        "pathlib.Path(out, 'ran.txt').open('a').write(f'{os.getpid()}\\n')\n"
+        "pathlib.Path(out, 'metrics.json').write_text(json.dumps({'status': 'complete', 'x': x}))\n"
+        f"while pathlib.Path({str(hold)!r}).exists():\n"
+        "    time.sleep(0.1)\n")
+    grid = write_grid(tmp_path / "grid.yaml", notebook, [{"name": "a", "x": 1}, {"name": "b", "x": 2}], name="toy")
+    out = tmp_path / "runs"
+
+    returned = threading.Event()
+
+    def interrupt_once_a_run_waits() -> None:
+        deadline = time.monotonic() + 60
+        while not list((out / "toy").glob("*/ran.txt")) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C delivers to the launcher
+        if not returned.wait(40):  # a launcher that does not stop: let the runs end, so that the test fails, not hangs
+            hold.unlink(missing_ok=True)
+
+    threading.Thread(target=interrupt_once_a_run_waits, daemon=True).start()
+    start = time.monotonic()
+    if cluster == "dask-local":
+        summary = run_batch(grid, out_root=out, workers=1, executor="dask-local", progress=False)  # one run slot
+    else:
+        with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, resources={"run": 1},
+                                      dashboard_address=None) as elsewhere, DaskExecutor(
+                client=distributed.Client(elsewhere, set_as_default=False)) as executor:
+            summary = run_batch(grid, out_root=out, executor=executor, progress=False)
+            assert len(executor.client.scheduler_info()["workers"]) == 1  # the worker outlived the batch
+    returned.set()
+    assert hold.exists(), "the launcher did not stop on SIGINT (the runs ended only when released)"
+    assert time.monotonic() - start < 40 and summary.signum == signal.SIGINT
+    (started,) = [p.parent for p in (out / "toy").glob("*/ran.txt")]
+    other = ({"a__seed0", "b__seed0"} - {started.name}).pop()
+    assert {o.name: o.status for o in summary.outcomes} == {started.name: "interrupted", other: "not started"}
+    status = json.loads((started / "status.json").read_text())
+    assert status["status"] == "interrupted" and status["signal"] == "SIGINT", status
+    assert status["error"] == "interrupted by SIGINT (re-run the batch to resume)" and status["seconds"] > 0
+    metrics = json.loads((started / "metrics.json").read_text())
+    assert (metrics["status"], metrics["status_when_interrupted"], metrics["error"]) == (
+        "interrupted", "complete", status["error"])
+    assert not (out / "toy" / other).exists(), "the queued run was cancelled before it started"
+    kernel = int((started / "ran.txt").read_text().split()[0])
+    deadline = time.monotonic() + 10
+    while is_alive(kernel) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not is_alive(kernel), "the interrupted run's kernel outlived the closed cluster"
+    runs = {r["name"]: r["status"] for r in json.loads((out / "toy" / "batch.json").read_text())["runs"]}
+    assert runs == {started.name: "interrupted", other: "not started"}
+
+    hold.unlink()  # the re-run: both run to the end, the interrupted one again from its start
+    again = run_batch(grid, out_root=out, workers=1, progress=False)
+    assert sorted(o.status for o in again.outcomes) == ["ok", "ok"]
+    assert len((started / "ran.txt").read_text().split()) == 2
+    assert json.loads((started / "status.json").read_text())["status"] == "ok"

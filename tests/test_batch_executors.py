@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from grid_helpers import write_grid, write_notebook
+from grid_helpers import batch_command, run_launchers_at_once, write_grid, write_notebook
 
 from distilvpr_lib.batch import Grid, GridError, run_batch, select_runs
 from distilvpr_lib.batch_ledger import batch_state, write_batch_record
@@ -126,6 +126,36 @@ def test_batch_state_is_derived_from_the_run_folders(tmp_path: Path) -> None:
     assert batch_state(grid, batch)[3]["status"] == "pending"
 
 
+def test_runs_a_stopped_dask_batch_cancelled_are_settled_from_their_folders(tmp_path: Path) -> None:
+    import signal
+
+    from distilvpr_lib.batch_ledger import settle_cancelled
+    from distilvpr_lib.batch_records import RunOutcome
+    from distilvpr_lib.executors.claims import CANCELLED
+
+    batch = tmp_path / "toy"
+    states = {"gone": "running", "held": "running", "done": "ok", "queued": None, "ran": "ok"}
+    for name, status in states.items():
+        if status is not None:
+            (batch / name).mkdir(parents=True)
+            (batch / name / "status.json").write_text(json.dumps({"status": status, "started": 100.0}))
+    (batch / "gone" / "metrics.json").write_text(json.dumps({"status": "complete", "x": 1}))
+    (batch / "done" / "metrics.json").write_text("{}")
+    outcomes = [RunOutcome(name, CANCELLED if name != "ran" else "ok", batch / name) for name in states]
+    with claim_run(batch / "held"):  # still executing on a worker that outlives the launcher
+        settle_cancelled(outcomes, signal.SIGTERM)
+    assert {o.name: o.status for o in outcomes} == {"gone": "interrupted", "held": ELSEWHERE, "done": "ok",
+                                                    "queued": "not started", "ran": "ok"}
+    error = "interrupted by SIGTERM (re-run the batch to resume)"
+    status = json.loads((batch / "gone" / "status.json").read_text())
+    assert (status["status"], status["signal"], status["error"], status["started"]) == (
+        "interrupted", "SIGTERM", error, 100.0) and status["seconds"] > 0
+    metrics = json.loads((batch / "gone" / "metrics.json").read_text())
+    assert (metrics["status"], metrics["status_when_interrupted"], metrics["x"]) == ("interrupted", "complete", 1)
+    assert json.loads((batch / "held" / "status.json").read_text())["status"] == "running"  # not ours to rewrite
+    assert not (batch / "queued").exists()
+
+
 def test_select_runs_and_index_errors(tmp_path: Path) -> None:
     grid = Grid.load(toy_grid(tmp_path))
     assert [r.name for r in select_runs(grid, index=2)] == ["b__seed0"]
@@ -219,22 +249,16 @@ def test_list_and_index_run_one_run_of_the_grid(tmp_path: Path, capsys: pytest.C
 def test_two_launchers_on_one_grid_folder_run_every_run_once(tmp_path: Path) -> None:
     grid = toy_grid(tmp_path, pause=3.0, seeds=(0, 1))
     out = tmp_path / "runs"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    command = [sys.executable, "-m", "distilvpr_lib.cli", "batch", str(grid), "--out", str(out)]
-    launchers = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-                 for _ in range(2)]
-    results = [p.communicate(timeout=600) for p in launchers]
-    assert [p.returncode for p in launchers] == [0, 0], [e[-3000:] for _, e in results]
+    succeeded = run_launchers_at_once(grid, out, timeout=600)
     names = [r.name for r in Grid.load(grid).runs()]
     for name in names:  # every run executed exactly once, by one of the launchers
         assert len((out / "toy" / name / "ran.txt").read_text().split()) == 1, name
-    succeeded = [int(o.split(": ", 1)[1].split(" succeeded")[0]) for o, _ in results]
-    assert sum(succeeded) == len(names), [o for o, _ in results]
-    assert "FAILED" not in "".join(o for o, _ in results)
+    assert sum(succeeded) == len(names), succeeded
     record = json.loads((out / "toy" / "batch.json").read_text())
     assert record["runs"] == batch_state(Grid.load(grid), out / "toy")  # consistent with the runs
     assert [r["status"] for r in record["runs"]] == ["ok"] * len(names)
     # a third launcher afterwards agrees: everything skipped, nothing re-executed
+    command, env = batch_command(grid, out)
     again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert again.returncode == 0 and "0 succeeded, 4 skipped" in again.stdout
 

@@ -478,6 +478,68 @@ def test_setup_refuses_a_cpu_without_bf16_before_writing_anything(tmp_path: Path
     assert sorted(p.name for p in root.iterdir()) == ["ablations"]  # no world generated, nothing written
 
 
+def _trained_setup(root: Path) -> None:
+    """The prior and both teachers of ablations/benchmark.yaml as finished folders (stand-in files) under ``root``."""
+    prior = root / "teacher_weights" / "bench" / "prior"
+    prior.mkdir(parents=True)
+    (prior / "image_prior.pth").write_bytes(b"prior")
+    (prior / "prior.json").write_text("{}")
+    for world in ("oxford", "boreas"):
+        teacher = root / "teacher_weights" / "bench" / world
+        teacher.mkdir()
+        (teacher / "teacher.pt").write_bytes(b"teacher")
+        (teacher / "metrics.json").write_text('{"status": "complete"}')
+
+
+def test_setup_refuses_an_unfinished_retry_teacher_on_a_cpu_without_bf16(tmp_path: Path, monkeypatch, capsys) -> None:
+    root = tmp_path / "project"
+    (root / "ablations").mkdir(parents=True)
+    shutil.copy(SPEC, root / "ablations" / "benchmark.yaml")
+    _trained_setup(root)
+    retry = root / "teacher_weights" / "bench" / "boreas-retry"
+    (retry / "checkpoints").mkdir(parents=True)  # a retrained teacher that stopped half-way: it still has to train
+    monkeypatch.setenv("DISTILVPR_PROJECT_ROOT", str(root))
+    _machine(monkeypatch, native=False)
+    assert main(["benchmark", "run", str(root / "ablations" / "benchmark.yaml"), "--stage", "setup"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "setup: this CPU" in err[0] and "no native bfloat16 kernels" in err[0], err
+    assert sorted(p.name for p in root.iterdir()) == ["ablations", "teacher_weights"]  # no world generated
+
+
+def test_setup_checks_the_machine_before_retraining_a_teacher_that_fails_its_gate(tmp_path: Path,
+                                                                                   monkeypatch) -> None:
+    from distilvpr_lib.benchmark import stages
+    from distilvpr_lib.data import fingerprint
+    from distilvpr_lib.data.synth.skeleton import COMPLETE_FILE
+    from distilvpr_lib.engine.runs import prior
+
+    root = tmp_path / "project"
+    _trained_setup(root)
+    for world in ("oxford", "boreas"):
+        (root / "data" / "bench" / world).mkdir(parents=True)
+        (root / "data" / "bench" / world / COMPLETE_FILE).write_text("{}")
+    commands: list[list[str]] = []
+    monkeypatch.setattr(stages, "_cli", lambda root, args, log: commands.append(args))
+    monkeypatch.setattr(stages, "_check_teacher_folder", lambda *args: None)
+    monkeypatch.setattr(stages, "teacher_gate", lambda folder, dataset, gate_ar1: {
+        "test_ar1": {"fused": 50.0}, "gate_ar1": gate_ar1, "passed": False})  # every teacher fails its gate
+    monkeypatch.setattr(prior, "shared_places", lambda world, prior_world: {
+        "shared": 0, "prior_locations": 1, "world_locations": 1, "radius_m": 10.0, "min_distance_m": 99.0})
+    spec = bench.load_spec(SPEC)
+    _machine(monkeypatch, native=False)
+    with pytest.raises(bench.BenchmarkStateError, match="setup: this CPU .* no native bfloat16 kernels"):
+        stages.run_setup(spec, root, log=lambda line: None)
+    assert commands == [] and not (root / "teacher_weights" / "bench" / "oxford-retry").exists()
+    _machine(monkeypatch, native=True)  # a machine that may: the retry teacher trains (2x the epochs), no refusal
+    monkeypatch.setattr(stages, "file_sha256", lambda path: "0" * 64)  # the stand-in retry teachers hold no file
+    monkeypatch.setattr(fingerprint, "dataset_fingerprint", lambda path: "0" * 64)
+    records = stages.run_setup(spec, root, log=lambda line: None)
+    assert [c[c.index("--out") + 1] for c in commands] == [
+        str(root / "teacher_weights" / "bench" / f"{w}-retry") for w in ("oxford", "boreas")]
+    assert all(c[c.index("--epochs") + 1] == "20" for c in commands)
+    assert records["oxford"]["teacher_gate"]["retried"] and records["oxford"]["teacher_gate"]["flagged"]
+
+
 def test_a_run_made_without_native_bf16_is_not_a_row() -> None:
     spec = bench.load_spec(SPEC)
     ok = {"device": "cpu", "autocast": "bfloat16", "cpu_capability": "AVX512", "native_bfloat16": True,

@@ -116,6 +116,21 @@ def test_compute_embeddings_with_the_project_collate() -> None:
     np.testing.assert_allclose(emb, np.stack([cloud_of(p).numpy().mean(0) for p in paths]), rtol=1e-4, atol=1e-5)
 
 
+def test_move_to_device_reaches_nested_tensors_and_keeps_the_rest() -> None:
+    from distilvpr_lib.data.collate import move_to_device
+
+    images = torch.ones(2, 3, 4, 4)
+    batch = {"images": images, "nested": {"coords": torch.zeros(5, 4, dtype=torch.int32)},
+             "pair": (torch.arange(3), "x"), "rel_paths": ["a", "b"], "skip": False, "positives_mask": None}
+    moved = move_to_device(batch, torch.device("meta"))
+    assert moved["images"].device.type == "meta" and moved["images"].shape == (2, 3, 4, 4)
+    assert moved["nested"]["coords"].device.type == "meta" and moved["nested"]["coords"].dtype == torch.int32
+    assert isinstance(moved["pair"], tuple) and moved["pair"][0].device.type == "meta" and moved["pair"][1] == "x"
+    assert moved["rel_paths"] == ["a", "b"] and moved["skip"] is False and moved["positives_mask"] is None
+    assert batch["images"] is images and images.device.type == "cpu"  # the input batch is not changed
+    assert move_to_device(batch, torch.device("cpu"))["images"] is images  # already there: the same tensor
+
+
 def test_compute_embeddings_bad_arguments() -> None:
     data = StubDataset(None, [rel_path(0, 0)])
     with pytest.raises(ValueError, match="batch_size"):

@@ -279,6 +279,40 @@ def test_guarded_run_locks_cleans_stale_temp_files_and_records_failure(tmp_path:
     assert not (out / ".distilvpr.lock").exists()
 
 
+def test_run_unless_complete_runs_guarded_or_returns_the_complete_run(tmp_path: Path) -> None:
+    from distilvpr_lib.config import profile_config
+    from distilvpr_lib.engine.runs.run_guard import check_not_locked, run_unless_complete
+    from distilvpr_lib.errors import RunFolderLockedError
+
+    cfg, out = profile_config("smoke"), tmp_path / "run"
+    calls: list[str] = []
+
+    def pipeline() -> dict:
+        with pytest.raises(RunFolderLockedError):  # the pipeline runs holding the folder's lock
+            check_not_locked(out)
+        calls.append("trained")
+        (out / "config.json").write_text(cfg.to_json())
+        (out / "student.pt").write_bytes(b"w")
+        (out / "metrics.json").write_text(json.dumps({"status": "complete", "kind": "student", "epochs": 1}))
+        return {"status": "complete", "fresh": True}
+
+    assert run_unless_complete("student", cfg, out, True, "student.pt", pipeline, progress=False)["fresh"]
+    assert calls == ["trained"] and not (out / ".distilvpr.lock").exists() and (out / "run.log").is_file()
+    (out / "checkpoints").mkdir()
+    (out / "checkpoints" / "last.pt").write_bytes(b"resume state")
+    done = run_unless_complete("student", cfg, out, True, "student.pt", pipeline, progress=False)
+    assert done == {"status": "complete", "kind": "student", "epochs": 1} and calls == ["trained"]  # not retrained
+    assert not (out / "checkpoints").exists()  # tidied: a complete run keeps no last.pt
+
+    def interrupted() -> dict:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):  # resume=False: a complete run is not reused
+        run_unless_complete("teacher", cfg, tmp_path / "t", False, "teacher.pt", interrupted, progress=False)
+    metrics = json.loads((tmp_path / "t" / "metrics.json").read_text())
+    assert metrics["status"] == "interrupted" and metrics["kind"] == "teacher"
+
+
 def test_preflight_out_dir_refuses_a_file_and_writes_nothing(tmp_path: Path) -> None:
     from distilvpr_lib.engine.runs.preflight import preflight_out_dir
     from distilvpr_lib.errors import RunFolderError

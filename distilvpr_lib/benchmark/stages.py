@@ -156,6 +156,11 @@ def _teacher_done(folder: Path) -> bool:
         return False
 
 
+def _retry_folder(teacher: Path) -> Path:
+    """Where a teacher that failed its gate is trained again (``retry_factor`` x the epochs): ``<teacher>-retry``."""
+    return teacher.with_name(teacher.name + "-retry")
+
+
 def _check_teacher_folder(folder: Path, dataset: Path, epochs: int, milestones: Sequence[int],
                           prior_weights: Path, root: Path) -> None:
     """A finished teacher folder must be the one the spec asks for (epochs, LR step, dataset, prior): a teacher
@@ -209,8 +214,10 @@ def run_setup(spec: BenchmarkSpec, root: Path, log: Log = print) -> dict[str, di
 
     prior_folder = at_root(root, spec.prior_folder)
     prior_weights = prior_folder / PRIOR_WEIGHTS
-    if not (prior_weights.is_file() and all(_teacher_done(at_root(root, w.teacher)) for w in spec.worlds)):
-        check_machine(spec, "setup")  # before anything is generated: the prior and teachers still have to train
+    retries = [_retry_folder(at_root(root, w.teacher)) for w in spec.worlds]
+    if not (prior_weights.is_file() and all(_teacher_done(at_root(root, w.teacher)) for w in spec.worlds)
+            and all(_teacher_done(r) for r in retries if r.exists())):
+        check_machine(spec, "setup")  # before anything is generated: the prior or a teacher still has to train
     for world in spec.worlds:
         if (at_root(root, world.dataset) / COMPLETE_FILE).is_file():
             log(f"[setup] {world.name}: dataset {world.dataset} is complete")
@@ -246,10 +253,11 @@ def run_setup(spec: BenchmarkSpec, root: Path, log: Log = print) -> dict[str, di
             log(f"[setup] {world.name}: teacher FLAGGED (retry_factor 0: not retrained)")
         elif not gate["passed"]:  # retrained once with retry_factor x the epochs, the LR step at the same fraction
             first = gate
-            teacher = teacher.with_name(teacher.name + "-retry")
+            teacher = _retry_folder(teacher)
             epochs = epochs * spec.retry_factor
             milestones = tuple(m * spec.retry_factor for m in milestones)
             if not _teacher_done(teacher):
+                check_machine(spec, "setup")  # the gate asked for a teacher no earlier check knew of
                 _cli(root, _teacher_args(spec, world, teacher, epochs, milestones, prior_weights), log)
             _check_teacher_folder(teacher, at_root(root, world.dataset), epochs, milestones, prior_weights, root)
             gate = teacher_gate(teacher, at_root(root, world.dataset), spec.gate_ar1)

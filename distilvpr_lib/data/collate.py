@@ -140,3 +140,21 @@ def make_collate_fn(tuples: Mapping[int, Any] | None, quantization_size: float) 
         return batch
 
     return collate
+
+
+def move_to_device(batch: Any, device: torch.device) -> Any:
+    """A batch with every tensor moved to ``device``, also inside dicts / lists / tuples; other values kept.
+
+    The one batch mover of the training loop, the teacher cache and the embedding
+    (:func:`~distilvpr_lib.engine.evaluation.embed.compute_embeddings`). A mapping comes back as a new ``dict``
+    (``coords`` ``(N, 4)``, ``images`` ``(B, 3, H, W)``, ... on ``device``; ``rel_paths`` and the flags unchanged),
+    a list or tuple as one of its own type. Copies to CUDA are ``non_blocking``; a tensor already on ``device``
+    is returned as is.
+    """
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=device.type == "cuda")
+    if isinstance(batch, Mapping):
+        return {k: move_to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(move_to_device(v, device) for v in batch)
+    return batch

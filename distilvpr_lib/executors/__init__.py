@@ -12,7 +12,10 @@
   resource :data:`RUN_RESOURCE` (``dask worker --resources run=K`` runs at most K runs at once), so a
   worker never runs more runs than it has slots, whatever its thread count. A worker lost mid-run (killed,
   out of memory, pre-empted) makes the scheduler resubmit the task elsewhere; the run then resumes from its
-  last checkpoint (the training pipelines resume by default).
+  last checkpoint (the training pipelines resume by default). A launcher stopped by SIGINT or SIGTERM cancels the
+  queued tasks and tells the executing ones (a Dask ``Variable``), which stop their runs on the workers
+  (:func:`~distilvpr_lib.executors.backends.dask_task`); what does not report back in time is ``cancelled``, and
+  :func:`distilvpr_lib.batch_ledger.settle_cancelled` reads from its run folder what became of it.
 
 Wherever a task executes, :func:`~distilvpr_lib.executors.claims.run_claimed` runs it:
 

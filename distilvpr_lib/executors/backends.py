@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from distilvpr_lib.errors import OptionError, format_error
-from distilvpr_lib.executors.claims import (ELSEWHERE, ERROR, SLOT_BASE_ENV, THREADS_ENV, RunTask, SlotPool, TaskResult,
-                                            run_claimed, usable_cores)
+from distilvpr_lib.executors.claims import (CANCELLED, ELSEWHERE, ERROR, SLOT_BASE_ENV, THREADS_ENV, RunTask, SlotPool,
+                                            TaskResult, run_claimed, usable_cores)
 
 #: The Dask worker resource a run needs one unit of (``dask worker --resources run=K``).
 RUN_RESOURCE: str = "run"
@@ -41,12 +41,19 @@ ProgressCallback = Callable[[Progress], None]
 
 
 class Executor:
-    """Runs :class:`RunTask` s; :meth:`run` yields each task's :class:`TaskResult` as it completes."""
+    """Runs :class:`RunTask` s; :meth:`run` yields each task's :class:`TaskResult` as it completes.
+
+    ``stopped`` (a launcher's stop signal: the signal number once it came, :attr:`StopSignals.signum
+    <distilvpr_lib.stopping.StopSignals.signum>`) is polled by executors whose tasks run elsewhere: once it is set
+    they stop their runs and yield what is left ``cancelled``. The local executor's tasks check
+    :attr:`RunTask.cancelled` themselves.
+    """
 
     #: the ``--executor`` name
     kind: str = ""
 
-    def run(self, tasks: list[RunTask], on_progress: ProgressCallback | None = None) -> Iterator[TaskResult]:
+    def run(self, tasks: list[RunTask], on_progress: ProgressCallback | None = None,
+            stopped: Callable[[], int | None] | None = None) -> Iterator[TaskResult]:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -74,7 +81,8 @@ class LocalExecutor(Executor):
         self.workers = max(1, int(workers))
         self.threads = threads
 
-    def run(self, tasks: list[RunTask], on_progress: ProgressCallback | None = None) -> Iterator[TaskResult]:
+    def run(self, tasks: list[RunTask], on_progress: ProgressCallback | None = None,
+            stopped: Callable[[], int | None] | None = None) -> Iterator[TaskResult]:
         from concurrent.futures import ThreadPoolExecutor, as_completed
 
         pool = SlotPool(self.workers, threads=self.threads)
@@ -129,9 +137,45 @@ _WORKER_POOL: SlotPool | None = None
 _WORKER_POOL_LOCK = threading.Lock()
 
 
-def dask_task(task: RunTask) -> TaskResult:
-    """The Dask task of one run (executes on a worker): :func:`run_claimed` in the worker's slot pool."""
-    return run_claimed(task, _worker_pool())
+#: Seconds a stopped launcher waits for its executing Dask tasks to stop their runs and report them.
+STOP_WAIT_S: float = 30.0
+
+
+def dask_task(task: RunTask, stop_name: str | None = None) -> TaskResult:
+    """The Dask task of one run (executes on a worker): :func:`run_claimed` in the worker's slot pool.
+
+    With ``stop_name`` and ``task.stop_factory``, the run listens to its launcher: a thread polls the Dask ``Event``
+    ``stop_name`` (set by the launcher when it is stopped, after the ``Variable`` of the same name holds the signal
+    number) and then stops the task's ``stop`` object, which ends the run's process tree; a task that starts after
+    the signal starts nothing. (Polling ``is_set`` keeps nothing waiting on the scheduler.)
+    """
+    if stop_name is None or task.stop_factory is None:
+        return run_claimed(task, _worker_pool())
+    import dataclasses
+
+    from distributed import Event, Variable, get_client
+
+    client = get_client()  # the worker's client, named here: the listener thread is outside the task's context
+    stop, event, finished = task.stop_factory(), Event(stop_name, client=client), threading.Event()
+
+    def listen() -> None:
+        while not finished.is_set():
+            try:
+                if event.is_set():
+                    stop.stop(int(Variable(stop_name, client=client).get(timeout=5)))
+                    return
+            except Exception:  # noqa: BLE001 - the scheduler is gone: nobody is left to stop the run
+                return
+            finished.wait(0.5)
+
+    listener = threading.Thread(target=listen, daemon=True, name=f"stop-listener-{task.name}")
+    listener.start()
+    listener.join(timeout=0.2)  # a signal set before this task started is seen before anything starts
+    task = dataclasses.replace(task, kwargs={**task.kwargs, "stop": stop}, cancelled=lambda: bool(stop.stopped))
+    try:
+        return run_claimed(task, _worker_pool())
+    finally:
+        finished.set()
 
 
 def _require_distributed(what: str) -> Any:
@@ -191,12 +235,16 @@ class DaskExecutor(Executor):
         workers = self.client.scheduler_info(**kwargs).get("workers", {})
         return int(sum(w.get("resources", {}).get(RUN_RESOURCE, 0) for w in workers.values()))
 
-    def run(self, tasks: list[RunTask], on_progress: ProgressCallback | None = None) -> Iterator[TaskResult]:
+    def run(self, tasks: list[RunTask], on_progress: ProgressCallback | None = None,
+            stopped: Callable[[], int | None] | None = None) -> Iterator[TaskResult]:
+        """Submit every task, yield each result as it completes; once ``stopped()`` gives a signal number, stop
+        (:meth:`_stop`): queued runs are cancelled, executing ones stopped on their workers."""
         if tasks and self.slots() == 0:
             print(f"warning: no Dask worker declares the '{RUN_RESOURCE}' resource yet; the runs wait for one "
                   f"(start workers with --resources {RUN_RESOURCE}=K)", file=sys.stderr)
         tag = uuid.uuid4().hex[:8]
-        futures = {self.client.submit(dask_task, task, key=f"distilvpr-run-{task.name}-{tag}", pure=False,
+        stop_name = f"distilvpr-stop-{tag}"
+        futures = {self.client.submit(dask_task, task, stop_name, key=f"distilvpr-run-{task.name}-{tag}", pure=False,
                                       resources={RUN_RESOURCE: 1}): task for task in tasks}
         progress = Progress(total=len(tasks))
         pending = set(futures)
@@ -204,8 +252,6 @@ class DaskExecutor(Executor):
         while pending:
             done = {f for f in pending if f.done()}
             pending -= done
-            if not done:
-                time.sleep(0.2)
             for fut in done:
                 task = futures[fut]
                 try:
@@ -214,10 +260,50 @@ class DaskExecutor(Executor):
                     result = TaskResult(task.name, ERROR, error=format_error(exc))
                 self._count(progress, result)
                 yield result
+            if pending and stopped is not None and stopped():
+                yield from self._stop(futures, pending, stop_name, stopped())
+                return
+            if not done:
+                time.sleep(0.2)
             if on_progress is not None and (done or time.monotonic() - last_poll > 2.0):
                 last_poll = time.monotonic()
                 progress.running = self._running({f.key for f in pending})
                 on_progress(progress)
+
+    def _stop(self, futures: dict[Any, RunTask], pending: set[Any], stop_name: str,
+              signum: int) -> Iterator[TaskResult]:
+        """The launcher was stopped by ``signum``: tell the executing tasks (they stop their runs and report them,
+        for up to :data:`STOP_WAIT_S` s), then cancel the rest and yield them ``cancelled``."""
+        import distributed
+
+        queued = {f for f in pending if f.status == "pending" and f.key not in self._processing_keys()}
+        with contextlib.suppress(Exception):  # a scheduler already gone cancels nothing more
+            self.client.cancel(list(queued), force=True)
+        with contextlib.suppress(Exception):
+            distributed.Variable(stop_name, client=self.client).set(int(signum))
+            distributed.Event(stop_name, client=self.client).set()
+        pending = set(pending) - queued
+        deadline = time.monotonic() + STOP_WAIT_S
+        while pending and time.monotonic() < deadline:
+            for fut in [f for f in pending if f.done()]:
+                pending.discard(fut)
+                with contextlib.suppress(Exception):  # cancelled or lost: its folder says what became of it
+                    yield fut.result()
+                    continue
+                yield TaskResult(futures[fut].name, CANCELLED)
+            time.sleep(0.1)
+        with contextlib.suppress(Exception):
+            self.client.cancel(list(pending), force=True)
+        for fut in [*queued, *pending]:
+            yield TaskResult(futures[fut].name, CANCELLED)
+        with contextlib.suppress(Exception):
+            distributed.Variable(stop_name, client=self.client).delete()
+            distributed.Event(stop_name, client=self.client).clear()
+
+    def _processing_keys(self) -> set[Any]:
+        with contextlib.suppress(Exception):
+            return {k for ks in self.client.processing().values() for k in ks}
+        return set()
 
     def _running(self, keys: set[str]) -> int:
         with contextlib.suppress(Exception):
@@ -250,5 +336,5 @@ def make_executor(kind: str = "local", workers: int = 1, scheduler: str | None =
     return DaskExecutor.local(workers)
 
 
-__all__ = ["EXECUTORS", "RUN_RESOURCE", "DaskExecutor", "Executor", "LocalExecutor", "Progress", "dask_task",
+__all__ = ["EXECUTORS", "RUN_RESOURCE", "STOP_WAIT_S", "DaskExecutor", "Executor", "LocalExecutor", "Progress", "dask_task",
            "make_executor"]

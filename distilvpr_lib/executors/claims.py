@@ -35,6 +35,9 @@ THREAD_VARIABLES: tuple[str, ...] = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPEN
 EXECUTED, SKIPPED, ELSEWHERE, ERROR = "executed", "skipped", "elsewhere", "error"
 #: A task its launcher cancelled before it was claimed (a stop signal came first): nothing was created.
 NOT_STARTED = "not started"
+#: A task its launcher cancelled on a remote executor (a stop signal came while it was queued or executing): its run
+#: folder says whether it had started (:func:`distilvpr_lib.batch_records.running_since`).
+CANCELLED = "cancelled"
 
 
 # ---------------------------------------------------------------------------
@@ -141,6 +144,10 @@ class RunTask:
     #: Checked before the run is claimed: ``True`` = do not start it (``not started``; nothing is created). Local
     #: executors only (a launcher's stop signal); it does not travel to remote workers.
     cancelled: Callable[[], bool] | None = None
+    #: Remote executors: makes, where the task executes, the object ``call`` gets as ``stop=`` (an importable class
+    #: such as :class:`distilvpr_lib.stopping.StopSignals`: ``stop(signum)``, ``stopped``), which the executor
+    #: stops when the launcher is stopped (:func:`distilvpr_lib.executors.backends.dask_task`).
+    stop_factory: Callable[[], Any] | None = None
 
 
 @dataclass
@@ -256,6 +263,6 @@ def die_with_parent(cmd: list[str]) -> list[str]:
     return list(cmd)
 
 
-__all__ = ["CLAIM_FILE", "ELSEWHERE", "ERROR", "EXECUTED", "GPUS_ENV", "NOT_STARTED", "SKIPPED", "SLOT_BASE_ENV", "THREADS_ENV",
-           "RunTask", "Slot", "SlotPool", "TaskResult", "claim_run", "die_with_parent", "is_claimed", "run_claimed",
-           "usable_cores", "visible_gpus"]
+__all__ = ["CANCELLED", "CLAIM_FILE", "ELSEWHERE", "ERROR", "EXECUTED", "GPUS_ENV", "NOT_STARTED", "SKIPPED",
+           "SLOT_BASE_ENV", "THREADS_ENV", "claim_run", "die_with_parent", "is_claimed", "run_claimed", "RunTask",
+           "Slot", "SlotPool", "TaskResult", "usable_cores", "visible_gpus"]

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from distilvpr_lib.data.collate import move_to_device
 from distilvpr_lib.engine.evaluation.evaluate import evaluate_retrieval
 from distilvpr_lib.engine.evaluation.results import RetrievalResults
 
@@ -29,17 +30,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 #: ``(benchmark, rel_paths) -> Dataset`` building the evaluation dataset of a list of clouds.
 DatasetFactory = Callable[[Any, Sequence[str]], Dataset]
-
-
-def _move_to_device(batch: Any, device: torch.device) -> Any:
-    """Tensors (also inside dicts / lists / tuples) moved to ``device``; anything else unchanged."""
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, Mapping):
-        return {k: _move_to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(_move_to_device(v, device) for v in batch)
-    return batch
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -110,7 +100,7 @@ def compute_embeddings(
                     else torch.autocast(device_type=device.type, dtype=autocast_dtype))
         with torch.inference_mode(), autocast:
             for batch in batches:
-                batch = _move_to_device(batch, device)
+                batch = move_to_device(batch, device)
                 if channels_last and isinstance(batch, Mapping) and torch.is_tensor(batch.get("images")) \
                         and batch["images"].ndim == 4:
                     batch = {**batch, "images": batch["images"].contiguous(memory_format=torch.channels_last)}

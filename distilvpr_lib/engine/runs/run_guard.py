@@ -22,8 +22,9 @@ import json
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from distilvpr_lib.data.files import remove_stale_temp_files
 from distilvpr_lib.errors import RunFolderLockedError, format_error
@@ -32,6 +33,9 @@ try:  # POSIX; elsewhere the folder is not locked
     import fcntl
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from distilvpr_lib.config import ExperimentConfig
 
 PathLike = str | os.PathLike
 
@@ -171,4 +175,46 @@ def guarded_run(out_dir: PathLike, kind: str, enabled: bool = True) -> Iterator[
             raise
 
 
-__all__ = ["LOCK_FILE", "RunFolderLock", "check_not_locked", "guarded_run", "record_failure"]
+def run_unless_complete(kind: str, cfg: "ExperimentConfig", out_dir: PathLike, resume: bool, weights_file: str,
+                        pipeline: Callable[[], dict[str, Any]], progress: bool = True) -> dict[str, Any]:
+    """The entry both training pipelines share, after their preflight: done already, or run guarded and logged.
+
+    A complete run of this configuration in ``out_dir``
+    (:func:`~distilvpr_lib.engine.runs.run_folder.completed_run`, checked before anything is written) is only
+    tidied (:func:`~distilvpr_lib.engine.runs.run_folder.tidy_completed_run`) and its ``metrics.json`` returned;
+    otherwise ``pipeline()`` runs (it resumes from ``checkpoints/last.pt`` itself). Either way inside
+    :func:`guarded_run` (lock, stale temporary files, a failure or an interruption recorded) and
+    :func:`~distilvpr_lib.engine.train.console.run_log` (``run.log``), on the main process only.
+
+    Args:
+        kind: ``"teacher"`` or ``"student"`` (the failure record and the console line).
+        cfg: the run's resolved configuration.
+        out_dir: the run folder.
+        resume: ``False`` starts over: a complete run is not reused.
+        weights_file: the selected weights a complete run holds (``teacher.pt`` / ``student.pt``).
+        pipeline: trains, selects, tests and writes the run; returns its metrics dict.
+        progress: print the "already holds this run" line.
+
+    Returns:
+        The metrics dict of the complete run, or the one ``pipeline`` returned.
+
+    Raises:
+        RunConfigMismatchError: ``out_dir`` holds a complete run of another configuration that cannot resume.
+        RunFolderLockedError: another process writes ``out_dir``.
+    """
+    from distilvpr_lib.engine.runs.run_folder import completed_run, tidy_completed_run
+    from distilvpr_lib.engine.train.console import run_log, say
+    from distilvpr_lib.engine.train.distributed import is_main_process
+
+    main = is_main_process()
+    done = completed_run(cfg, out_dir, resume, weights_file)  # refuses another complete run, before any write
+    with guarded_run(out_dir, kind, enabled=main), run_log(out_dir, enabled=main):
+        if done is not None:  # a complete run of this configuration: nothing to train (it kept no last.pt)
+            tidy_completed_run(out_dir, weights_file, cfg.train.keep_checkpoints)
+            say(f"{kind}: {out_dir} already holds this run, complete (see its metrics.json and summary.json)",
+                progress and main)
+            return done
+        return pipeline()
+
+
+__all__ = ["LOCK_FILE", "RunFolderLock", "check_not_locked", "guarded_run", "record_failure", "run_unless_complete"]

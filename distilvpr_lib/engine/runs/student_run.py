@@ -39,9 +39,7 @@ from distilvpr_lib.engine.runs.run_folder import (
     CONFIG_FILE,
     STUDENT_WEIGHTS_FILE,
     TEST_RESULTS_FILE,
-    completed_run,
     config_fingerprint,
-    tidy_completed_run,
 )
 from distilvpr_lib.engine.runs.run_setup import (
     check_benchmark,
@@ -91,10 +89,8 @@ def distill_student(cfg: ExperimentConfig, teacher_dir: PathLike | None, out_dir
     Returns:
         The metrics dict written to ``metrics.json`` (schema in the module docstring).
     """
-    from distilvpr_lib.engine.train.distributed import is_main_process
     from distilvpr_lib.engine.runs.preflight import preflight_distill
-    from distilvpr_lib.engine.runs.run_guard import guarded_run
-    from distilvpr_lib.engine.train.console import run_log
+    from distilvpr_lib.engine.runs.run_guard import run_unless_complete
     from distilvpr_lib.losses.distiller import Distiller
 
     if method is not None:
@@ -109,14 +105,10 @@ def distill_student(cfg: ExperimentConfig, teacher_dir: PathLike | None, out_dir
         raise OptionError(option_problem)
     if preflight:
         preflight_distill(cfg, teacher_dir, out_dir, resume=resume)  # every input checked before anything is written
-    done = completed_run(cfg, out_dir, resume, STUDENT_WEIGHTS_FILE)  # refuses another complete run, before any write
-    with guarded_run(out_dir, "student", enabled=is_main_process()), run_log(out_dir, enabled=is_main_process()):
-        if done is not None:  # a complete run of this configuration: nothing to train (it kept no last.pt)
-            tidy_completed_run(out_dir, STUDENT_WEIGHTS_FILE, cfg.train.keep_checkpoints)
-            say(f"student: {out_dir} already holds this run, complete (see its metrics.json and summary.json)",
-                progress and is_main_process())
-            return done
-        return _distill_student(cfg, teacher_dir, out_dir, resume=resume, progress=progress)
+    return run_unless_complete(
+        "student", cfg, out_dir, resume, STUDENT_WEIGHTS_FILE, progress=progress,
+        pipeline=lambda: _distill_student(cfg, teacher_dir, out_dir, resume=resume, progress=progress))
+
 
 def _distill_student(cfg: ExperimentConfig, teacher_dir: PathLike | None, out_dir: PathLike, resume: bool = True,
                     method: str | None = None, progress: bool = True) -> dict[str, Any]:

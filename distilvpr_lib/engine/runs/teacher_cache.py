@@ -45,8 +45,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from distilvpr_lib.data.collate import move_to_device
 from distilvpr_lib.data.files import atomic_write
-from distilvpr_lib.engine.train.devices import move_to_device
 from distilvpr_lib.engine.train.seeding import preserved_rng_state, seed_everything
 from distilvpr_lib.errors import CheckpointError, MissingCheckpointError, describe_torch_load_error
 

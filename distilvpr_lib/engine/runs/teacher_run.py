@@ -35,9 +35,7 @@ from distilvpr_lib.engine.runs.run_folder import (
     CONFIG_FILE,
     TEACHER_WEIGHTS_FILE,
     TEST_RESULTS_FILE,
-    completed_run,
     config_fingerprint,
-    tidy_completed_run,
 )
 from distilvpr_lib.engine.runs.run_setup import (
     check_benchmark,
@@ -80,21 +78,14 @@ def train_teacher(cfg: ExperimentConfig, out_dir: PathLike, resume: bool = True,
     Returns:
         The metrics dict written to ``metrics.json`` (schema in the module docstring).
     """
-    from distilvpr_lib.engine.train.distributed import is_main_process
     from distilvpr_lib.engine.runs.preflight import preflight_train_teacher
-    from distilvpr_lib.engine.runs.run_guard import guarded_run
-    from distilvpr_lib.engine.train.console import run_log
+    from distilvpr_lib.engine.runs.run_guard import run_unless_complete
 
     if preflight:
         preflight_train_teacher(cfg, out_dir, resume=resume)  # every input checked before anything is written
-    done = completed_run(cfg, out_dir, resume, TEACHER_WEIGHTS_FILE)  # refuses another complete run, before any write
-    with guarded_run(out_dir, "teacher", enabled=is_main_process()), run_log(out_dir, enabled=is_main_process()):
-        if done is not None:  # a complete run of this configuration: nothing to train (it kept no last.pt)
-            tidy_completed_run(out_dir, TEACHER_WEIGHTS_FILE, cfg.train.keep_checkpoints)
-            say(f"teacher: {out_dir} already holds this run, complete (see its metrics.json and summary.json)",
-                progress and is_main_process())
-            return done
-        return _train_teacher(cfg, out_dir, resume=resume, progress=progress)
+    return run_unless_complete("teacher", cfg, out_dir, resume, TEACHER_WEIGHTS_FILE, progress=progress,
+                               pipeline=lambda: _train_teacher(cfg, out_dir, resume=resume, progress=progress))
+
 
 def _train_teacher(cfg: ExperimentConfig, out_dir: PathLike, resume: bool = True,
                   progress: bool = True) -> dict[str, Any]:

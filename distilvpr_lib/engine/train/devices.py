@@ -1,5 +1,5 @@
-"""Where the engine runs: device names, the mixed-precision dtype, float32 islands under autocast,
-and moving a batch to a device.
+"""Where the engine runs: device names, the mixed-precision dtype and float32 islands under autocast
+(moving a batch to a device is :func:`distilvpr_lib.data.collate.move_to_device`, shared with the evaluation).
 
 Used by the training loop (:mod:`~distilvpr_lib.engine.train.loop`), the run pipelines and
 :mod:`~distilvpr_lib.engine.train.distributed`; it imports nothing else from the engine.
@@ -8,7 +8,7 @@ Used by the training loop (:mod:`~distilvpr_lib.engine.train.loop`), the run pip
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -139,11 +139,5 @@ def channels_last_enabled(train_cfg: Any, device: torch.device | str) -> bool:
     return wanted and device.type == "cpu" and bool(train_cfg.channels_last_cpu)
 
 
-def move_to_device(batch: Mapping[str, Any], device: torch.device) -> dict[str, Any]:
-    """Move every tensor of a batch dict to ``device`` (``non_blocking``); other values are kept."""
-    non_blocking = device.type == "cuda"
-    return {k: (v.to(device, non_blocking=non_blocking) if torch.is_tensor(v) else v) for k, v in batch.items()}
-
-
 __all__ = ["AMP_DTYPES", "channels_last_enabled", "cpu_has_native_bfloat16", "keep_float32_under_autocast",
-           "move_to_device", "precision_record", "resolve_amp_dtype", "resolve_device"]
+           "precision_record", "resolve_amp_dtype", "resolve_device"]

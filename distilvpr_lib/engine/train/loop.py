@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from distilvpr_lib.data.collate import move_to_device
 from distilvpr_lib.engine.train.checkpoint import (
     BEST_WEIGHTS_NAME,
     CHECKPOINT_DIR_NAME,
@@ -48,8 +49,7 @@ from distilvpr_lib.engine.train.checkpoint import (
 )
 from distilvpr_lib.engine.train.console import say
 from distilvpr_lib.engine.train.devices import (channels_last_enabled, cpu_has_native_bfloat16,
-                                                keep_float32_under_autocast, move_to_device, precision_record,
-                                                resolve_amp_dtype)
+                                                keep_float32_under_autocast, precision_record, resolve_amp_dtype)
 from distilvpr_lib.engine.train.distributed import (
     DistributedContext,
     assemble_global_batch,
