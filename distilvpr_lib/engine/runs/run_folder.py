@@ -111,11 +111,6 @@ RUNTIME_FIELDS: tuple[str, ...] = (
 )
 
 
-def _epochs_set_the_schedule(cfg: "ExperimentConfig") -> bool:
-    """Whether ``train.epochs`` changes the learning rate of the epochs before the last (the cosine schedule)."""
-    return getattr(cfg.train, "lr_schedule", "step") != "step"
-
-
 def config_fingerprint(cfg: "ExperimentConfig", ignore: Iterable[str] = ()) -> str:
     """Hash of the resolved config minus fields that may change between a run and its resume.
 
@@ -133,8 +128,8 @@ def config_fingerprint(cfg: "ExperimentConfig", ignore: Iterable[str] = ()) -> s
     defaults = type(cfg)().to_dict()
     skip = {"train.epochs", "train.device", "train.eval_batch_size", "train.eval_every", "data.num_workers",
             "data.dataset_dir", "data.image_dir", *RUNTIME_FIELDS, *ignore}
-    if _epochs_set_the_schedule(cfg) and "train.epochs" not in ignore:
-        skip.discard("train.epochs")
+    if cfg.train.lr_schedule != "step" and "train.epochs" not in ignore:
+        skip.discard("train.epochs")  # the cosine schedule's rates depend on it
     data.pop("synth", None)
     data.pop("profile", None)
     for dotted in skip:
@@ -298,13 +293,10 @@ def resume_differences(previous: ExperimentConfig, cfg: ExperimentConfig, run: P
     if cfg.train.epochs < run.epochs_done:
         differences.append(ConfigDifference("train.epochs", previous.train.epochs, cfg.train.epochs,
                                             f"{run.epochs_done} epochs already trained"))
-    elif cfg.train.epochs != previous.train.epochs and (_epochs_set_the_schedule(previous)
-                                                        or _epochs_set_the_schedule(cfg)):
-        differences.append(ConfigDifference(
-            "train.epochs", previous.train.epochs, cfg.train.epochs,
-            f"train.lr_schedule=cosine anneals to 0 at train.epochs: another number of "
-            f"epochs changes every learning rate after epoch {run.epochs_done}, and the record would name one "
-            f"schedule for two"))
+    elif cfg.train.epochs != previous.train.epochs and "cosine" in (previous.train.lr_schedule, cfg.train.lr_schedule):
+        differences.append(ConfigDifference("train.epochs", previous.train.epochs, cfg.train.epochs, (
+            f"train.lr_schedule=cosine anneals to 0 at train.epochs: another number of epochs changes every "
+            f"learning rate after epoch {run.epochs_done}, and the record would name one schedule for two")))
     return differences
 
 
