@@ -1,13 +1,14 @@
 """Epochs to no-KD's validation plateau under each learning-rate schedule (issue 26 item 4).
 
     # no-KD students, one at a time, under the step schedule (the reference) and cosine schedules, 3 seeds;
-    # run folders under --runs (reused: a complete run is not trained again, a stopped one resumes):
+    # run folders under --runs (reused: a complete run is not trained again, a stopped one resumes); the
+    # --schedule items below are the defaults (DEFAULT_SCHEDULES):
     OMP_NUM_THREADS=1 nice -n 5 .venv/bin/python benchmarks/bench_schedule.py /tmp/speed-world \\
         --runs /tmp/schedule-runs --seeds 0 1 2 \\
         --set train.mixed_precision=false model.pretrained_image_weights=None \\
-        --schedule step32:32:train.milestones=24 \\
-        --schedule "cosine32:32:train.lr_schedule=cosine,train.warmup_epochs=2,train.milestones=" \\
-        --schedule "cosine16:16:train.lr_schedule=cosine,train.warmup_epochs=1,train.milestones="
+        --schedule step-e32:32:train.milestones=24 \\
+        --schedule "cosine-e32:32:train.lr_schedule=cosine,train.warmup_epochs=2,train.milestones=" \\
+        --schedule "cosine-e16:16:train.lr_schedule=cosine,train.warmup_epochs=1,train.milestones="
     # the table only, from the folders there (trains nothing):
     .venv/bin/python benchmarks/bench_schedule.py /tmp/speed-world --runs /tmp/schedule-runs ... --report-only
 
@@ -44,6 +45,13 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+#: The schedules of issue 26 item 4 at the study profile's 32 epochs (``--schedule`` replaces them): the step
+#: schedule of ablations/study_long.yaml (the reference) and warm-up + cosine at 32 and 16 epochs.
+DEFAULT_SCHEDULES: tuple[str, ...] = (
+    "step-e32:32:train.milestones=24",
+    "cosine-e32:32:train.lr_schedule=cosine,train.warmup_epochs=2,train.milestones=",
+    "cosine-e16:16:train.lr_schedule=cosine,train.warmup_epochs=1,train.milestones=",
+)
 
 
 @dataclass(frozen=True)
@@ -279,13 +287,15 @@ def report(args: argparse.Namespace, schedules: list[Schedule], reference: Sched
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("dataset", type=Path, help="benchmark folder (e.g. bench_run_stages.py --make-world)")
-    parser.add_argument("--runs", type=Path, required=True, help="folder of the run folders (reused)")
+    parser.add_argument("dataset", type=Path, nargs="?",
+                        help="benchmark folder (e.g. bench_run_stages.py --make-world); none: skip")
+    parser.add_argument("--runs", type=Path, default=None, help="folder of the run folders (reused)")
     parser.add_argument("--profile", default="study")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="--set items of every run")
     parser.add_argument("--schedule", action="append", default=[], metavar="NAME:EPOCHS:KEY=VALUE,...",
-                        help="a schedule (repeatable; the first is the reference unless --reference)")
+                        help="a schedule (repeatable; the first is the reference unless --reference); default: "
+                             + " ".join(DEFAULT_SCHEDULES))
     parser.add_argument("--reference", default=None, help="name of the reference schedule (default: the first)")
     parser.add_argument("--tolerance", default="sd", help="'sd' (the reference plateau's seed sd) or points")
     parser.add_argument("--window", type=int, default=3, help="epochs of the running mean (3)")
@@ -293,12 +303,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of the runs unless set (1)")
     parser.add_argument("--report-only", action="store_true", help="train nothing; report the folders there")
     args = parser.parse_args(argv)
+    if args.dataset is None:  # `make bench` runs every script without arguments
+        print("bench_schedule: no dataset given, nothing measured (usage in the module docstring)")
+        return 0
+    if args.runs is None:
+        parser.exit(2, "bench_schedule: --runs DIR is needed (the folder of the run folders)\n")
     try:
-        schedules = [parse_schedule(text) for text in args.schedule]
+        schedules = [parse_schedule(text) for text in args.schedule or DEFAULT_SCHEDULES]
     except ValueError as exc:
         parser.exit(2, f"bench_schedule: {exc}\n")
-    if not schedules:
-        parser.exit(2, "bench_schedule: give at least one --schedule NAME:EPOCHS[:KEY=VALUE,...]\n")
     names = [s.name for s in schedules]
     if len(set(names)) != len(names):
         parser.exit(2, f"bench_schedule: --schedule names must differ, got {names}\n")

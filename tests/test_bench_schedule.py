@@ -40,6 +40,11 @@ def test_numbers_by_hand(bench):
     assert bench.epochs_to_target(curve, 30.0, 1) == 3
 
 
+def test_without_a_dataset_it_skips(bench, capsys):  # `make bench` runs every script without arguments
+    assert bench.main([]) == 0
+    assert "nothing measured" in capsys.readouterr().out
+
+
 def test_parse_schedule(bench):
     s = bench.parse_schedule("cosine-e16:16:train.lr_schedule=cosine,train.warmup_epochs=1,train.milestones=")
     assert (s.name, s.epochs) == ("cosine-e16", 16)
