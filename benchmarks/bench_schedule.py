@@ -22,6 +22,8 @@ its per-epoch validation AR@1); the test split is the benchmark's and is not pri
   (``--tolerance``: ``sd`` = the seeds' standard deviation of the plateau, the default, or a number of points);
 * **epochs to target**: the first epoch ``e >= window`` at which the running mean of the validation AR@1 of epochs
   ``e-window+1 .. e`` (``--window``, 3) reaches the target (``-`` = never);
+* **epochs to its seed's plateau**: the same with the run's own seed's reference plateau as the target and no
+  tolerance (a paired view: same seed, so same initial weights and batch order);
 * **flat**: the fitted change over the last quarter (least-squares slope over its epochs × its length in epochs)
   below ``--flat-tol`` points (1.0) in absolute value; the protocol's last-quarter gain (best-so-far at the end
   minus at the start of the last quarter, docs/benchmark/PROTOCOL.md §5, flat when < 1.0) beside it;
@@ -244,17 +246,18 @@ def report(args: argparse.Namespace, schedules: list[Schedule], reference: Sched
     print(f"target = mean plateau - {'1 seed sd' if args.tolerance == 'sd' else 'tolerance'} = {mean_plateau:.2f} - "
           f"{tolerance:.2f} = {target:.2f} (validation AR@1, {args.window}-epoch running mean); flat: |fitted change "
           f"over the last quarter| < {args.flat_tol:g} points. Only validation numbers are read.\n")
-    print("| schedule | seed | epochs | epochs to target | best val AR@1 (epoch) | last-quarter mean | "
-          "last-quarter fitted change (flat?) | protocol gain (flat?) | wall s | s/epoch |")
-    print("|---|---:|---:|---:|---|---:|---|---|---:|---:|")
+    print("| schedule | seed | epochs | epochs to target | epochs to its seed's plateau | best val AR@1 (epoch) | "
+          "last-quarter mean | last-quarter fitted change (flat?) | protocol gain (flat?) | wall s | s/epoch |")
+    print("|---|---:|---:|---:|---:|---|---:|---|---|---:|---:|")
     summary: dict[str, list[dict[str, Any]]] = {}
     for schedule in schedules:
         for seed in args.seeds:
             if (schedule.name, seed) not in curves:
-                print(f"| {schedule.name} | {seed} | {schedule.epochs} | (not run) | | | | | | |")
+                print(f"| {schedule.name} | {seed} | {schedule.epochs} | (not run) | | | | | | | |")
                 continue
             curve, metrics = curves[(schedule.name, seed)]
             reached = epochs_to_target(curve, target, args.window)
+            paired = epochs_to_target(curve, plateaus[seed], args.window) if seed in plateaus else None
             change, gain = last_quarter_change(curve), protocol_gain(curve)
             flat = abs(change) < args.flat_tol
             best = max(range(len(curve)), key=lambda i: (curve[i], i))  # ties -> the later epoch, as selection
@@ -263,6 +266,7 @@ def report(args: argparse.Namespace, schedules: list[Schedule], reference: Sched
             summary.setdefault(schedule.name, []).append(row)
             wall, per_epoch = metrics.get("wall_time_s"), metrics.get("seconds_per_epoch")
             print(f"| {schedule.name} | {seed} | {len(curve)} | {reached if reached else '-'} | "
+                  f"{paired if paired else '-'} | "
                   f"{curve[best]:.2f} ({best + 1}) | {row['mean']:.2f} | {change:+.2f} ({'yes' if flat else 'no'}) | "
                   f"{gain:.2f} ({'yes' if gain < 1.0 else 'no'}) | {_number(wall, 0)} | {_number(per_epoch, 1)} |")
     print("\n| schedule | runs | epochs to target (median; per seed) | last-quarter mean (mean ± sd) | flat runs | "
