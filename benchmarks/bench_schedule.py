@@ -13,7 +13,8 @@
     .venv/bin/python benchmarks/bench_schedule.py /tmp/speed-world --runs /tmp/schedule-runs ... --report-only
 
 Each run is ``distilvpr distill --method nokd`` in its own process (``--profile``, ``--seed``, ``--epochs`` and the
-``--set`` items: the shared ones, then the schedule's), in ``<runs>/<schedule>-seed<seed>``. The first schedule is
+``--set`` items: the shared ones, then the schedule's), in ``<runs>/<schedule>-seed<seed>``, its console output in
+``<runs>/<schedule>-seed<seed>.distill.log`` (not printed: its summary names the test recalls). The first schedule is
 the reference (``--reference`` picks another). **Only validation numbers are read** (each run's ``metrics.json``,
 its per-epoch validation AR@1); the test split is the benchmark's and is not printed. Per run:
 
@@ -134,9 +135,10 @@ def run_folder(runs: Path, schedule: Schedule, seed: int) -> Path:
 
 
 def distill_command(args: argparse.Namespace, schedule: Schedule, seed: int) -> list[str]:
+    sets = [*args.set, *schedule.sets]
     return [sys.executable, "-m", "distilvpr_lib.cli", "distill", "--dataset", str(args.dataset), "--profile",
             args.profile, "--method", "nokd", "--seed", str(seed), "--epochs", str(schedule.epochs),
-            "--set", *args.set, *schedule.sets, "--out", str(run_folder(args.runs, schedule, seed)), "--quiet"]
+            *(["--set", *sets] if sets else []), "--out", str(run_folder(args.runs, schedule, seed)), "--quiet"]
 
 
 def complete_metrics(folder: Path) -> dict[str, Any] | None:
@@ -192,10 +194,14 @@ def train_runs(args: argparse.Namespace, schedules: list[Schedule]) -> None:
             load = os.getloadavg()[0]
             print(f"[{time.strftime('%H:%M:%S')}] {folder.name}: distill (load {load:.2f})", flush=True)
             started = time.time()
-            result = subprocess.run(distill_command(args, schedule, seed), cwd=REPO, env=env)
+            log = args.runs / f"{folder.name}.distill.log"  # the command's summary names test recalls: kept apart
+            with open(log, "a") as out:
+                result = subprocess.run(distill_command(args, schedule, seed), cwd=REPO, env=env, stdout=out,
+                                        stderr=subprocess.STDOUT)
             if result.returncode != 0:
-                sys.exit(f"bench_schedule: {folder}: the distill command failed (exit {result.returncode}); "
-                         "re-run to resume it")
+                tail = log.read_text().strip().splitlines()[-1:] or [""]
+                sys.exit(f"bench_schedule: {folder}: the distill command failed (exit {result.returncode}): "
+                         f"{tail[0]} (all of it in {log}); re-run to resume it")
             print(f"[{time.strftime('%H:%M:%S')}] {folder.name}: done in {time.time() - started:.0f} s "
                   f"(load {os.getloadavg()[0]:.2f})", flush=True)
 

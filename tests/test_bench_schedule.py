@@ -90,3 +90,16 @@ def test_report_reads_validation_only(bench, tmp_path, capsys):
     _fake(tmp_path / "other-seed0", 0, [1.0, 2.0])
     assert bench.main([*args[:7], "--schedule", "step:8:train.milestones=6",
                        "--schedule", "other:2:train.lr_schedule=cosine,train.milestones="]) == 1
+
+
+def test_a_failing_run_stops_with_one_line_naming_its_log(bench, tmp_path, capsys):
+    dataset = tmp_path / "world"
+    dataset.mkdir()
+    (dataset / "training_queries_baseline.pickle").write_bytes(b"")  # the distill command refuses it
+    with pytest.raises(SystemExit) as info:
+        bench.main([str(dataset), "--runs", str(tmp_path / "runs"), "--seeds", "0", "--schedule", "step:2"])
+    message = str(info.value.code)
+    log = tmp_path / "runs" / "step-seed0.distill.log"
+    assert "\n" not in message and str(log) in message and "the distill command failed (exit 1)" in message
+    assert "corrupt or unsupported pickle" in message and log.is_file()
+    assert "distill" in capsys.readouterr().out  # the progress line, nothing of the command's own output
