@@ -150,33 +150,45 @@ def complete_metrics(folder: Path) -> dict[str, Any] | None:
     return metrics if isinstance(metrics, dict) and metrics.get("status") == "complete" else None
 
 
+def _recorded(config: dict[str, Any], key: str, default: Any = None) -> Any:
+    section, _, name = key.partition(".")
+    return (config.get(section) or {}).get(name, default)
+
+
+def _as_recorded(text: str, recorded: Any) -> Any:
+    """A ``--set`` value in the type of the recorded one (lists as ``1_2`` or ``1,2``; ``none`` = None)."""
+    if text.lower() in ("none", "null"):
+        return None
+    if isinstance(recorded, list):
+        return [type(recorded[0])(v) if recorded else int(v) for v in text.replace(",", "_").split("_") if v.strip()]
+    if isinstance(recorded, bool):
+        return text.lower() in ("1", "true", "yes")
+    if isinstance(recorded, (int, float)):
+        return type(recorded)(float(text)) if isinstance(recorded, float) else int(text)
+    return text
+
+
 def folder_problem(folder: Path, schedule: Schedule, seed: int) -> str | None:
     """Why the complete run in ``folder`` is not this schedule's no-KD run of ``seed`` (``None``: it is).
 
-    Checks the recorded method, seed, epochs and schedule fields against what the schedule's items ask for (the
-    distill command checks the whole configuration before it reuses a folder; this guards ``--report-only``).
+    Checks the recorded method, seed, epochs, schedule (absent in folders older than ``train.lr_schedule``: step)
+    and every field the schedule's items set (the distill command checks the whole configuration before it
+    reuses a folder; this guards ``--report-only``).
     """
     try:
         config = json.loads((folder / "config.json").read_text())
     except (OSError, ValueError) as exc:
         return f"{folder / 'config.json'}: unreadable ({exc})"
-    train = config.get("train", {})
     want: dict[str, Any] = {"distill.method": "nokd", "train.seed": seed, "train.epochs": schedule.epochs,
                             "train.lr_schedule": "step", "train.warmup_epochs": 0}
+    defaults = {"train.lr_schedule": "step", "train.warmup_epochs": 0}
     for item in schedule.sets:
         key, _, value = item.partition("=")
-        if key in ("train.lr_schedule",):
-            want[key] = value
-        elif key == "train.warmup_epochs":
-            want[key] = int(value)
-        elif key == "train.milestones":
-            want[key] = [int(v) for v in value.replace(",", "_").split("_") if v.strip()]
-    got = {"distill.method": config.get("distill", {}).get("method"), "train.seed": train.get("seed"),
-           "train.epochs": train.get("epochs"), "train.lr_schedule": train.get("lr_schedule", "step"),
-           "train.warmup_epochs": train.get("warmup_epochs", 0), "train.milestones": train.get("milestones")}
+        want[key] = _as_recorded(value, _recorded(config, key, defaults.get(key)))
     for key, value in want.items():
-        if got.get(key) != value:
-            return f"{folder}: holds {key}={got.get(key)!r}, the schedule {schedule.name!r} asks for {value!r}"
+        got = _recorded(config, key, defaults.get(key))
+        if got != value:
+            return f"{folder}: holds {key}={got!r}, the schedule {schedule.name!r} asks for {value!r}"
     return None
 
 

@@ -103,3 +103,16 @@ def test_a_failing_run_stops_with_one_line_naming_its_log(bench, tmp_path, capsy
     assert "\n" not in message and str(log) in message and "the distill command failed (exit 1)" in message
     assert "corrupt or unsupported pickle" in message and log.is_file()
     assert "distill" in capsys.readouterr().out  # the progress line, nothing of the command's own output
+
+
+def test_folder_check_compares_every_item_in_the_recorded_type(bench, tmp_path):
+    _fake(tmp_path / "hi-seed0", 0, [1.0, 2.0, 3.0, 4.0], lr_schedule="cosine", milestones=[], warmup_epochs=1,
+          image_lr=0.001)
+    hi = bench.parse_schedule("hi:4:train.lr_schedule=cosine,train.warmup_epochs=1,train.milestones=,"
+                              "train.image_lr=1e-3")
+    assert bench.folder_problem(tmp_path / "hi-seed0", hi, 0) is None
+    lo = bench.parse_schedule("hi:4:train.lr_schedule=cosine,train.warmup_epochs=1,train.milestones=,"
+                              "train.image_lr=0.0003")
+    assert "holds train.image_lr=0.001, the schedule 'hi' asks for 0.0003" in bench.folder_problem(
+        tmp_path / "hi-seed0", lo, 0)
+    assert "train.seed" in bench.folder_problem(tmp_path / "hi-seed0", hi, 1)
