@@ -155,6 +155,13 @@ class OptimisationConfig:
     cloud_lr: float = 1e-3
     #: Adam weight decay.
     weight_decay: float = 1e-4
+    #: Learning-rate schedule, stepped once per epoch: "step" (MultiStepLR: the rates times ``gamma`` after each
+    #: of ``milestones``; the reference) or "cosine" (linear warm-up over ``warmup_epochs``, then cosine
+    #: annealing that reaches 0 one epoch after the last of ``epochs``; needs ``milestones=[]``, ignores
+    #: ``gamma``; a cosine run depends on ``epochs``, so it is resumed only with its own). docs/METHOD.md §5.1.
+    lr_schedule: str = "step"
+    #: Linear warm-up epochs of the "cosine" schedule: epoch e <= W trains at rate·e/(W+1). 0 = none.
+    warmup_epochs: int = 0
     #: Epochs after which MultiStepLR multiplies the learning rates by gamma.
     milestones: tuple[int, ...] = (40,)
     #: MultiStepLR factor.

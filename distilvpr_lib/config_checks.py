@@ -25,6 +25,7 @@ LOWER_BOUNDS: dict[str, tuple[float, bool]] = {
     "train.cloud_lr": (0, False),
     "train.weight_decay": (0, True),
     "train.gamma": (0, False),
+    "train.warmup_epochs": (0, True),
     "train.margin": (0, True),
     "train.distributed_timeout_s": (1, True),
     "data.quantization_size": (0, False),
@@ -47,6 +48,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.layout": (AUTO_LAYOUT, *LAYOUTS),
     "model.sparse_backend": ("torch", "minkowski"),
     "train.amp_dtype": ("float16", "bfloat16", "auto"),
+    "train.lr_schedule": ("step", "cosine"),
     "train.distributed_backend": ("auto", "gloo", "nccl"),
 }
 #: Tuple fields whose every element must be >= 1.
@@ -98,11 +100,31 @@ def check_device_name(name: str, where: str = "train.device") -> None:
                                f"(cuda:0..cuda:{torch.cuda.device_count() - 1}){how}")
 
 
+def lr_schedule_problem(schedule: str, warmup_epochs: int, milestones: tuple[int, ...] | list[int],
+                        epochs: int) -> str | None:
+    """What is wrong with a schedule's settings taken together (``None``: nothing), as a one-line message.
+
+    Warm-up epochs belong to the cosine schedule; the cosine schedule has no milestones (they would sit in the
+    run's record without acting) and needs at least one epoch after its warm-up.
+    """
+    if schedule == "step" and warmup_epochs:
+        return (f"train.warmup_epochs: {warmup_epochs} warm-up epoch(s) need train.lr_schedule=cosine "
+                f"(the step schedule has none; --set train.warmup_epochs=0)")
+    if schedule == "cosine" and milestones:
+        return (f"train.milestones: {list(milestones)!r} are the step schedule's; train.lr_schedule=cosine takes "
+                f"train.milestones=[] (--set train.milestones=)")
+    if schedule == "cosine" and warmup_epochs >= epochs:
+        return (f"train.warmup_epochs: {warmup_epochs} warm-up epoch(s) leave no cosine epoch in "
+                f"train.epochs={epochs}")
+    return None
+
+
 def check_config_values(cfg: ExperimentConfig, check_device: bool = True) -> None:
     """Range- and choice-check a resolved config before a run writes anything.
 
     Checks :data:`LOWER_BOUNDS` (epochs >= 1, batch size >= 2 — a batch needs a positive pair —, learning
-    rates > 0, ...), :data:`CHOICES`, :data:`POSITIVE_TUPLES`, ``train.milestones`` >= 1,
+    rates > 0, ...), :data:`CHOICES`, :data:`POSITIVE_TUPLES`, ``train.milestones`` >= 1, the LR schedule's
+    settings together (:func:`lr_schedule_problem`),
     ``data.validation_fraction`` in [0, 1), and with ``check_device`` the device (:func:`check_device_name`).
 
     Raises:
@@ -121,10 +143,15 @@ def check_config_values(cfg: ExperimentConfig, check_device: bool = True) -> Non
                 raise ConfigValueError(f"{dotted}: {problem}{how}")
     if any(m < 1 for m in cfg.train.milestones):
         raise ConfigValueError(f"train.milestones: epochs >= 1, got {list(cfg.train.milestones)!r}")
+    schedule_problem = lr_schedule_problem(cfg.train.lr_schedule, cfg.train.warmup_epochs, cfg.train.milestones,
+                                           cfg.train.epochs)
+    if schedule_problem:
+        raise ConfigValueError(schedule_problem)
     if not 0.0 <= cfg.data.validation_fraction < 1.0:
         raise ConfigValueError(f"data.validation_fraction: must lie in [0, 1), got {cfg.data.validation_fraction!r}")
     if check_device:
         check_device_name(cfg.train.device)
 
 
-__all__ = ["CHOICES", "LOWER_BOUNDS", "POSITIVE_TUPLES", "check_config_values", "check_device_name"]
+__all__ = ["CHOICES", "LOWER_BOUNDS", "POSITIVE_TUPLES", "check_config_values", "check_device_name",
+           "lr_schedule_problem"]

@@ -168,7 +168,9 @@ def pretrain_image_prior(cfg: ExperimentConfig, prior_dataset: str | Path, out_d
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = generate_dataset(prior_dataset, synth, workers=workers, progress=progress)
-    train_cfg = dataclasses.replace(cfg.train, epochs=int(cfg.prior.epochs), milestones=tuple(cfg.prior.milestones))
+    # the prior has its own step schedule (prior.epochs, prior.milestones), whatever train.lr_schedule says
+    train_cfg = dataclasses.replace(cfg.train, epochs=int(cfg.prior.epochs), milestones=tuple(cfg.prior.milestones),
+                                    lr_schedule="step", warmup_epochs=0)
     prior_cfg = dataclasses.replace(
         cfg, data=dataclasses.replace(cfg.data, dataset_dir=str(prior_dataset), image_dir=None),
         model=dataclasses.replace(cfg.model, pretrained_image_weights=None), train=train_cfg,

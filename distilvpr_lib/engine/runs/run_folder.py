@@ -120,12 +120,16 @@ def config_fingerprint(cfg: "ExperimentConfig", ignore: Iterable[str] = ()) -> s
     persistent workers, the input path (image cache), diagnostics: a run may resume on other hardware or
     another number of processes). Fields at their dataclass default are left out too, so a field added to the
     config in a later version (with a default that keeps the old behaviour) does not make older run folders
-    unresumable.
+    unresumable. Under ``train.lr_schedule="cosine"`` ``train.epochs`` is kept: it sets every epoch's learning
+    rate (the step schedule's rates do not depend on it, so a step run may be extended).
     """
+    ignore = tuple(ignore)
     data = cfg.to_dict()
     defaults = type(cfg)().to_dict()
     skip = {"train.epochs", "train.device", "train.eval_batch_size", "train.eval_every", "data.num_workers",
             "data.dataset_dir", "data.image_dir", *RUNTIME_FIELDS, *ignore}
+    if cfg.train.lr_schedule != "step" and "train.epochs" not in ignore:
+        skip.discard("train.epochs")  # the cosine schedule's rates depend on it
     data.pop("synth", None)
     data.pop("profile", None)
     for dotted in skip:
@@ -269,7 +273,8 @@ def resume_differences(previous: ExperimentConfig, cfg: ExperimentConfig, run: P
 
     * ``dataset``: the fingerprints differ (both known); for a folder that records none, the resolved
       ``data.dataset_dir`` / ``data.image_dir`` paths are compared instead;
-    * ``train.epochs``: fewer epochs than the folder has already trained (more extend the run).
+    * ``train.epochs``: fewer epochs than the folder has already trained (more extend the run), or another
+      number of epochs for a ``train.lr_schedule="cosine"`` run (its rates depend on ``epochs``).
     """
     from distilvpr_lib.data.fingerprint import short_fingerprint
 
@@ -288,6 +293,10 @@ def resume_differences(previous: ExperimentConfig, cfg: ExperimentConfig, run: P
     if cfg.train.epochs < run.epochs_done:
         differences.append(ConfigDifference("train.epochs", previous.train.epochs, cfg.train.epochs,
                                             f"{run.epochs_done} epochs already trained"))
+    elif cfg.train.epochs != previous.train.epochs and "cosine" in (previous.train.lr_schedule, cfg.train.lr_schedule):
+        differences.append(ConfigDifference("train.epochs", previous.train.epochs, cfg.train.epochs, (
+            f"train.lr_schedule=cosine anneals to 0 at train.epochs: another number of epochs changes every "
+            f"learning rate after epoch {run.epochs_done}, and the record would name one schedule for two")))
     return differences
 
 

@@ -1,11 +1,14 @@
 """Optimiser and learning-rate schedule of the teacher and the student (docs/METHOD.md §5.1).
 
 Adam with L2 weight decay over named parameter groups (the teacher's image branch at ``image_lr``
-and cloud branch at ``cloud_lr``; every student parameter at ``image_lr``), and ``MultiStepLR``
-stepped once per epoch.
+and cloud branch at ``cloud_lr``; every student parameter at ``image_lr``), and the learning-rate schedule of
+``train.lr_schedule`` stepped once per epoch: ``MultiStepLR`` (``"step"``, the default and the reference) or
+linear warm-up + cosine annealing (``"cosine"``, :func:`cosine_lr_factor`).
 """
 
 from __future__ import annotations
+
+import math
 
 from typing import TYPE_CHECKING, Any
 
@@ -70,9 +73,53 @@ def build_optimizer(groups: list[dict[str, Any]], train_cfg: "TrainConfig") -> t
     return torch.optim.Adam(groups, weight_decay=train_cfg.weight_decay, **implementation)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, train_cfg: "TrainConfig") -> torch.optim.lr_scheduler.MultiStepLR:
-    """``MultiStepLR(milestones, gamma)``, stepped once per epoch."""
-    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(train_cfg.milestones), gamma=train_cfg.gamma)
+def cosine_lr_factor(epoch_index: int, epochs: int, warmup_epochs: int = 0) -> float:
+    """The factor on every group's base rate during the epoch of 0-based index ``epoch_index`` (= the
+    scheduler's ``last_epoch``; epoch ``epoch_index + 1`` of the run) under the ``"cosine"`` schedule.
+
+    Warm-up (``k < W``): ``(k + 1) / (W + 1)``, a linear ramp that ends one step below the full rate; then
+    ``(1 + cos(pi (k - W) / (E - W))) / 2``: the full rate at the first epoch after the warm-up, 0 at
+    ``k = E`` (one epoch after the last, so every trained epoch has a positive rate). E.g. ``E = 4, W = 1``:
+    0.5, 1, 0.75, 0.25.
+
+    Args:
+        epoch_index: ``k`` >= 0.
+        epochs: ``E`` = ``train.epochs``.
+        warmup_epochs: ``W`` = ``train.warmup_epochs``, ``0 <= W < E``.
+    """
+    k, total, warmup = int(epoch_index), int(epochs), int(warmup_epochs)
+    if k < warmup:
+        return (k + 1) / (warmup + 1)
+    return 0.5 * (1.0 + math.cos(math.pi * min(k - warmup, total - warmup) / (total - warmup)))
 
 
-__all__ = ["build_optimizer", "build_scheduler", "student_parameter_groups", "teacher_parameter_groups"]
+def build_scheduler(optimizer: torch.optim.Optimizer,
+                    train_cfg: "TrainConfig") -> torch.optim.lr_scheduler.LRScheduler:
+    """The schedule of ``train_cfg.lr_schedule``, stepped once per epoch by the trainer.
+
+    * ``"step"``: ``MultiStepLR(milestones, gamma)`` (the reference; unchanged);
+    * ``"cosine"``: ``LambdaLR`` with :func:`cosine_lr_factor` over ``train_cfg.epochs`` and
+      ``train_cfg.warmup_epochs``. The factor is a plain function of the config, so the scheduler's
+      ``state_dict`` (in ``checkpoints/last.pt``) holds only its position (``last_epoch``) and base rates; a
+      resumed run recomputes the same factors from the same config (a cosine run resumes only with its own
+      ``epochs``: ``engine.runs.run_folder.resume_differences``).
+
+    Raises:
+        ValueError: an unknown schedule (the config checks refuse it first, naming ``train.lr_schedule``).
+    """
+    schedule = getattr(train_cfg, "lr_schedule", "step")
+    if schedule == "step":
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(train_cfg.milestones),
+                                                    gamma=train_cfg.gamma)
+    if schedule == "cosine":
+        epochs, warmup = int(train_cfg.epochs), int(train_cfg.warmup_epochs)
+
+        def factor(epoch_index: int) -> float:
+            return cosine_lr_factor(epoch_index, epochs, warmup)
+
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    raise ValueError(f"train.lr_schedule: unknown schedule {schedule!r} (step or cosine)")
+
+
+__all__ = ["build_optimizer", "build_scheduler", "cosine_lr_factor", "student_parameter_groups",
+           "teacher_parameter_groups"]
