@@ -167,6 +167,17 @@ def _accept_dialog(page) -> bool:
     return False
 
 
+def _open_notebook(page, lab: dict, name: str, reset: bool = False) -> bool:
+    """Open ``name``.ipynb in JupyterLab (``reset``: a fresh workspace) and accept a kernel dialog if JupyterLab
+    shows one; returns whether it did."""
+    query = f"reset&token={lab['token']}" if reset else f"token={lab['token']}"
+    page.goto(f"http://127.0.0.1:{lab['port']}/lab/tree/{name}.ipynb?{query}", wait_until="domcontentloaded",
+              timeout=60_000)
+    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
+    time.sleep(2.0)  # let a kernel dialog show up, if JupyterLab wants one
+    return _accept_dialog(page)
+
+
 def _run_all_cells(page) -> None:
     page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000)
     page.click(".lm-MenuBar-itemLabel:text-is('Run')")
@@ -198,18 +209,14 @@ def _screenshot(page, tmp_path: Path, name: str) -> Path:
 def test_notebook_05_browser_updates_when_the_query_moves(jupyter_lab: dict, tmp_path: Path) -> None:
     from playwright.sync_api import sync_playwright
 
-    port, token, root = jupyter_lab["port"], jupyter_lab["token"], jupyter_lab["root"]
+    root = jupyter_lab["root"]
     for stale in ARTIFACTS.glob("retrieval_browser*.png"):  # screenshots of an earlier run
         stale.unlink()
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1500, "height": 1100})
         try:
-            page.goto(f"http://127.0.0.1:{port}/lab/tree/05_retrieval_browser.ipynb?token={token}",
-                      wait_until="domcontentloaded", timeout=60_000)
-            page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
-            time.sleep(2.0)  # let a kernel dialog show up, if JupyterLab wants one
-            asked_for_kernel = _accept_dialog(page)
+            asked_for_kernel = _open_notebook(page, jupyter_lab, "05_retrieval_browser")
             # Opening must not modify the notebook: JupyterLab rewrites kernelspec / language_info to the
             # running kernel's and marks the notebook changed (autosave then rewrites the file) unless the
             # committed metadata (kept by papermill's parameterisation) is exactly the project kernel's.
@@ -294,11 +301,7 @@ def _run_in_lab(browser, lab: dict, name: str, tmp_path: Path, timeout_s: float 
     every code cell has run or one failed; return the model's state plus the images the page displays."""
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     try:
-        page.goto(f"http://127.0.0.1:{lab['port']}/lab/tree/{name}.ipynb?reset&token={lab['token']}",
-                  wait_until="domcontentloaded", timeout=60_000)
-        page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
-        time.sleep(2.0)  # let a kernel dialog show up, if JupyterLab wants one
-        _accept_dialog(page)
+        _open_notebook(page, lab, name, reset=True)
         _run_all_cells(page)
         deadline = time.time() + timeout_s
         while True:
